@@ -1,0 +1,214 @@
+//! The built-in KvStore: items in memory, optionally made durable by a write-ahead log.
+//!
+//! `in_memory` keeps everything in this process. `file_based` also appends every change to
+//! a log in `file_path` and answers a write only after the log is synced (see `wal`), so an
+//! acknowledged write survives `kill -9`.
+
+use super::wal::{self, Record, RecordRef, Wal};
+use super::{StreamAdapter, UpdateOutcome};
+use crate::update_ops::{self, ParsedOp};
+use async_trait::async_trait;
+use indexmap::IndexMap;
+use serde_json::Value;
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+
+/// A group's items, in insertion order.
+type Group = IndexMap<String, Value>;
+
+#[derive(Default)]
+struct State {
+    streams: HashMap<String, HashMap<String, Group>>,
+}
+
+impl State {
+    fn group(&self, stream: &str, group: &str) -> Option<&Group> {
+        self.streams.get(stream)?.get(group)
+    }
+
+    fn put(&mut self, stream: &str, group: &str, item: &str, data: Value) -> Option<Value> {
+        let groups = match self.streams.get_mut(stream) {
+            Some(g) => g,
+            None => self.streams.entry(stream.to_owned()).or_default(),
+        };
+        let items = match groups.get_mut(group) {
+            Some(items) => items,
+            None => groups.entry(group.to_owned()).or_default(),
+        };
+        match items.get_mut(item) {
+            Some(slot) => Some(std::mem::replace(slot, data)),
+            None => {
+                items.insert(item.to_owned(), data);
+                None
+            }
+        }
+    }
+
+    /// Removes an item, dropping emptied groups and streams so they leave the listings.
+    fn remove(&mut self, stream: &str, group: &str, item: &str) -> Option<Value> {
+        let groups = self.streams.get_mut(stream)?;
+        let items = groups.get_mut(group)?;
+        let old = items.shift_remove(item)?;
+        if items.is_empty() {
+            groups.remove(group);
+            if groups.is_empty() {
+                self.streams.remove(stream);
+            }
+        }
+        Some(old)
+    }
+
+    fn apply(&mut self, record: Record) {
+        match record {
+            Record::Set { s, g, i, d } => {
+                self.put(&s, &g, &i, d);
+            }
+            Record::Del { s, g, i } => {
+                self.remove(&s, &g, &i);
+            }
+        }
+    }
+
+    fn item_count(&self) -> usize {
+        self.streams.values().flat_map(|g| g.values()).map(|i| i.len()).sum()
+    }
+
+    /// Every item as framed log records.
+    fn encode_all(&self) -> Vec<u8> {
+        let mut buf = Vec::new();
+        for (s, groups) in &self.streams {
+            for (g, items) in groups {
+                for (i, d) in items {
+                    wal::encode(&RecordRef::Set { s, g, i, d }, &mut buf);
+                }
+            }
+        }
+        buf
+    }
+}
+
+pub struct KvStore {
+    state: Arc<RwLock<State>>,
+    wal: Option<Wal>,
+}
+
+impl KvStore {
+    pub fn in_memory() -> Self {
+        KvStore { state: Arc::default(), wal: None }
+    }
+
+    /// Opens the durable store in directory `dir`, replaying its log.
+    pub fn open(dir: &Path) -> anyhow::Result<Self> {
+        let mut state = State::default();
+        let opened = Wal::open(dir, |record| state.apply(record))?;
+        let recovery = &opened.recovery;
+        tracing::info!(
+            dir = %dir.display(),
+            items = state.item_count(),
+            records = recovery.records,
+            bytes = recovery.bytes,
+            ms = recovery.elapsed.as_secs_f64() * 1000.0,
+            "recovered the stream store"
+        );
+        let state = Arc::new(RwLock::new(state));
+        let for_snapshot = state.clone();
+        let snapshot: Arc<wal::SnapshotFn> = Arc::new(move |drain: &mut dyn FnMut() -> u64| {
+            let state = for_snapshot.read().unwrap();
+            drain();
+            state.encode_all()
+        });
+        Ok(KvStore { state, wal: Some(opened.start(snapshot)) })
+    }
+
+    /// Runs a change under the write lock, logs it, and waits for the log outside the lock.
+    async fn write<R>(&self, change: impl FnOnce(&mut State, &mut dyn FnMut(&RecordRef<'_>) -> anyhow::Result<u64>) -> anyhow::Result<(R, Option<u64>)>) -> anyhow::Result<R> {
+        let (result, seq) = {
+            let mut state = self.state.write().unwrap();
+            let mut log = |record: &RecordRef<'_>| match &self.wal {
+                Some(wal) => wal.append(record),
+                None => Ok(0),
+            };
+            change(&mut state, &mut log)?
+        };
+        if let (Some(wal), Some(seq)) = (&self.wal, seq) {
+            wal.wait(seq).await?;
+        }
+        Ok(result)
+    }
+}
+
+#[async_trait]
+impl StreamAdapter for KvStore {
+    fn name(&self) -> &'static str {
+        if self.wal.is_some() { "kv_file" } else { "kv_memory" }
+    }
+
+    async fn get(&self, stream: &str, group: &str, item: &str) -> anyhow::Result<Option<Value>> {
+        Ok(self.state.read().unwrap().group(stream, group).and_then(|g| g.get(item)).cloned())
+    }
+
+    async fn set(&self, s: &str, g: &str, i: &str, data: Value) -> anyhow::Result<Option<Value>> {
+        self.write(|state, log| {
+            let seq = log(&RecordRef::Set { s, g, i, d: &data })?;
+            Ok((state.put(s, g, i, data), Some(seq)))
+        })
+        .await
+    }
+
+    async fn delete(&self, s: &str, g: &str, i: &str) -> anyhow::Result<Option<Value>> {
+        self.write(|state, log| {
+            if state.group(s, g).is_none_or(|items| !items.contains_key(i)) {
+                return Ok((None, None));
+            }
+            let seq = log(&RecordRef::Del { s, g, i })?;
+            Ok((state.remove(s, g, i), Some(seq)))
+        })
+        .await
+    }
+
+    async fn list(&self, stream: &str, group: &str) -> anyhow::Result<Vec<Value>> {
+        let state = self.state.read().unwrap();
+        Ok(state.group(stream, group).map(|g| g.values().cloned().collect()).unwrap_or_default())
+    }
+
+    async fn list_groups(&self, stream: &str) -> anyhow::Result<Vec<String>> {
+        let state = self.state.read().unwrap();
+        let mut groups: Vec<String> = state.streams.get(stream).map(|g| g.keys().cloned().collect()).unwrap_or_default();
+        groups.sort();
+        Ok(groups)
+    }
+
+    async fn list_all(&self) -> anyhow::Result<Vec<(String, Vec<String>)>> {
+        let state = self.state.read().unwrap();
+        let mut all: Vec<(String, Vec<String>)> = state
+            .streams
+            .iter()
+            .map(|(s, groups)| {
+                let mut g: Vec<String> = groups.keys().cloned().collect();
+                g.sort();
+                (s.clone(), g)
+            })
+            .collect();
+        all.sort();
+        Ok(all)
+    }
+
+    async fn update(&self, s: &str, g: &str, i: &str, ops: &[ParsedOp]) -> anyhow::Result<UpdateOutcome> {
+        self.write(|state, log| {
+            let old_value = state.group(s, g).and_then(|items| items.get(i)).cloned();
+            let (new_value, errors) = update_ops::apply(old_value.as_ref(), ops);
+            let seq = log(&RecordRef::Set { s, g, i, d: &new_value })?;
+            state.put(s, g, i, new_value.clone());
+            Ok((UpdateOutcome { old_value, new_value, errors }, Some(seq)))
+        })
+        .await
+    }
+
+    async fn shutdown(&self) -> anyhow::Result<()> {
+        if let Some(wal) = &self.wal {
+            wal.shutdown();
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,51 @@
+//! Storage behind the streams: one trait, one backend per module, chosen by configuration.
+//!
+//! An adapter stores items addressed by `stream / group / item`. Write methods return only
+//! once the write is as durable as the backend promises; the engine emits events after that.
+
+pub mod kv_store;
+pub mod wal;
+
+use crate::config::AdapterConfig;
+use crate::update_ops::{OpError, ParsedOp};
+use async_trait::async_trait;
+use serde_json::Value;
+use std::sync::Arc;
+
+/// The result of an atomic read-modify-write.
+#[derive(Debug, Clone)]
+pub struct UpdateOutcome {
+    pub old_value: Option<Value>,
+    pub new_value: Value,
+    pub errors: Vec<OpError>,
+}
+
+#[async_trait]
+pub trait StreamAdapter: Send + Sync {
+    /// A short name for logs and metrics.
+    fn name(&self) -> &'static str;
+    async fn get(&self, stream: &str, group: &str, item: &str) -> anyhow::Result<Option<Value>>;
+    /// Stores `data` and returns the value it replaced.
+    async fn set(&self, stream: &str, group: &str, item: &str, data: Value) -> anyhow::Result<Option<Value>>;
+    /// Removes an item and returns it; removing a missing item is not an error.
+    async fn delete(&self, stream: &str, group: &str, item: &str) -> anyhow::Result<Option<Value>>;
+    /// The group's values in insertion order.
+    async fn list(&self, stream: &str, group: &str) -> anyhow::Result<Vec<Value>>;
+    async fn list_groups(&self, stream: &str) -> anyhow::Result<Vec<String>>;
+    /// Every stream with its groups.
+    async fn list_all(&self) -> anyhow::Result<Vec<(String, Vec<String>)>>;
+    /// Applies update ops to the current value atomically (no write from elsewhere in between).
+    async fn update(&self, stream: &str, group: &str, item: &str, ops: &[ParsedOp]) -> anyhow::Result<UpdateOutcome>;
+    /// Makes everything acknowledged durable before the engine exits.
+    async fn shutdown(&self) -> anyhow::Result<()> {
+        Ok(())
+    }
+}
+
+/// Builds the adapter the configuration names.
+pub fn from_config(config: &AdapterConfig) -> anyhow::Result<Arc<dyn StreamAdapter>> {
+    match config {
+        AdapterConfig::KvMemory => Ok(Arc::new(kv_store::KvStore::in_memory())),
+        AdapterConfig::KvFile { path } => Ok(Arc::new(kv_store::KvStore::open(path)?)),
+    }
+}

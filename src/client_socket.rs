@@ -1,0 +1,256 @@
+//! The client socket (port 3112): browsers and apps subscribe to groups and items.
+//!
+//! `GET /stream/{stream}/{group}[/{item}]` subscribes at once; `GET /` waits for
+//! `join`/`leave` frames. Every subscription is answered with a `sync` snapshot, then the
+//! socket receives the group's (or item's) events through its outbox.
+
+use crate::engine::Engine;
+use crate::frame::{EventKind, StreamEvent, error_frame};
+use crate::hub::ConnId;
+use crate::outbox::{self, CLOSE_GOING_AWAY, CLOSE_TOO_BIG, Outbox};
+use axum::Router;
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, Path, RawQuery, State};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use futures_util::StreamExt;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+pub fn routes(engine: Arc<Engine>) -> Router {
+    Router::new()
+        .route("/", any(root))
+        .route("/stream/{stream}/{group}", any(group_path))
+        .route("/stream/{stream}/{group}/{item}", any(item_path))
+        .with_state(engine)
+}
+
+/// What a socket opened on a path subscribes to before it sends anything.
+struct PathSub {
+    stream: String,
+    group: String,
+    item: Option<String>,
+}
+
+/// The request as the auth function sees it.
+struct Upgrade {
+    ws: WebSocketUpgrade,
+    headers: HeaderMap,
+    uri: Uri,
+    query: Option<String>,
+    addr: SocketAddr,
+}
+
+async fn root(State(engine): State<Arc<Engine>>, ws: WebSocketUpgrade, headers: HeaderMap, uri: Uri, RawQuery(query): RawQuery, ConnectInfo(addr): ConnectInfo<SocketAddr>) -> Response {
+    accept(engine, Upgrade { ws, headers, uri, query, addr }, None).await
+}
+
+async fn group_path(
+    State(engine): State<Arc<Engine>>,
+    Path((stream, group)): Path<(String, String)>,
+    ws: WebSocketUpgrade,
+    headers: HeaderMap,
+    uri: Uri,
+    RawQuery(query): RawQuery,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+) -> Response {
+    accept(engine, Upgrade { ws, headers, uri, query, addr }, Some(PathSub { stream, group, item: None })).await
+}
+
+async fn item_path(
+    State(engine): State<Arc<Engine>>,
+    Path((stream, group, item)): Path<(String, String, String)>,
+    ws: WebSocketUpgrade,
+    headers: HeaderMap,
+    uri: Uri,
+    RawQuery(query): RawQuery,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+) -> Response {
+    accept(engine, Upgrade { ws, headers, uri, query, addr }, Some(PathSub { stream, group, item: Some(item) })).await
+}
+
+/// Runs the auth function, then upgrades with the configured limits and echoed protocol.
+async fn accept(engine: Arc<Engine>, req: Upgrade, path_sub: Option<PathSub>) -> Response {
+    let context = match authenticate(&engine, &req).await {
+        Ok(context) => context,
+        Err(refusal) => return refusal,
+    };
+    let mut ws = req.ws.max_message_size(engine.config.max_frame_bytes).max_frame_size(engine.config.max_frame_bytes);
+    // Browsers send tokens as a subprotocol and drop the socket unless one is echoed.
+    let offered = ws.requested_protocols().next().cloned();
+    if let Some(first) = offered {
+        ws.set_selected_protocol(first);
+    }
+    ws.on_upgrade(move |socket| serve(engine, socket, context, path_sub)).into_response()
+}
+
+async fn authenticate(engine: &Arc<Engine>, req: &Upgrade) -> Result<Value, Response> {
+    let Some(auth) = &engine.config.auth_function else { return Ok(Value::Null) };
+    let headers: serde_json::Map<String, Value> = req
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str().to_ascii_lowercase(), Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned())))
+        .collect();
+    let mut query_params: HashMap<String, Vec<String>> = HashMap::new();
+    for (k, v) in form_urlencoded::parse(req.query.as_deref().unwrap_or("").as_bytes()) {
+        query_params.entry(k.into_owned()).or_default().push(v.into_owned());
+    }
+    let payload = json!({"headers": headers, "path": req.uri.path(), "query_params": query_params, "addr": req.addr.to_string()});
+    match engine.call(auth, payload).await {
+        Ok(Some(result)) if result.get("allowed") == Some(&Value::Bool(false)) => {
+            let reason = result.get("reason").and_then(Value::as_str).unwrap_or("refused by the auth function");
+            Err((StatusCode::FORBIDDEN, format!("forbidden: {reason}\n")).into_response())
+        }
+        Ok(result) => Ok(result.and_then(|r| r.get("context").cloned()).unwrap_or(Value::Null)),
+        Err(e) => {
+            tracing::info!(addr = %req.addr, error = %e, "auth function refused a client");
+            Err((StatusCode::UNAUTHORIZED, format!("unauthorized: {e}\n")).into_response())
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", content = "data", rename_all = "lowercase")]
+enum ClientFrame {
+    Join(JoinData),
+    Leave(JoinData),
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct JoinData {
+    subscription_id: String,
+    stream_name: String,
+    group_id: String,
+    #[serde(default)]
+    id: Option<String>,
+}
+
+/// One client connection: its subscriptions and the context its auth function returned.
+struct Client {
+    engine: Arc<Engine>,
+    conn: ConnId,
+    outbox: Arc<Outbox>,
+    context: Value,
+    subs: HashMap<String, JoinData>,
+}
+
+async fn serve(engine: Arc<Engine>, socket: WebSocket, context: Value, path_sub: Option<PathSub>) {
+    engine.stats.client_connections.fetch_add(1, Ordering::Relaxed);
+    let (outbox, rx) = Outbox::new(engine.config.send_queue_frames, engine.stats.slow_disconnects.clone());
+    let (sink, mut stream) = socket.split();
+    let mut writer = tokio::spawn(outbox::run_writer(sink, rx, outbox.clone()));
+    let mut client = Client { conn: engine.hub.next_conn_id(), engine: engine.clone(), outbox, context, subs: HashMap::new() };
+    if let Some(p) = path_sub {
+        client.join(JoinData { subscription_id: "path".into(), stream_name: p.stream, group_id: p.group, id: p.item }).await;
+    }
+    let shutdown = engine.shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        let msg = tokio::select! {
+            msg = stream.next() => msg,
+            _ = &mut writer => break,
+            _ = &mut shutdown => {
+                client.outbox.close(CLOSE_GOING_AWAY, "the engine is shutting down");
+                break;
+            }
+        };
+        match msg {
+            Some(Ok(Message::Text(text))) => client.frame(text.as_bytes()).await,
+            Some(Ok(Message::Binary(bytes))) => client.frame(&bytes).await,
+            Some(Ok(Message::Close(_))) | None => break,
+            Some(Ok(_)) => {} // pings are answered by the socket itself
+            Some(Err(e)) => {
+                let text = e.to_string();
+                if text.contains("Space limit exceeded") || text.contains("too long") || text.contains("Message too big") {
+                    let limit = engine.config.max_frame_bytes;
+                    client.outbox.close(CLOSE_TOO_BIG, format!("frame larger than the {limit}-byte limit (max_frame_bytes)"));
+                } else {
+                    tracing::debug!(error = %text, "client socket error");
+                }
+                break;
+            }
+        }
+    }
+    client.leave_all();
+    drop(client);
+    if !writer.is_finished() {
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), writer).await;
+    }
+    engine.stats.client_connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+impl Client {
+    async fn frame(&mut self, bytes: &[u8]) {
+        let frame: ClientFrame = match serde_json::from_slice(bytes) {
+            Ok(f) => f,
+            Err(e) => {
+                let hint = "expected {\"type\":\"join\"|\"leave\",\"data\":{\"subscriptionId\",\"streamName\",\"groupId\",\"id\"?}}";
+                self.outbox.push(Utf8Bytes::from(error_frame("invalid_frame", &format!("{e}; {hint}"))));
+                return;
+            }
+        };
+        match frame {
+            ClientFrame::Join(data) => self.join(data).await,
+            ClientFrame::Leave(data) => self.leave(&data.subscription_id),
+        }
+    }
+
+    fn trigger_payload(&self, sub: &JoinData) -> Value {
+        json!({
+            "subscription_id": sub.subscription_id,
+            "stream_name": sub.stream_name,
+            "group_id": sub.group_id,
+            "id": sub.id,
+            "context": self.context,
+        })
+    }
+
+    async fn join(&mut self, sub: JoinData) {
+        let engine = self.engine.clone();
+        if engine.triggers.has_join_triggers() && engine.triggers.join_rejected(&engine, &self.trigger_payload(&sub)).await {
+            let event = StreamEvent::new(&sub.stream_name, &sub.group_id, sub.id.as_deref(), EventKind::Unauthorized);
+            self.outbox.push(Utf8Bytes::from(event.encode()));
+            return;
+        }
+        if let Some(old) = self.subs.remove(&sub.subscription_id) {
+            engine.hub.unsubscribe(&old.stream_name, &old.group_id, self.conn, &old.subscription_id);
+        }
+        // Subscribe first, then read: an event racing the snapshot arrives after it or is in it.
+        engine.hub.subscribe(&sub.stream_name, &sub.group_id, self.conn, &self.outbox, &sub.subscription_id, sub.id.as_deref());
+        let snapshot = match &sub.id {
+            Some(item) => engine.call("stream::get", json!({"stream_name": sub.stream_name, "group_id": sub.group_id, "item_id": item})).await,
+            None => engine.call("stream::list", json!({"stream_name": sub.stream_name, "group_id": sub.group_id})).await,
+        };
+        match snapshot {
+            Ok(data) => {
+                let data = data.unwrap_or(if sub.id.is_some() { Value::Null } else { json!([]) });
+                let event = StreamEvent::new(&sub.stream_name, &sub.group_id, sub.id.as_deref(), EventKind::Sync(data));
+                self.outbox.push(Utf8Bytes::from(event.encode()));
+            }
+            Err(e) => {
+                self.outbox.push(Utf8Bytes::from(error_frame("sync_failed", &format!("snapshot of {}/{}: {e}", sub.stream_name, sub.group_id))));
+            }
+        }
+        self.subs.insert(sub.subscription_id.clone(), sub);
+    }
+
+    fn leave(&mut self, subscription_id: &str) {
+        if let Some(sub) = self.subs.remove(subscription_id) {
+            self.engine.hub.unsubscribe(&sub.stream_name, &sub.group_id, self.conn, &sub.subscription_id);
+            self.engine.triggers.fire_leave(&self.engine, self.trigger_payload(&sub));
+        }
+    }
+
+    fn leave_all(&mut self) {
+        let ids: Vec<String> = self.subs.keys().cloned().collect();
+        for id in ids {
+            self.leave(&id);
+        }
+    }
+}

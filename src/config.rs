@@ -1,0 +1,245 @@
+//! Configuration: the iii config file in both of its spellings, and the embedded defaults.
+//!
+//! ```yaml
+//! modules:                 # iii v0.10 era: `class:` names, a top-level worker `port:`
+//!   - class: modules::stream::StreamModule
+//!     config: { port: 3112, adapter: { class: modules::stream::adapters::KvStore } }
+//! workers:                 # iii v0.23 era: `name:` entries
+//!   - name: iii-stream
+//!     config: { port: 3112, adapter: { name: kv, config: { store_method: in_memory } } }
+//! ```
+//! `${VAR:default}` expands from the environment before parsing. Modules and keys that
+//! streamhost does not know are reported once and skipped, never fatal.
+
+use anyhow::{Context, bail};
+use serde_yaml_ng::{Mapping, Value};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum AdapterConfig {
+    KvMemory,
+    KvFile { path: PathBuf },
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Client socket (browsers, apps).
+    pub host: String,
+    pub port: u16,
+    /// Worker socket (SDK workers).
+    pub worker_host: String,
+    pub worker_port: u16,
+    /// Function called before a client upgrade; it may refuse the connection.
+    pub auth_function: Option<String>,
+    pub adapter: AdapterConfig,
+    /// Largest client frame accepted; a larger one closes the socket with 1009.
+    pub max_frame_bytes: usize,
+    /// Frames queued per client socket before it is closed as too slow.
+    pub send_queue_frames: usize,
+    /// How long a call to a worker's function may take.
+    pub invocation_timeout: Duration,
+    /// What the loader skipped, reported once at start-up.
+    pub warnings: Vec<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            host: "0.0.0.0".into(),
+            port: 3112,
+            worker_host: "0.0.0.0".into(),
+            worker_port: 49134,
+            auth_function: None,
+            adapter: AdapterConfig::KvFile { path: PathBuf::from("./data/stream_store") },
+            max_frame_bytes: 1 << 20,
+            send_queue_frames: 4096,
+            invocation_timeout: Duration::from_secs(30),
+            warnings: Vec::new(),
+        }
+    }
+}
+
+const STREAM_MODULES: [&str; 2] = ["modules::stream::StreamModule", "iii-stream"];
+const WORKER_MODULES: [&str; 2] = ["modules::worker::WorkerModule", "iii-worker-manager"];
+
+impl Config {
+    pub fn load(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the config file {}", path.display()))?;
+        Config::parse(&text).with_context(|| format!("in the config file {}", path.display()))
+    }
+
+    pub fn parse(text: &str) -> anyhow::Result<Config> {
+        let expanded = expand_env(text, |name| std::env::var(name).ok())?;
+        let root: Value = serde_yaml_ng::from_str(&expanded).context("the file is not valid YAML")?;
+        let mut config = Config::default();
+        let Some(root) = root.as_mapping() else {
+            if root.is_null() {
+                return Ok(config);
+            }
+            bail!("the top level must be a mapping with `modules:` or `workers:`");
+        };
+        for (key, value) in root {
+            match key.as_str().unwrap_or_default() {
+                "port" => config.worker_port = port(value, "port")?,
+                "modules" | "workers" => {
+                    for entry in value.as_sequence().map(Vec::as_slice).unwrap_or_default() {
+                        config.load_module(entry)?;
+                    }
+                }
+                other => config.warnings.push(format!("unknown top-level key `{other}` ignored")),
+            }
+        }
+        Ok(config)
+    }
+
+    fn load_module(&mut self, entry: &Value) -> anyhow::Result<()> {
+        let name = entry.get("class").or_else(|| entry.get("name")).and_then(Value::as_str).unwrap_or("(unnamed)");
+        let empty = Mapping::new();
+        let cfg = entry.get("config").and_then(Value::as_mapping).unwrap_or(&empty);
+        if STREAM_MODULES.contains(&name) {
+            for (key, value) in cfg {
+                let key = key.as_str().unwrap_or_default();
+                match key {
+                    "port" => self.port = port(value, "stream port")?,
+                    "host" => self.host = string(value, "stream host")?,
+                    "auth_function" => self.auth_function = Some(string(value, "auth_function")?),
+                    "adapter" => self.adapter = adapter(value, &mut self.warnings)?,
+                    "max_frame_bytes" => self.max_frame_bytes = number(value, key)? as usize,
+                    "send_queue_frames" => self.send_queue_frames = number(value, key)?.max(1) as usize,
+                    other => self.warnings.push(format!("unknown key `{other}` in {name} ignored")),
+                }
+            }
+        } else if WORKER_MODULES.contains(&name) {
+            for (key, value) in cfg {
+                let key = key.as_str().unwrap_or_default();
+                match key {
+                    "port" => self.worker_port = port(value, "worker port")?,
+                    "host" => self.worker_host = string(value, "worker host")?,
+                    "invocation_timeout_ms" => self.invocation_timeout = Duration::from_millis(number(value, key)?),
+                    other => self.warnings.push(format!("unknown key `{other}` in {name} ignored")),
+                }
+            }
+        } else {
+            self.warnings.push(format!("module `{name}` is not part of streamhost; skipped"));
+        }
+        Ok(())
+    }
+}
+
+fn adapter(value: &Value, warnings: &mut Vec<String>) -> anyhow::Result<AdapterConfig> {
+    let name = value.get("class").or_else(|| value.get("name")).and_then(Value::as_str).unwrap_or("kv");
+    let empty = Mapping::new();
+    let cfg = value.get("config").and_then(Value::as_mapping).unwrap_or(&empty);
+    match name {
+        "modules::stream::adapters::KvStore" | "kv" | "KvStore" => {
+            let mut method = "in_memory".to_owned();
+            let mut path = PathBuf::from("./data/stream_store");
+            for (key, value) in cfg {
+                match key.as_str().unwrap_or_default() {
+                    "store_method" => method = string(value, "store_method")?,
+                    "file_path" => path = PathBuf::from(string(value, "file_path")?),
+                    // Every acknowledged write is synced now; the interval no longer matters.
+                    "save_interval_ms" => {}
+                    other => warnings.push(format!("unknown key `{other}` in the KvStore adapter ignored")),
+                }
+            }
+            match method.as_str() {
+                "in_memory" => Ok(AdapterConfig::KvMemory),
+                "file_based" => Ok(AdapterConfig::KvFile { path }),
+                other => bail!("store_method `{other}` is not known: use `in_memory` or `file_based`"),
+            }
+        }
+        "modules::stream::adapters::RedisAdapter" | "redis" | "RedisAdapter" => {
+            bail!("the Redis adapter is not available in this build yet: use the KvStore adapter (`name: kv`)")
+        }
+        other => bail!("adapter `{other}` is not known: use `modules::stream::adapters::KvStore` (or `name: kv`)"),
+    }
+}
+
+fn string(value: &Value, what: &str) -> anyhow::Result<String> {
+    match value {
+        Value::String(s) => Ok(s.clone()),
+        Value::Number(n) => Ok(n.to_string()),
+        _ => bail!("`{what}` must be a string"),
+    }
+}
+
+fn number(value: &Value, what: &str) -> anyhow::Result<u64> {
+    match value {
+        Value::Number(n) => n.as_u64().with_context(|| format!("`{what}` must be a whole number")),
+        Value::String(s) => s.trim().parse().with_context(|| format!("`{what}` must be a whole number, not {s:?}")),
+        _ => bail!("`{what}` must be a whole number"),
+    }
+}
+
+fn port(value: &Value, what: &str) -> anyhow::Result<u16> {
+    let n = number(value, what)?;
+    u16::try_from(n).with_context(|| format!("`{what}` must be a port number (0-65535), not {n}"))
+}
+
+/// Expands `${VAR}` and `${VAR:default}`; a variable that is unset and has no default is an error.
+pub fn expand_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> anyhow::Result<String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let Some(end) = after.find('}') else { bail!("unclosed `${{` in the config") };
+        let inner = &after[..end];
+        let (name, default) = match inner.split_once(':') {
+            Some((n, d)) => (n, Some(d)),
+            None => (inner, None),
+        };
+        match (lookup(name), default) {
+            (Some(v), _) => out.push_str(&v),
+            (None, Some(d)) => out.push_str(d),
+            (None, None) => bail!("environment variable {name} is not set and `${{{name}}}` has no default; write `${{{name}:default}}` or set it"),
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn both_spellings_load() {
+        let old = Config::parse(
+            "port: 4000\nmodules:\n  - class: modules::stream::StreamModule\n    config:\n      port: ${SH_TEST_UNSET:3200}\n      host: 127.0.0.1\n      auth_function: stream.auth\n      adapter:\n        class: modules::stream::adapters::KvStore\n        config: { store_method: file_based, file_path: ./x, save_interval_ms: 5000 }\n  - class: modules::cron::CronModule\n",
+        )
+        .unwrap();
+        assert_eq!((old.worker_port, old.port, old.host.as_str()), (4000, 3200, "127.0.0.1"));
+        assert_eq!(old.auth_function.as_deref(), Some("stream.auth"));
+        assert_eq!(old.adapter, AdapterConfig::KvFile { path: "./x".into() });
+        assert_eq!(old.warnings, vec!["module `modules::cron::CronModule` is not part of streamhost; skipped"]);
+
+        let new = Config::parse(
+            "workers:\n  - name: iii-worker-manager\n    config: { port: 4001, invocation_timeout_ms: 500 }\n  - name: iii-stream\n    config:\n      port: 3300\n      bogus: 1\n      adapter: { name: kv, config: { store_method: in_memory } }\n",
+        )
+        .unwrap();
+        assert_eq!((new.worker_port, new.port), (4001, 3300));
+        assert_eq!(new.invocation_timeout, Duration::from_millis(500));
+        assert_eq!(new.adapter, AdapterConfig::KvMemory);
+        assert_eq!(new.warnings, vec!["unknown key `bogus` in iii-stream ignored"]);
+    }
+
+    #[test]
+    fn env_expansion() {
+        let env = |n: &str| (n == "SET").then(|| "v".to_string());
+        assert_eq!(expand_env("a ${SET} ${UNSET:d} ${SET:x}", env).unwrap(), "a v d v");
+        let err = expand_env("${UNSET}", env).unwrap_err().to_string();
+        assert!(err.contains("UNSET is not set"), "{err}");
+    }
+
+    #[test]
+    fn bad_values_say_what_is_wrong() {
+        let err = Config::parse("workers:\n  - name: iii-stream\n    config: { port: 70000 }\n").unwrap_err();
+        assert!(format!("{err:#}").contains("port number"), "{err:#}");
+        let err = Config::parse("workers:\n  - name: iii-stream\n    config: { adapter: { name: kv, config: { store_method: disk } } }\n").unwrap_err();
+        assert!(format!("{err:#}").contains("in_memory"), "{err:#}");
+    }
+}

@@ -1,0 +1,40 @@
+//! The error a function call answers with: `{code, message}` on the wire.
+
+use serde::Serialize;
+use std::fmt;
+
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct FnError {
+    pub code: String,
+    pub message: String,
+}
+
+impl FnError {
+    pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
+        FnError { code: code.into(), message: message.into() }
+    }
+
+    /// A payload that did not deserialize; serde's message names the field.
+    pub fn deserialization(function_id: &str, err: impl fmt::Display) -> Self {
+        FnError::new(
+            "deserialization_error",
+            format!("invalid payload for {function_id}: {err}"),
+        )
+    }
+
+    /// A storage failure, with the function's own error code (e.g. `STREAM_SET_ERROR`).
+    pub fn storage(code: &str, err: impl fmt::Display) -> Self {
+        FnError::new(code, format!("{err:#}"))
+    }
+}
+
+impl fmt::Display for FnError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.code, self.message)
+    }
+}
+
+impl std::error::Error for FnError {}
+
+/// What a function answers: a value, no value (`undefined` to the SDK), or an error.
+pub type FnResult = Result<Option<serde_json::Value>, FnError>;

@@ -1,0 +1,111 @@
+//! The fan-out hub: who is subscribed to which group or item, and delivery to them.
+//!
+//! It knows nothing of storage: the engine hands it events after they are stored. Each event
+//! is encoded once; each socket gets it once, however many of its subscriptions match.
+
+use crate::frame::StreamEvent;
+use crate::outbox::Outbox;
+use axum::extract::ws::Utf8Bytes;
+use std::collections::HashMap;
+use std::sync::{
+    Arc, RwLock,
+    atomic::{AtomicU64, Ordering},
+};
+
+pub type ConnId = u64;
+
+struct Subscriber {
+    outbox: Arc<Outbox>,
+    /// (subscription id, item id or None for the whole group)
+    subs: Vec<(String, Option<String>)>,
+}
+
+impl Subscriber {
+    fn wants(&self, id: Option<&str>) -> bool {
+        self.subs.iter().any(|(_, item)| match item {
+            None => true,
+            Some(item) => id == Some(item.as_str()),
+        })
+    }
+}
+
+type Groups = HashMap<String, HashMap<String, HashMap<ConnId, Subscriber>>>;
+
+#[derive(Default)]
+pub struct Hub {
+    groups: RwLock<Groups>,
+    next_conn: AtomicU64,
+    pub published: AtomicU64,
+    pub delivered: AtomicU64,
+}
+
+impl Hub {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn next_conn_id(&self) -> ConnId {
+        self.next_conn.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Adds (or replaces, by subscription id) a subscription of one socket.
+    pub fn subscribe(
+        &self,
+        stream: &str,
+        group: &str,
+        conn: ConnId,
+        outbox: &Arc<Outbox>,
+        sub_id: &str,
+        item: Option<&str>,
+    ) {
+        let mut groups = self.groups.write().unwrap();
+        let conns = groups.entry(stream.to_owned()).or_default().entry(group.to_owned()).or_default();
+        let sub = conns.entry(conn).or_insert_with(|| Subscriber { outbox: outbox.clone(), subs: Vec::new() });
+        sub.subs.retain(|(id, _)| id != sub_id);
+        sub.subs.push((sub_id.to_owned(), item.map(str::to_owned)));
+    }
+
+    /// Removes one subscription; empty entries are pruned so idle groups cost nothing.
+    pub fn unsubscribe(&self, stream: &str, group: &str, conn: ConnId, sub_id: &str) {
+        let mut groups = self.groups.write().unwrap();
+        let Some(by_group) = groups.get_mut(stream) else { return };
+        let Some(conns) = by_group.get_mut(group) else { return };
+        if let Some(sub) = conns.get_mut(&conn) {
+            sub.subs.retain(|(id, _)| id != sub_id);
+            if sub.subs.is_empty() {
+                conns.remove(&conn);
+            }
+        }
+        if conns.is_empty() {
+            by_group.remove(group);
+            if by_group.is_empty() {
+                groups.remove(stream);
+            }
+        }
+    }
+
+    /// Delivers an event to every socket subscribed to its group (or to its item).
+    /// Returns how many sockets it was queued for.
+    pub fn publish(&self, event: &StreamEvent) -> usize {
+        self.published.fetch_add(1, Ordering::Relaxed);
+        let groups = self.groups.read().unwrap();
+        let Some(conns) = groups.get(&event.stream_name).and_then(|g| g.get(&event.group_id)) else {
+            return 0;
+        };
+        let frame = Utf8Bytes::from(event.encode());
+        let mut n = 0;
+        for sub in conns.values() {
+            if sub.wants(event.id.as_deref()) && sub.outbox.push(frame.clone()) {
+                n += 1;
+            }
+        }
+        self.delivered.fetch_add(n as u64, Ordering::Relaxed);
+        n
+    }
+
+    /// Subscriptions held, for metrics and tests.
+    pub fn subscription_count(&self) -> usize {
+        let groups = self.groups.read().unwrap();
+        groups.values().flat_map(|g| g.values()).flat_map(|c| c.values()).map(|s| s.subs.len()).sum()
+    }
+}

@@ -1,0 +1,28 @@
+//! streamhost: a realtime streams engine that speaks the iii stream protocol.
+//!
+//! The module tree is the architecture:
+//! - `client_socket`: browsers and apps on port 3112 (join/leave, path subscriptions, auth);
+//! - `worker_socket`: SDK workers on port 49134 (functions, triggers, invocations);
+//! - `router`: the function registry that both sockets and the engine call through;
+//! - `streams`: the built-in `stream::*` functions;
+//! - `triggers`: `stream`, `stream:join` and `stream:leave` triggers;
+//! - `hub` and `outbox`: fan-out to subscribed sockets, encoded once, bounded per socket;
+//! - `adapter`: one trait for storage, one module per backend.
+
+pub mod adapter;
+pub mod client_socket;
+pub mod config;
+pub mod engine;
+pub mod error;
+pub mod frame;
+pub mod hub;
+pub mod outbox;
+pub mod router;
+pub mod server;
+pub mod streams;
+pub mod triggers;
+pub mod update_ops;
+pub mod worker_socket;
+
+pub use config::Config;
+pub use server::{Server, ServerHandle};

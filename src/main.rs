@@ -1,0 +1,63 @@
+//! `streamhost serve [--config FILE]`: run the engine.
+
+use anyhow::Context;
+use std::path::PathBuf;
+use streamhost::{Config, Server};
+use tracing_subscriber::EnvFilter;
+
+const USAGE: &str = "usage: streamhost [serve] [--config iii-config.yaml]
+
+  serve            run the engine (the default)
+  --config FILE    an iii config file; without one the engine listens on 3112 (clients) and
+                   49134 (workers) and keeps streams durably under ./data/stream_store
+
+Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=streamhost=debug) for more.";
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_writer(std::io::stderr)
+        .init();
+    let mut config_path: Option<PathBuf> = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "serve" => {}
+            "--config" | "-c" => config_path = Some(args.next().context("--config needs a file name")?.into()),
+            "--help" | "-h" => {
+                println!("{USAGE}");
+                return Ok(());
+            }
+            "--version" | "-V" => {
+                println!("streamhost {}", env!("CARGO_PKG_VERSION"));
+                return Ok(());
+            }
+            other => anyhow::bail!("unknown argument {other:?}\n\n{USAGE}"),
+        }
+    }
+    let config = match &config_path {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(config))
+}
+
+async fn run(config: Config) -> anyhow::Result<()> {
+    let server = Server::start(config).await?;
+    // One plain line that people and test harnesses can read the bound addresses from.
+    println!("streamhost listening: clients ws://{} workers ws://{}", server.client_addr, server.worker_addr);
+    wait_for_signal().await;
+    tracing::info!("shutting down");
+    server.shutdown().await?;
+    tracing::info!("stopped; every acknowledged write is on disk");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install the SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

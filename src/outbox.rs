@@ -1,0 +1,142 @@
+//! One bounded outbound queue per socket, and the writer that drains it.
+//!
+//! Publishers never wait on a socket: they `push` an already-encoded frame and move on. The
+//! writer sends every frame queued so far and then flushes once, so a busy socket gets many
+//! frames per write. A socket whose queue fills up is closed with [`CLOSE_SLOW`] and a reason,
+//! rather than left silently missing events.
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::{SinkExt, stream::SplitSink};
+use std::sync::{
+    Arc, Mutex,
+    atomic::{AtomicU64, Ordering},
+};
+use std::time::Duration;
+use tokio::sync::{Notify, mpsc};
+
+/// Close code for a client that could not keep up (private-use range of RFC 6455).
+pub const CLOSE_SLOW: u16 = 4008;
+/// Close code for a frame over the size limit (RFC 6455 "message too big").
+pub const CLOSE_TOO_BIG: u16 = 1009;
+/// Close code when the engine shuts down (RFC 6455 "going away").
+pub const CLOSE_GOING_AWAY: u16 = 1001;
+
+/// At most this many frames are written before a flush, so one flush stays bounded.
+const MAX_BATCH: usize = 256;
+
+#[derive(Debug, Clone)]
+pub struct CloseReason {
+    pub code: u16,
+    pub reason: String,
+}
+
+pub struct Outbox {
+    tx: mpsc::Sender<Utf8Bytes>,
+    closing: Mutex<Option<CloseReason>>,
+    wake: Notify,
+    capacity: usize,
+    /// Counts slow-client disconnects across the engine.
+    slow_counter: Arc<AtomicU64>,
+}
+
+impl Outbox {
+    pub fn new(capacity: usize, slow_counter: Arc<AtomicU64>) -> (Arc<Outbox>, mpsc::Receiver<Utf8Bytes>) {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        let outbox = Outbox { tx, closing: Mutex::new(None), wake: Notify::new(), capacity, slow_counter };
+        (Arc::new(outbox), rx)
+    }
+
+    /// Queues a frame; false when the socket is closing or its queue just overflowed.
+    pub fn push(&self, frame: Utf8Bytes) -> bool {
+        match self.tx.try_send(frame) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                let reason = format!(
+                    "slow client: {} frames waiting, events would be lost; reconnect to resync",
+                    self.capacity
+                );
+                if self.close(CLOSE_SLOW, reason) {
+                    self.slow_counter.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(capacity = self.capacity, "closing a client that cannot keep up");
+                }
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Asks the writer to close the socket with this code; the first reason wins.
+    pub fn close(&self, code: u16, reason: impl Into<String>) -> bool {
+        let mut closing = self.closing.lock().unwrap();
+        if closing.is_some() {
+            return false;
+        }
+        *closing = Some(CloseReason { code, reason: reason.into() });
+        drop(closing);
+        self.wake.notify_one();
+        true
+    }
+
+    pub fn is_closing(&self) -> bool {
+        self.closing.lock().unwrap().is_some()
+    }
+
+    fn close_reason(&self) -> Option<CloseReason> {
+        self.closing.lock().unwrap().clone()
+    }
+}
+
+/// Drains the queue into the socket until the queue ends or a close is asked for.
+pub async fn run_writer(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<Utf8Bytes>,
+    outbox: Arc<Outbox>,
+) {
+    loop {
+        let first = tokio::select! {
+            biased;
+            _ = outbox.wake.notified() => break,
+            frame = rx.recv() => frame,
+        };
+        let Some(first) = first else { break };
+        if sink.feed(Message::Text(first)).await.is_err() {
+            return;
+        }
+        for _ in 1..MAX_BATCH {
+            let Ok(frame) = rx.try_recv() else { break };
+            if sink.feed(Message::Text(frame)).await.is_err() {
+                return;
+            }
+        }
+        let flushed = tokio::select! {
+            biased;
+            _ = outbox.wake.notified() => break,
+            r = sink.flush() => r,
+        };
+        if flushed.is_err() {
+            return;
+        }
+    }
+    if let Some(CloseReason { code, reason }) = outbox.close_reason() {
+        let reason = truncate_reason(&reason);
+        let frame = CloseFrame { code, reason: Utf8Bytes::from(reason) };
+        // A client that is not reading will never take the close frame: give up after a moment.
+        let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(Some(frame)))).await;
+    }
+}
+
+/// A close reason must fit in a control frame (123 bytes), cut on a char boundary.
+fn truncate_reason(reason: &str) -> &str {
+    let mut end = reason.len().min(123);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    &reason[..end]
+}
+
+impl Outbox {
+    /// Queues a frame, waiting for room: for peers (workers) whose frames must not be dropped.
+    pub async fn send(&self, frame: Utf8Bytes) -> bool {
+        !self.is_closing() && self.tx.send(frame).await.is_ok()
+    }
+}

@@ -1,0 +1,258 @@
+//! The built-in `stream::*` functions (spec sections 3, 4 and 7).
+//!
+//! Each parses its payload (a bad one fails with `deserialization_error` naming the field),
+//! goes to the stream's storage, and emits the change to subscribers and triggers. A stream
+//! that a worker created with `createStream` is served by that worker's
+//! `stream::<op>(<name>)` functions instead of the adapter; the engine still emits.
+
+use crate::engine::Engine;
+use crate::error::{FnError, FnResult};
+use crate::frame::{EventKind, StreamEvent};
+use crate::update_ops::{self, ParsedOp};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+pub const BUILTINS: [&str; 8] = [
+    "stream::set",
+    "stream::get",
+    "stream::delete",
+    "stream::list",
+    "stream::list_groups",
+    "stream::list_all",
+    "stream::send",
+    "stream::update",
+];
+
+pub fn is_builtin(function_id: &str) -> bool {
+    BUILTINS.contains(&function_id)
+}
+
+#[derive(Deserialize)]
+struct ItemRef {
+    stream_name: String,
+    group_id: String,
+    item_id: String,
+}
+
+#[derive(Deserialize)]
+struct SetPayload {
+    stream_name: String,
+    group_id: String,
+    item_id: String,
+    data: Value,
+}
+
+#[derive(Deserialize)]
+struct GroupRef {
+    stream_name: String,
+    group_id: String,
+}
+
+#[derive(Deserialize)]
+struct StreamRef {
+    stream_name: String,
+}
+
+#[derive(Deserialize)]
+struct SendPayload {
+    stream_name: String,
+    group_id: String,
+    #[serde(rename = "type")]
+    event_type: String,
+    #[serde(default)]
+    data: Value,
+    #[serde(default)]
+    id: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct UpdatePayload {
+    stream_name: String,
+    group_id: String,
+    item_id: String,
+    ops: Vec<Value>,
+}
+
+/// Parses a payload; the error names the field that did not fit.
+fn parse<T: DeserializeOwned>(function_id: &str, data: &Value) -> Result<T, FnError> {
+    serde_path_to_error::deserialize(data).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if path == "." { FnError::deserialization(function_id, inner) } else { FnError::deserialization(function_id, format!("field `{path}`: {inner}")) }
+    })
+}
+
+/// Runs a built-in function; the caller has checked `is_builtin`.
+pub async fn call(engine: &Arc<Engine>, function_id: &str, data: Value) -> FnResult {
+    match function_id {
+        "stream::set" => set(engine, parse(function_id, &data)?, data).await,
+        "stream::get" => get(engine, parse(function_id, &data)?, data).await,
+        "stream::delete" => delete(engine, parse(function_id, &data)?, data).await,
+        "stream::list" => list(engine, parse(function_id, &data)?, data).await,
+        "stream::list_groups" => list_groups(engine, parse(function_id, &data)?, data).await,
+        "stream::list_all" => list_all(engine).await,
+        "stream::send" => send(engine, parse(function_id, &data)?),
+        "stream::update" => update(engine, parse(function_id, &data)?, data).await,
+        _ => Err(FnError::new("function_not_found", format!("function {function_id} is not registered"))),
+    }
+}
+
+/// The worker function that serves `op` for a stream created with `createStream`, if any.
+fn custom(engine: &Engine, op: &str, stream: &str) -> Option<String> {
+    let id = format!("stream::{op}({stream})");
+    engine.router.contains(&id).then_some(id)
+}
+
+/// Calls a custom stream's function; its storage errors keep the built-in's error code.
+async fn call_custom(engine: &Arc<Engine>, id: &str, data: Value, code: &str) -> FnResult {
+    match engine.router.lookup(id) {
+        Some(worker) => worker.invoke(id, data, engine.config.invocation_timeout).await.map_err(|e| {
+            if e.code == "timeout" || e.code == "worker_disconnected" { e } else { FnError::new(code, format!("{id}: {}", e.message)) }
+        }),
+        None => Err(FnError::new(code, format!("{id} was unregistered during the call"))),
+    }
+}
+
+fn old_and_new(result: &Option<Value>) -> (Option<Value>, Value) {
+    let r = result.as_ref();
+    let old = r.and_then(|v| v.get("old_value")).filter(|v| !v.is_null()).cloned();
+    let new = r.and_then(|v| v.get("new_value")).cloned().unwrap_or(Value::Null);
+    (old, new)
+}
+
+fn emit_write(engine: &Arc<Engine>, stream: &str, group: &str, item: &str, old: &Option<Value>, new: Value) {
+    let kind = if old.is_some() { EventKind::Update(new) } else { EventKind::Create(new) };
+    engine.emit(StreamEvent::new(stream, group, Some(item), kind));
+}
+
+async fn set(engine: &Arc<Engine>, p: SetPayload, raw: Value) -> FnResult {
+    const CODE: &str = "STREAM_SET_ERROR";
+    let (old, new) = match custom(engine, "set", &p.stream_name) {
+        Some(id) => old_and_new(&call_custom(engine, &id, raw, CODE).await?),
+        None => {
+            let old = engine.adapter.set(&p.stream_name, &p.group_id, &p.item_id, p.data.clone()).await.map_err(|e| FnError::storage(CODE, e))?;
+            (old, p.data)
+        }
+    };
+    emit_write(engine, &p.stream_name, &p.group_id, &p.item_id, &old, new.clone());
+    Ok(Some(json!({"old_value": old, "new_value": new})))
+}
+
+async fn get(engine: &Arc<Engine>, p: ItemRef, raw: Value) -> FnResult {
+    const CODE: &str = "STREAM_GET_ERROR";
+    match custom(engine, "get", &p.stream_name) {
+        Some(id) => call_custom(engine, &id, raw, CODE).await,
+        None => engine.adapter.get(&p.stream_name, &p.group_id, &p.item_id).await.map_err(|e| FnError::storage(CODE, e)),
+    }
+}
+
+async fn delete(engine: &Arc<Engine>, p: ItemRef, raw: Value) -> FnResult {
+    const CODE: &str = "STREAM_DELETE_ERROR";
+    let old = match custom(engine, "delete", &p.stream_name) {
+        Some(id) => old_and_new(&call_custom(engine, &id, raw, CODE).await?).0,
+        None => engine.adapter.delete(&p.stream_name, &p.group_id, &p.item_id).await.map_err(|e| FnError::storage(CODE, e))?,
+    };
+    if let Some(old) = &old {
+        engine.emit(StreamEvent::new(&p.stream_name, &p.group_id, Some(&p.item_id), EventKind::Delete(old.clone())));
+    }
+    Ok(Some(json!({"old_value": old})))
+}
+
+async fn list(engine: &Arc<Engine>, p: GroupRef, raw: Value) -> FnResult {
+    const CODE: &str = "STREAM_GET_GROUP_ERROR";
+    match custom(engine, "list", &p.stream_name) {
+        Some(id) => call_custom(engine, &id, raw, CODE).await,
+        None => engine.adapter.list(&p.stream_name, &p.group_id).await.map(|v| Some(Value::Array(v))).map_err(|e| FnError::storage(CODE, e)),
+    }
+}
+
+async fn list_groups(engine: &Arc<Engine>, p: StreamRef, raw: Value) -> FnResult {
+    const CODE: &str = "STREAM_LIST_GROUPS_ERROR";
+    match custom(engine, "list_groups", &p.stream_name) {
+        Some(id) => call_custom(engine, &id, raw, CODE).await,
+        None => engine.adapter.list_groups(&p.stream_name).await.map(|g| Some(json!(g))).map_err(|e| FnError::storage(CODE, e)),
+    }
+}
+
+async fn list_all(engine: &Arc<Engine>) -> FnResult {
+    let all = engine.adapter.list_all().await.map_err(|e| FnError::storage("STREAM_LIST_ALL_ERROR", e))?;
+    let streams: Vec<Value> = all.into_iter().map(|(id, groups)| json!({"id": id, "groups": groups})).collect();
+    Ok(Some(json!({"count": streams.len(), "stream": streams})))
+}
+
+fn send(engine: &Arc<Engine>, p: SendPayload) -> FnResult {
+    let kind = EventKind::Custom { name: p.event_type, data: p.data };
+    engine.emit(StreamEvent::new(&p.stream_name, &p.group_id, p.id.as_deref(), kind));
+    Ok(Some(Value::Null))
+}
+
+async fn update(engine: &Arc<Engine>, p: UpdatePayload, raw: Value) -> FnResult {
+    const CODE: &str = "STREAM_UPDATE_ERROR";
+    let ops = update_ops::parse_ops(&p.ops);
+    let (old, new, errors) = if let Some(id) = custom(engine, "update", &p.stream_name) {
+        let result = call_custom(engine, &id, raw, CODE).await?;
+        let (old, new) = old_and_new(&result);
+        let errors = result.as_ref().and_then(|r| r.get("errors")).and_then(Value::as_array).cloned().unwrap_or_default();
+        (old, new, errors)
+    } else if custom(engine, "get", &p.stream_name).is_some() && custom(engine, "set", &p.stream_name).is_some() {
+        update_via_get_set(engine, &p, &ops).await?
+    } else {
+        let outcome = engine.adapter.update(&p.stream_name, &p.group_id, &p.item_id, &ops).await.map_err(|e| FnError::storage(CODE, e))?;
+        let errors = outcome.errors.iter().map(|e| json!(e)).collect();
+        (outcome.old_value, outcome.new_value, errors)
+    };
+    emit_write(engine, &p.stream_name, &p.group_id, &p.item_id, &old, new.clone());
+    let mut result = json!({"old_value": old, "new_value": new});
+    if !errors.is_empty() {
+        result["errors"] = Value::Array(errors);
+    }
+    Ok(Some(result))
+}
+
+/// A custom stream without `stream::update(name)`: read, apply, write, one item at a time.
+async fn update_via_get_set(engine: &Arc<Engine>, p: &UpdatePayload, ops: &[ParsedOp]) -> Result<(Option<Value>, Value, Vec<Value>), FnError> {
+    const CODE: &str = "STREAM_UPDATE_ERROR";
+    let _held = ItemLock::acquire(format!("{}\u{0}{}\u{0}{}", p.stream_name, p.group_id, p.item_id)).await;
+    let item = json!({"stream_name": p.stream_name, "group_id": p.group_id, "item_id": p.item_id});
+    let current = call_custom(engine, &format!("stream::get({})", p.stream_name), item.clone(), CODE).await?.filter(|v| !v.is_null());
+    let (new, errors) = update_ops::apply(current.as_ref(), ops);
+    let mut set_payload = item;
+    set_payload["data"] = new.clone();
+    call_custom(engine, &format!("stream::set({})", p.stream_name), set_payload, CODE).await?;
+    Ok((current, new, errors.iter().map(|e| json!(e)).collect()))
+}
+
+type LockMap = Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>;
+
+/// A per-item lock, forgotten once nobody holds or waits for it.
+struct ItemLock {
+    key: String,
+    lock: Arc<tokio::sync::Mutex<()>>,
+    _guard: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl ItemLock {
+    fn map() -> &'static LockMap {
+        static LOCKS: std::sync::OnceLock<LockMap> = std::sync::OnceLock::new();
+        LOCKS.get_or_init(Default::default)
+    }
+
+    async fn acquire(key: String) -> ItemLock {
+        let lock = Self::map().lock().unwrap().entry(key.clone()).or_default().clone();
+        let guard = lock.clone().lock_owned().await;
+        ItemLock { key, lock, _guard: guard }
+    }
+}
+
+impl Drop for ItemLock {
+    fn drop(&mut self) {
+        let mut map = Self::map().lock().unwrap();
+        // The map's reference, ours and the guard's: nobody else is waiting.
+        if Arc::strong_count(&self.lock) == 3 {
+            map.remove(&self.key);
+        }
+    }
+}

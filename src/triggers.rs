@@ -1,0 +1,151 @@
+//! Triggers that call functions on stream activity (spec section 5).
+//!
+//! - `stream`: after a stored change or a `stream::send`, optionally filtered by group, item
+//!   and a condition function; run in the background so the writer's reply never waits.
+//! - `stream:join`: before a client subscribes; `{"unauthorized": true}` rejects the join.
+//! - `stream:leave`: after a leave or a close; the result is ignored.
+
+use crate::engine::Engine;
+use crate::error::FnError;
+use crate::frame::{EventKind, StreamEvent};
+use serde::Deserialize;
+use serde_json::Value;
+use std::sync::{Arc, RwLock};
+
+pub const STREAM: &str = "stream";
+pub const JOIN: &str = "stream:join";
+pub const LEAVE: &str = "stream:leave";
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct StreamFilter {
+    pub stream_name: Option<String>,
+    pub group_id: Option<String>,
+    pub item_id: Option<String>,
+    pub condition_function_id: Option<String>,
+}
+
+impl StreamFilter {
+    fn matches(&self, event: &StreamEvent) -> bool {
+        self.stream_name.as_ref().is_none_or(|s| *s == event.stream_name)
+            && self.group_id.as_ref().is_none_or(|g| *g == event.group_id)
+            && self.item_id.as_ref().is_none_or(|i| Some(i) == event.id.as_ref())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Trigger {
+    pub id: String,
+    pub trigger_type: String,
+    pub function_id: String,
+    pub filter: StreamFilter,
+    pub worker_id: String,
+}
+
+#[derive(Default)]
+pub struct Triggers {
+    list: RwLock<Vec<Arc<Trigger>>>,
+}
+
+impl Triggers {
+    /// Registers a trigger from a worker; an unknown type or a bad config is refused.
+    pub fn register(&self, id: &str, trigger_type: &str, function_id: &str, config: Value, worker_id: &str) -> Result<(), FnError> {
+        let filter = match trigger_type {
+            STREAM => serde_json::from_value::<StreamFilter>(if config.is_null() { Value::Object(Default::default()) } else { config })
+                .map_err(|e| FnError::new("invalid_trigger_config", format!("stream trigger config: {e}")))?,
+            JOIN | LEAVE => StreamFilter::default(),
+            other => {
+                return Err(FnError::new(
+                    "trigger_type_not_found",
+                    format!("trigger type {other:?} is not served by streamhost; it serves stream, stream:join and stream:leave"),
+                ));
+            }
+        };
+        let trigger = Trigger {
+            id: id.to_owned(),
+            trigger_type: trigger_type.to_owned(),
+            function_id: function_id.to_owned(),
+            filter,
+            worker_id: worker_id.to_owned(),
+        };
+        let mut list = self.list.write().unwrap();
+        list.retain(|t| t.id != id);
+        list.push(Arc::new(trigger));
+        Ok(())
+    }
+
+    pub fn unregister(&self, id: &str) {
+        self.list.write().unwrap().retain(|t| t.id != id);
+    }
+
+    pub fn remove_worker(&self, worker_id: &str) {
+        self.list.write().unwrap().retain(|t| t.worker_id != worker_id);
+    }
+
+    fn of_type(&self, trigger_type: &str) -> Vec<Arc<Trigger>> {
+        self.list.read().unwrap().iter().filter(|t| t.trigger_type == trigger_type).cloned().collect()
+    }
+
+    /// Fires the `stream` triggers that match a change or an event, in the background.
+    pub fn fire_stream(&self, engine: &Arc<Engine>, event: &StreamEvent) {
+        if matches!(event.kind, EventKind::Sync(_) | EventKind::Unauthorized) {
+            return;
+        }
+        let matching: Vec<Arc<Trigger>> = {
+            let list = self.list.read().unwrap();
+            list.iter().filter(|t| t.trigger_type == STREAM && t.filter.matches(event)).cloned().collect()
+        };
+        if matching.is_empty() {
+            return;
+        }
+        let payload = event.to_value();
+        for trigger in matching {
+            let engine = engine.clone();
+            let payload = payload.clone();
+            tokio::spawn(async move {
+                if let Some(condition) = &trigger.filter.condition_function_id {
+                    match engine.call(condition, payload.clone()).await {
+                        Ok(Some(Value::Bool(false))) => return,
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(trigger = %trigger.id, condition, error = %e, "condition function failed; running the handler anyway"),
+                    }
+                }
+                if let Err(e) = engine.call(&trigger.function_id, payload).await {
+                    tracing::warn!(trigger = %trigger.id, function_id = %trigger.function_id, error = %e, "stream trigger failed");
+                }
+            });
+        }
+    }
+
+    /// Runs the `stream:join` triggers in turn; true when one of them rejects the join.
+    /// A trigger that fails rejects too: an access check that cannot run must not let anyone in.
+    pub async fn join_rejected(&self, engine: &Arc<Engine>, payload: &Value) -> bool {
+        for trigger in self.of_type(JOIN) {
+            match engine.call(&trigger.function_id, payload.clone()).await {
+                Ok(Some(result)) if result.get("unauthorized") == Some(&Value::Bool(true)) => return true,
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(function_id = %trigger.function_id, error = %e, "stream:join trigger failed; the join is refused");
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// Runs the `stream:leave` triggers in the background.
+    pub fn fire_leave(&self, engine: &Arc<Engine>, payload: Value) {
+        for trigger in self.of_type(LEAVE) {
+            let engine = engine.clone();
+            let payload = payload.clone();
+            tokio::spawn(async move {
+                if let Err(e) = engine.call(&trigger.function_id, payload).await {
+                    tracing::warn!(function_id = %trigger.function_id, error = %e, "stream:leave trigger failed");
+                }
+            });
+        }
+    }
+
+    pub fn has_join_triggers(&self) -> bool {
+        self.list.read().unwrap().iter().any(|t| t.trigger_type == JOIN)
+    }
+}
