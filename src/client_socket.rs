@@ -11,7 +11,7 @@ use crate::outbox::{self, CLOSE_GOING_AWAY, CLOSE_TOO_BIG, Outbox};
 use axum::Router;
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Path, RawQuery, State};
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use futures_util::StreamExt;
@@ -81,9 +81,10 @@ async fn accept(engine: Arc<Engine>, req: Upgrade, path_sub: Option<PathSub>) ->
         Err(refusal) => return refusal,
     };
     let mut ws = req.ws.max_message_size(engine.config.max_frame_bytes).max_frame_size(engine.config.max_frame_bytes);
-    // Browsers send tokens as a subprotocol and drop the socket unless one is echoed.
-    let offered = ws.requested_protocols().next().cloned();
-    if let Some(first) = offered {
+    // Browsers send tokens as a subprotocol and drop the socket unless one is echoed: echo
+    // the client's first choice (axum's own list is sorted, so read the header itself).
+    let offered = req.headers.get_all("sec-websocket-protocol").iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).map(str::trim).find(|p| !p.is_empty());
+    if let Some(first) = offered.and_then(|p| HeaderValue::from_str(p).ok()) {
         ws.set_selected_protocol(first);
     }
     ws.on_upgrade(move |socket| serve(engine, socket, context, path_sub)).into_response()

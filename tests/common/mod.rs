@@ -1,0 +1,291 @@
+//! Shared test helpers: engines (in-process or as the real binary), raw WebSocket clients and
+//! a raw worker that speaks the worker protocol.
+#![allow(dead_code)]
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use streamhost::{Config, Server, ServerHandle};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+
+pub const WAIT: Duration = Duration::from_secs(10);
+
+/// A config on free loopback ports with an in-memory store.
+pub fn test_config() -> Config {
+    let mut config = Config::default();
+    config.host = "127.0.0.1".into();
+    config.port = 0;
+    config.worker_host = "127.0.0.1".into();
+    config.worker_port = 0;
+    config.adapter = streamhost::config::AdapterConfig::KvMemory;
+    config
+}
+
+pub async fn start(config: Config) -> ServerHandle {
+    Server::start(config).await.expect("engine starts")
+}
+
+/// The engine as a separate process, for crash tests and SDK tests.
+pub struct EngineProcess {
+    pub child: Child,
+    pub client_addr: SocketAddr,
+    pub worker_addr: SocketAddr,
+}
+
+impl EngineProcess {
+    /// Starts `streamhost serve --config FILE` and reads the addresses it prints.
+    pub fn spawn(config_file: &Path) -> EngineProcess {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_streamhost"))
+            .args(["serve", "--config"])
+            .arg(config_file)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn streamhost");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("read the listening line");
+        let addr = |key: &str| -> SocketAddr {
+            let rest = line.split(key).nth(1).unwrap_or_else(|| panic!("no {key} in {line:?}"));
+            rest.split_whitespace().next().unwrap().parse().unwrap()
+        };
+        EngineProcess { client_addr: addr("clients ws://"), worker_addr: addr("workers ws://"), child }
+    }
+
+    pub fn kill9(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        unsafe_kill(self.child.id(), "TERM");
+        self.child.wait().unwrap()
+    }
+}
+
+fn unsafe_kill(pid: u32, signal: &str) {
+    Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().unwrap();
+}
+
+impl Drop for EngineProcess {
+    fn drop(&mut self) {
+        self.child.kill().ok();
+        self.child.wait().ok();
+    }
+}
+
+/// A config file on free loopback ports; `adapter` is the YAML of the adapter mapping.
+pub fn write_config(dir: &Path, adapter: &str) -> std::path::PathBuf {
+    let path = dir.join("iii-config.yaml");
+    let text = format!(
+        "workers:\n  - name: iii-worker-manager\n    config: {{ host: 127.0.0.1, port: 0 }}\n  - name: iii-stream\n    config:\n      host: 127.0.0.1\n      port: 0\n      adapter: {adapter}\n"
+    );
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// A browser-like client on the client socket.
+pub struct Client {
+    pub ws: Ws,
+}
+
+impl Client {
+    pub async fn connect(addr: SocketAddr, path: &str) -> Client {
+        let (ws, _) = connect_async(format!("ws://{addr}{path}")).await.expect("client connects");
+        Client { ws }
+    }
+
+    pub async fn send_json(&mut self, v: Value) {
+        self.ws.send(Message::text(v.to_string())).await.unwrap();
+    }
+
+    pub async fn join(&mut self, sub: &str, stream: &str, group: &str, id: Option<&str>) -> Value {
+        self.send_json(json!({"type": "join", "data": {"subscriptionId": sub, "streamName": stream, "groupId": group, "id": id}})).await;
+        self.next().await
+    }
+
+    /// The next JSON frame; panics after `WAIT`.
+    pub async fn next(&mut self) -> Value {
+        self.try_next(WAIT).await.expect("a frame within the wait")
+    }
+
+    pub async fn try_next(&mut self, wait: Duration) -> Option<Value> {
+        loop {
+            let msg = tokio::time::timeout(wait, self.ws.next()).await.ok()??;
+            match msg.ok()? {
+                Message::Text(t) => return Some(serde_json::from_str(t.as_str()).unwrap()),
+                Message::Binary(b) => return Some(serde_json::from_slice(&b).unwrap()),
+                Message::Close(_) => return None,
+                _ => continue,
+            }
+        }
+    }
+
+    /// Reads until the socket closes; returns the close code and reason.
+    pub async fn close_frame(&mut self) -> Option<(u16, String)> {
+        loop {
+            match tokio::time::timeout(WAIT, self.ws.next()).await.ok()?? {
+                Ok(Message::Close(Some(f))) => return Some((f.code.into(), f.reason.to_string())),
+                Ok(Message::Close(None)) => return None,
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    }
+}
+
+type Handler = Arc<dyn Fn(Value) -> Result<Option<Value>, Value> + Send + Sync>;
+
+/// A worker speaking the raw worker protocol, so tests see every frame exactly.
+pub struct RawWorker {
+    out: mpsc::UnboundedSender<Message>,
+    pending: Arc<Mutex<HashMap<String, oneshot::Sender<Value>>>>,
+    handlers: Arc<Mutex<HashMap<String, Handler>>>,
+    pub worker_id: String,
+    pub frames: mpsc::UnboundedReceiver<Value>,
+    next_id: std::sync::atomic::AtomicU64,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Dropping a worker closes its socket, as a crashed worker process would.
+impl Drop for RawWorker {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl RawWorker {
+    pub async fn connect(addr: SocketAddr) -> RawWorker {
+        let (ws, _) = connect_async(format!("ws://{addr}")).await.expect("worker connects");
+        let (mut sink, mut stream) = ws.split();
+        let (out, mut out_rx) = mpsc::unbounded_channel::<Message>();
+        let (frames_tx, frames) = mpsc::unbounded_channel();
+        let pending: Arc<Mutex<HashMap<String, oneshot::Sender<Value>>>> = Arc::default();
+        let handlers: Arc<Mutex<HashMap<String, Handler>>> = Arc::default();
+        let writer = tokio::spawn(async move {
+            while let Some(m) = out_rx.recv().await {
+                if sink.send(m).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let (registered_tx, registered_rx) = oneshot::channel();
+        let mut registered_tx = Some(registered_tx);
+        let (p, h, o) = (pending.clone(), handlers.clone(), out.clone());
+        let reader = tokio::spawn(async move {
+            while let Some(Ok(msg)) = stream.next().await {
+                let Message::Text(text) = msg else { continue };
+                let v: Value = serde_json::from_str(text.as_str()).unwrap();
+                match v["type"].as_str() {
+                    Some("workerregistered") => {
+                        if let Some(tx) = registered_tx.take() {
+                            let _ = tx.send(v["worker_id"].as_str().unwrap().to_owned());
+                        }
+                    }
+                    Some("invocationresult") => {
+                        let id = v["invocation_id"].as_str().unwrap_or_default().to_owned();
+                        if let Some(tx) = p.lock().unwrap().remove(&id) {
+                            let _ = tx.send(v);
+                        }
+                    }
+                    Some("invokefunction") => {
+                        // Handlers may block (tests simulate slow workers): run them off the runtime.
+                        let handler = h.lock().unwrap().get(v["function_id"].as_str().unwrap()).cloned();
+                        let (o, call) = (o.clone(), v.clone());
+                        tokio::task::spawn_blocking(move || {
+                            let reply = match handler {
+                                Some(f) => match f(call["data"].clone()) {
+                                    Ok(Some(r)) => json!({"result": r}),
+                                    Ok(None) => json!({}),
+                                    Err(e) => json!({"error": e}),
+                                },
+                                None => json!({"error": {"code": "function_not_found", "message": "no handler"}}),
+                            };
+                            if let Some(id) = call.get("invocation_id").filter(|i| !i.is_null()) {
+                                let mut reply = reply;
+                                reply["type"] = json!("invocationresult");
+                                reply["invocation_id"] = id.clone();
+                                reply["function_id"] = call["function_id"].clone();
+                                let _ = o.send(Message::text(reply.to_string()));
+                            }
+                        });
+                        let _ = frames_tx.send(v);
+                    }
+                    _ => {
+                        let _ = frames_tx.send(v);
+                    }
+                }
+            }
+            // The socket is gone: calls still waiting fail now rather than time out.
+            p.lock().unwrap().clear();
+        });
+        let worker_id = tokio::time::timeout(WAIT, registered_rx).await.expect("workerregistered in time").unwrap();
+        RawWorker { out, pending, handlers, worker_id, frames, next_id: Default::default(), tasks: vec![writer, reader] }
+    }
+
+    pub fn send_raw(&self, msg: Message) {
+        self.out.send(msg).unwrap();
+    }
+
+    pub fn send_json(&self, v: Value) {
+        self.send_raw(Message::text(v.to_string()));
+    }
+
+    /// Calls a function and returns the whole `invocationresult` frame.
+    pub async fn call_raw(&self, function_id: &str, data: Value) -> Value {
+        self.try_call_raw(function_id, data).await.expect("the worker socket closed before the answer")
+    }
+
+    /// Like `call_raw`, but None when the socket closes first.
+    pub async fn try_call_raw(&self, function_id: &str, data: Value) -> Option<Value> {
+        let id = format!("call-{}", self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().unwrap().insert(id.clone(), tx);
+        let _ = self.out.send(Message::text(json!({"type": "invokefunction", "invocation_id": id, "function_id": function_id, "data": data}).to_string()));
+        tokio::time::timeout(Duration::from_secs(30), rx).await.expect("an answer in time").ok()
+    }
+
+    /// Calls a function: Ok(result or None) or Err(error object).
+    pub async fn call(&self, function_id: &str, data: Value) -> Result<Option<Value>, Value> {
+        let r = self.call_raw(function_id, data).await;
+        match r.get("error") {
+            Some(e) if !e.is_null() => Err(e.clone()),
+            _ => Ok(r.get("result").cloned()),
+        }
+    }
+
+    pub async fn ok(&self, function_id: &str, data: Value) -> Value {
+        self.call(function_id, data).await.unwrap_or_else(|e| panic!("{function_id} failed: {e}")).unwrap_or(Value::Null)
+    }
+
+    /// Registers a function served by `handler`, and waits until the engine knows it.
+    pub async fn register(&self, id: &str, handler: impl Fn(Value) -> Result<Option<Value>, Value> + Send + Sync + 'static) {
+        self.handlers.lock().unwrap().insert(id.to_owned(), Arc::new(handler));
+        self.send_json(json!({"type": "registerfunction", "id": id}));
+        self.sync().await;
+    }
+
+    pub async fn register_trigger(&self, id: &str, trigger_type: &str, function_id: &str, config: Value) {
+        self.send_json(json!({"type": "registertrigger", "id": id, "trigger_type": trigger_type, "function_id": function_id, "config": config}));
+        self.sync().await;
+    }
+
+    /// Frames from one worker are handled in order: a round trip means all before it are done.
+    pub async fn sync(&self) {
+        let _ = self.call("stream::list_groups", json!({"stream_name": "__sync__"})).await;
+    }
+}
