@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Runs the whole test suite. Installs the SDK test clients (npm and PyPI iii-sdk) on first use.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ ! -d tests/sdk/node/node_modules ] || [ tests/sdk/node/package-lock.json -nt tests/sdk/node/node_modules ]; then
+  echo "== installing the Node iii-sdk test client (npm ci)"
+  npm ci --prefix tests/sdk/node --no-audit --no-fund
+  touch tests/sdk/node/node_modules
+fi
+venv=tests/sdk/python/.venv
+if [ ! -x "$venv/bin/python" ] || [ tests/sdk/python/requirements.txt -nt "$venv" ]; then
+  echo "== installing the Python iii-sdk test client (venv + pip)"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet -r tests/sdk/python/requirements.txt
+  touch "$venv"
+fi
+
+echo "== cargo test"
+cargo test "$@"
