@@ -20,6 +20,8 @@ use std::time::Duration;
 pub enum AdapterConfig {
     KvMemory,
     KvFile { path: PathBuf },
+    /// `redis_url` as Redis URLs write it: `redis://[user:pass@]host:port[/db]`, `rediss://` for TLS.
+    Redis { url: String },
 }
 
 #[derive(Debug, Clone)]
@@ -151,9 +153,16 @@ fn adapter(value: &Value, warnings: &mut Vec<String>) -> anyhow::Result<AdapterC
             }
         }
         "modules::stream::adapters::RedisAdapter" | "redis" | "RedisAdapter" => {
-            bail!("the Redis adapter is not available in this build yet: use the KvStore adapter (`name: kv`)")
+            let mut url = "redis://localhost:6379".to_owned();
+            for (key, value) in cfg {
+                match key.as_str().unwrap_or_default() {
+                    "redis_url" => url = string(value, "redis_url")?,
+                    other => warnings.push(format!("unknown key `{other}` in the Redis adapter ignored")),
+                }
+            }
+            Ok(AdapterConfig::Redis { url })
         }
-        other => bail!("adapter `{other}` is not known: use `modules::stream::adapters::KvStore` (or `name: kv`)"),
+        other => bail!("adapter `{other}` is not known: use `modules::stream::adapters::KvStore` (`name: kv`) or `modules::stream::adapters::RedisAdapter` (`name: redis`)"),
     }
 }
 

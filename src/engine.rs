@@ -1,14 +1,14 @@
 //! The engine: what every socket and function shares.
 
-use crate::adapter::StreamAdapter;
+use crate::adapter::{BusMessage, EventBus, StreamAdapter};
 use crate::config::Config;
 use crate::error::{FnError, FnResult};
-use crate::frame::StreamEvent;
+use crate::frame::{EventKind, StreamEvent};
 use crate::hub::Hub;
 use crate::router::Router;
 use crate::streams;
 use crate::triggers::Triggers;
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::watch;
@@ -28,6 +28,8 @@ pub struct Engine {
     pub router: Router,
     pub triggers: Triggers,
     pub stats: Stats,
+    /// Carries events to and from other nodes when the adapter is shared (Redis).
+    bus: Option<Arc<dyn EventBus>>,
     shutdown: watch::Sender<bool>,
 }
 
@@ -36,6 +38,7 @@ impl Engine {
         Arc::new(Engine {
             router: Router::new(config.invocation_timeout),
             config,
+            bus: adapter.event_bus(),
             adapter,
             hub: Hub::new(),
             triggers: Triggers::default(),
@@ -55,10 +58,52 @@ impl Engine {
         }
     }
 
-    /// Sends a stored change or an ephemeral event to subscribers and `stream` triggers.
+    /// Sends a stored change or an ephemeral event to subscribers, `stream` triggers and the
+    /// other engine nodes. Triggers fire only on the node where the change was made.
     pub fn emit(self: &Arc<Self>, event: StreamEvent) {
         self.hub.publish(&event);
+        if let Some(bus) = &self.bus {
+            bus.publish(&event);
+        }
         self.triggers.fire_stream(self, &event);
+    }
+
+    /// Delivers what other nodes emit; on a gap, gives every subscriber a fresh snapshot.
+    pub fn listen_to_bus(self: &Arc<Self>) {
+        let Some(bus) = &self.bus else { return };
+        let mut rx = bus.subscribe();
+        let engine = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while let Some(msg) = rx.recv().await {
+                let Some(engine) = engine.upgrade() else { return };
+                match msg {
+                    BusMessage::Event(event) => {
+                        engine.hub.publish(&event);
+                    }
+                    BusMessage::Gap => engine.resync_subscribers().await,
+                }
+            }
+        });
+    }
+
+    /// Sends every subscription a new `sync` snapshot, after events may have been missed.
+    pub async fn resync_subscribers(self: &Arc<Self>) {
+        let subs = self.hub.subscriptions();
+        tracing::info!(subscriptions = subs.len(), "resynchronising subscribers after a gap in events from other nodes");
+        for (stream, group, item, outbox) in subs {
+            let snapshot = match &item {
+                Some(item) => self.call("stream::get", json!({"stream_name": stream, "group_id": group, "item_id": item})).await,
+                None => self.call("stream::list", json!({"stream_name": stream, "group_id": group})).await,
+            };
+            match snapshot {
+                Ok(data) => {
+                    let data = data.unwrap_or(if item.is_some() { Value::Null } else { json!([]) });
+                    let event = StreamEvent::new(&stream, &group, item.as_deref(), EventKind::Sync(data));
+                    outbox.push(event.encode().into());
+                }
+                Err(e) => tracing::warn!(%stream, %group, error = %e, "cannot resynchronise a subscription"),
+            }
+        }
     }
 
     /// Resolves when the engine starts shutting down.

@@ -65,6 +65,37 @@ impl StreamEvent {
         })
     }
 
+    /// Reads a server frame back (from another node); None when it is not one.
+    pub fn from_value(frame: &Value) -> Option<StreamEvent> {
+        if frame.get("type")? != "stream" {
+            return None;
+        }
+        let event = frame.get("event")?;
+        let data = || event.get("data").cloned().unwrap_or(Value::Null);
+        let kind = match event.get("type")?.as_str()? {
+            "sync" => EventKind::Sync(data()),
+            "create" => EventKind::Create(data()),
+            "update" => EventKind::Update(data()),
+            "delete" => EventKind::Delete(data()),
+            "unauthorized" => EventKind::Unauthorized,
+            "event" => {
+                let inner = event.get("event")?;
+                EventKind::Custom {
+                    name: inner.get("type")?.as_str()?.to_owned(),
+                    data: inner.get("data").cloned().unwrap_or(Value::Null),
+                }
+            }
+            _ => return None,
+        };
+        Some(StreamEvent {
+            stream_name: frame.get("streamName")?.as_str()?.to_owned(),
+            group_id: frame.get("groupId")?.as_str()?.to_owned(),
+            id: frame.get("id").and_then(Value::as_str).map(str::to_owned),
+            timestamp: frame.get("timestamp").and_then(Value::as_u64).unwrap_or_else(now_millis),
+            kind,
+        })
+    }
+
     /// The frame as text, encoded once and shared by every subscriber.
     pub fn encode(&self) -> String {
         self.to_value().to_string()
@@ -74,4 +105,27 @@ impl StreamEvent {
 /// An error frame for a client that sent something we cannot act on; the socket stays open.
 pub fn error_frame(code: &str, message: &str) -> String {
     json!({"type": "error", "error": {"code": code, "message": message}}).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_read_back_as_they_were_written() {
+        let kinds = [
+            EventKind::Sync(json!([1])),
+            EventKind::Create(json!({"a": 1})),
+            EventKind::Update(json!("x")),
+            EventKind::Delete(json!(null)),
+            EventKind::Custom { name: "typing".into(), data: json!({"who": "ann"}) },
+            EventKind::Unauthorized,
+        ];
+        for kind in kinds {
+            let event = StreamEvent::new("s", "g", Some("i"), kind);
+            let back = StreamEvent::from_value(&event.to_value()).expect("reads back");
+            assert_eq!(back.to_value(), event.to_value());
+        }
+        assert!(StreamEvent::from_value(&json!({"type": "other"})).is_none());
+    }
 }

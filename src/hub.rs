@@ -103,6 +103,22 @@ impl Hub {
         n
     }
 
+    /// Every subscription as (stream, group, item, socket), for resynchronising them.
+    pub fn subscriptions(&self) -> Vec<(String, String, Option<String>, Arc<Outbox>)> {
+        let groups = self.groups.read().unwrap();
+        let mut out = Vec::new();
+        for (stream, by_group) in groups.iter() {
+            for (group, conns) in by_group {
+                for sub in conns.values() {
+                    for (_, item) in &sub.subs {
+                        out.push((stream.clone(), group.clone(), item.clone(), sub.outbox.clone()));
+                    }
+                }
+            }
+        }
+        out
+    }
+
     /// Subscriptions held, for metrics and tests.
     pub fn subscription_count(&self) -> usize {
         let groups = self.groups.read().unwrap();

@@ -27,12 +27,13 @@ impl Server {
         for warning in &config.warnings {
             tracing::warn!("config: {warning}");
         }
-        let adapter = adapter::from_config(&config.adapter)?;
+        let adapter = adapter::from_config(&config.adapter).await?;
         let client_listener = bind(&config.host, config.port, "client").await?;
         let worker_listener = bind(&config.worker_host, config.worker_port, "worker").await?;
         let client_addr = client_listener.local_addr()?;
         let worker_addr = worker_listener.local_addr()?;
         let engine = Engine::new(config, adapter);
+        engine.listen_to_bus();
 
         let clients = client_socket::routes(engine.clone()).into_make_service_with_connect_info::<SocketAddr>();
         let workers = worker_socket::routes(engine.clone()).into_make_service();

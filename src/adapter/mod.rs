@@ -7,6 +7,7 @@ pub mod kv_store;
 pub mod wal;
 
 use crate::config::AdapterConfig;
+use crate::frame::StreamEvent;
 use crate::update_ops::{OpError, ParsedOp};
 use async_trait::async_trait;
 use serde_json::Value;
@@ -40,12 +41,36 @@ pub trait StreamAdapter: Send + Sync {
     async fn shutdown(&self) -> anyhow::Result<()> {
         Ok(())
     }
+
+    /// The channel that carries events between engine nodes, for adapters shared by several
+    /// nodes (Redis); None when this node is alone.
+    fn event_bus(&self) -> Option<Arc<dyn EventBus>> {
+        None
+    }
+}
+
+/// What a node hears from the other nodes.
+#[derive(Debug)]
+pub enum BusMessage {
+    /// An event emitted on another node, for this node's subscribers.
+    Event(StreamEvent),
+    /// Events may have been missed (the bus reconnected): subscribers need a fresh `sync`.
+    Gap,
+}
+
+/// Carries events between engine nodes, so each node's clients see every node's changes.
+pub trait EventBus: Send + Sync {
+    /// Sends an event emitted on this node to the other nodes. It must not block.
+    fn publish(&self, event: &StreamEvent);
+    /// The events of the other nodes (never this node's own), and gaps. Called once.
+    fn subscribe(&self) -> tokio::sync::mpsc::Receiver<BusMessage>;
 }
 
 /// Builds the adapter the configuration names.
-pub fn from_config(config: &AdapterConfig) -> anyhow::Result<Arc<dyn StreamAdapter>> {
+pub async fn from_config(config: &AdapterConfig) -> anyhow::Result<Arc<dyn StreamAdapter>> {
     match config {
         AdapterConfig::KvMemory => Ok(Arc::new(kv_store::KvStore::in_memory())),
         AdapterConfig::KvFile { path } => Ok(Arc::new(kv_store::KvStore::open(path)?)),
+        AdapterConfig::Redis { .. } => anyhow::bail!("the Redis adapter is not built yet"),
     }
 }
