@@ -7,7 +7,7 @@
 use crate::engine::Engine;
 use crate::frame::{EventKind, StreamEvent, error_frame};
 use crate::hub::ConnId;
-use crate::outbox::{self, CLOSE_GOING_AWAY, CLOSE_TOO_BIG, Outbox};
+use crate::outbox::{self, CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_TOO_BIG, Outbox};
 use axum::Router;
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Path, RawQuery, State};
@@ -179,9 +179,12 @@ async fn serve(engine: Arc<Engine>, socket: WebSocket, context: Value, path_sub:
         }
     }
     client.leave_all();
+    // The writer owns a handle to its own queue, so it ends only when asked: answer the
+    // client's close (or end after an error) with a normal close.
+    client.outbox.close(CLOSE_NORMAL, "");
     drop(client);
-    if !writer.is_finished() {
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), writer).await;
+    if tokio::time::timeout(std::time::Duration::from_secs(2), &mut writer).await.is_err() {
+        writer.abort();
     }
     engine.stats.client_connections.fetch_sub(1, Ordering::Relaxed);
 }

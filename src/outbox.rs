@@ -18,6 +18,8 @@ use tokio::sync::{Notify, mpsc};
 pub const CLOSE_SLOW: u16 = 4008;
 /// Close code for a frame over the size limit (RFC 6455 "message too big").
 pub const CLOSE_TOO_BIG: u16 = 1009;
+/// Close code for an ordinary end of the connection.
+pub const CLOSE_NORMAL: u16 = 1000;
 /// Close code when the engine shuts down (RFC 6455 "going away").
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 
@@ -123,6 +125,8 @@ pub async fn run_writer(
         // A client that is not reading will never take the close frame: give up after a moment.
         let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(Some(frame)))).await;
     }
+    // Flushes a close reply the socket queued by itself (when the peer closed first).
+    let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
 }
 
 /// A close reason must fit in a control frame (123 bytes), cut on a char boundary.

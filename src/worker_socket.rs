@@ -7,7 +7,7 @@
 
 use crate::engine::Engine;
 use crate::error::{FnError, FnResult};
-use crate::outbox::{self, CLOSE_GOING_AWAY, Outbox};
+use crate::outbox::{self, CLOSE_GOING_AWAY, CLOSE_NORMAL, Outbox};
 use crate::router::WorkerHandle;
 use axum::Router;
 use axum::extract::State;
@@ -99,9 +99,9 @@ async fn serve(engine: Arc<Engine>, socket: WebSocket) {
     engine.router.remove_worker(&worker_id);
     engine.triggers.remove_worker(&worker_id);
     worker.disconnect();
-    if !writer.is_finished() {
-        outbox.close(CLOSE_GOING_AWAY, "closing");
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), writer).await;
+    outbox.close(CLOSE_NORMAL, "");
+    if tokio::time::timeout(std::time::Duration::from_secs(2), &mut writer).await.is_err() {
+        writer.abort();
     }
     engine.stats.worker_connections.fetch_sub(1, Ordering::Relaxed);
     tracing::debug!(worker = %worker_id, "worker disconnected");

@@ -273,3 +273,43 @@ async fn shutdown_closes_clients_with_going_away() {
     engine.shutdown().await.unwrap();
     assert_eq!(c.close_frame().await.map(|f| f.0), Some(1001));
 }
+
+/// RFC 6455 5.5.1: a client's Close is answered with a Close and the TCP connection ends;
+/// the engine keeps nothing of the socket afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_close_is_answered_and_nothing_lingers() {
+    use tokio_tungstenite::tungstenite::protocol::{CloseFrame, frame::coding::CloseCode};
+    let engine = start(test_config()).await;
+    for path in ["/", "/stream/chat/room"] {
+        let mut c = Client::connect(engine.client_addr, path).await;
+        if path == "/" {
+            c.join("s", "chat", "room", None).await;
+        } else {
+            c.next().await;
+        }
+        c.ws.send(Message::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "bye".into() }))).await.unwrap();
+        let mut answered = None;
+        let ended = tokio::time::timeout(Duration::from_secs(2), async {
+            while let Some(msg) = c.ws.next().await {
+                match msg {
+                    Ok(Message::Close(frame)) => answered = frame.map(|f| u16::from(f.code)),
+                    Ok(_) => {}
+                    Err(_) => break,
+                }
+            }
+        })
+        .await;
+        assert_eq!(answered, Some(1000), "the close is answered with 1000");
+        assert!(ended.is_ok(), "the engine closed the TCP connection");
+    }
+    // A client that just vanishes is cleaned up too.
+    let mut gone = Client::connect(engine.client_addr, "/stream/chat/room").await;
+    gone.next().await;
+    drop(gone);
+    let deadline = std::time::Instant::now() + WAIT;
+    while engine.engine.client_count() > 0 || engine.engine.hub.subscription_count() > 0 {
+        assert!(std::time::Instant::now() < deadline, "{} connections still held", engine.engine.client_count());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    engine.shutdown().await.unwrap();
+}

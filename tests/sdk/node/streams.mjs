@@ -340,6 +340,25 @@ async function customStream() {
   client.close()
 }
 
+async function closeHandshake() {
+  begin('client close handshake')
+  const client = await RawClient.connect()
+  const rows = await call('stream::list', { stream_name: 'chat', group_id: 'room-1' })
+  frame(await client.join('bye', 'chat', 'room-1'), 'chat', 'room-1', null, { type: 'sync', data: rows }, 'sync before close')
+  // ws sends Close 1000 and emits 'close' once the server answered with its Close frame and
+  // the TCP connection ended (or after its own 30 s timeout, with code 1006).
+  const closed = new Promise((r) => client.ws.once('close', (code) => r(code)))
+  const started = Date.now()
+  client.ws.close(1000)
+  const code = await within(closed, 'close event', 2000).catch(() => {
+    throw new assert.AssertionError({
+      message: `the engine did not complete the client's close handshake (RFC 6455 5.5.1) within 2 s ` +
+        `(close answered: ${client.ws._closeFrameReceived === true})`,
+    })
+  })
+  assert.equal(code, 1000, `the engine echoes the close code (after ${Date.now() - started} ms)`)
+}
+
 let failed = false
 try {
   await builtins()
@@ -347,6 +366,7 @@ try {
   await functionsAcrossWorkers()
   await triggers()
   await customStream()
+  await closeHandshake()
   log('ALL PASSED')
 } catch (e) {
   failed = true

@@ -9,6 +9,7 @@ Exits 0 when every check passed, 1 (after printing what differed) otherwise.
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import os
 import re
@@ -47,7 +48,8 @@ def options(name: str) -> InitOptions:
 
 def watchdog() -> None:
     time.sleep(25)
-    print(f'FAIL: timed out in step "{step}"', file=sys.stderr, flush=True)
+    print(f'FAIL: timed out in step "{step}"; the stacks:', file=sys.stderr, flush=True)
+    faulthandler.dump_traceback(file=sys.stderr)
     os._exit(3)
 
 
@@ -89,8 +91,10 @@ def rejection(fn, what: str) -> InvocationError:
 class RawClient:
     """A browser-like client on the client socket."""
 
-    def __init__(self, path: str = "/") -> None:
-        self.ws = ws_connect(CLIENT_URL + path, open_timeout=WAIT_S)
+    def __init__(self, path: str = "/", close_timeout: float = 0.3) -> None:
+        # A short close timeout: `close()` blocks until the server answers the Close frame or
+        # this runs out. `close_handshake()` checks the server's answer on its own.
+        self.ws = ws_connect(CLIENT_URL + path, open_timeout=WAIT_S, close_timeout=close_timeout)
 
     def next(self, what: str = "frame", timeout: float = WAIT_S) -> dict:
         try:
@@ -239,6 +243,7 @@ def functions_across_workers() -> None:
     other = register_worker(WORKER_URL, options("py-sdk-test-b"))
     eq(call("py.echo", {"q": [1, "two"]}, other), {"echoed": {"q": [1, "two"]}, "by": "a"}, "worker b calls a function of worker a")
     eq(call("py.echo", "self"), {"echoed": "self", "by": "a"}, "worker a calls its own function")
+    log("(the SDK prints the traceback of py.fails below: it raises on purpose)")
     e = rejection(lambda: call("py.fails", {}, other), "a function that raises")
     check("kaboom from a" in str(e), f"the raiser's message reaches the caller: {e}")
     eq(call("py.nothing", {}, other), None, "a function returning None")
@@ -377,6 +382,19 @@ def custom_stream() -> None:
     client.close()
 
 
+def close_handshake() -> None:
+    begin("client close handshake")
+    client = RawClient(close_timeout=3)
+    frame(client.join("bye", "chat", "room-1"), "chat", "room-1", None, {"type": "sync", "data": call("stream::list", {"stream_name": "chat", "group_id": "room-1"})}, "sync before close")
+    started = time.monotonic()
+    client.close()  # sends Close 1000, waits for the server's Close and then for the TCP close
+    took = time.monotonic() - started
+    answer = client.ws.protocol.close_rcvd
+    check(answer is not None, f"the engine never answered the client's Close frame (RFC 6455 5.5.1); close() gave up after {took:.1f} s")
+    check(took < 2, f"the engine answered Close but kept the TCP connection open; close() took {took:.1f} s")
+    eq(answer.code, 1000, "the engine echoes the close code")
+
+
 failed = False
 try:
     builtins()
@@ -384,6 +402,7 @@ try:
     functions_across_workers()
     triggers()
     custom_stream()
+    close_handshake()
     log("ALL PASSED")
 except Exception as e:  # noqa: BLE001
     failed = True
