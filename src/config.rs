@@ -24,6 +24,16 @@ pub enum AdapterConfig {
     Redis { url: String },
 }
 
+/// A stream served by a WebAssembly component, from the config file.
+#[derive(Debug, Clone)]
+pub struct CustomStreamConfig {
+    pub stream_name: String,
+    pub component: PathBuf,
+    /// Given to the adapter's `init`, as JSON.
+    pub config: serde_json::Value,
+    pub limits: crate::wasm::Limits,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Client socket (browsers, apps).
@@ -41,6 +51,10 @@ pub struct Config {
     pub send_queue_frames: usize,
     /// How long a call to a worker's function may take.
     pub invocation_timeout: Duration,
+    /// Streams bound to WebAssembly adapters at start-up.
+    pub custom_streams: Vec<CustomStreamConfig>,
+    /// Where compiled adapters are cached (None: compile at every start).
+    pub wasm_cache_dir: Option<PathBuf>,
     /// What the loader skipped, reported once at start-up.
     pub warnings: Vec<String>,
 }
@@ -57,6 +71,8 @@ impl Default for Config {
             max_frame_bytes: 1 << 20,
             send_queue_frames: 4096,
             invocation_timeout: Duration::from_secs(30),
+            custom_streams: Vec::new(),
+            wasm_cache_dir: Some(PathBuf::from("./data/wasm-cache")),
             warnings: Vec::new(),
         }
     }
@@ -109,6 +125,12 @@ impl Config {
                     "adapter" => self.adapter = adapter(value, &mut self.warnings)?,
                     "max_frame_bytes" => self.max_frame_bytes = number(value, key)? as usize,
                     "send_queue_frames" => self.send_queue_frames = number(value, key)?.max(1) as usize,
+                    "wasm_cache_dir" => self.wasm_cache_dir = Some(PathBuf::from(string(value, key)?)),
+                    "custom_streams" => {
+                        for entry in value.as_sequence().map(Vec::as_slice).unwrap_or_default() {
+                            self.custom_streams.push(custom_stream(entry)?);
+                        }
+                    }
                     other => self.warnings.push(format!("unknown key `{other}` in {name} ignored")),
                 }
             }
@@ -164,6 +186,20 @@ fn adapter(value: &Value, warnings: &mut Vec<String>) -> anyhow::Result<AdapterC
         }
         other => bail!("adapter `{other}` is not known: use `modules::stream::adapters::KvStore` (`name: kv`) or `modules::stream::adapters::RedisAdapter` (`name: redis`)"),
     }
+}
+
+fn custom_stream(entry: &Value) -> anyhow::Result<CustomStreamConfig> {
+    let stream_name = entry.get("stream_name").map(|v| string(v, "stream_name")).transpose()?.context("a custom stream needs `stream_name`")?;
+    let component = entry.get("component").map(|v| string(v, "component")).transpose()?.with_context(|| format!("custom stream {stream_name}: `component` (the .wasm file) is missing"))?;
+    let config = match entry.get("config") {
+        Some(v) => serde_json::to_value(v).with_context(|| format!("custom stream {stream_name}: `config` cannot be JSON"))?,
+        None => serde_json::Value::Object(Default::default()),
+    };
+    let limits: crate::custom_streams::LimitsSpec = match entry.get("limits") {
+        Some(v) => serde_yaml_ng::from_value(v.clone()).with_context(|| format!("custom stream {stream_name}: bad `limits`"))?,
+        None => Default::default(),
+    };
+    Ok(CustomStreamConfig { stream_name, component: PathBuf::from(component), config, limits: limits.to_limits() })
 }
 
 fn string(value: &Value, what: &str) -> anyhow::Result<String> {

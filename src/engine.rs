@@ -2,6 +2,7 @@
 
 use crate::adapter::{BusMessage, EventBus, StreamAdapter};
 use crate::config::Config;
+use crate::custom_streams::{self, CustomStreams};
 use crate::error::{FnError, FnResult};
 use crate::frame::{EventKind, StreamEvent};
 use crate::hub::Hub;
@@ -27,6 +28,8 @@ pub struct Engine {
     pub hub: Hub,
     pub router: Router,
     pub triggers: Triggers,
+    /// Streams served by WebAssembly adapters.
+    pub custom_streams: CustomStreams,
     pub stats: Stats,
     /// Carries events to and from other nodes when the adapter is shared (Redis).
     bus: Option<Arc<dyn EventBus>>,
@@ -35,6 +38,7 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(config: Config, adapter: Arc<dyn StreamAdapter>) -> Arc<Engine> {
+        let cache_dir = config.wasm_cache_dir.clone();
         Arc::new(Engine {
             router: Router::new(config.invocation_timeout),
             config,
@@ -42,6 +46,7 @@ impl Engine {
             adapter,
             hub: Hub::new(),
             triggers: Triggers::default(),
+            custom_streams: CustomStreams::new(cache_dir),
             stats: Stats::default(),
             shutdown: watch::channel(false).0,
         })
@@ -52,20 +57,57 @@ impl Engine {
         if streams::is_builtin(function_id) {
             return streams::call(self, function_id, data).await;
         }
+        if custom_streams::is_function(function_id) {
+            return custom_streams::call(self, function_id, data).await;
+        }
         match self.router.lookup(function_id) {
             Some(worker) => worker.invoke(function_id, data, self.config.invocation_timeout).await,
             None => Err(FnError::new("function_not_found", format!("function {function_id} is not registered by any worker"))),
         }
     }
 
-    /// Sends a stored change or an ephemeral event to subscribers, `stream` triggers and the
-    /// other engine nodes. Triggers fire only on the node where the change was made.
-    pub fn emit(self: &Arc<Self>, event: StreamEvent) {
-        self.hub.publish(&event);
-        if let Some(bus) = &self.bus {
-            bus.publish(&event);
+    /// The storage that serves a stream: its WebAssembly adapter, or the engine's adapter.
+    pub fn storage(&self, stream: &str) -> Arc<dyn StreamAdapter> {
+        match self.custom_streams.get(stream) {
+            Some(wasm) => wasm,
+            None => self.adapter.clone(),
         }
+    }
+
+    /// Sends a stored change or an ephemeral event to subscribers, `stream` triggers and the
+    /// other engine nodes. Triggers fire only on the node where the change was made, and see
+    /// the change itself; clients see what the stream's fan-out hook, if any, makes of it.
+    pub async fn emit(self: &Arc<Self>, event: StreamEvent) {
         self.triggers.fire_stream(self, &event);
+        for event in self.fan_out(event).await {
+            self.hub.publish(&event);
+            if let Some(bus) = &self.bus {
+                bus.publish(&event);
+            }
+        }
+    }
+
+    /// Runs an event through its stream's fan-out hook. A failing hook delivers nothing: a
+    /// hook may exist to keep data from clients, so failing open could leak it.
+    async fn fan_out(&self, event: StreamEvent) -> Vec<StreamEvent> {
+        let Some(adapter) = self.custom_streams.get(&event.stream_name) else { return vec![event] };
+        match adapter.fanout(&event).await {
+            None => vec![event],
+            Some(Ok(events)) => events
+                .into_iter()
+                .filter(|e| {
+                    let same = e.stream_name == event.stream_name;
+                    if !same {
+                        tracing::warn!(stream = %event.stream_name, to = %e.stream_name, "a fan-out hook may route only within its own stream; event dropped");
+                    }
+                    same
+                })
+                .collect(),
+            Some(Err(e)) => {
+                tracing::error!(stream = %event.stream_name, error = %format!("{e:#}"), "fan-out hook failed; the event was not delivered");
+                Vec::new()
+            }
+        }
     }
 
     /// Delivers what other nodes emit; on a gap, gives every subscriber a fresh snapshot.

@@ -22,9 +22,13 @@ impl FnError {
         )
     }
 
-    /// A storage failure, with the function's own error code (e.g. `STREAM_SET_ERROR`).
-    pub fn storage(code: &str, err: impl fmt::Display) -> Self {
-        FnError::new(code, format!("{err:#}"))
+    /// A storage failure: an error that carries its own code (a WebAssembly adapter's
+    /// `adapter_timeout`, say) keeps it; others get the function's code (`STREAM_SET_ERROR`).
+    pub fn storage(code: &str, err: anyhow::Error) -> Self {
+        match err.downcast_ref::<FnError>() {
+            Some(own) => own.clone(),
+            None => FnError::new(code, format!("{err:#}")),
+        }
     }
 }
 

@@ -7,21 +7,25 @@
 //! - `streams`: the built-in `stream::*` functions;
 //! - `triggers`: `stream`, `stream:join` and `stream:leave` triggers;
 //! - `hub` and `outbox`: fan-out to subscribed sockets, encoded once, bounded per socket;
-//! - `adapter`: one trait for storage, one module per backend.
+//! - `adapter`: one trait for storage, one module per backend;
+//! - `wasm` and `custom_streams`: streams served by sandboxed WebAssembly adapters.
 
 pub mod adapter;
 pub mod client_socket;
 pub mod config;
+pub mod custom_streams;
 pub mod engine;
 pub mod error;
 pub mod frame;
 pub mod hub;
+pub mod item_lock;
 pub mod outbox;
 pub mod router;
 pub mod server;
 pub mod streams;
 pub mod triggers;
 pub mod update_ops;
+pub mod wasm;
 pub mod worker_socket;
 
 pub use config::Config;

@@ -6,20 +6,40 @@ use streamhost::{Config, Server};
 use tracing_subscriber::EnvFilter;
 
 const USAGE: &str = "usage: streamhost [serve] [--config iii-config.yaml]
+       streamhost adapter check FILE.wasm
 
-  serve            run the engine (the default)
-  --config FILE    an iii config file; without one the engine listens on 3112 (clients) and
-                   49134 (workers) and keeps streams durably under ./data/stream_store
+  serve                 run the engine (the default)
+  --config FILE         an iii config file; without one the engine listens on 3112 (clients)
+                        and 49134 (workers) and keeps streams durably under ./data/stream_store
+  adapter check FILE    check that a WebAssembly component implements wit/adapter.wit and
+                        report what it imports and exports
 
 Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=streamhost=debug) for more.";
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run_command() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_command() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
         .with_writer(std::io::stderr)
         .init();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.first().map(String::as_str) == Some("adapter") {
+        return match args.get(1..).unwrap_or_default() {
+            [check, file] if check == "check" => check_adapter(file),
+            _ => anyhow::bail!("usage: streamhost adapter check FILE.wasm"),
+        };
+    }
     let mut config_path: Option<PathBuf> = None;
-    let mut args = std::env::args().skip(1);
+    let mut args = args.into_iter();
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "serve" => {}
@@ -60,4 +80,22 @@ async fn wait_for_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
     }
+}
+
+/// `streamhost adapter check FILE.wasm`: compile, type-check against the WIT, report.
+fn check_adapter(file: &str) -> anyhow::Result<()> {
+    let wasm = std::fs::read(file).with_context(|| format!("cannot read {file}"))?;
+    let host = streamhost::wasm::WasmHost::new(None)?;
+    let prepared = host.prepare(&wasm).with_context(|| format!("{file} is not a streamhost adapter"))?;
+    println!("{file}: a streamhost adapter ({} KiB, compiled in {:.0} ms)", wasm.len() / 1024, prepared.load_time.as_secs_f64() * 1000.0);
+    println!("  fan-out hook: {}", if prepared.fanout { "yes" } else { "no" });
+    println!("  exports:");
+    for e in &prepared.exports {
+        println!("    {e}");
+    }
+    println!("  imports:");
+    for i in &prepared.imports {
+        println!("    {i}");
+    }
+    Ok(())
 }

@@ -32,8 +32,17 @@ impl Server {
         let worker_listener = bind(&config.worker_host, config.worker_port, "worker").await?;
         let client_addr = client_listener.local_addr()?;
         let worker_addr = worker_listener.local_addr()?;
+        let custom = config.custom_streams.clone();
         let engine = Engine::new(config, adapter);
         engine.listen_to_bus();
+        for stream in custom {
+            let wasm = std::fs::read(&stream.component).with_context(|| format!("cannot read the component {} for stream {}", stream.component.display(), stream.stream_name))?;
+            engine
+                .custom_streams
+                .bind(&engine, &stream.stream_name, &wasm, stream.config, stream.limits)
+                .await
+                .with_context(|| format!("cannot bind stream {} to {}", stream.stream_name, stream.component.display()))?;
+        }
 
         let clients = client_socket::routes(engine.clone()).into_make_service_with_connect_info::<SocketAddr>();
         let workers = worker_socket::routes(engine.clone()).into_make_service();

@@ -12,8 +12,8 @@ use crate::update_ops::{self, ParsedOp};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use crate::item_lock::ItemLock;
+use std::sync::Arc;
 
 pub const BUILTINS: [&str; 8] = [
     "stream::set",
@@ -94,7 +94,7 @@ pub async fn call(engine: &Arc<Engine>, function_id: &str, data: Value) -> FnRes
         "stream::list" => list(engine, parse(function_id, &data)?, data).await,
         "stream::list_groups" => list_groups(engine, parse(function_id, &data)?, data).await,
         "stream::list_all" => list_all(engine).await,
-        "stream::send" => send(engine, parse(function_id, &data)?),
+        "stream::send" => send(engine, parse(function_id, &data)?).await,
         "stream::update" => update(engine, parse(function_id, &data)?, data).await,
         _ => Err(FnError::new("function_not_found", format!("function {function_id} is not registered"))),
     }
@@ -123,9 +123,9 @@ fn old_and_new(result: &Option<Value>) -> (Option<Value>, Value) {
     (old, new)
 }
 
-fn emit_write(engine: &Arc<Engine>, stream: &str, group: &str, item: &str, old: &Option<Value>, new: Value) {
+async fn emit_write(engine: &Arc<Engine>, stream: &str, group: &str, item: &str, old: &Option<Value>, new: Value) {
     let kind = if old.is_some() { EventKind::Update(new) } else { EventKind::Create(new) };
-    engine.emit(StreamEvent::new(stream, group, Some(item), kind));
+    engine.emit(StreamEvent::new(stream, group, Some(item), kind)).await;
 }
 
 async fn set(engine: &Arc<Engine>, p: SetPayload, raw: Value) -> FnResult {
@@ -133,11 +133,11 @@ async fn set(engine: &Arc<Engine>, p: SetPayload, raw: Value) -> FnResult {
     let (old, new) = match custom(engine, "set", &p.stream_name) {
         Some(id) => old_and_new(&call_custom(engine, &id, raw, CODE).await?),
         None => {
-            let old = engine.adapter.set(&p.stream_name, &p.group_id, &p.item_id, p.data.clone()).await.map_err(|e| FnError::storage(CODE, e))?;
+            let old = engine.storage(&p.stream_name).set(&p.stream_name, &p.group_id, &p.item_id, p.data.clone()).await.map_err(|e| FnError::storage(CODE, e))?;
             (old, p.data)
         }
     };
-    emit_write(engine, &p.stream_name, &p.group_id, &p.item_id, &old, new.clone());
+    emit_write(engine, &p.stream_name, &p.group_id, &p.item_id, &old, new.clone()).await;
     Ok(Some(json!({"old_value": old, "new_value": new})))
 }
 
@@ -145,7 +145,7 @@ async fn get(engine: &Arc<Engine>, p: ItemRef, raw: Value) -> FnResult {
     const CODE: &str = "STREAM_GET_ERROR";
     match custom(engine, "get", &p.stream_name) {
         Some(id) => call_custom(engine, &id, raw, CODE).await,
-        None => engine.adapter.get(&p.stream_name, &p.group_id, &p.item_id).await.map_err(|e| FnError::storage(CODE, e)),
+        None => engine.storage(&p.stream_name).get(&p.stream_name, &p.group_id, &p.item_id).await.map_err(|e| FnError::storage(CODE, e)),
     }
 }
 
@@ -153,10 +153,10 @@ async fn delete(engine: &Arc<Engine>, p: ItemRef, raw: Value) -> FnResult {
     const CODE: &str = "STREAM_DELETE_ERROR";
     let old = match custom(engine, "delete", &p.stream_name) {
         Some(id) => old_and_new(&call_custom(engine, &id, raw, CODE).await?).0,
-        None => engine.adapter.delete(&p.stream_name, &p.group_id, &p.item_id).await.map_err(|e| FnError::storage(CODE, e))?,
+        None => engine.storage(&p.stream_name).delete(&p.stream_name, &p.group_id, &p.item_id).await.map_err(|e| FnError::storage(CODE, e))?,
     };
     if let Some(old) = &old {
-        engine.emit(StreamEvent::new(&p.stream_name, &p.group_id, Some(&p.item_id), EventKind::Delete(old.clone())));
+        engine.emit(StreamEvent::new(&p.stream_name, &p.group_id, Some(&p.item_id), EventKind::Delete(old.clone()))).await;
     }
     Ok(Some(json!({"old_value": old})))
 }
@@ -165,7 +165,7 @@ async fn list(engine: &Arc<Engine>, p: GroupRef, raw: Value) -> FnResult {
     const CODE: &str = "STREAM_GET_GROUP_ERROR";
     match custom(engine, "list", &p.stream_name) {
         Some(id) => call_custom(engine, &id, raw, CODE).await,
-        None => engine.adapter.list(&p.stream_name, &p.group_id).await.map(|v| Some(Value::Array(v))).map_err(|e| FnError::storage(CODE, e)),
+        None => engine.storage(&p.stream_name).list(&p.stream_name, &p.group_id).await.map(|v| Some(Value::Array(v))).map_err(|e| FnError::storage(CODE, e)),
     }
 }
 
@@ -173,7 +173,7 @@ async fn list_groups(engine: &Arc<Engine>, p: StreamRef, raw: Value) -> FnResult
     const CODE: &str = "STREAM_LIST_GROUPS_ERROR";
     match custom(engine, "list_groups", &p.stream_name) {
         Some(id) => call_custom(engine, &id, raw, CODE).await,
-        None => engine.adapter.list_groups(&p.stream_name).await.map(|g| Some(json!(g))).map_err(|e| FnError::storage(CODE, e)),
+        None => engine.storage(&p.stream_name).list_groups(&p.stream_name).await.map(|g| Some(json!(g))).map_err(|e| FnError::storage(CODE, e)),
     }
 }
 
@@ -183,9 +183,9 @@ async fn list_all(engine: &Arc<Engine>) -> FnResult {
     Ok(Some(json!({"count": streams.len(), "stream": streams})))
 }
 
-fn send(engine: &Arc<Engine>, p: SendPayload) -> FnResult {
+async fn send(engine: &Arc<Engine>, p: SendPayload) -> FnResult {
     let kind = EventKind::Custom { name: p.event_type, data: p.data };
-    engine.emit(StreamEvent::new(&p.stream_name, &p.group_id, p.id.as_deref(), kind));
+    engine.emit(StreamEvent::new(&p.stream_name, &p.group_id, p.id.as_deref(), kind)).await;
     Ok(Some(Value::Null))
 }
 
@@ -200,11 +200,11 @@ async fn update(engine: &Arc<Engine>, p: UpdatePayload, raw: Value) -> FnResult 
     } else if custom(engine, "get", &p.stream_name).is_some() && custom(engine, "set", &p.stream_name).is_some() {
         update_via_get_set(engine, &p, &ops).await?
     } else {
-        let outcome = engine.adapter.update(&p.stream_name, &p.group_id, &p.item_id, &ops).await.map_err(|e| FnError::storage(CODE, e))?;
+        let outcome = engine.storage(&p.stream_name).update(&p.stream_name, &p.group_id, &p.item_id, &ops).await.map_err(|e| FnError::storage(CODE, e))?;
         let errors = outcome.errors.iter().map(|e| json!(e)).collect();
         (outcome.old_value, outcome.new_value, errors)
     };
-    emit_write(engine, &p.stream_name, &p.group_id, &p.item_id, &old, new.clone());
+    emit_write(engine, &p.stream_name, &p.group_id, &p.item_id, &old, new.clone()).await;
     let mut result = json!({"old_value": old, "new_value": new});
     if !errors.is_empty() {
         result["errors"] = Value::Array(errors);
@@ -215,7 +215,7 @@ async fn update(engine: &Arc<Engine>, p: UpdatePayload, raw: Value) -> FnResult 
 /// A custom stream without `stream::update(name)`: read, apply, write, one item at a time.
 async fn update_via_get_set(engine: &Arc<Engine>, p: &UpdatePayload, ops: &[ParsedOp]) -> Result<(Option<Value>, Value, Vec<Value>), FnError> {
     const CODE: &str = "STREAM_UPDATE_ERROR";
-    let _held = ItemLock::acquire(format!("{}\u{0}{}\u{0}{}", p.stream_name, p.group_id, p.item_id)).await;
+    let _held = ItemLock::acquire(&p.stream_name, &p.group_id, &p.item_id).await;
     let item = json!({"stream_name": p.stream_name, "group_id": p.group_id, "item_id": p.item_id});
     let current = call_custom(engine, &format!("stream::get({})", p.stream_name), item.clone(), CODE).await?.filter(|v| !v.is_null());
     let (new, errors) = update_ops::apply(current.as_ref(), ops);
@@ -223,36 +223,4 @@ async fn update_via_get_set(engine: &Arc<Engine>, p: &UpdatePayload, ops: &[Pars
     set_payload["data"] = new.clone();
     call_custom(engine, &format!("stream::set({})", p.stream_name), set_payload, CODE).await?;
     Ok((current, new, errors.iter().map(|e| json!(e)).collect()))
-}
-
-type LockMap = Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>;
-
-/// A per-item lock, forgotten once nobody holds or waits for it.
-struct ItemLock {
-    key: String,
-    lock: Arc<tokio::sync::Mutex<()>>,
-    _guard: tokio::sync::OwnedMutexGuard<()>,
-}
-
-impl ItemLock {
-    fn map() -> &'static LockMap {
-        static LOCKS: std::sync::OnceLock<LockMap> = std::sync::OnceLock::new();
-        LOCKS.get_or_init(Default::default)
-    }
-
-    async fn acquire(key: String) -> ItemLock {
-        let lock = Self::map().lock().unwrap().entry(key.clone()).or_default().clone();
-        let guard = lock.clone().lock_owned().await;
-        ItemLock { key, lock, _guard: guard }
-    }
-}
-
-impl Drop for ItemLock {
-    fn drop(&mut self) {
-        let mut map = Self::map().lock().unwrap();
-        // The map's reference, ours and the guard's: nobody else is waiting.
-        if Arc::strong_count(&self.lock) == 3 {
-            map.remove(&self.key);
-        }
-    }
 }

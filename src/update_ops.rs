@@ -11,7 +11,7 @@ pub const MAX_MERGE_DEPTH: usize = 16;
 pub const MAX_MERGE_KEYS: usize = 1024;
 const FORBIDDEN_KEYS: [&str; 3] = ["__proto__", "constructor", "prototype"];
 
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct OpError {
     pub op_index: usize,
     pub code: String,
@@ -59,22 +59,29 @@ impl UpdateOp {
     }
 }
 
-/// An op as it arrived: parsed, or the reason it could not be.
+/// An op as it arrived: its JSON, and the op or the reason it could not be parsed.
 #[derive(Debug, Clone)]
-pub enum ParsedOp {
-    Ok(UpdateOp),
-    Invalid { code: String, message: String },
+pub struct ParsedOp {
+    raw: Value,
+    op: Result<UpdateOp, (String, String)>,
+}
+
+impl ParsedOp {
+    /// The op as the caller sent it, for adapters that apply ops themselves.
+    pub fn raw(&self) -> Value {
+        self.raw.clone()
+    }
 }
 
 /// Parses each op on its own so that a bad one is reported, not fatal.
 pub fn parse_ops(raw: &[Value]) -> Vec<ParsedOp> {
     raw.iter()
-        .map(|v| match serde_json::from_value::<UpdateOp>(v.clone()) {
-            Ok(op) => ParsedOp::Ok(op),
-            Err(e) => {
+        .map(|v| ParsedOp {
+            raw: v.clone(),
+            op: serde_json::from_value::<UpdateOp>(v.clone()).map_err(|e| {
                 let kind = v.get("type").and_then(Value::as_str).unwrap_or("op");
-                ParsedOp::Invalid { code: format!("{kind}.invalid"), message: e.to_string() }
-            }
+                (format!("{kind}.invalid"), e.to_string())
+            }),
         })
         .collect()
 }
@@ -84,9 +91,9 @@ pub fn apply(current: Option<&Value>, ops: &[ParsedOp]) -> (Value, Vec<OpError>)
     let mut value = current.cloned().unwrap_or_else(|| Value::Object(Map::new()));
     let mut errors = Vec::new();
     for (op_index, op) in ops.iter().enumerate() {
-        let result = match op {
-            ParsedOp::Ok(op) => apply_one(&mut value, op),
-            ParsedOp::Invalid { code, message } => Err((code.clone(), message.clone())),
+        let result = match &op.op {
+            Ok(op) => apply_one(&mut value, op),
+            Err(e) => Err(e.clone()),
         };
         if let Err((code, message)) = result {
             errors.push(OpError { op_index, code, message });

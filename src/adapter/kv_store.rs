@@ -172,6 +172,11 @@ impl StreamAdapter for KvStore {
         Ok(state.group(stream, group).map(|g| g.values().cloned().collect()).unwrap_or_default())
     }
 
+    async fn list_ids(&self, stream: &str, group: &str) -> anyhow::Result<Vec<String>> {
+        let state = self.state.read().unwrap();
+        Ok(state.group(stream, group).map(|g| g.keys().cloned().collect()).unwrap_or_default())
+    }
+
     async fn list_groups(&self, stream: &str) -> anyhow::Result<Vec<String>> {
         let state = self.state.read().unwrap();
         let mut groups: Vec<String> = state.streams.get(stream).map(|g| g.keys().cloned().collect()).unwrap_or_default();

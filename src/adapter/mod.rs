@@ -33,6 +33,11 @@ pub trait StreamAdapter: Send + Sync {
     /// The group's values in insertion order.
     async fn list(&self, stream: &str, group: &str) -> anyhow::Result<Vec<Value>>;
     async fn list_groups(&self, stream: &str) -> anyhow::Result<Vec<String>>;
+    /// The group's item ids in insertion order.
+    async fn list_ids(&self, stream: &str, group: &str) -> anyhow::Result<Vec<String>> {
+        let _ = (stream, group);
+        anyhow::bail!("the {} adapter cannot list item ids", self.name())
+    }
     /// Every stream with its groups.
     async fn list_all(&self) -> anyhow::Result<Vec<(String, Vec<String>)>>;
     /// Applies update ops to the current value atomically (no write from elsewhere in between).

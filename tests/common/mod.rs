@@ -27,7 +27,37 @@ pub fn test_config() -> Config {
     config.worker_host = "127.0.0.1".into();
     config.worker_port = 0;
     config.adapter = streamhost::config::AdapterConfig::KvMemory;
+    config.wasm_cache_dir = None;
     config
+}
+
+/// Builds the WebAssembly adapters in `adapters/` (once per test process) and returns the
+/// directory holding the `.wasm` components.
+pub fn adapters_dir() -> &'static Path {
+    static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        // Beside the engine's own build when CI moves it out of the clone, else in adapters/.
+        let target = match std::env::var_os("CARGO_TARGET_DIR") {
+            Some(dir) => std::path::PathBuf::from(dir).join("adapters"),
+            None => root.join("adapters/target"),
+        };
+        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+            .arg(root.join("adapters/Cargo.toml"))
+            .arg("--target-dir")
+            .arg(&target)
+            .status()
+            .expect("run cargo to build the adapters");
+        assert!(status.success(), "building adapters/ for wasm32-wasip2 failed (is the target installed? `rustup target add wasm32-wasip2`)");
+        target.join("wasm32-wasip2/release")
+    })
+}
+
+/// The bytes of one adapter from `adapters/`, e.g. `component("validator")`.
+pub fn component(name: &str) -> Vec<u8> {
+    let path = adapters_dir().join(format!("{name}.wasm"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()))
 }
 
 pub async fn start(config: Config) -> ServerHandle {

@@ -1,0 +1,80 @@
+//! WebAssembly adapter benchmark: the cost an operation adds when it goes through a warm
+//! adapter instead of the native KvStore, and the time to load an adapter compiled or cached.
+//! Builds `adapters/` first. Prints figures; asserts nothing.
+//!
+//!     cargo bench --bench wasm
+
+use serde_json::json;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use streamhost::adapter::StreamAdapter;
+use streamhost::adapter::kv_store::KvStore;
+use streamhost::wasm::{Limits, WasmAdapter, WasmHost};
+
+fn build_adapters() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let target = std::env::var_os("CARGO_TARGET_DIR").map(|d| PathBuf::from(d).join("adapters")).unwrap_or_else(|| root.join("adapters/target"));
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+        .arg(root.join("adapters/Cargo.toml"))
+        .arg("--target-dir")
+        .arg(&target)
+        .status()
+        .expect("run cargo");
+    assert!(status.success(), "building adapters/ failed");
+    target.join("wasm32-wasip2/release")
+}
+
+/// Mean time per call of `op` over `n` calls, after a warm-up.
+async fn per_op<F: AsyncFnMut(usize)>(n: usize, mut op: F) -> Duration {
+    for i in 0..n / 10 {
+        op(i).await;
+    }
+    let started = Instant::now();
+    for i in 0..n {
+        op(i).await;
+    }
+    started.elapsed() / n as u32
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn main() {
+    let dir = build_adapters();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    rt.block_on(async {
+        let n = 20_000;
+        let value = json!({"text": "x".repeat(80), "n": 1});
+        let native: Arc<dyn StreamAdapter> = Arc::new(KvStore::in_memory());
+        let wasm_bytes = std::fs::read(dir.join("template.wasm")).unwrap();
+        let host = WasmHost::new(None).unwrap();
+        let adapter = WasmAdapter::new(host, "bench", &wasm_bytes, json!({}), Limits::default(), Arc::new(KvStore::in_memory())).await.unwrap();
+
+        let native_set = per_op(n, async |i| { native.set("bench", "g", &format!("i{}", i % 1000), value.clone()).await.unwrap(); }).await;
+        let wasm_set = per_op(n, async |i| { adapter.set("bench", "g", &format!("i{}", i % 1000), value.clone()).await.unwrap(); }).await;
+        let native_get = per_op(n, async |i| { native.get("bench", "g", &format!("i{}", i % 1000)).await.unwrap(); }).await;
+        let wasm_get = per_op(n, async |i| { adapter.get("bench", "g", &format!("i{}", i % 1000)).await.unwrap(); }).await;
+        println!("op    native KvStore   through wasm (template adapter)   added");
+        println!("set   {:>8.2} us      {:>8.2} us                       {:>6.2} us", us(native_set), us(wasm_set), us(wasm_set) - us(native_set));
+        println!("get   {:>8.2} us      {:>8.2} us                       {:>6.2} us", us(native_get), us(wasm_get), us(wasm_get) - us(native_get));
+
+        for name in ["template", "validator", "capped_history"] {
+            let bytes = std::fs::read(dir.join(format!("{name}.wasm"))).unwrap();
+            let cache = tempfile::tempdir().unwrap();
+            let host = WasmHost::new(Some(cache.path().to_path_buf())).unwrap();
+            let cold = host.prepare(&bytes).unwrap();
+            let warm = host.prepare(&bytes).unwrap();
+            assert!(!cold.from_cache && warm.from_cache);
+            println!(
+                "load {name:<15} {:>4} KiB: compile {:>7.1} ms, from cache {:>5.2} ms",
+                bytes.len() / 1024,
+                cold.load_time.as_secs_f64() * 1000.0,
+                warm.load_time.as_secs_f64() * 1000.0
+            );
+        }
+    });
+}

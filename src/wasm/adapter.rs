@@ -1,0 +1,320 @@
+//! One bound component: a live instance that serves its stream within its limits.
+//!
+//! Calls are serialized on the instance (a component instance is single-threaded). Before
+//! each call the host sets the deadline (epoch ticks) and the fuel; after a trap, a deadline
+//! or a limit, the instance is dropped and the next call starts a fresh one, because a
+//! trapped instance may be left in any state. Every failure carries its own error code:
+//! `adapter_timeout`, `adapter_memory_limit`, `adapter_fuel_exhausted`, `adapter_trap`,
+//! `adapter_payload_too_large`, `adapter_invalid` (the adapter refused the input) and
+//! `adapter_error`.
+
+use super::bindings::exports::streamhost::adapter::stream_adapter;
+use super::bindings::streamhost::adapter::types::{AdapterError, EventKind as WitKind, StreamEvent as WitEvent, UpdateOutcome as WitOutcome};
+use super::fanout_bindings::exports::streamhost::adapter::fanout;
+use super::host::{EPOCH_TICK, Prepared, WasmHost};
+use super::imports::{HostState, MemoryLimiter, Scope};
+use crate::adapter::{StreamAdapter, UpdateOutcome};
+use crate::error::FnError;
+use crate::frame::{EventKind, StreamEvent};
+use crate::item_lock::ItemLock;
+use crate::update_ops::{self, ParsedOp};
+use async_trait::async_trait;
+use serde_json::Value;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use wasmtime::component::ResourceTable;
+use wasmtime::{Store, Trap};
+use wasmtime_wasi::WasiCtxBuilder;
+
+/// Limits for one adapter; every one has a safe default.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// Linear memory the instance may grow to.
+    pub memory_bytes: usize,
+    /// Wall-clock time one call may take.
+    pub timeout: Duration,
+    /// Fuel (roughly, wasm instructions) one call may burn; None for no fuel limit.
+    pub fuel: Option<u64>,
+    /// Largest JSON document that may cross the boundary, either way.
+    pub max_payload_bytes: usize,
+    /// Environment variables the guest may read (none by default).
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { memory_bytes: 32 << 20, timeout: Duration::from_millis(500), fuel: None, max_payload_bytes: 1 << 20, env: Vec::new() }
+    }
+}
+
+struct Live {
+    store: Store<HostState>,
+    guest: stream_adapter::Guest,
+    fanout: Option<fanout::Guest>,
+}
+
+pub struct WasmAdapter {
+    stream: String,
+    host: Arc<WasmHost>,
+    prepared: Prepared,
+    config: String,
+    limits: Limits,
+    storage: Arc<dyn StreamAdapter>,
+    live: tokio::sync::Mutex<Option<Live>>,
+    /// Instances started, the first included: more than one means some were discarded.
+    pub instances_started: AtomicU64,
+}
+
+/// A failed call into the guest, with the code the caller will see.
+fn fail(code: &str, message: String) -> anyhow::Error {
+    FnError::new(code, message).into()
+}
+
+impl WasmAdapter {
+    /// Prepares an adapter for `stream`; its first call starts an instance and runs `init`.
+    pub async fn new(host: Arc<WasmHost>, stream: &str, wasm: &[u8], config: Value, limits: Limits, storage: Arc<dyn StreamAdapter>) -> anyhow::Result<Arc<WasmAdapter>> {
+        let prepared = host.prepare(wasm)?;
+        let adapter = Arc::new(WasmAdapter {
+            stream: stream.to_owned(),
+            host,
+            prepared,
+            config: config.to_string(),
+            limits,
+            storage,
+            live: tokio::sync::Mutex::new(None),
+            instances_started: AtomicU64::new(0),
+        });
+        // Start it now so that a broken `init` is reported when the stream is bound.
+        let mut live = adapter.live.lock().await;
+        *live = Some(adapter.instantiate().await?);
+        drop(live);
+        tracing::info!(
+            stream,
+            fanout = adapter.prepared.fanout,
+            cached = adapter.prepared.from_cache,
+            load_ms = adapter.prepared.load_time.as_secs_f64() * 1000.0,
+            "WebAssembly adapter bound"
+        );
+        Ok(adapter)
+    }
+
+    pub fn has_fanout(&self) -> bool {
+        self.prepared.fanout
+    }
+
+    pub fn prepared(&self) -> &Prepared {
+        &self.prepared
+    }
+
+    fn new_store(&self) -> Store<HostState> {
+        let mut wasi = WasiCtxBuilder::new();
+        for (k, v) in &self.limits.env {
+            wasi.env(k, v);
+        }
+        let state = HostState {
+            wasi: wasi.build(),
+            table: ResourceTable::new(),
+            limiter: MemoryLimiter { max_bytes: self.limits.memory_bytes, exceeded: false },
+            scope: Arc::new(Scope { stream: self.stream.clone(), storage: self.storage.clone(), max_payload_bytes: self.limits.max_payload_bytes }),
+        };
+        let mut store = Store::new(&self.host.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store
+    }
+
+    /// Arms the per-call deadline and fuel; both start at zero in a new store.
+    fn arm(&self, store: &mut Store<HostState>) {
+        let ticks = (self.limits.timeout.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64 + 1;
+        store.set_epoch_deadline(ticks);
+        store.epoch_deadline_trap();
+        let _ = store.set_fuel(self.limits.fuel.unwrap_or(u64::MAX));
+    }
+
+    async fn instantiate(&self) -> anyhow::Result<Live> {
+        self.instances_started.fetch_add(1, Ordering::Relaxed);
+        let mut store = self.new_store();
+        self.arm(&mut store);
+        let instance = self.prepared.pre.instantiate_async(&mut store).await.map_err(|e| self.classify(&store, e, "instantiating"))?;
+        let guest = stream_adapter::GuestIndices::new(&self.prepared.pre).and_then(|i| i.load(&mut store, &instance)).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let fanout = match self.prepared.fanout {
+            true => Some(fanout::GuestIndices::new(&self.prepared.pre).and_then(|i| i.load(&mut store, &instance)).map_err(|e| anyhow::anyhow!("{e}"))?),
+            false => None,
+        };
+        let mut live = Live { store, guest, fanout };
+        self.arm(&mut live.store);
+        let init = live.guest.call_init(&mut live.store, &self.config).await.map_err(|e| self.classify(&live.store, e, "init"))?;
+        init.map_err(|e| self.guest_error(e, "init"))?;
+        Ok(live)
+    }
+
+    /// Names the limit a failed call hit.
+    fn classify(&self, store: &Store<HostState>, err: wasmtime::Error, what: &str) -> anyhow::Error {
+        let stream = &self.stream;
+        if store.data().limiter.exceeded {
+            return fail("adapter_memory_limit", format!("adapter of stream {stream:?} went over its memory limit of {} bytes in {what}", self.limits.memory_bytes));
+        }
+        match err.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => fail("adapter_timeout", format!("adapter of stream {stream:?} ran past its deadline of {} ms in {what}", self.limits.timeout.as_millis())),
+            Some(Trap::OutOfFuel) => fail("adapter_fuel_exhausted", format!("adapter of stream {stream:?} used up its fuel ({}) in {what}", self.limits.fuel.unwrap_or(0))),
+            Some(trap) => fail("adapter_trap", format!("adapter of stream {stream:?} trapped in {what}: {trap}")),
+            None => fail("adapter_trap", format!("adapter of stream {stream:?} failed in {what}: {err:#}")),
+        }
+    }
+
+    fn guest_error(&self, err: AdapterError, what: &str) -> anyhow::Error {
+        match err {
+            AdapterError::Invalid(m) => fail("adapter_invalid", m),
+            AdapterError::Unsupported => fail("adapter_unsupported", format!("adapter of stream {:?} does not support {what}", self.stream)),
+            AdapterError::Internal(m) => fail("adapter_error", format!("adapter of stream {:?} failed in {what}: {m}", self.stream)),
+        }
+    }
+
+    fn check_size(&self, len: usize, what: &str) -> anyhow::Result<()> {
+        if len > self.limits.max_payload_bytes {
+            return Err(fail("adapter_payload_too_large", format!("{what} of {len} bytes is over the {}-byte limit (max_payload_bytes) of the adapter of stream {:?}", self.limits.max_payload_bytes, self.stream)));
+        }
+        Ok(())
+    }
+
+    fn parse(&self, json: &str, what: &str) -> anyhow::Result<Value> {
+        self.check_size(json.len(), what)?;
+        serde_json::from_str(json).map_err(|e| fail("adapter_error", format!("adapter of stream {:?} returned {what} that is not JSON: {e}", self.stream)))
+    }
+
+    /// Runs one call on the live instance (starting one if needed); any trap discards it.
+    async fn call<R>(&self, what: &str, f: impl AsyncFnOnce(&mut Live) -> wasmtime::Result<R>) -> anyhow::Result<R> {
+        let mut slot = self.live.lock().await;
+        if slot.is_none() {
+            *slot = Some(self.instantiate().await?);
+        }
+        let live = slot.as_mut().unwrap();
+        self.arm(&mut live.store);
+        // The epoch deadline stops guest code; this also bounds time spent in host imports.
+        let outer = self.limits.timeout * 2 + Duration::from_millis(100);
+        match tokio::time::timeout(outer, f(live)).await {
+            Ok(Ok(result)) => Ok(result),
+            Ok(Err(e)) => {
+                let err = self.classify(&live.store, e, what);
+                *slot = None;
+                tracing::warn!(stream = %self.stream, error = %err, "adapter instance discarded");
+                Err(err)
+            }
+            Err(_) => {
+                *slot = None;
+                Err(fail("adapter_timeout", format!("adapter of stream {:?} ran past its deadline of {} ms in {what}", self.stream, self.limits.timeout.as_millis())))
+            }
+        }
+    }
+
+    /// Runs an event through the adapter's fan-out hook; None when it has no hook.
+    pub async fn fanout(&self, event: &StreamEvent) -> Option<anyhow::Result<Vec<StreamEvent>>> {
+        if !self.prepared.fanout {
+            return None;
+        }
+        let wit = to_wit(event)?;
+        let result = self.call("on-event", async |live| live.fanout.as_ref().unwrap().call_on_event(&mut live.store, &wit).await).await;
+        Some(result.and_then(|events| events.into_iter().map(|e| self.from_wit(e)).collect()))
+    }
+
+    fn from_wit(&self, e: WitEvent) -> anyhow::Result<StreamEvent> {
+        let data = self.parse(&e.data, "an event")?;
+        let kind = match e.kind {
+            WitKind::Create => EventKind::Create(data),
+            WitKind::Update => EventKind::Update(data),
+            WitKind::Delete => EventKind::Delete(data),
+            WitKind::Custom => EventKind::Custom { name: e.name.unwrap_or_default(), data },
+        };
+        Ok(StreamEvent::new(&e.stream_name, &e.group_id, e.id.as_deref(), kind))
+    }
+}
+
+fn to_wit(event: &StreamEvent) -> Option<WitEvent> {
+    let (kind, name, data) = match &event.kind {
+        EventKind::Create(d) => (WitKind::Create, None, d),
+        EventKind::Update(d) => (WitKind::Update, None, d),
+        EventKind::Delete(d) => (WitKind::Delete, None, d),
+        EventKind::Custom { name, data } => (WitKind::Custom, Some(name.clone()), data),
+        EventKind::Sync(_) | EventKind::Unauthorized => return None,
+    };
+    Some(WitEvent { stream_name: event.stream_name.clone(), group_id: event.group_id.clone(), id: event.id.clone(), kind, name, data: data.to_string() })
+}
+
+fn owned(s: &str) -> String {
+    s.to_owned()
+}
+
+#[async_trait]
+impl StreamAdapter for WasmAdapter {
+    fn name(&self) -> &'static str {
+        "wasm"
+    }
+
+    async fn get(&self, s: &str, g: &str, i: &str) -> anyhow::Result<Option<Value>> {
+        let r = self.call("get", async |l| l.guest.call_get(&mut l.store, s, g, i).await).await?;
+        match r.map_err(|e| self.guest_error(e, "get"))? {
+            Some(json) => Ok(Some(self.parse(&json, "a value")?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn set(&self, s: &str, g: &str, i: &str, data: Value) -> anyhow::Result<Option<Value>> {
+        let json = data.to_string();
+        self.check_size(json.len(), "the item")?;
+        let r = self.call("set", async |l| l.guest.call_set(&mut l.store, s, g, i, &json).await).await?;
+        match r.map_err(|e| self.guest_error(e, "set"))? {
+            Some(old) => Ok(Some(self.parse(&old, "the old value")?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn delete(&self, s: &str, g: &str, i: &str) -> anyhow::Result<Option<Value>> {
+        let r = self.call("delete", async |l| l.guest.call_delete(&mut l.store, s, g, i).await).await?;
+        match r.map_err(|e| self.guest_error(e, "delete"))? {
+            Some(old) => Ok(Some(self.parse(&old, "the old value")?)),
+            None => Ok(None),
+        }
+    }
+
+    async fn list(&self, s: &str, g: &str) -> anyhow::Result<Vec<Value>> {
+        let r = self.call("list-items", async |l| l.guest.call_list_items(&mut l.store, s, g).await).await?;
+        let items = r.map_err(|e| self.guest_error(e, "list-items"))?;
+        self.check_size(items.iter().map(String::len).sum(), "the list")?;
+        items.iter().map(|j| self.parse(j, "an item")).collect()
+    }
+
+    async fn list_groups(&self, s: &str) -> anyhow::Result<Vec<String>> {
+        let r = self.call("list-groups", async |l| l.guest.call_list_groups(&mut l.store, s).await).await?;
+        r.map_err(|e| self.guest_error(e, "list-groups"))
+    }
+
+    async fn list_ids(&self, s: &str, g: &str) -> anyhow::Result<Vec<String>> {
+        self.storage.list_ids(s, g).await
+    }
+
+    async fn list_all(&self) -> anyhow::Result<Vec<(String, Vec<String>)>> {
+        Ok(vec![(owned(&self.stream), self.list_groups(&self.stream).await?)])
+    }
+
+    async fn update(&self, s: &str, g: &str, i: &str, ops: &[ParsedOp]) -> anyhow::Result<UpdateOutcome> {
+        let raw: Vec<Value> = ops.iter().map(ParsedOp::raw).collect();
+        let ops_json = Value::Array(raw).to_string();
+        let r = self.call("update", async |l| l.guest.call_update(&mut l.store, s, g, i, &ops_json).await).await?;
+        match r {
+            Ok(WitOutcome { old_value, new_value, errors }) => Ok(UpdateOutcome {
+                old_value: old_value.map(|o| self.parse(&o, "the old value")).transpose()?,
+                new_value: self.parse(&new_value, "the new value")?,
+                errors: serde_json::from_str(&errors).unwrap_or_default(),
+            }),
+            Err(AdapterError::Unsupported) => {
+                // The host's read-modify-write, one at a time per item.
+                let _held = ItemLock::acquire(s, g, i).await;
+                let current = self.get(s, g, i).await?;
+                let (new_value, errors) = update_ops::apply(current.as_ref(), ops);
+                self.set(s, g, i, new_value.clone()).await?;
+                Ok(UpdateOutcome { old_value: current, new_value, errors })
+            }
+            Err(e) => Err(self.guest_error(e, "update")),
+        }
+    }
+}
