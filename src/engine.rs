@@ -9,7 +9,10 @@ use crate::hub::Hub;
 use crate::router::Router;
 use crate::streams;
 use crate::triggers::Triggers;
+use crate::outbox::Outbox;
+use axum::extract::ws::Utf8Bytes;
 use serde_json::{Value, json};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::watch;
@@ -129,10 +132,14 @@ impl Engine {
     }
 
     /// Sends every subscription a new `sync` snapshot, after events may have been missed.
+    /// Each group (or item) is read once, however many sockets subscribe to it.
     pub async fn resync_subscribers(self: &Arc<Self>) {
-        let subs = self.hub.subscriptions();
-        tracing::info!(subscriptions = subs.len(), "resynchronising subscribers after a gap in events from other nodes");
-        for (stream, group, item, outbox) in subs {
+        let mut by_target: HashMap<(String, String, Option<String>), Vec<Arc<Outbox>>> = HashMap::new();
+        for (stream, group, item, outbox) in self.hub.subscriptions() {
+            by_target.entry((stream, group, item)).or_default().push(outbox);
+        }
+        tracing::info!(targets = by_target.len(), "resynchronising subscribers after a gap in events from other nodes");
+        for ((stream, group, item), outboxes) in by_target {
             let snapshot = match &item {
                 Some(item) => self.call("stream::get", json!({"stream_name": stream, "group_id": group, "item_id": item})).await,
                 None => self.call("stream::list", json!({"stream_name": stream, "group_id": group})).await,
@@ -140,8 +147,10 @@ impl Engine {
             match snapshot {
                 Ok(data) => {
                     let data = data.unwrap_or(if item.is_some() { Value::Null } else { json!([]) });
-                    let event = StreamEvent::new(&stream, &group, item.as_deref(), EventKind::Sync(data));
-                    outbox.push(event.encode().into());
+                    let frame: Utf8Bytes = StreamEvent::new(&stream, &group, item.as_deref(), EventKind::Sync(data)).encode().into();
+                    for outbox in outboxes {
+                        outbox.push(frame.clone());
+                    }
                 }
                 Err(e) => tracing::warn!(%stream, %group, error = %e, "cannot resynchronise a subscription"),
             }

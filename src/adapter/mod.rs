@@ -4,6 +4,7 @@
 //! once the write is as durable as the backend promises; the engine emits events after that.
 
 pub mod kv_store;
+pub mod redis;
 pub mod wal;
 
 use crate::config::AdapterConfig;
@@ -76,6 +77,6 @@ pub async fn from_config(config: &AdapterConfig) -> anyhow::Result<Arc<dyn Strea
     match config {
         AdapterConfig::KvMemory => Ok(Arc::new(kv_store::KvStore::in_memory())),
         AdapterConfig::KvFile { path } => Ok(Arc::new(kv_store::KvStore::open(path)?)),
-        AdapterConfig::Redis { .. } => anyhow::bail!("the Redis adapter is not built yet"),
+        AdapterConfig::Redis { url } => Ok(Arc::new(redis::RedisAdapter::connect(url).await?)),
     }
 }

@@ -1,0 +1,370 @@
+//! The Redis adapter against a real `redis-server` that each test starts on a free port: the
+//! stream functions, the key layout shared with iii, fan-out between two engine processes,
+//! and recovery when Redis dies and comes back.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use streamhost::Config;
+use streamhost::config::AdapterConfig;
+
+/// A `redis-server` of our own, killed when dropped.
+struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    fn start() -> RedisServer {
+        RedisServer::start_on(free_port())
+    }
+
+    fn start_on(port: u16) -> RedisServer {
+        let dir = tempfile::tempdir().unwrap();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run redis-server ({e}); install it with `apt-get install redis-server` (.ci/run does this)"));
+        let server = RedisServer { child: Some(child), port, _dir: dir };
+        server.wait_ready();
+        server
+    }
+
+    fn wait_ready(&self) {
+        let deadline = Instant::now() + WAIT;
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not listen on port {} within {WAIT:?}", self.port);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().ok();
+            child.wait().ok();
+        }
+    }
+
+    async fn raw(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.url()).unwrap().get_multiplexed_async_connection().await.unwrap()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn redis_config(url: &str) -> Config {
+    let mut config = test_config();
+    config.adapter = AdapterConfig::Redis { url: url.to_owned() };
+    config
+}
+
+fn spawn_node(dir: &std::path::Path, url: &str) -> EngineProcess {
+    let node_dir = dir.join(uuid::Uuid::new_v4().to_string());
+    std::fs::create_dir(&node_dir).unwrap();
+    EngineProcess::spawn(&write_config(&node_dir, &format!("{{ name: redis, config: {{ redis_url: \"{url}\" }} }}")))
+}
+
+fn at(stream: &str, group: &str, item: &str) -> Value {
+    json!({"stream_name": stream, "group_id": group, "item_id": item})
+}
+
+fn with(stream: &str, group: &str, item: &str, data: Value) -> Value {
+    json!({"stream_name": stream, "group_id": group, "item_id": item, "data": data})
+}
+
+/// Waits until an event sent on one node reaches a client of the other: both subscriptions are up.
+async fn wait_for_fan_out(from: &RawWorker, to: std::net::SocketAddr) {
+    let mut probe = Client::connect(to, "/stream/probe/ready").await;
+    assert_eq!(probe.next().await["event"]["type"], "sync");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        from.ok("stream::send", json!({"stream_name": "probe", "group_id": "ready", "type": "ping", "data": {}})).await;
+        if probe.try_next(Duration::from_millis(200)).await.is_some() {
+            return;
+        }
+        assert!(Instant::now() < deadline, "events never crossed between the nodes");
+    }
+}
+
+/// Reads frames until `n` have come, then checks that nothing else follows.
+async fn exactly(client: &mut Client, n: usize) -> Vec<Value> {
+    let mut frames = Vec::new();
+    while frames.len() < n {
+        frames.push(client.next().await);
+    }
+    if let Some(extra) = client.try_next(Duration::from_millis(700)).await {
+        panic!("a frame more than the {n} expected: {extra}; before it: {frames:?}");
+    }
+    frames
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn functions_behave_as_with_the_kv_store() {
+    let redis = RedisServer::start();
+    let engine = start(redis_config(&redis.url())).await;
+    assert_eq!(engine.engine.adapter.name(), "redis");
+    let w = RawWorker::connect(engine.worker_addr).await;
+
+    assert_eq!(w.ok("stream::set", with("chat", "room", "a", json!({"n": 1}))).await, json!({"old_value": null, "new_value": {"n": 1}}));
+    assert_eq!(w.ok("stream::set", with("chat", "room", "b", json!("two"))).await, json!({"old_value": null, "new_value": "two"}));
+    assert_eq!(w.ok("stream::set", with("chat", "room", "c", json!([3]))).await, json!({"old_value": null, "new_value": [3]}));
+    assert_eq!(w.ok("stream::set", with("chat", "room", "a", json!({"n": 2}))).await, json!({"old_value": {"n": 1}, "new_value": {"n": 2}}));
+    assert_eq!(w.ok("stream::get", at("chat", "room", "a")).await, json!({"n": 2}));
+    let raw = w.call_raw("stream::get", at("chat", "room", "nope")).await;
+    assert!(raw.get("result").is_none() && raw.get("error").is_none(), "{raw}");
+
+    // Insertion order survives overwrites, and a re-created item goes last.
+    assert_eq!(w.ok("stream::list", json!({"stream_name": "chat", "group_id": "room"})).await, json!([{"n": 2}, "two", [3]]));
+    w.ok("stream::delete", at("chat", "room", "b")).await;
+    w.ok("stream::set", with("chat", "room", "b", json!("again"))).await;
+    assert_eq!(w.ok("stream::list", json!({"stream_name": "chat", "group_id": "room"})).await, json!([{"n": 2}, [3], "again"]));
+    assert_eq!(w.ok("stream::list", json!({"stream_name": "chat", "group_id": "empty"})).await, json!([]));
+
+    w.ok("stream::set", with("chat", "lobby", "x", json!(1))).await;
+    w.ok("stream::set", with("news", "g", "x", json!(1))).await;
+    w.ok("stream::set", with("weird*[name]", "g?", "x", json!(1))).await;
+    assert_eq!(w.ok("stream::list_groups", json!({"stream_name": "chat"})).await, json!(["lobby", "room"]));
+    assert_eq!(w.ok("stream::list_groups", json!({"stream_name": "weird*[name]"})).await, json!(["g?"]));
+    assert_eq!(w.ok("stream::list_groups", json!({"stream_name": "none"})).await, json!([]));
+    assert_eq!(
+        w.ok("stream::list_all", json!({})).await,
+        json!({"stream": [{"id": "chat", "groups": ["lobby", "room"]}, {"id": "news", "groups": ["g"]}, {"id": "weird*[name]", "groups": ["g?"]}], "count": 3})
+    );
+
+    assert_eq!(w.ok("stream::delete", at("chat", "room", "a")).await, json!({"old_value": {"n": 2}}));
+    assert_eq!(w.ok("stream::delete", at("chat", "room", "a")).await, json!({"old_value": null}));
+    // The group's last item takes the group, and its order set, with it.
+    w.ok("stream::delete", at("chat", "lobby", "x")).await;
+    assert_eq!(w.ok("stream::list_groups", json!({"stream_name": "chat"})).await, json!(["room"]));
+    let mut raw = redis.raw().await;
+    let exists: i64 = redis::cmd("EXISTS").arg("stream:chat:lobby").arg("streamhost:order:chat:lobby").query_async(&mut raw).await.unwrap();
+    assert_eq!(exists, 0);
+
+    // update: ops, reported failures, and no lost increments under concurrency.
+    let update = |ops: Value| json!({"stream_name": "s", "group_id": "g", "item_id": "counter", "ops": ops});
+    let r = w.ok("stream::update", update(json!([{"type": "set", "path": "name", "value": "c"}, {"type": "increment", "path": "n", "by": 1}]))).await;
+    assert_eq!(r, json!({"old_value": null, "new_value": {"name": "c", "n": 1}}));
+    let r = w.ok("stream::update", update(json!([{"type": "append", "path": "name", "value": 5}, {"type": "decrement", "path": "n", "by": 3}]))).await;
+    assert_eq!(r["old_value"], json!({"name": "c", "n": 1}));
+    assert_eq!(r["new_value"], json!({"name": "c", "n": -2}));
+    assert_eq!(r["errors"][0]["code"], "append.type_mismatch");
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        workers.push(RawWorker::connect(engine.worker_addr).await);
+    }
+    let calls = workers.iter().flat_map(|w| (0..50).map(move |_| w.call("stream::update", update(json!([{"type": "increment", "path": "n", "by": 1}])))));
+    for r in futures_util::future::join_all(calls).await {
+        r.unwrap();
+    }
+    assert_eq!(w.ok("stream::get", at("s", "g", "counter")).await["n"], 198);
+    engine.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_key_layout_is_the_one_iii_uses() {
+    let redis = RedisServer::start();
+    let engine = start(redis_config(&redis.url())).await;
+    let w = RawWorker::connect(engine.worker_addr).await;
+    let mut raw = redis.raw().await;
+
+    // Written by the engine, read as iii would.
+    w.ok("stream::set", with("s", "g", "i", json!({"text": "hi", "n": [1, 2]}))).await;
+    let text: String = redis::cmd("HGET").arg("stream:s:g").arg("i").query_async(&mut raw).await.unwrap();
+    assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), json!({"text": "hi", "n": [1, 2]}));
+
+    // Written by an iii node, read through the engine.
+    let _: i64 = redis::cmd("HSET").arg("stream:s:from-iii").arg("x").arg(r#"{"v":1}"#).query_async(&mut raw).await.unwrap();
+    let _: i64 = redis::cmd("HSET").arg("stream:s:g").arg("added-by-iii").arg("2").query_async(&mut raw).await.unwrap();
+    assert_eq!(w.ok("stream::list_groups", json!({"stream_name": "s"})).await, json!(["from-iii", "g"]));
+    assert_eq!(w.ok("stream::list", json!({"stream_name": "s", "group_id": "from-iii"})).await, json!([{"v": 1}]));
+    assert_eq!(w.ok("stream::list", json!({"stream_name": "s", "group_id": "g"})).await, json!([{"text": "hi", "n": [1, 2]}, 2]));
+    assert_eq!(w.ok("stream::get", at("s", "from-iii", "x")).await, json!({"v": 1}));
+    assert_eq!(w.ok("stream::set", with("s", "from-iii", "x", json!(5))).await["old_value"], json!({"v": 1}));
+    assert_eq!(w.ok("stream::delete", at("s", "g", "added-by-iii")).await, json!({"old_value": 2}));
+    // An item an iii node deleted is gone, whatever the order set still says.
+    let _: i64 = redis::cmd("HDEL").arg("stream:s:g").arg("i").query_async(&mut raw).await.unwrap();
+    assert_eq!(w.ok("stream::list", json!({"stream_name": "s", "group_id": "g"})).await, json!([]));
+    assert_eq!(w.ok("stream::list_groups", json!({"stream_name": "s"})).await, json!(["from-iii"]));
+
+    // Frames: the engine's own arrive once; an iii node's (no "node" field) arrive too.
+    let mut c = Client::connect(engine.client_addr, "/stream/s/g").await;
+    assert_eq!(c.next().await["event"]["type"], "sync");
+    let mut listener = redis::Client::open(redis.url()).unwrap().get_async_pubsub().await.unwrap();
+    listener.subscribe("stream::events").await.unwrap();
+    w.ok("stream::set", with("s", "g", "mine", json!(1))).await;
+    let frames = exactly(&mut c, 1).await;
+    assert_eq!(frames[0]["event"], json!({"type": "create", "data": 1}));
+    let published: String = {
+        use futures_util::StreamExt;
+        let msg = tokio::time::timeout(WAIT, listener.on_message().next()).await.unwrap().unwrap();
+        msg.get_payload().unwrap()
+    };
+    let published: Value = serde_json::from_str(&published).unwrap();
+    assert_eq!(published["streamName"], "s");
+    assert_eq!(published["event"], json!({"type": "create", "data": 1}));
+
+    let iii_frame = json!({"type": "stream", "timestamp": 1_700_000_000_001u64, "streamName": "s", "groupId": "g", "id": "z", "event": {"type": "update", "data": {"from": "iii"}}});
+    let _: i64 = redis::cmd("PUBLISH").arg("stream::events").arg(iii_frame.to_string()).query_async(&mut raw).await.unwrap();
+    assert_eq!(exactly(&mut c, 1).await[0], iii_frame);
+    engine.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_deliver_each_others_events_exactly_once() {
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let a = spawn_node(dir.path(), &redis.url());
+    let b = spawn_node(dir.path(), &redis.url());
+    let wa = RawWorker::connect(a.worker_addr).await;
+    let wb = RawWorker::connect(b.worker_addr).await;
+    wait_for_fan_out(&wb, a.client_addr).await;
+    wait_for_fan_out(&wa, b.client_addr).await;
+
+    let mut ca = Client::connect(a.client_addr, "/stream/chat/room").await;
+    let mut cb = Client::connect(b.client_addr, "/stream/chat/room").await;
+    assert_eq!(ca.next().await["event"]["type"], "sync");
+    assert_eq!(cb.next().await["event"]["type"], "sync");
+
+    for i in 0..5 {
+        wb.ok("stream::set", with("chat", "room", &format!("b{i}"), json!(i))).await;
+        wa.ok("stream::set", with("chat", "room", &format!("a{i}"), json!(i))).await;
+    }
+    wb.ok("stream::send", json!({"stream_name": "chat", "group_id": "room", "type": "typing", "data": {"who": "b"}})).await;
+    wa.ok("stream::delete", at("chat", "room", "b0")).await;
+    for client in [&mut ca, &mut cb] {
+        let frames = exactly(client, 12).await;
+        let mut seen: Vec<String> = frames.iter().map(|f| format!("{} {}", f["event"]["type"].as_str().unwrap(), f["id"].as_str().unwrap_or("-"))).collect();
+        seen.sort();
+        let mut want: Vec<String> = (0..5).flat_map(|i| [format!("create a{i}"), format!("create b{i}")]).collect();
+        want.extend(["delete b0".to_owned(), "event -".to_owned()]);
+        want.sort();
+        assert_eq!(seen, want);
+        // Each node's own writes arrive in the order they were made.
+        let b_order: Vec<&str> = frames.iter().filter_map(|f| f["id"].as_str()).filter(|id| id.starts_with('b')).collect();
+        assert_eq!(b_order, ["b0", "b1", "b2", "b3", "b4", "b0"]);
+    }
+
+    // Concurrent increments through both nodes: none lost.
+    let mut workers = Vec::new();
+    for node in [&a, &b, &a, &b] {
+        workers.push(RawWorker::connect(node.worker_addr).await);
+    }
+    let inc = json!({"stream_name": "s", "group_id": "g", "item_id": "n", "ops": [{"type": "increment", "path": "n", "by": 1}]});
+    let calls = workers.iter().flat_map(|w| (0..50).map(|_| w.call("stream::update", inc.clone())));
+    for r in futures_util::future::join_all(calls).await {
+        r.unwrap();
+    }
+    assert_eq!(wa.ok("stream::get", at("s", "g", "n")).await, json!({"n": 200}));
+    assert_eq!(wb.ok("stream::get", at("s", "g", "n")).await, json!({"n": 200}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_survive_redis_dying_and_resync_their_clients() {
+    let mut redis = RedisServer::start();
+    let port = redis.port;
+    let dir = tempfile::tempdir().unwrap();
+    let a = spawn_node(dir.path(), &redis.url());
+    let b = spawn_node(dir.path(), &redis.url());
+    let wa = RawWorker::connect(a.worker_addr).await;
+    let wb = RawWorker::connect(b.worker_addr).await;
+    wait_for_fan_out(&wb, a.client_addr).await;
+    // Written on A: its event is delivered before the reply, so it cannot trail the snapshot.
+    wa.ok("stream::set", with("chat", "room", "m1", json!("before"))).await;
+
+    let mut ca = Client::connect(a.client_addr, "/stream/chat/room").await;
+    assert_eq!(ca.next().await["event"], json!({"type": "sync", "data": ["before"]}));
+
+    redis.kill();
+    let started = Instant::now();
+    let e = wa.call("stream::set", with("chat", "room", "m2", json!("during"))).await.unwrap_err();
+    assert_eq!(e["code"], "STREAM_SET_ERROR", "{e}");
+    let message = e["message"].as_str().unwrap();
+    assert!(message.contains("unreachable") && message.contains(&format!("127.0.0.1:{port}")), "{e}");
+    let e = wb.call("stream::list", json!({"stream_name": "chat", "group_id": "room"})).await.unwrap_err();
+    assert_eq!(e["code"], "STREAM_GET_GROUP_ERROR", "{e}");
+    assert!(started.elapsed() < Duration::from_secs(8), "calls took {:?} to fail", started.elapsed());
+
+    // Local work goes on without Redis.
+    wa.ok("stream::send", json!({"stream_name": "chat", "group_id": "room", "type": "typing", "data": 1})).await;
+    assert_eq!(ca.next().await["event"]["type"], "event");
+
+    let _redis = RedisServer::start_on(port);
+    // Redis came back empty: the client's fresh snapshot says so, without an engine restart.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let frame = ca.try_next(Duration::from_secs(30)).await.expect("a fresh sync after Redis came back");
+        if frame["event"]["type"] == "sync" {
+            assert_eq!(frame["event"]["data"], json!([]));
+            break;
+        }
+        assert!(Instant::now() < deadline, "no sync frame after Redis came back");
+    }
+    wait_for_fan_out(&wb, a.client_addr).await;
+    wb.ok("stream::set", with("chat", "room", "m3", json!("after"))).await;
+    let frame = ca.next().await;
+    assert_eq!((frame["id"].clone(), frame["event"].clone()), (json!("m3"), json!({"type": "create", "data": "after"})));
+    assert_eq!(wa.ok("stream::list", json!({"stream_name": "chat", "group_id": "room"})).await, json!(["after"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_engine_starts_without_redis_and_uses_it_once_it_is_up() {
+    let port = free_port();
+    let url = format!("redis://127.0.0.1:{port}");
+    let started = Instant::now();
+    let engine = start(redis_config(&url)).await;
+    assert!(started.elapsed() < Duration::from_secs(8), "start took {:?}", started.elapsed());
+    let w = RawWorker::connect(engine.worker_addr).await;
+    let e = w.call("stream::get", at("s", "g", "i")).await.unwrap_err();
+    assert_eq!(e["code"], "STREAM_GET_ERROR");
+    assert!(e["message"].as_str().unwrap().contains(&url), "{e}");
+
+    let _redis = RedisServer::start_on(port);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while w.call("stream::set", with("s", "g", "i", json!(1))).await.is_err() {
+        assert!(Instant::now() < deadline, "the engine never reached Redis once it was up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(w.ok("stream::get", at("s", "g", "i")).await, json!(1));
+    engine.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_redis_url_stops_the_start_with_a_clear_error() {
+    let err = streamhost::Server::start(redis_config("http://nope")).await.err().expect("start fails");
+    assert!(format!("{err:#}").contains("not a Redis URL"), "{err:#}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_urls_speak_tls() {
+    // A plain server behind a rediss:// URL: the TLS handshake fails with an error, not a panic
+    // (rustls has its crypto provider) and not a hang.
+    let redis = RedisServer::start();
+    let url = format!("rediss://127.0.0.1:{}", redis.port);
+    let engine = start(redis_config(&url)).await;
+    let w = RawWorker::connect(engine.worker_addr).await;
+    let e = w.call("stream::get", at("s", "g", "i")).await.unwrap_err();
+    assert_eq!(e["code"], "STREAM_GET_ERROR");
+    assert!(e["message"].as_str().unwrap().contains(&url), "{e}");
+    engine.shutdown().await.unwrap();
+}
