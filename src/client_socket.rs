@@ -22,6 +22,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+/// Bytes read from a socket at a time.
+const READ_BUFFER: usize = 1024;
+/// Bytes gathered before a write goes to the socket (a flush sends what is there sooner).
+const WRITE_BUFFER: usize = 16 << 10;
+
 pub fn routes(engine: Arc<Engine>) -> Router {
     Router::new()
         .route("/", any(root))
@@ -80,7 +85,14 @@ async fn accept(engine: Arc<Engine>, req: Upgrade, path_sub: Option<PathSub>) ->
         Ok(context) => context,
         Err(refusal) => return refusal,
     };
-    let mut ws = req.ws.max_message_size(engine.config.max_frame_bytes).max_frame_size(engine.config.max_frame_bytes);
+    // Small buffers that grow on demand: most sockets are idle, and an idle socket should
+    // cost a few kilobytes, not the 256 KiB of tungstenite's defaults.
+    let mut ws = req
+        .ws
+        .max_message_size(engine.config.max_frame_bytes)
+        .max_frame_size(engine.config.max_frame_bytes)
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER);
     // Browsers send tokens as a subprotocol and drop the socket unless one is echoed: echo
     // the client's first choice (axum's own list is sorted, so read the header itself).
     let offered = req.headers.get_all("sec-websocket-protocol").iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).map(str::trim).find(|p| !p.is_empty());
@@ -148,7 +160,7 @@ async fn serve(engine: Arc<Engine>, socket: WebSocket, context: Value, path_sub:
     let mut writer = tokio::spawn(outbox::run_writer(sink, rx, outbox.clone()));
     let mut client = Client { conn: engine.hub.next_conn_id(), engine: engine.clone(), outbox, context, subs: HashMap::new() };
     if let Some(p) = path_sub {
-        client.join(JoinData { subscription_id: "path".into(), stream_name: p.stream, group_id: p.group, id: p.item }).await;
+        Box::pin(client.join(JoinData { subscription_id: "path".into(), stream_name: p.stream, group_id: p.group, id: p.item })).await;
     }
     let shutdown = engine.shutdown_signal();
     tokio::pin!(shutdown);
@@ -162,8 +174,9 @@ async fn serve(engine: Arc<Engine>, socket: WebSocket, context: Value, path_sub:
             }
         };
         match msg {
-            Some(Ok(Message::Text(text))) => client.frame(text.as_bytes()).await,
-            Some(Ok(Message::Binary(bytes))) => client.frame(&bytes).await,
+            // Boxed: a join's future is large, and an idle socket should not carry it.
+            Some(Ok(Message::Text(text))) => Box::pin(client.frame(text.as_bytes())).await,
+            Some(Ok(Message::Binary(bytes))) => Box::pin(client.frame(&bytes)).await,
             Some(Ok(Message::Close(_))) | None => break,
             Some(Ok(_)) => {} // pings are answered by the socket itself
             Some(Err(e)) => {

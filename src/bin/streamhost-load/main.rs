@@ -1,0 +1,111 @@
+//! streamhost-load: a load generator that speaks only the iii streams wire contract, so it can
+//! be pointed at any compatible engine (streamhost, the iii engine, the raw floor).
+//!
+//! It opens subscriber sockets over several 127.x.y.z source addresses, publishes events
+//! through a raw worker connection, and reports deliveries per second, publish-to-delivery
+//! latency, events lost and duplicated, and the engine's memory per connection.
+//!
+//!     streamhost-load --subscribers 1000 --events 1000 --size 100
+//!     streamhost-load --help
+
+mod histogram;
+mod options;
+mod publisher;
+mod report;
+mod subscribers;
+
+use options::Options;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Counters shared by the subscribers, the publisher and the progress line.
+#[derive(Default)]
+pub struct Counters {
+    pub sent: AtomicU64,
+    pub acked: AtomicU64,
+    pub failed: AtomicU64,
+    pub delivered: AtomicU64,
+    pub closed_slow: AtomicU64,
+}
+
+fn main() {
+    let options = match Options::parse(std::env::args().skip(1)) {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("error: {e}\n\n{}", options::USAGE);
+            std::process::exit(2);
+        }
+    };
+    raise_fd_limit();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    match rt.block_on(run(options)) {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn run(o: Options) -> anyhow::Result<i32> {
+    let epoch = Instant::now();
+    let counters = Arc::new(Counters::default());
+    let rss_before = o.engine_pid.and_then(report::rss_bytes);
+
+    eprintln!("connecting {} subscribers over {} source addresses...", o.subscribers, o.sources);
+    let connect_started = Instant::now();
+    let subs = subscribers::connect_all(&o, epoch, counters.clone()).await?;
+    let connect_time = connect_started.elapsed();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_after = o.engine_pid.and_then(report::rss_bytes);
+    eprintln!("{} subscribers joined in {:.1} s", subs.len(), connect_time.as_secs_f64());
+
+    if o.idle_seconds > 0 {
+        eprintln!("holding the connections idle for {} s", o.idle_seconds);
+        tokio::time::sleep(Duration::from_secs(o.idle_seconds)).await;
+    }
+
+    let done = Arc::new(AtomicBool::new(false));
+    let progress = tokio::spawn(report::progress(counters.clone(), done.clone()));
+    let publish_started = Instant::now();
+    let published = publisher::publish(&o, epoch, counters.clone()).await?;
+    let publish_time = publish_started.elapsed();
+
+    // Wait for deliveries to stop arriving (or everything expected to arrive).
+    let expected = subscribers::expected_total(&o);
+    let mut last = u64::MAX;
+    let settle = Instant::now();
+    loop {
+        let now = counters.delivered.load(Ordering::Relaxed);
+        if now >= expected || (now == last && settle.elapsed() > Duration::from_secs(2)) || settle.elapsed() > Duration::from_secs(o.drain_seconds) {
+            break;
+        }
+        last = now;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let deliver_time = publish_started.elapsed();
+    done.store(true, Ordering::Relaxed);
+    let _ = progress.await;
+
+    let results = subscribers::finish(subs).await;
+    let report = report::Report::build(&o, &results, &counters, published, publish_time, deliver_time, connect_time, rss_before, rss_after);
+    println!("{}", report.human());
+    if let Some(path) = &o.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report.json())?)?;
+        eprintln!("wrote {}", path.display());
+    }
+    Ok(0)
+}
+
+/// Load tests need many sockets: raise the soft open-files limit to the hard one.
+fn raise_fd_limit() {
+    // SAFETY: plain libc calls on a local struct.
+    unsafe {
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}

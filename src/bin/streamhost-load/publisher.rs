@@ -1,0 +1,96 @@
+//! The publisher: raw worker connections calling `stream::send` or `stream::set`, with a
+//! window of calls in flight, as fast as possible or at a fixed rate.
+
+use crate::Counters;
+use crate::options::Options;
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+use tokio_tungstenite::tungstenite::Message;
+
+/// Publishes every event; returns how many were sent.
+pub async fn publish(o: &Options, epoch: Instant, counters: Arc<Counters>) -> anyhow::Result<u64> {
+    let mut tasks = Vec::new();
+    for w in 0..o.workers {
+        tasks.push(tokio::spawn(worker(o.clone(), w, epoch, counters.clone())));
+    }
+    let mut sent = 0;
+    for t in tasks {
+        sent += t.await??;
+    }
+    Ok(sent)
+}
+
+async fn worker(o: Options, w: usize, epoch: Instant, counters: Arc<Counters>) -> anyhow::Result<u64> {
+    let (ws, _) = tokio_tungstenite::connect_async(o.worker.as_str()).await?;
+    let (mut sink, mut stream) = ws.split();
+    let window = Arc::new(Semaphore::new(o.window));
+    let outstanding = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (win, out, ctr) = (window.clone(), outstanding.clone(), counters.clone());
+    let reader = tokio::spawn(async move {
+        while let Some(Ok(msg)) = stream.next().await {
+            let Message::Text(text) = msg else { continue };
+            if !text.contains("invocationresult") {
+                continue;
+            }
+            let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            if v.get("error").is_some_and(|e| !e.is_null()) {
+                ctr.failed.fetch_add(1, Ordering::Relaxed);
+                if ctr.failed.load(Ordering::Relaxed) == 1 {
+                    eprintln!("a call failed: {}", v["error"]);
+                }
+            } else {
+                ctr.acked.fetch_add(1, Ordering::Relaxed);
+            }
+            out.fetch_sub(1, Ordering::Relaxed);
+            win.add_permits(1);
+        }
+    });
+    let function = if o.set { "stream::set" } else { "stream::send" };
+    let pad = "x".repeat(o.size);
+    let per_worker_rate = o.rate / o.workers as f64;
+    let started = Instant::now();
+    let mut sent = 0u64;
+    let mut seq = w as u64;
+    while seq < o.events {
+        if per_worker_rate > 0.0 {
+            let due = started + Duration::from_secs_f64(sent as f64 / per_worker_rate);
+            if due > Instant::now() {
+                sink.flush().await?;
+                tokio::time::sleep_until(due.into()).await;
+            }
+        }
+        if window.available_permits() == 0 {
+            sink.flush().await?;
+        }
+        window.acquire().await?.forget();
+        let group = format!("g{}", o.group_of(seq));
+        let t = epoch.elapsed().as_nanos() as u64;
+        let event = json!({"seq": seq, "t": t, "p": pad});
+        let data = if o.set {
+            json!({"stream_name": o.stream, "group_id": group, "item_id": format!("i{seq}"), "data": event})
+        } else {
+            json!({"stream_name": o.stream, "group_id": group, "type": "bench", "data": event})
+        };
+        let frame = json!({"type": "invokefunction", "invocation_id": format!("{seq}"), "function_id": function, "data": data});
+        sink.feed(Message::text(frame.to_string())).await?;
+        outstanding.fetch_add(1, Ordering::Relaxed);
+        counters.sent.fetch_add(1, Ordering::Relaxed);
+        sent += 1;
+        seq += o.workers as u64;
+        if per_worker_rate > 0.0 || sent % 32 == 0 {
+            sink.flush().await?;
+        }
+    }
+    sink.flush().await?;
+    // Wait for the answers to every call.
+    let deadline = Instant::now() + Duration::from_secs(o.drain_seconds);
+    while outstanding.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    reader.abort();
+    Ok(sent)
+}

@@ -1,0 +1,127 @@
+//! The summary: printed for people, written as JSON for tools; and the progress line.
+
+use crate::Counters;
+use crate::histogram::Histogram;
+use crate::options::Options;
+use crate::subscribers::SubResult;
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// The resident memory of a process, from /proc.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// One line a second while the run goes on.
+pub async fn progress(c: Arc<Counters>, done: Arc<AtomicBool>) {
+    let mut last = 0;
+    while !done.load(Ordering::Relaxed) {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let d = c.delivered.load(Ordering::Relaxed);
+        eprintln!(
+            "  sent {:>9}  acked {:>9}  failed {:>6}  delivered {:>11}  ({:>9}/s)",
+            c.sent.load(Ordering::Relaxed),
+            c.acked.load(Ordering::Relaxed),
+            c.failed.load(Ordering::Relaxed),
+            d,
+            d - last
+        );
+        last = d;
+    }
+}
+
+pub struct Report {
+    json: Value,
+}
+
+impl Report {
+    #[allow(clippy::too_many_arguments)]
+    pub fn build(o: &Options, results: &[SubResult], c: &Counters, published: u64, publish_time: Duration, deliver_time: Duration, connect_time: Duration, rss_before: Option<u64>, rss_after: Option<u64>) -> Report {
+        let mut latency = Histogram::default();
+        let (mut received, mut lost, mut dup) = (0, 0, 0);
+        let mut last_ns = 0;
+        let mut closed_told = 0;
+        for r in results {
+            latency.merge(&r.latency);
+            received += r.received;
+            dup += r.duplicates;
+            last_ns = last_ns.max(r.last_delivery_ns);
+            if r.closed.is_some() {
+                closed_told += 1;
+            } else {
+                lost += r.lost;
+            }
+        }
+        let lost_by_closed: u64 = results.iter().filter(|r| r.closed.is_some()).map(|r| r.lost).sum();
+        let secs = deliver_time.as_secs_f64().max(1e-9);
+        let acked = c.acked.load(Ordering::Relaxed);
+        let per_conn = match (rss_before, rss_after) {
+            (Some(b), Some(a)) if o.subscribers > 0 => Some(a.saturating_sub(b) as f64 / o.subscribers as f64),
+            _ => None,
+        };
+        let json = json!({
+            "config": {
+                "subscribers": o.subscribers, "groups": o.groups, "events": o.events, "size": o.size,
+                "rate": o.rate, "function": if o.set { "stream::set" } else { "stream::send" },
+                "window": o.window, "workers": o.workers, "join": if o.join_path { "path" } else { "frame" },
+                "pause_ms": o.pause_ms,
+            },
+            "published": published,
+            "acked": acked,
+            "failed": c.failed.load(Ordering::Relaxed),
+            "publish_seconds": publish_time.as_secs_f64(),
+            "calls_per_second": acked as f64 / publish_time.as_secs_f64().max(1e-9),
+            "delivered": received,
+            "deliveries_per_second": received as f64 / secs,
+            "lost": lost,
+            "duplicated": dup,
+            "closed_as_slow_and_told": closed_told,
+            "not_delivered_to_closed_clients": lost_by_closed,
+            "latency_us": {
+                "p50": latency.quantile(0.5), "p99": latency.quantile(0.99),
+                "p999": latency.quantile(0.999), "max": latency.max_us,
+            },
+            "connect_seconds": connect_time.as_secs_f64(),
+            "engine_rss_before": rss_before,
+            "engine_rss_after_connect": rss_after,
+            "engine_bytes_per_connection": per_conn,
+        });
+        Report { json }
+    }
+
+    pub fn json(&self) -> &Value {
+        &self.json
+    }
+
+    pub fn human(&self) -> String {
+        let j = &self.json;
+        let c = &j["config"];
+        let ms = |v: &Value| v.as_u64().unwrap_or(0) as f64 / 1000.0;
+        let mut s = format!(
+            "\n{} subscribers in {} groups, {} events of {} bytes via {}{}\n",
+            c["subscribers"], c["groups"], c["events"], c["size"],
+            c["function"].as_str().unwrap_or(""),
+            if c["rate"].as_f64().unwrap_or(0.0) > 0.0 { format!(" at {}/s", c["rate"]) } else { " as fast as possible".into() },
+        );
+        s += &format!("  calls        {} acked, {} failed, {:.0} calls/s\n", j["acked"], j["failed"], j["calls_per_second"].as_f64().unwrap_or(0.0));
+        s += &format!("  deliveries   {} in total, {:.0}/s\n", j["delivered"], j["deliveries_per_second"].as_f64().unwrap_or(0.0));
+        s += &format!(
+            "  latency      p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms, max {:.1} ms\n",
+            ms(&j["latency_us"]["p50"]), ms(&j["latency_us"]["p99"]), ms(&j["latency_us"]["p999"]), ms(&j["latency_us"]["max"])
+        );
+        s += &format!("  lost         {} (duplicated {})", j["lost"], j["duplicated"]);
+        if j["closed_as_slow_and_told"].as_u64().unwrap_or(0) > 0 {
+            s += &format!("; {} clients closed and told ({} events not delivered to them)", j["closed_as_slow_and_told"], j["not_delivered_to_closed_clients"]);
+        }
+        s.push('\n');
+        if let Some(b) = j["engine_bytes_per_connection"].as_f64() {
+            s += &format!("  memory       {:.1} KB per connection ({} MB before, {} MB after connecting)\n", b / 1000.0, j["engine_rss_before"].as_u64().unwrap_or(0) >> 20, j["engine_rss_after_connect"].as_u64().unwrap_or(0) >> 20);
+        }
+        s
+    }
+}

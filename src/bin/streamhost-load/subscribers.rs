@@ -1,0 +1,183 @@
+//! Subscriber sockets: connect from several source addresses, join, then count what arrives.
+
+use crate::Counters;
+use crate::histogram::Histogram;
+use crate::options::Options;
+use anyhow::Context;
+use futures_util::{SinkExt, StreamExt};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio::net::TcpSocket;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio_tungstenite::tungstenite::Message;
+
+/// What one subscriber saw.
+#[derive(Default)]
+pub struct SubResult {
+    pub received: u64,
+    pub duplicates: u64,
+    pub lost: u64,
+    pub latency: Histogram,
+    pub last_delivery_ns: u64,
+    /// The close code and reason, when the engine closed the socket.
+    pub closed: Option<(u16, String)>,
+}
+
+pub struct Subscribers {
+    tasks: Vec<JoinHandle<SubResult>>,
+    stop: watch::Sender<bool>,
+}
+
+impl Subscribers {
+    pub fn len(&self) -> usize {
+        self.tasks.len()
+    }
+}
+
+/// Events each group receives: seq = g, g + G, g + 2G, ... below E.
+fn expected_for(o: &Options, group: usize) -> u64 {
+    let (e, g) = (o.events, o.groups as u64);
+    if (group as u64) < e % g { e / g + 1 } else { e / g }
+}
+
+pub fn expected_total(o: &Options) -> u64 {
+    (0..o.subscribers).map(|i| expected_for(o, i % o.groups)).sum()
+}
+
+fn target(url: &str) -> anyhow::Result<SocketAddr> {
+    let rest = url.strip_prefix("ws://").context("the client URL must start with ws://")?;
+    let host_port = rest.split('/').next().unwrap_or(rest);
+    let mut addrs = std::net::ToSocketAddrs::to_socket_addrs(host_port).with_context(|| format!("cannot resolve {host_port}"))?;
+    addrs.next().context("no address")
+}
+
+/// Opens every subscriber (256 connecting at a time) and waits until each has its `sync`.
+pub async fn connect_all(o: &Options, epoch: Instant, counters: Arc<Counters>) -> anyhow::Result<Subscribers> {
+    let addr = target(&o.client)?;
+    let (stop, _) = watch::channel(false);
+    let mut tasks = Vec::with_capacity(o.subscribers);
+    let mut pending = Vec::new();
+    for i in 0..o.subscribers {
+        let (ready_tx, ready_rx) = oneshot::channel();
+        let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (i % o.sources) as u8));
+        let group = i % o.groups;
+        let task = tokio::spawn(subscriber(o.clone(), addr, source, group, epoch, counters.clone(), stop.subscribe(), ready_tx));
+        tasks.push(task);
+        pending.push(ready_rx);
+        if pending.len() == 256 || i + 1 == o.subscribers {
+            for (n, rx) in pending.drain(..).enumerate() {
+                match rx.await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => anyhow::bail!("subscriber {} could not join: {e}", i + 1 - n),
+                    Err(_) => anyhow::bail!("a subscriber task ended before joining"),
+                }
+            }
+        }
+    }
+    Ok(Subscribers { tasks, stop })
+}
+
+/// Parses `"key":<digits>` after `from` in a frame without decoding the whole JSON.
+fn number_after(text: &str, key: &str, from: usize) -> Option<(u64, usize)> {
+    let at = text[from..].find(key)? + from + key.len();
+    let digits = text[at..].bytes().take_while(u8::is_ascii_digit).count();
+    Some((text[at..at + digits].parse().ok()?, at + digits))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn subscriber(
+    o: Options,
+    addr: SocketAddr,
+    source: IpAddr,
+    group: usize,
+    epoch: Instant,
+    counters: Arc<Counters>,
+    mut stop: watch::Receiver<bool>,
+    ready: oneshot::Sender<anyhow::Result<()>>,
+) -> SubResult {
+    let group_id = format!("g{group}");
+    let url = if o.join_path { format!("{}/stream/{}/{group_id}", o.client.trim_end_matches('/'), o.stream) } else { o.client.clone() };
+    let connect = async {
+        let socket = TcpSocket::new_v4()?;
+        socket.bind(SocketAddr::new(source, 0)).with_context(|| format!("cannot bind {source}"))?;
+        let tcp = socket.connect(addr).await.with_context(|| format!("cannot connect to {addr}"))?;
+        tcp.set_nodelay(true)?;
+        let (mut ws, _) = tokio_tungstenite::client_async(url.as_str(), tcp).await?;
+        if !o.join_path {
+            let join = serde_json::json!({"type": "join", "data": {"subscriptionId": "load", "streamName": o.stream, "groupId": group_id}});
+            ws.send(Message::text(join.to_string())).await?;
+        }
+        // The first frame is the sync snapshot.
+        match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
+            Ok(Some(Ok(Message::Text(t)))) if t.contains("\"sync\"") => Ok(ws),
+            other => anyhow::bail!("expected a sync frame, got {other:?}"),
+        }
+    };
+    let mut ws = match connect.await {
+        Ok(ws) => {
+            let _ = ready.send(Ok(()));
+            ws
+        }
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return SubResult::default();
+        }
+    };
+    if o.pause_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(o.pause_ms)).await;
+    }
+    let expected = expected_for(&o, group);
+    let mut seen = vec![0u64; (expected as usize).div_ceil(64)];
+    let mut r = SubResult::default();
+    loop {
+        let msg = tokio::select! {
+            msg = ws.next() => msg,
+            _ = stop.changed() => break,
+        };
+        let text = match msg {
+            Some(Ok(Message::Text(t))) => t,
+            Some(Ok(Message::Close(frame))) => {
+                r.closed = frame.map(|f| (u16::from(f.code), f.reason.to_string()));
+                if r.closed.as_ref().is_some_and(|c| c.0 == 4008) {
+                    counters.closed_slow.fetch_add(1, Ordering::Relaxed);
+                }
+                break;
+            }
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => break,
+        };
+        let now = epoch.elapsed().as_nanos() as u64;
+        let Some((seq, at)) = number_after(&text, "\"seq\":", 0) else { continue };
+        let Some((sent, _)) = number_after(&text, "\"t\":", at) else { continue };
+        let slot = (seq / o.groups as u64) as usize;
+        let (word, bit) = (slot / 64, 1u64 << (slot % 64));
+        if word >= seen.len() {
+            continue;
+        }
+        if seen[word] & bit != 0 {
+            r.duplicates += 1;
+            continue;
+        }
+        seen[word] |= bit;
+        r.received += 1;
+        r.latency.record(now.saturating_sub(sent) / 1000);
+        r.last_delivery_ns = now;
+        counters.delivered.fetch_add(1, Ordering::Relaxed);
+    }
+    r.lost = expected - r.received;
+    let _ = ws.close(None).await;
+    r
+}
+
+/// Stops every subscriber and collects what each saw.
+pub async fn finish(subs: Subscribers) -> Vec<SubResult> {
+    let _ = subs.stop.send(true);
+    let mut out = Vec::with_capacity(subs.tasks.len());
+    for t in subs.tasks {
+        out.push(t.await.unwrap_or_default());
+    }
+    out
+}
