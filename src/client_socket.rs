@@ -7,13 +7,14 @@
 use crate::engine::Engine;
 use crate::frame::{EventKind, StreamEvent, error_frame};
 use crate::hub::ConnId;
+use crate::metrics;
 use crate::outbox::{self, CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_TOO_BIG, Outbox};
 use axum::Router;
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use axum::routing::any;
+use axum::routing::{any, get};
 use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -32,6 +33,8 @@ pub fn routes(engine: Arc<Engine>) -> Router {
         .route("/", any(root))
         .route("/stream/{stream}/{group}", any(group_path))
         .route("/stream/{stream}/{group}/{item}", any(item_path))
+        .route("/metrics", get(metrics::metrics))
+        .route("/health", get(metrics::health))
         .with_state(engine)
 }
 

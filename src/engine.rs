@@ -6,6 +6,7 @@ use crate::custom_streams::{self, CustomStreams};
 use crate::error::{FnError, FnResult};
 use crate::frame::{EventKind, StreamEvent};
 use crate::hub::Hub;
+use crate::metrics::Metrics;
 use crate::router::Router;
 use crate::streams;
 use crate::triggers::Triggers;
@@ -34,6 +35,7 @@ pub struct Engine {
     /// Streams served by WebAssembly adapters.
     pub custom_streams: CustomStreams,
     pub stats: Stats,
+    pub metrics: Metrics,
     /// Carries events to and from other nodes when the adapter is shared (Redis).
     bus: Option<Arc<dyn EventBus>>,
     shutdown: watch::Sender<bool>,
@@ -51,12 +53,21 @@ impl Engine {
             triggers: Triggers::default(),
             custom_streams: CustomStreams::new(cache_dir),
             stats: Stats::default(),
+            metrics: Metrics::default(),
             shutdown: watch::channel(false).0,
         })
     }
 
     /// Calls a function by id: a built-in `stream::*` function or one a worker registered.
     pub async fn call(self: &Arc<Self>, function_id: &str, data: Value) -> FnResult {
+        let started = std::time::Instant::now();
+        let result = self.dispatch(function_id, data).await;
+        let code = result.as_ref().err().map(|e| e.code.as_str());
+        self.metrics.record_call(function_id, started.elapsed(), code);
+        result
+    }
+
+    async fn dispatch(self: &Arc<Self>, function_id: &str, data: Value) -> FnResult {
         if streams::is_builtin(function_id) {
             return streams::call(self, function_id, data).await;
         }

@@ -19,6 +19,7 @@ pub mod error;
 pub mod frame;
 pub mod hub;
 pub mod item_lock;
+pub mod metrics;
 pub mod outbox;
 pub mod router;
 pub mod server;

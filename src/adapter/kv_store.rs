@@ -210,6 +210,13 @@ impl StreamAdapter for KvStore {
         .await
     }
 
+    fn health(&self) -> Result<(), String> {
+        match self.wal.as_ref().and_then(|w| w.failure()) {
+            Some(failure) => Err(format!("the store's log cannot be written: {failure}")),
+            None => Ok(()),
+        }
+    }
+
     async fn shutdown(&self) -> anyhow::Result<()> {
         if let Some(wal) = &self.wal {
             wal.shutdown();

@@ -48,6 +48,11 @@ pub trait StreamAdapter: Send + Sync {
         Ok(())
     }
 
+    /// Whether the adapter can serve writes; the reason when it cannot.
+    fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
+
     /// The channel that carries events between engine nodes, for adapters shared by several
     /// nodes (Redis); None when this node is alone.
     fn event_bus(&self) -> Option<Arc<dyn EventBus>> {

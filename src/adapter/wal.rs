@@ -174,6 +174,11 @@ impl Wal {
         Ok(seq)
     }
 
+    /// Why the log can no longer be written, if it cannot.
+    pub fn failure(&self) -> Option<String> {
+        self.shared.durable.borrow().failed.as_ref().map(|f| f.to_string())
+    }
+
     /// Waits until the record `seq` is on disk.
     pub async fn wait(&self, seq: u64) -> anyhow::Result<()> {
         let mut rx = self.shared.durable.subscribe();
