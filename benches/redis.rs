@@ -5,6 +5,9 @@
 //!     cargo bench --bench redis
 //!     REDIS_BENCH_SETS=200000 REDIS_BENCH_SAMPLES=5000 cargo bench --bench redis
 
+mod common;
+
+use common::sets_per_second;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use std::net::{TcpListener, TcpStream};
@@ -50,28 +53,6 @@ impl Drop for RedisServer {
         self.0.kill().ok();
         self.0.wait().ok();
     }
-}
-
-/// Runs `total` sets of 100-byte values from `concurrency` tasks; returns sets per second.
-async fn sets_per_second(store: Arc<dyn StreamAdapter>, total: usize, concurrency: usize) -> f64 {
-    let started = Instant::now();
-    let per_task = total / concurrency;
-    let tasks: Vec<_> = (0..concurrency)
-        .map(|t| {
-            let store = store.clone();
-            tokio::spawn(async move {
-                let pad = "x".repeat(80);
-                for n in 0..per_task {
-                    let item = format!("t{t}-{n}");
-                    store.set("bench", &format!("g{}", t % 16), &item, json!({"n": n, "p": pad})).await.unwrap();
-                }
-            })
-        })
-        .collect();
-    for t in tasks {
-        t.await.unwrap();
-    }
-    (per_task * concurrency) as f64 / started.elapsed().as_secs_f64()
 }
 
 fn engine_config(adapter: AdapterConfig) -> Config {

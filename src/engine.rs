@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::watch;
 
-/// Counters read by tests and, later, by metrics.
+/// Counters read by `/metrics` and the tests.
 #[derive(Default)]
 pub struct Stats {
     pub client_connections: AtomicU64,

@@ -8,64 +8,19 @@ use serde_json::{Value, json};
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn crud_results_match_the_iii_shapes() {
+async fn stream_functions_in_memory() {
     let engine = start(test_config()).await;
-    let w = RawWorker::connect(engine.worker_addr).await;
-    let item = |id: &str| json!({"stream_name": "chat", "group_id": "room", "item_id": id});
-    let with = |id: &str, data: Value| json!({"stream_name": "chat", "group_id": "room", "item_id": id, "data": data});
-
-    assert_eq!(w.ok("stream::set", with("a", json!({"n": 1}))).await, json!({"old_value": null, "new_value": {"n": 1}}));
-    assert_eq!(w.ok("stream::set", with("b", json!("two"))).await, json!({"old_value": null, "new_value": "two"}));
-    assert_eq!(w.ok("stream::set", with("a", json!({"n": 2}))).await, json!({"old_value": {"n": 1}, "new_value": {"n": 2}}));
-    assert_eq!(w.ok("stream::get", item("a")).await, json!({"n": 2}));
-
-    // A missing item gives no result at all: the SDKs see undefined / None.
-    let raw = w.call_raw("stream::get", item("nope")).await;
-    assert!(raw.get("result").is_none() && raw.get("error").is_none(), "{raw}");
-
-    assert_eq!(w.ok("stream::list", json!({"stream_name": "chat", "group_id": "room"})).await, json!([{"n": 2}, "two"]));
-    w.ok("stream::set", json!({"stream_name": "chat", "group_id": "lobby", "item_id": "x", "data": 1})).await;
-    w.ok("stream::set", json!({"stream_name": "news", "group_id": "g", "item_id": "x", "data": 1})).await;
-    assert_eq!(w.ok("stream::list_groups", json!({"stream_name": "chat"})).await, json!(["lobby", "room"]));
-    assert_eq!(
-        w.ok("stream::list_all", json!({})).await,
-        json!({"stream": [{"id": "chat", "groups": ["lobby", "room"]}, {"id": "news", "groups": ["g"]}], "count": 2})
-    );
-
-    assert_eq!(w.ok("stream::delete", item("a")).await, json!({"old_value": {"n": 2}}));
-    assert_eq!(w.ok("stream::delete", item("a")).await, json!({"old_value": null}));
-    assert_eq!(w.ok("stream::send", json!({"stream_name": "chat", "group_id": "room", "type": "typing", "data": {}})).await, Value::Null);
-
-    // Deleting the last item of a group removes the group from the listing.
-    w.ok("stream::delete", json!({"stream_name": "chat", "group_id": "lobby", "item_id": "x"})).await;
-    assert_eq!(w.ok("stream::list_groups", json!({"stream_name": "chat"})).await, json!(["room"]));
+    conformance::stream_functions(engine.worker_addr).await;
     engine.shutdown().await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn update_is_atomic_and_reports_failed_ops() {
-    let engine = start(test_config()).await;
-    let w = RawWorker::connect(engine.worker_addr).await;
-    let update = |ops: Value| json!({"stream_name": "s", "group_id": "g", "item_id": "counter", "ops": ops});
-
-    let r = w.ok("stream::update", update(json!([{"type": "set", "path": "name", "value": "c"}, {"type": "increment", "path": "n", "by": 1}]))).await;
-    assert_eq!(r, json!({"old_value": null, "new_value": {"name": "c", "n": 1}}));
-
-    let r = w.ok("stream::update", update(json!([{"type": "append", "path": "name", "value": 5}, {"type": "decrement", "path": "n", "by": 3}]))).await;
-    assert_eq!(r["new_value"], json!({"name": "c", "n": -2}));
-    assert_eq!(r["errors"][0]["op_index"], 0);
-    assert_eq!(r["errors"][0]["code"], "append.type_mismatch");
-
-    // 200 concurrent increments from 4 workers: none lost.
-    let mut workers = Vec::new();
-    for _ in 0..4 {
-        workers.push(RawWorker::connect(engine.worker_addr).await);
-    }
-    let calls = workers.iter().flat_map(|w| (0..50).map(move |_| w.call("stream::update", update(json!([{"type": "increment", "path": "n", "by": 1}])))));
-    for r in futures_util::future::join_all(calls).await {
-        r.unwrap();
-    }
-    assert_eq!(w.ok("stream::get", json!({"stream_name": "s", "group_id": "g", "item_id": "counter"})).await["n"], 198);
+async fn stream_functions_durable() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config();
+    config.adapter = streamhost::config::AdapterConfig::KvFile { path: dir.path().join("store") };
+    let engine = start(config).await;
+    conformance::stream_functions(engine.worker_addr).await;
     engine.shutdown().await.unwrap();
 }
 

@@ -2,6 +2,8 @@
 //! a raw worker that speaks the worker protocol.
 #![allow(dead_code)]
 
+pub mod conformance;
+
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use std::collections::HashMap;

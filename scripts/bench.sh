@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Runs the benchmark scenarios against streamhost and, with --floor, against the raw fan-out
+# floor (../shared/tools/raw-floor), each pinned to core 0 with the load generator on core 1.
+#
+#   scripts/bench.sh                       every scenario, streamhost only
+#   scripts/bench.sh --floor fanout-1000   one scenario, streamhost then the floor
+#
+# Scenarios: fanout-1000 fanout-8000 groups-8000 idle-8000 burst paced-1000 paced-8000
+#            writes-memory writes-durable
+# Results: bench-results/<target>-<scenario>.json and a table at the end.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+floor=0
+scenarios=()
+for arg in "$@"; do
+  case "$arg" in
+    --floor) floor=1 ;;
+    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    *) scenarios+=("$arg") ;;
+  esac
+done
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(fanout-1000 fanout-8000 groups-8000 idle-8000 burst paced-1000 paced-8000 writes-memory writes-durable)
+
+target_dir="${CARGO_TARGET_DIR:-target}"
+echo "== building (release)"
+cargo build --release --bin streamhost --bin streamhost-load
+if [ "$floor" = 1 ]; then
+  cargo build --release --manifest-path ../shared/tools/raw-floor/Cargo.toml --target-dir /tmp/raw-floor
+fi
+ulimit -n "$(ulimit -Hn)"
+mkdir -p bench-results
+work=$(mktemp -d)
+trap 'pkill -f "$work" 2>/dev/null || true; pkill -x raw-floor 2>/dev/null || true; rm -rf "$work"' EXIT
+
+config() {  # $1: in_memory | file_based
+  cat > "$work/iii-config.yaml" <<YAML
+workers:
+  - name: iii-worker-manager
+    config: { host: 127.0.0.1, port: 49134 }
+  - name: iii-stream
+    config:
+      host: 127.0.0.1
+      port: 3112
+      adapter: { name: kv, config: { store_method: $1, file_path: $work/store } }
+YAML
+}
+
+options() {  # the load generator's options for a scenario
+  case "$1" in
+    fanout-1000)    echo "--subscribers 1000 --events 1000" ;;
+    fanout-8000)    echo "--subscribers 8000 --events 200" ;;
+    groups-8000)    echo "--subscribers 8000 --groups 8000 --events 80000" ;;
+    idle-8000)      echo "--subscribers 8000 --events 0 --idle-seconds 3" ;;
+    burst)          echo "--subscribers 100 --events 2000 --pause-ms 1000" ;;
+    paced-1000)     echo "--subscribers 1000 --events 400 --rate 40" ;;
+    paced-8000)     echo "--subscribers 8000 --events 5 --rate 1" ;;
+    writes-memory|writes-durable) echo "--subscribers 0 --function set --events 300000 --window 1024 --workers 4" ;;
+    *) echo "unknown scenario $1" >&2; exit 2 ;;
+  esac
+}
+
+wait_port() {
+  for _ in $(seq 100); do
+    (exec 3<>/dev/tcp/127.0.0.1/3112) 2>/dev/null && return 0
+    sleep 0.1
+  done
+  echo "nothing listens on 3112" >&2; exit 1
+}
+
+run() {  # $1: streamhost | floor, $2: scenario
+  local target=$1 scenario=$2 pid
+  rm -rf "$work/store"
+  if [ "$target" = floor ]; then
+    taskset -c 0 /tmp/raw-floor/release/raw-floor > "$work/floor.log" 2>&1 &
+  else
+    if [ "$scenario" = writes-durable ]; then config file_based; else config in_memory; fi
+    taskset -c 0 "$target_dir/release/streamhost" serve --config "$work/iii-config.yaml" > "$work/engine.log" 2>&1 &
+  fi
+  pid=$!
+  wait_port
+  echo "== $target $scenario"
+  # shellcheck disable=SC2046
+  taskset -c 1 "$target_dir/release/streamhost-load" $(options "$scenario") --engine-pid "$pid" --json "bench-results/$target-$scenario.json" 2>&1 | grep -v '^  sent'
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  sleep 1
+}
+
+for s in "${scenarios[@]}"; do
+  run streamhost "$s"
+  case "$s" in writes-*) ;; *) [ "$floor" = 1 ] && run floor "$s" ;; esac
+done
+
+echo
+echo "== summary"
+python3 - "${scenarios[@]}" <<'PY'
+import json, os, sys
+print(f"{'scenario':<16}{'target':<12}{'deliveries/s':>14}{'calls/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'KB/conn':>9}{'lost':>7}{'dup':>6}{'closed':>8}")
+for s in sys.argv[1:]:
+    for t in ("streamhost", "floor"):
+        p = f"bench-results/{t}-{s}.json"
+        if not os.path.exists(p): continue
+        j = json.load(open(p))
+        kb = j.get("engine_bytes_per_connection")
+        print(f"{s:<16}{t:<12}{j['deliveries_per_second']:>14.0f}{j['calls_per_second']:>11.0f}{j['latency_us']['p50']/1000:>9.1f}{j['latency_us']['p99']/1000:>9.1f}"
+              f"{(kb/1000 if kb else 0):>9.1f}{j['lost']:>7}{j['duplicated']:>6}{j['closed_as_slow_and_told']:>8}")
+PY
