@@ -8,14 +8,13 @@ use crate::engine::Engine;
 use crate::frame::{EventKind, StreamEvent, error_frame};
 use crate::hub::ConnId;
 use crate::metrics;
-use crate::outbox::{self, CLOSE_GOING_AWAY, CLOSE_NORMAL, CLOSE_TOO_BIG, Outbox};
+use crate::outbox::{self, CLOSE_TOO_BIG, Flow, Outbox, Peer};
 use axum::Router;
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
-use futures_util::StreamExt;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -159,50 +158,35 @@ struct Client {
 async fn serve(engine: Arc<Engine>, socket: WebSocket, context: Value, path_sub: Option<PathSub>) {
     engine.stats.client_connections.fetch_add(1, Ordering::Relaxed);
     let (outbox, rx) = Outbox::new(engine.config.send_queue_frames, engine.stats.slow_disconnects.clone());
-    let (sink, mut stream) = socket.split();
-    let mut writer = tokio::spawn(outbox::run_writer(sink, rx, outbox.clone()));
-    let mut client = Client { conn: engine.hub.next_conn_id(), engine: engine.clone(), outbox, context, subs: HashMap::new() };
+    let mut client = Client { conn: engine.hub.next_conn_id(), engine: engine.clone(), outbox: outbox.clone(), context, subs: HashMap::new() };
     if let Some(p) = path_sub {
         Box::pin(client.join(JoinData { subscription_id: "path".into(), stream_name: p.stream, group_id: p.group, id: p.item })).await;
     }
-    let shutdown = engine.shutdown_signal();
-    tokio::pin!(shutdown);
-    loop {
-        let msg = tokio::select! {
-            msg = stream.next() => msg,
-            _ = &mut writer => break,
-            _ = &mut shutdown => {
-                client.outbox.close(CLOSE_GOING_AWAY, "the engine is shutting down");
-                break;
-            }
-        };
+    outbox::drive(socket, rx, outbox, engine.shutdown_signal(), &mut client).await;
+    client.leave_all();
+    engine.stats.client_connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+impl Peer for Client {
+    async fn on_message(&mut self, msg: Result<Message, axum::Error>) -> Flow {
         match msg {
             // Boxed: a join's future is large, and an idle socket should not carry it.
-            Some(Ok(Message::Text(text))) => Box::pin(client.frame(text.as_bytes())).await,
-            Some(Ok(Message::Binary(bytes))) => Box::pin(client.frame(&bytes)).await,
-            Some(Ok(Message::Close(_))) | None => break,
-            Some(Ok(_)) => {} // pings are answered by the socket itself
-            Some(Err(e)) => {
+            Ok(Message::Text(text)) => Box::pin(self.frame(text.as_bytes())).await,
+            Ok(Message::Binary(bytes)) => Box::pin(self.frame(&bytes)).await,
+            Ok(_) => {} // pings are answered by the socket itself
+            Err(e) => {
                 let text = e.to_string();
-                if text.contains("Space limit exceeded") || text.contains("too long") || text.contains("Message too big") {
-                    let limit = engine.config.max_frame_bytes;
-                    client.outbox.close(CLOSE_TOO_BIG, format!("frame larger than the {limit}-byte limit (max_frame_bytes)"));
+                if text.contains("Space limit exceeded") {
+                    let limit = self.engine.config.max_frame_bytes;
+                    self.outbox.close(CLOSE_TOO_BIG, format!("frame larger than the {limit}-byte limit (max_frame_bytes)"));
                 } else {
                     tracing::debug!(error = %text, "client socket error");
                 }
-                break;
+                return Flow::Stop;
             }
         }
+        Flow::Continue
     }
-    client.leave_all();
-    // The writer owns a handle to its own queue, so it ends only when asked: answer the
-    // client's close (or end after an error) with a normal close.
-    client.outbox.close(CLOSE_NORMAL, "");
-    drop(client);
-    if tokio::time::timeout(std::time::Duration::from_secs(2), &mut writer).await.is_err() {
-        writer.abort();
-    }
-    engine.stats.client_connections.fetch_sub(1, Ordering::Relaxed);
 }
 
 impl Client {

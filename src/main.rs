@@ -5,6 +5,9 @@ use std::path::PathBuf;
 use streamhost::{Config, Server};
 use tracing_subscriber::EnvFilter;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const USAGE: &str = "usage: streamhost [serve] [--config iii-config.yaml]
        streamhost adapter check FILE.wasm
 
@@ -60,7 +63,10 @@ fn run_command() -> anyhow::Result<()> {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(config))
+    // On one core a work-stealing scheduler only adds cross-thread wake-ups.
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let runtime = if cores == 1 { tokio::runtime::Builder::new_current_thread().enable_all().build()? } else { tokio::runtime::Builder::new_multi_thread().enable_all().build()? };
+    runtime.block_on(run(config))
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {

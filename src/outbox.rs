@@ -6,7 +6,7 @@
 //! rather than left silently missing events.
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::{SinkExt, stream::SplitSink};
+use futures_util::SinkExt;
 use std::sync::{
     Arc, Mutex,
     atomic::{AtomicU64, Ordering},
@@ -88,45 +88,79 @@ impl Outbox {
     }
 }
 
-/// Drains the queue into the socket until the queue ends or a close is asked for.
-pub async fn run_writer(
-    mut sink: SplitSink<WebSocket, Message>,
+/// What a socket's message handler wants next.
+pub enum Flow {
+    Continue,
+    Stop,
+}
+
+/// The side of a socket that reads: the client or worker connection.
+pub trait Peer: Send {
+    /// Handles one message, or the read error that ends the socket (so that the peer can
+    /// choose the close code).
+    fn on_message(&mut self, msg: Result<Message, axum::Error>) -> impl Future<Output = Flow> + Send;
+}
+
+/// Runs one socket in one task: writes every queued frame (many per flush), and hands each
+/// message that arrives to the peer. Ends when the other side goes, the peer says stop, a
+/// close is asked for, or `shutdown` resolves; then it sends the close frame, if any, and
+/// flushes a close reply.
+pub async fn drive(
+    mut ws: WebSocket,
     mut rx: mpsc::Receiver<Utf8Bytes>,
     outbox: Arc<Outbox>,
+    shutdown: impl Future<Output = ()> + Send,
+    peer: &mut impl Peer,
 ) {
+    tokio::pin!(shutdown);
     loop {
-        let first = tokio::select! {
+        tokio::select! {
             biased;
             _ = outbox.wake.notified() => break,
-            frame = rx.recv() => frame,
-        };
-        let Some(first) = first else { break };
-        if sink.feed(Message::Text(first)).await.is_err() {
-            return;
-        }
-        for _ in 1..MAX_BATCH {
-            let Ok(frame) = rx.try_recv() else { break };
-            if sink.feed(Message::Text(frame)).await.is_err() {
-                return;
+            _ = &mut shutdown => {
+                outbox.close(CLOSE_GOING_AWAY, "the engine is shutting down");
+                break;
             }
-        }
-        let flushed = tokio::select! {
-            biased;
-            _ = outbox.wake.notified() => break,
-            r = sink.flush() => r,
-        };
-        if flushed.is_err() {
-            return;
+            frame = rx.recv() => {
+                let Some(first) = frame else { break };
+                if !write_batch(&mut ws, first, &mut rx, &outbox).await {
+                    break;
+                }
+            }
+            msg = ws.recv() => {
+                let Some(msg) = msg else { break };
+                if matches!(msg, Ok(Message::Close(_))) || matches!(peer.on_message(msg).await, Flow::Stop) {
+                    break;
+                }
+            }
         }
     }
     if let Some(CloseReason { code, reason }) = outbox.close_reason() {
-        let reason = truncate_reason(&reason);
-        let frame = CloseFrame { code, reason: Utf8Bytes::from(reason) };
+        let frame = CloseFrame { code, reason: Utf8Bytes::from(truncate_reason(&reason)) };
         // A client that is not reading will never take the close frame: give up after a moment.
-        let _ = tokio::time::timeout(Duration::from_secs(1), sink.send(Message::Close(Some(frame)))).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), ws.send(Message::Close(Some(frame)))).await;
     }
     // Flushes a close reply the socket queued by itself (when the peer closed first).
-    let _ = tokio::time::timeout(Duration::from_secs(1), sink.close()).await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), ws.close()).await;
+}
+
+/// Writes `first` and whatever else is queued, then flushes once; false when the socket is
+/// done (an error, or a close asked for while a flush was stuck on a slow peer).
+async fn write_batch(ws: &mut WebSocket, first: Utf8Bytes, rx: &mut mpsc::Receiver<Utf8Bytes>, outbox: &Outbox) -> bool {
+    if ws.feed(Message::Text(first)).await.is_err() {
+        return false;
+    }
+    for _ in 1..MAX_BATCH {
+        let Ok(frame) = rx.try_recv() else { break };
+        if ws.feed(Message::Text(frame)).await.is_err() {
+            return false;
+        }
+    }
+    tokio::select! {
+        biased;
+        _ = outbox.wake.notified() => false,
+        r = ws.flush() => r.is_ok(),
+    }
 }
 
 /// A close reason must fit in a control frame (123 bytes), cut on a char boundary.

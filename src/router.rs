@@ -25,6 +25,12 @@ impl WorkerHandle {
         WorkerHandle { id, outbox, pending: Mutex::new(Some(HashMap::new())) }
     }
 
+    /// Queues a frame without waiting, from the worker's own socket task (which must not wait
+    /// on its own queue); a worker that lets 8192 frames pile up is closed as too slow.
+    pub fn push(&self, frame: String) {
+        self.outbox.push(Utf8Bytes::from(frame));
+    }
+
     /// Queues a frame for the worker, waiting for room rather than dropping it.
     pub async fn send(&self, frame: String) -> bool {
         self.outbox.send(Utf8Bytes::from(frame)).await

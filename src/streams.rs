@@ -9,7 +9,7 @@ use crate::engine::Engine;
 use crate::error::{FnError, FnResult};
 use crate::frame::{EventKind, StreamEvent};
 use crate::update_ops::{self, ParsedOp};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use crate::item_lock::ItemLock;
@@ -30,14 +30,14 @@ pub fn is_builtin(function_id: &str) -> bool {
     BUILTINS.contains(&function_id)
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 struct ItemRef {
     stream_name: String,
     group_id: String,
     item_id: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 struct SetPayload {
     stream_name: String,
     group_id: String,
@@ -45,18 +45,18 @@ struct SetPayload {
     data: Value,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 struct GroupRef {
     stream_name: String,
     group_id: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 struct StreamRef {
     stream_name: String,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 struct SendPayload {
     stream_name: String,
     group_id: String,
@@ -68,7 +68,7 @@ struct SendPayload {
     id: Option<String>,
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Serialize)]
 struct UpdatePayload {
     stream_name: String,
     group_id: String,
@@ -76,8 +76,8 @@ struct UpdatePayload {
     ops: Vec<Value>,
 }
 
-/// Parses a payload; the error names the field that did not fit.
-fn parse<T: DeserializeOwned>(function_id: &str, data: &Value) -> Result<T, FnError> {
+/// Parses a payload, moving its values; the error names the field that did not fit.
+fn parse<T: DeserializeOwned>(function_id: &str, data: Value) -> Result<T, FnError> {
     serde_path_to_error::deserialize(data).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
@@ -88,14 +88,14 @@ fn parse<T: DeserializeOwned>(function_id: &str, data: &Value) -> Result<T, FnEr
 /// Runs a built-in function; the caller has checked `is_builtin`.
 pub async fn call(engine: &Arc<Engine>, function_id: &str, data: Value) -> FnResult {
     match function_id {
-        "stream::set" => set(engine, parse(function_id, &data)?, data).await,
-        "stream::get" => get(engine, parse(function_id, &data)?, data).await,
-        "stream::delete" => delete(engine, parse(function_id, &data)?, data).await,
-        "stream::list" => list(engine, parse(function_id, &data)?, data).await,
-        "stream::list_groups" => list_groups(engine, parse(function_id, &data)?, data).await,
+        "stream::set" => set(engine, parse(function_id, data)?).await,
+        "stream::get" => get(engine, parse(function_id, data)?).await,
+        "stream::delete" => delete(engine, parse(function_id, data)?).await,
+        "stream::list" => list(engine, parse(function_id, data)?).await,
+        "stream::list_groups" => list_groups(engine, parse(function_id, data)?).await,
         "stream::list_all" => list_all(engine).await,
-        "stream::send" => send(engine, parse(function_id, &data)?).await,
-        "stream::update" => update(engine, parse(function_id, &data)?, data).await,
+        "stream::send" => send(engine, parse(function_id, data)?).await,
+        "stream::update" => update(engine, parse(function_id, data)?).await,
         _ => Err(FnError::new("function_not_found", format!("function {function_id} is not registered"))),
     }
 }
@@ -128,10 +128,10 @@ async fn emit_write(engine: &Arc<Engine>, stream: &str, group: &str, item: &str,
     engine.emit(StreamEvent::new(stream, group, Some(item), kind)).await;
 }
 
-async fn set(engine: &Arc<Engine>, p: SetPayload, raw: Value) -> FnResult {
+async fn set(engine: &Arc<Engine>, p: SetPayload) -> FnResult {
     const CODE: &str = "STREAM_SET_ERROR";
     let (old, new) = match custom(engine, "set", &p.stream_name) {
-        Some(id) => old_and_new(&call_custom(engine, &id, raw, CODE).await?),
+        Some(id) => old_and_new(&call_custom(engine, &id, json!(p), CODE).await?),
         None => {
             let old = engine.storage(&p.stream_name).set(&p.stream_name, &p.group_id, &p.item_id, p.data.clone()).await.map_err(|e| FnError::storage(CODE, e))?;
             (old, p.data)
@@ -141,18 +141,18 @@ async fn set(engine: &Arc<Engine>, p: SetPayload, raw: Value) -> FnResult {
     Ok(Some(json!({"old_value": old, "new_value": new})))
 }
 
-async fn get(engine: &Arc<Engine>, p: ItemRef, raw: Value) -> FnResult {
+async fn get(engine: &Arc<Engine>, p: ItemRef) -> FnResult {
     const CODE: &str = "STREAM_GET_ERROR";
     match custom(engine, "get", &p.stream_name) {
-        Some(id) => call_custom(engine, &id, raw, CODE).await,
+        Some(id) => call_custom(engine, &id, json!(p), CODE).await,
         None => engine.storage(&p.stream_name).get(&p.stream_name, &p.group_id, &p.item_id).await.map_err(|e| FnError::storage(CODE, e)),
     }
 }
 
-async fn delete(engine: &Arc<Engine>, p: ItemRef, raw: Value) -> FnResult {
+async fn delete(engine: &Arc<Engine>, p: ItemRef) -> FnResult {
     const CODE: &str = "STREAM_DELETE_ERROR";
     let old = match custom(engine, "delete", &p.stream_name) {
-        Some(id) => old_and_new(&call_custom(engine, &id, raw, CODE).await?).0,
+        Some(id) => old_and_new(&call_custom(engine, &id, json!(p), CODE).await?).0,
         None => engine.storage(&p.stream_name).delete(&p.stream_name, &p.group_id, &p.item_id).await.map_err(|e| FnError::storage(CODE, e))?,
     };
     if let Some(old) = &old {
@@ -161,18 +161,18 @@ async fn delete(engine: &Arc<Engine>, p: ItemRef, raw: Value) -> FnResult {
     Ok(Some(json!({"old_value": old})))
 }
 
-async fn list(engine: &Arc<Engine>, p: GroupRef, raw: Value) -> FnResult {
+async fn list(engine: &Arc<Engine>, p: GroupRef) -> FnResult {
     const CODE: &str = "STREAM_GET_GROUP_ERROR";
     match custom(engine, "list", &p.stream_name) {
-        Some(id) => call_custom(engine, &id, raw, CODE).await,
+        Some(id) => call_custom(engine, &id, json!(p), CODE).await,
         None => engine.storage(&p.stream_name).list(&p.stream_name, &p.group_id).await.map(|v| Some(Value::Array(v))).map_err(|e| FnError::storage(CODE, e)),
     }
 }
 
-async fn list_groups(engine: &Arc<Engine>, p: StreamRef, raw: Value) -> FnResult {
+async fn list_groups(engine: &Arc<Engine>, p: StreamRef) -> FnResult {
     const CODE: &str = "STREAM_LIST_GROUPS_ERROR";
     match custom(engine, "list_groups", &p.stream_name) {
-        Some(id) => call_custom(engine, &id, raw, CODE).await,
+        Some(id) => call_custom(engine, &id, json!(p), CODE).await,
         None => engine.storage(&p.stream_name).list_groups(&p.stream_name).await.map(|g| Some(json!(g))).map_err(|e| FnError::storage(CODE, e)),
     }
 }
@@ -189,11 +189,11 @@ async fn send(engine: &Arc<Engine>, p: SendPayload) -> FnResult {
     Ok(Some(Value::Null))
 }
 
-async fn update(engine: &Arc<Engine>, p: UpdatePayload, raw: Value) -> FnResult {
+async fn update(engine: &Arc<Engine>, p: UpdatePayload) -> FnResult {
     const CODE: &str = "STREAM_UPDATE_ERROR";
     let ops = update_ops::parse_ops(&p.ops);
     let (old, new, errors) = if let Some(id) = custom(engine, "update", &p.stream_name) {
-        let result = call_custom(engine, &id, raw, CODE).await?;
+        let result = call_custom(engine, &id, json!(p), CODE).await?;
         let (old, new) = old_and_new(&result);
         let errors = result.as_ref().and_then(|r| r.get("errors")).and_then(Value::as_array).cloned().unwrap_or_default();
         (old, new, errors)

@@ -7,14 +7,13 @@
 
 use crate::engine::Engine;
 use crate::error::{FnError, FnResult};
-use crate::outbox::{self, CLOSE_GOING_AWAY, CLOSE_NORMAL, Outbox};
+use crate::outbox::{self, Flow, Outbox, Peer};
 use crate::router::WorkerHandle;
 use axum::Router;
 use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
-use futures_util::StreamExt;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -66,52 +65,48 @@ struct InvocationResult {
 async fn serve(engine: Arc<Engine>, socket: WebSocket) {
     let worker_id = uuid::Uuid::new_v4().to_string();
     let (outbox, rx) = Outbox::new(WORKER_QUEUE, engine.stats.slow_disconnects.clone());
-    let (sink, mut stream) = socket.split();
-    let mut writer = tokio::spawn(outbox::run_writer(sink, rx, outbox.clone()));
     let worker = Arc::new(WorkerHandle::new(worker_id.clone(), outbox.clone()));
     engine.stats.worker_connections.fetch_add(1, Ordering::Relaxed);
-    worker.send(json!({"type": "workerregistered", "worker_id": worker_id}).to_string()).await;
+    worker.push(json!({"type": "workerregistered", "worker_id": worker_id}).to_string());
     tracing::debug!(worker = %worker_id, "worker connected");
 
-    let shutdown = engine.shutdown_signal();
-    tokio::pin!(shutdown);
-    loop {
-        let msg = tokio::select! {
-            msg = stream.next() => msg,
-            _ = &mut writer => break,
-            _ = &mut shutdown => {
-                outbox.close(CLOSE_GOING_AWAY, "the engine is shutting down");
-                break;
-            }
-        };
-        match msg {
-            Some(Ok(Message::Text(text))) => handle(&engine, &worker, text.as_str()).await,
-            // Telemetry (OTLP, MTRC, LOGS) and any other binary frame: not ours to read.
-            Some(Ok(Message::Binary(_))) => {}
-            Some(Ok(Message::Close(_))) | None => break,
-            Some(Ok(_)) => {}
-            Some(Err(e)) => {
-                tracing::debug!(worker = %worker_id, error = %e, "worker socket error");
-                break;
-            }
-        }
-    }
+    let mut peer = WorkerPeer { engine: engine.clone(), worker: worker.clone() };
+    outbox::drive(socket, rx, outbox, engine.shutdown_signal(), &mut peer).await;
     engine.router.remove_worker(&worker_id);
     engine.triggers.remove_worker(&worker_id);
     worker.disconnect();
-    outbox.close(CLOSE_NORMAL, "");
-    if tokio::time::timeout(std::time::Duration::from_secs(2), &mut writer).await.is_err() {
-        writer.abort();
-    }
     engine.stats.worker_connections.fetch_sub(1, Ordering::Relaxed);
     tracing::debug!(worker = %worker_id, "worker disconnected");
 }
 
-fn parse<T: for<'de> Deserialize<'de>>(msg: &Value) -> Result<T, String> {
-    T::deserialize(msg).map_err(|e| e.to_string())
+struct WorkerPeer {
+    engine: Arc<Engine>,
+    worker: Arc<WorkerHandle>,
 }
 
-async fn handle(engine: &Arc<Engine>, worker: &Arc<WorkerHandle>, text: &str) {
+impl Peer for WorkerPeer {
+    async fn on_message(&mut self, msg: Result<Message, axum::Error>) -> Flow {
+        match msg {
+            Ok(Message::Text(text)) => handle(&self.engine, &self.worker, text.as_str()),
+            // Telemetry (OTLP, MTRC, LOGS) and any other binary frame: not ours to read.
+            Ok(_) => {}
+            Err(e) => {
+                tracing::debug!(worker = %self.worker.id, error = %e, "worker socket error");
+                return Flow::Stop;
+            }
+        }
+        Flow::Continue
+    }
+}
+
+/// Takes the message apart (moving, not copying, its payload).
+fn parse<T: for<'de> Deserialize<'de>>(msg: Value) -> Result<T, String> {
+    serde_json::from_value(msg).map_err(|e| e.to_string())
+}
+
+/// Handles one frame from a worker. It never waits: calls run in tasks of their own, so the
+/// socket's own task keeps writing (a worker's queue is drained by the task reading it).
+fn handle(engine: &Arc<Engine>, worker: &Arc<WorkerHandle>, text: &str) {
     let msg: Value = match serde_json::from_str(text) {
         Ok(v) => v,
         Err(e) => {
@@ -119,16 +114,17 @@ async fn handle(engine: &Arc<Engine>, worker: &Arc<WorkerHandle>, text: &str) {
             return;
         }
     };
-    let kind = msg.get("type").and_then(Value::as_str).unwrap_or("");
+    let kind = msg.get("type").and_then(Value::as_str).unwrap_or("").to_owned();
+    let kind = kind.as_str();
     let outcome = match kind {
-        "registerfunction" => parse::<RegisterFunction>(&msg).map(|f| engine.router.register(&f.id, worker)),
-        "unregisterfunction" => parse::<RegisterFunction>(&msg).map(|f| engine.router.unregister(&f.id, &worker.id)),
-        "registertrigger" => parse::<RegisterTrigger>(&msg).map(|t| register_trigger(engine, worker, t)),
-        "unregistertrigger" => parse::<RegisterFunction>(&msg).map(|t| engine.triggers.unregister(&t.id)),
-        "invokefunction" => parse::<Invoke>(&msg).map(|call| invoke(engine, worker, call)),
-        "invocationresult" => parse::<InvocationResult>(&msg).map(|r| worker.complete(&r.invocation_id, to_result(r.result, r.error))),
+        "registerfunction" => parse::<RegisterFunction>(msg).map(|f| engine.router.register(&f.id, worker)),
+        "unregisterfunction" => parse::<RegisterFunction>(msg).map(|f| engine.router.unregister(&f.id, &worker.id)),
+        "registertrigger" => parse::<RegisterTrigger>(msg).map(|t| register_trigger(engine, worker, t)),
+        "unregistertrigger" => parse::<RegisterFunction>(msg).map(|t| engine.triggers.unregister(&t.id)),
+        "invokefunction" => parse::<Invoke>(msg).map(|call| invoke(engine, worker, call)),
+        "invocationresult" => parse::<InvocationResult>(msg).map(|r| worker.complete(&r.invocation_id, to_result(r.result, r.error))),
         "ping" => {
-            worker.send(json!({"type": "pong"}).to_string()).await;
+            worker.push(json!({"type": "pong"}).to_string());
             Ok(())
         }
         "pong" | "registertriggertype" | "unregistertriggertype" | "registerservice" | "reattach" => Ok(()),
@@ -152,8 +148,7 @@ fn register_trigger(engine: &Arc<Engine>, worker: &Arc<WorkerHandle>, t: Registe
             "function_id": t.function_id,
             "error": e,
         });
-        let worker = worker.clone();
-        tokio::spawn(async move { worker.send(reply.to_string()).await });
+        worker.push(reply.to_string());
     }
 }
 
@@ -162,25 +157,39 @@ fn invoke(engine: &Arc<Engine>, worker: &Arc<WorkerHandle>, call: Invoke) {
     let engine = engine.clone();
     let worker = worker.clone();
     tokio::spawn(async move {
-        if call.function_id == "engine::workers::register" {
+        // The SDKs announce themselves with this call; it is for logs, and answers nothing.
+        let result = if call.function_id == "engine::workers::register" {
             tracing::debug!(worker = %worker.id, metadata = %call.data, "worker metadata");
-            return;
-        }
-        let result = engine.call(&call.function_id, call.data).await;
+            Ok(None)
+        } else {
+            engine.call(&call.function_id, call.data).await
+        };
         let Some(invocation_id) = call.invocation_id else {
             if let Err(e) = result {
                 tracing::debug!(worker = %worker.id, function_id = %call.function_id, error = %e, "fire-and-forget call failed");
             }
             return;
         };
-        let mut reply = json!({"type": "invocationresult", "invocation_id": invocation_id, "function_id": call.function_id});
-        match result {
-            Ok(Some(value)) => reply["result"] = value,
-            Ok(None) => {}
-            Err(e) => reply["error"] = json!(e),
-        }
-        worker.send(reply.to_string()).await;
+        let (result, error) = match &result {
+            Ok(value) => (value.as_ref(), None),
+            Err(e) => (None, Some(e)),
+        };
+        let reply = Reply { kind: "invocationresult", invocation_id: &invocation_id, function_id: &call.function_id, result, error };
+        worker.send(serde_json::to_string(&reply).expect("a reply serializes")).await;
     });
+}
+
+/// The answer to a worker's call; `result` is left out when the function gave none.
+#[derive(Serialize)]
+struct Reply<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    invocation_id: &'a str,
+    function_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    result: Option<&'a Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a FnError>,
 }
 
 /// A worker's answer as a function result.

@@ -4,7 +4,7 @@
 //! a log in `file_path` and answers a write only after the log is synced (see `wal`), so an
 //! acknowledged write survives `kill -9`.
 
-use super::wal::{self, Record, RecordRef, Wal};
+use super::wal::{self, Record, RecordRef, Ticket, Wal};
 use super::{StreamAdapter, UpdateOutcome};
 use crate::update_ops::{self, ParsedOp};
 use async_trait::async_trait;
@@ -113,7 +113,7 @@ impl KvStore {
         );
         let state = Arc::new(RwLock::new(state));
         let for_snapshot = state.clone();
-        let snapshot: Arc<wal::SnapshotFn> = Arc::new(move |drain: &mut dyn FnMut() -> u64| {
+        let snapshot: Arc<wal::SnapshotFn> = Arc::new(move |drain: &mut dyn FnMut()| {
             let state = for_snapshot.read().unwrap();
             drain();
             state.encode_all()
@@ -122,17 +122,17 @@ impl KvStore {
     }
 
     /// Runs a change under the write lock, logs it, and waits for the log outside the lock.
-    async fn write<R>(&self, change: impl FnOnce(&mut State, &mut dyn FnMut(&RecordRef<'_>) -> anyhow::Result<u64>) -> anyhow::Result<(R, Option<u64>)>) -> anyhow::Result<R> {
-        let (result, seq) = {
+    async fn write<R>(&self, change: impl FnOnce(&mut State, &mut dyn FnMut(&RecordRef<'_>) -> anyhow::Result<Option<Ticket>>) -> anyhow::Result<(R, Option<Ticket>)>) -> anyhow::Result<R> {
+        let (result, ticket) = {
             let mut state = self.state.write().unwrap();
             let mut log = |record: &RecordRef<'_>| match &self.wal {
-                Some(wal) => wal.append(record),
-                None => Ok(0),
+                Some(wal) => wal.append(record).map(Some),
+                None => Ok(None),
             };
             change(&mut state, &mut log)?
         };
-        if let (Some(wal), Some(seq)) = (&self.wal, seq) {
-            wal.wait(seq).await?;
+        if let (Some(wal), Some(ticket)) = (&self.wal, ticket) {
+            wal.wait(ticket).await?;
         }
         Ok(result)
     }
@@ -150,8 +150,8 @@ impl StreamAdapter for KvStore {
 
     async fn set(&self, s: &str, g: &str, i: &str, data: Value) -> anyhow::Result<Option<Value>> {
         self.write(|state, log| {
-            let seq = log(&RecordRef::Set { s, g, i, d: &data })?;
-            Ok((state.put(s, g, i, data), Some(seq)))
+            let ticket = log(&RecordRef::Set { s, g, i, d: &data })?;
+            Ok((state.put(s, g, i, data), ticket))
         })
         .await
     }
@@ -161,8 +161,8 @@ impl StreamAdapter for KvStore {
             if state.group(s, g).is_none_or(|items| !items.contains_key(i)) {
                 return Ok((None, None));
             }
-            let seq = log(&RecordRef::Del { s, g, i })?;
-            Ok((state.remove(s, g, i), Some(seq)))
+            let ticket = log(&RecordRef::Del { s, g, i })?;
+            Ok((state.remove(s, g, i), ticket))
         })
         .await
     }
@@ -203,9 +203,9 @@ impl StreamAdapter for KvStore {
         self.write(|state, log| {
             let old_value = state.group(s, g).and_then(|items| items.get(i)).cloned();
             let (new_value, errors) = update_ops::apply(old_value.as_ref(), ops);
-            let seq = log(&RecordRef::Set { s, g, i, d: &new_value })?;
+            let ticket = log(&RecordRef::Set { s, g, i, d: &new_value })?;
             state.put(s, g, i, new_value.clone());
-            Ok((UpdateOutcome { old_value, new_value, errors }, Some(seq)))
+            Ok((UpdateOutcome { old_value, new_value, errors }, ticket))
         })
         .await
     }

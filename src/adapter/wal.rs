@@ -3,7 +3,8 @@
 //! Writers append a record while they hold the store's lock (so the log's order is the order
 //! of the changes) and then wait, without the lock, until a flusher thread has written and
 //! synced it. The flusher takes everything appended since its last sync in one write and one
-//! `fdatasync`, so concurrent writers share the cost of a sync. When the log has grown well
+//! `fdatasync`, so concurrent writers share the cost of a sync, and then wakes exactly the
+//! writers whose records that sync covered. When the log has grown well
 //! past the live data it is rewritten from a snapshot of the store.
 //!
 //! On disk a record is `len: u32 LE | crc32: u32 LE | payload`, the payload JSON. Recovery
@@ -18,7 +19,7 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::watch;
+use tokio::sync::oneshot;
 
 /// A change as written to the log.
 #[derive(Serialize)]
@@ -52,27 +53,42 @@ pub fn encode(record: &RecordRef<'_>, buf: &mut Vec<u8>) {
     buf[start + 4..start + 8].copy_from_slice(&crc.to_le_bytes());
 }
 
-#[derive(Clone, Debug, Default)]
-struct Durable {
-    seq: u64,
-    failed: Option<Arc<str>>,
-}
+type Waiter = oneshot::Sender<Result<(), Arc<str>>>;
+
+/// A record's place in the log: wait on it to know the record is on disk.
+pub struct Ticket(oneshot::Receiver<Result<(), Arc<str>>>);
 
 #[derive(Default)]
 struct Pending {
     buf: Vec<u8>,
-    seq: u64,
+    /// The writers of the records in `buf`.
+    waiters: Vec<Waiter>,
     shutdown: bool,
+    /// The flusher sleeps on the condvar: only then is a wake-up (a syscall) worth sending.
+    flusher_idle: bool,
+    /// Set once the log cannot be written; every later write fails with it.
+    failed: Option<Arc<str>>,
 }
 
 /// Produces the whole store as framed records. It must call `drain` while it holds the
 /// store's lock, so that the snapshot covers exactly the records drained.
-pub type SnapshotFn = dyn Fn(&mut dyn FnMut() -> u64) -> Vec<u8> + Send + Sync;
+pub type SnapshotFn = dyn Fn(&mut dyn FnMut()) -> Vec<u8> + Send + Sync;
 
 struct Shared {
     pending: Mutex<Pending>,
     wake: Condvar,
-    durable: watch::Sender<Durable>,
+}
+
+impl Shared {
+    /// Marks the log as failed and fails every waiting writer.
+    fn fail(&self, waiters: Vec<Waiter>, reason: String) {
+        let reason: Arc<str> = reason.into();
+        let mut p = self.pending.lock().unwrap();
+        p.failed = Some(reason.clone());
+        for w in waiters.into_iter().chain(p.waiters.drain(..)) {
+            let _ = w.send(Err(reason.clone()));
+        }
+    }
 }
 
 pub struct Wal {
@@ -101,11 +117,7 @@ pub struct Opened {
 impl Opened {
     /// Starts the flusher thread; `snapshot` serializes the store for compaction.
     pub fn start(self, snapshot: Arc<SnapshotFn>) -> Wal {
-        let shared = Arc::new(Shared {
-            pending: Mutex::new(Pending::default()),
-            wake: Condvar::new(),
-            durable: watch::channel(Durable::default()).0,
-        });
+        let shared = Arc::new(Shared { pending: Mutex::new(Pending::default()), wake: Condvar::new() });
         let Opened { dir, file, lock, recovery } = self;
         let for_thread = shared.clone();
         let handle = std::thread::Builder::new()
@@ -115,6 +127,11 @@ impl Opened {
         Wal { shared, flusher: Mutex::new(Some(handle)) }
     }
 }
+
+/// How long a sync waits for more writers when writes are coming in concurrently.
+const COMMIT_DELAY: Duration = Duration::from_micros(500);
+/// A batch this large is synced at once.
+const MAX_BATCH_WAITERS: usize = 512;
 
 /// The log grows this much past the last snapshot before it is rewritten.
 const COMPACT_MIN_BYTES: u64 = 64 << 20;
@@ -157,40 +174,39 @@ impl Wal {
         Ok(Opened { dir: dir.to_path_buf(), file, lock, recovery })
     }
 
-    /// Appends a record; call it while holding the store's lock. Returns its sequence number.
-    pub fn append(&self, record: &RecordRef<'_>) -> anyhow::Result<u64> {
-        if let Some(err) = &self.shared.durable.borrow().failed {
+    /// Appends a record; call it while holding the store's lock, then wait on the ticket
+    /// without it.
+    pub fn append(&self, record: &RecordRef<'_>) -> anyhow::Result<Ticket> {
+        let mut p = self.shared.pending.lock().unwrap();
+        if let Some(err) = &p.failed {
             bail!("the store's log cannot be written ({err}); fix the disk and restart the engine");
         }
-        let mut p = self.shared.pending.lock().unwrap();
         if p.shutdown {
             bail!("the store is shutting down");
         }
         encode(record, &mut p.buf);
-        p.seq += 1;
-        let seq = p.seq;
+        let (tx, rx) = oneshot::channel();
+        p.waiters.push(tx);
+        let idle = std::mem::take(&mut p.flusher_idle);
         drop(p);
-        self.shared.wake.notify_one();
-        Ok(seq)
+        if idle {
+            self.shared.wake.notify_one();
+        }
+        Ok(Ticket(rx))
     }
 
     /// Why the log can no longer be written, if it cannot.
     pub fn failure(&self) -> Option<String> {
-        self.shared.durable.borrow().failed.as_ref().map(|f| f.to_string())
+        self.shared.pending.lock().unwrap().failed.as_ref().map(|f| f.to_string())
     }
 
-    /// Waits until the record `seq` is on disk.
-    pub async fn wait(&self, seq: u64) -> anyhow::Result<()> {
-        let mut rx = self.shared.durable.subscribe();
-        let state = rx
-            .wait_for(|d| d.seq >= seq || d.failed.is_some())
-            .await
-            .map_err(|_| anyhow::anyhow!("the store's log flusher stopped"))?
-            .clone();
-        if state.seq >= seq {
-            return Ok(());
+    /// Waits until the ticket's record is on disk.
+    pub async fn wait(&self, ticket: Ticket) -> anyhow::Result<()> {
+        match ticket.0.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(reason)) => bail!("the write was not made durable: {reason}"),
+            Err(_) => bail!("the store's log flusher stopped before the write was on disk"),
         }
-        bail!("the write was not made durable: {}", state.failed.unwrap_or_default())
     }
 
     /// Flushes what is pending and stops the flusher.
@@ -212,28 +228,44 @@ impl Drop for Wal {
 fn flusher(shared: Arc<Shared>, dir: PathBuf, mut file: File, lock: File, mut log_bytes: u64, snapshot: Arc<SnapshotFn>) {
     let _lock = lock;
     let mut compacted_bytes = 0u64;
+    let mut buf = Vec::new();
+    let mut last_batch = 0;
     loop {
-        let (buf, seq) = {
+        let waiters = {
             let mut p = shared.pending.lock().unwrap();
             while p.buf.is_empty() && !p.shutdown {
+                p.flusher_idle = true;
                 p = shared.wake.wait(p).unwrap();
             }
+            p.flusher_idle = false;
             if p.buf.is_empty() {
                 return;
             }
-            let seq = p.seq;
-            (std::mem::take(&mut p.buf), seq)
+            // Under concurrent load (the last batch had several writers), wait a moment so
+            // that more writers share this sync: an fsync costs the core far more than the
+            // wait costs a writer.
+            if last_batch > 1 && p.waiters.len() < MAX_BATCH_WAITERS && !p.shutdown {
+                drop(p);
+                std::thread::sleep(COMMIT_DELAY);
+                p = shared.pending.lock().unwrap();
+            }
+            last_batch = p.waiters.len();
+            // Swap buffers, so both keep their capacity from one batch to the next.
+            buf.clear();
+            std::mem::swap(&mut buf, &mut p.buf);
+            std::mem::take(&mut p.waiters)
         };
-        let written = file.write_all(&buf).and_then(|_| file.sync_data());
-        if let Err(e) = written {
+        if let Err(e) = file.write_all(&buf).and_then(|_| file.sync_data()) {
             tracing::error!(error = %e, "cannot write the store's log; writes now fail until restart");
-            shared.durable.send_modify(|d| d.failed = Some(e.to_string().into()));
+            shared.fail(waiters, e.to_string());
             return;
         }
         log_bytes += buf.len() as u64;
-        shared.durable.send_modify(|d| d.seq = seq);
+        for w in waiters {
+            let _ = w.send(Ok(()));
+        }
         if log_bytes > COMPACT_MIN_BYTES && log_bytes > 2 * compacted_bytes {
-            match compact(&shared, &dir, snapshot.as_ref()) {
+            match compact(&shared, &dir, &*snapshot) {
                 Ok((new_file, bytes)) => {
                     tracing::info!(before = log_bytes, after = bytes, "rewrote the store's log from a snapshot");
                     file = new_file;
@@ -242,7 +274,7 @@ fn flusher(shared: Arc<Shared>, dir: PathBuf, mut file: File, lock: File, mut lo
                 }
                 Err(e) => {
                     tracing::error!(error = %format!("{e:#}"), "cannot compact the store's log; writes now fail until restart");
-                    shared.durable.send_modify(|d| d.failed = Some(format!("{e:#}").into()));
+                    shared.fail(Vec::new(), format!("{e:#}"));
                     return;
                 }
             }
@@ -251,23 +283,34 @@ fn flusher(shared: Arc<Shared>, dir: PathBuf, mut file: File, lock: File, mut lo
 }
 
 /// Rewrites the log as a snapshot of the store; records pending at that moment are covered
-/// by the snapshot and marked durable once it is in place.
+/// by the snapshot, and their writers are answered once it is in place.
 fn compact(shared: &Shared, dir: &Path, snapshot: &SnapshotFn) -> anyhow::Result<(File, u64)> {
-    let mut covered = 0u64;
+    let mut covered = Vec::new();
     let bytes = snapshot(&mut || {
         let mut p = shared.pending.lock().unwrap();
         p.buf.clear();
-        covered = p.seq;
-        covered
+        covered = std::mem::take(&mut p.waiters);
     });
     let tmp = dir.join("streams.wal.tmp");
     let path = dir.join("streams.wal");
-    let mut out = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-    out.write_all(&bytes)?;
-    out.sync_all()?;
-    std::fs::rename(&tmp, &path)?;
-    File::open(dir)?.sync_all()?;
-    let file = OpenOptions::new().append(true).open(&path)?;
-    shared.durable.send_modify(|d| d.seq = d.seq.max(covered));
-    Ok((file, bytes.len() as u64))
+    let written = (|| -> anyhow::Result<File> {
+        let mut out = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        out.write_all(&bytes)?;
+        out.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        File::open(dir)?.sync_all()?;
+        Ok(OpenOptions::new().append(true).open(&path)?)
+    })();
+    match written {
+        Ok(file) => {
+            for w in covered {
+                let _ = w.send(Ok(()));
+            }
+            Ok((file, bytes.len() as u64))
+        }
+        Err(e) => {
+            shared.fail(covered, format!("{e:#}"));
+            Err(e)
+        }
+    }
 }
