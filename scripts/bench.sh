@@ -4,6 +4,8 @@
 #
 #   scripts/bench.sh                       every scenario, streamhost only
 #   scripts/bench.sh --floor fanout-1000   one scenario, streamhost then the floor
+#   scripts/bench.sh --floor --repeat 3    each run three times, alternating; the table shows
+#                                          the median (this machine is noisy: use it)
 #
 # Scenarios: fanout-1000 fanout-8000 groups-8000 idle-8000 burst paced-1000 paced-8000
 #            writes-memory writes-durable
@@ -12,10 +14,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 floor=0
+repeat=1
 scenarios=()
-for arg in "$@"; do
+while [ $# -gt 0 ]; do
+  arg=$1; shift
   case "$arg" in
     --floor) floor=1 ;;
+    --repeat) repeat=$1; shift ;;
     -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
     *) scenarios+=("$arg") ;;
   esac
@@ -68,8 +73,8 @@ wait_port() {
   echo "nothing listens on 3112" >&2; exit 1
 }
 
-run() {  # $1: streamhost | floor, $2: scenario
-  local target=$1 scenario=$2 pid
+run() {  # $1: streamhost | floor, $2: scenario, $3: round
+  local target=$1 scenario=$2 round=$3 pid
   rm -rf "$work/store"
   if [ "$target" = floor ]; then
     taskset -c 0 /tmp/raw-floor/release/raw-floor > "$work/floor.log" 2>&1 &
@@ -79,29 +84,34 @@ run() {  # $1: streamhost | floor, $2: scenario
   fi
   pid=$!
   wait_port
-  echo "== $target $scenario"
+  echo "== $target $scenario (round $round)"
   # shellcheck disable=SC2046
-  taskset -c 1 "$target_dir/release/streamhost-load" $(options "$scenario") --engine-pid "$pid" --json "bench-results/$target-$scenario.json" 2>&1 | grep -v '^  sent'
+  taskset -c 1 "$target_dir/release/streamhost-load" $(options "$scenario") --engine-pid "$pid" --json "bench-results/$target-$scenario-$round.json" 2>&1 | grep -v '^  sent'
   kill "$pid"; wait "$pid" 2>/dev/null || true
   sleep 1
 }
 
-for s in "${scenarios[@]}"; do
-  run streamhost "$s"
-  case "$s" in writes-*) ;; *) [ "$floor" = 1 ] && run floor "$s" ;; esac
+rm -f bench-results/*.json
+for round in $(seq "$repeat"); do
+  for s in "${scenarios[@]}"; do
+    run streamhost "$s" "$round"
+    case "$s" in writes-*) ;; *) if [ "$floor" = 1 ]; then run floor "$s" "$round"; fi ;; esac
+  done
 done
 
 echo
 echo "== summary"
 python3 - "${scenarios[@]}" <<'PY'
-import json, os, sys
-print(f"{'scenario':<16}{'target':<12}{'deliveries/s':>14}{'calls/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'KB/conn':>9}{'lost':>7}{'dup':>6}{'closed':>8}")
+import glob, json, statistics, sys
+def med(runs, f):
+    return statistics.median(f(j) for j in runs)
+print(f"{'scenario':<16}{'target':<12}{'runs':>5}{'deliveries/s':>14}{'calls/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'KB/conn':>9}{'lost':>7}{'dup':>6}{'closed':>8}")
 for s in sys.argv[1:]:
     for t in ("streamhost", "floor"):
-        p = f"bench-results/{t}-{s}.json"
-        if not os.path.exists(p): continue
-        j = json.load(open(p))
-        kb = j.get("engine_bytes_per_connection")
-        print(f"{s:<16}{t:<12}{j['deliveries_per_second']:>14.0f}{j['calls_per_second']:>11.0f}{j['latency_us']['p50']/1000:>9.1f}{j['latency_us']['p99']/1000:>9.1f}"
-              f"{(kb/1000 if kb else 0):>9.1f}{j['lost']:>7}{j['duplicated']:>6}{j['closed_as_slow_and_told']:>8}")
+        runs = [json.load(open(p)) for p in sorted(glob.glob(f"bench-results/{t}-{s}-*.json"))]
+        if not runs: continue
+        print(f"{s:<16}{t:<12}{len(runs):>5}{med(runs, lambda j: j['deliveries_per_second']):>14.0f}{med(runs, lambda j: j['calls_per_second']):>11.0f}"
+              f"{med(runs, lambda j: j['latency_us']['p50'])/1000:>9.1f}{med(runs, lambda j: j['latency_us']['p99'])/1000:>9.1f}"
+              f"{med(runs, lambda j: (j.get('engine_bytes_per_connection') or 0))/1000:>9.1f}"
+              f"{sum(j['lost'] for j in runs):>7}{sum(j['duplicated'] for j in runs):>6}{sum(j['closed_as_slow_and_told'] for j in runs):>8}")
 PY

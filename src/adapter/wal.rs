@@ -66,6 +66,8 @@ struct Pending {
     shutdown: bool,
     /// The flusher sleeps on the condvar: only then is a wake-up (a syscall) worth sending.
     flusher_idle: bool,
+    /// The flusher is waiting for this many writers before it syncs (0: it is not).
+    fill_target: usize,
     /// Set once the log cannot be written; every later write fails with it.
     failed: Option<Arc<str>>,
 }
@@ -128,7 +130,7 @@ impl Opened {
     }
 }
 
-/// How long a sync waits for more writers when writes are coming in concurrently.
+/// The longest a sync waits for more writers when writes are coming in concurrently.
 const COMMIT_DELAY: Duration = Duration::from_micros(500);
 /// A batch this large is synced at once.
 const MAX_BATCH_WAITERS: usize = 512;
@@ -187,9 +189,10 @@ impl Wal {
         encode(record, &mut p.buf);
         let (tx, rx) = oneshot::channel();
         p.waiters.push(tx);
-        let idle = std::mem::take(&mut p.flusher_idle);
+        let filled = p.fill_target > 0 && p.waiters.len() >= p.fill_target;
+        let wake = std::mem::take(&mut p.flusher_idle) || filled;
         drop(p);
-        if idle {
+        if wake {
             self.shared.wake.notify_one();
         }
         Ok(Ticket(rx))
@@ -241,13 +244,18 @@ fn flusher(shared: Arc<Shared>, dir: PathBuf, mut file: File, lock: File, mut lo
             if p.buf.is_empty() {
                 return;
             }
-            // Under concurrent load (the last batch had several writers), wait a moment so
-            // that more writers share this sync: an fsync costs the core far more than the
-            // wait costs a writer.
-            if last_batch > 1 && p.waiters.len() < MAX_BATCH_WAITERS && !p.shutdown {
-                drop(p);
-                std::thread::sleep(COMMIT_DELAY);
-                p = shared.pending.lock().unwrap();
+            // Under concurrent load, wait (briefly) for as many writers as the last sync had:
+            // they come back with their next writes as soon as they are answered, and an
+            // fsync costs the core far more than the wait costs them.
+            let target = last_batch.min(MAX_BATCH_WAITERS);
+            if target > 1 && p.waiters.len() < target && !p.shutdown {
+                let deadline = std::time::Instant::now() + COMMIT_DELAY;
+                p.fill_target = target;
+                while p.waiters.len() < target && !p.shutdown {
+                    let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) else { break };
+                    p = shared.wake.wait_timeout(p, left).unwrap().0;
+                }
+                p.fill_target = 0;
             }
             last_batch = p.waiters.len();
             // Swap buffers, so both keep their capacity from one batch to the next.
