@@ -4,28 +4,15 @@
 //!
 //!     cargo bench --bench wasm
 
+#[path = "../tests/common/build_adapters.rs"]
+mod build_adapters;
+
 use serde_json::json;
-use std::path::PathBuf;
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use streamhost::adapter::StreamAdapter;
 use streamhost::adapter::kv_store::KvStore;
 use streamhost::wasm::{Limits, WasmAdapter, WasmHost};
-
-fn build_adapters() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(|d| PathBuf::from(d).join("adapters")).unwrap_or_else(|| root.join("adapters/target"));
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
-        .arg(root.join("adapters/Cargo.toml"))
-        .arg("--target-dir")
-        .arg(&target)
-        .status()
-        .expect("run cargo");
-    assert!(status.success(), "building adapters/ failed");
-    target.join("wasm32-wasip2/release")
-}
 
 /// Mean time per call of `op` over `n` calls, after a warm-up.
 async fn per_op<F: AsyncFnMut(usize)>(n: usize, mut op: F) -> Duration {
@@ -44,7 +31,7 @@ fn us(d: Duration) -> f64 {
 }
 
 fn main() {
-    let dir = build_adapters();
+    let dir = build_adapters::build();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     rt.block_on(async {
         let n = 20_000;

@@ -9,8 +9,8 @@ use crate::hub::Hub;
 use crate::metrics::Metrics;
 use crate::router::Router;
 use crate::streams;
-use crate::triggers::Triggers;
 use crate::outbox::Outbox;
+use crate::triggers::Triggers;
 use axum::extract::ws::Utf8Bytes;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -45,7 +45,7 @@ impl Engine {
     pub fn new(config: Config, adapter: Arc<dyn StreamAdapter>) -> Arc<Engine> {
         let cache_dir = config.wasm_cache_dir.clone();
         Arc::new(Engine {
-            router: Router::new(config.invocation_timeout),
+            router: Router::default(),
             config,
             bus: adapter.event_bus(),
             adapter,

@@ -1,8 +1,8 @@
-//! One bounded outbound queue per socket, and the writer that drains it.
+//! One bounded outbound queue per socket, and the task that runs the socket.
 //!
 //! Publishers never wait on a socket: they `push` an already-encoded frame and move on. The
-//! writer sends every frame queued so far and then flushes once, so a busy socket gets many
-//! frames per write. A socket whose queue fills up is closed with [`CLOSE_SLOW`] and a reason,
+//! socket's task (`drive`) reads what the peer sends and writes every frame queued so far
+//! before it flushes once, so a busy socket gets many frames per write. A socket whose queue fills up is closed with [`CLOSE_SLOW`] and a reason,
 //! rather than left silently missing events.
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
@@ -18,8 +18,6 @@ use tokio::sync::{Notify, mpsc};
 pub const CLOSE_SLOW: u16 = 4008;
 /// Close code for a frame over the size limit (RFC 6455 "message too big").
 pub const CLOSE_TOO_BIG: u16 = 1009;
-/// Close code for an ordinary end of the connection.
-pub const CLOSE_NORMAL: u16 = 1000;
 /// Close code when the engine shuts down (RFC 6455 "going away").
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 

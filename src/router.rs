@@ -98,16 +98,12 @@ impl WorkerHandle {
     }
 }
 
+#[derive(Default)]
 pub struct Router {
     functions: RwLock<HashMap<String, Arc<WorkerHandle>>>,
-    pub timeout: Duration,
 }
 
 impl Router {
-    pub fn new(timeout: Duration) -> Self {
-        Router { functions: RwLock::default(), timeout }
-    }
-
     /// Registers a worker's function; a later registration of the same id takes over.
     pub fn register(&self, function_id: &str, worker: &Arc<WorkerHandle>) {
         let previous = self.functions.write().unwrap().insert(function_id.to_owned(), worker.clone());

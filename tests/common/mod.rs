@@ -2,6 +2,7 @@
 //! a raw worker that speaks the worker protocol.
 #![allow(dead_code)]
 
+pub mod build_adapters;
 pub mod conformance;
 
 use futures_util::{SinkExt, StreamExt};
@@ -33,27 +34,10 @@ pub fn test_config() -> Config {
     config
 }
 
-/// Builds the WebAssembly adapters in `adapters/` (once per test process) and returns the
-/// directory holding the `.wasm` components.
+/// The directory of the `.wasm` adapters built from `adapters/` (built once per process).
 pub fn adapters_dir() -> &'static Path {
     static BUILT: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-    BUILT.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        // Beside the engine's own build when CI moves it out of the clone, else in adapters/.
-        let target = match std::env::var_os("CARGO_TARGET_DIR") {
-            Some(dir) => std::path::PathBuf::from(dir).join("adapters"),
-            None => root.join("adapters/target"),
-        };
-        let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
-            .arg(root.join("adapters/Cargo.toml"))
-            .arg("--target-dir")
-            .arg(&target)
-            .status()
-            .expect("run cargo to build the adapters");
-        assert!(status.success(), "building adapters/ for wasm32-wasip2 failed (is the target installed? `rustup target add wasm32-wasip2`)");
-        target.join("wasm32-wasip2/release")
-    })
+    BUILT.get_or_init(build_adapters::build)
 }
 
 /// The bytes of one adapter from `adapters/`, e.g. `component("validator")`.
