@@ -229,3 +229,42 @@ fn adapter_check_reports_exports_or_what_is_wrong() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a WebAssembly file"));
 }
+
+/// An adapter written in Python (`adapters/python-example`), built by componentize-py, served
+/// like the Rust ones: the guide's other-language path, really taken.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_adapter_built_with_componentize_py_serves_its_stream() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let tool = root.join("tests/sdk/python/.venv/bin/componentize-py");
+    assert!(tool.exists(), "componentize-py is not installed; run scripts/test.sh (it installs tests/sdk/python/requirements.txt)");
+    let out = tempfile::tempdir().unwrap();
+    let wasm = out.path().join("python_example.wasm");
+    let status = std::process::Command::new(&tool)
+        .args(["-d", "wit", "-w", "adapter", "componentize", "-p", "adapters/python-example", "app", "-o"])
+        .arg(&wasm)
+        .current_dir(root)
+        .status()
+        .unwrap();
+    assert!(status.success(), "componentize-py failed");
+
+    let engine = start(test_config()).await;
+    let w = RawWorker::connect(engine.worker_addr).await;
+    let component = b64(&std::fs::read(&wasm).unwrap());
+    let bound = w
+        .call("streamhost::create_stream", json!({"stream_name": "py", "component": component, "limits": {"memory_mb": 128, "timeout_ms": 5000}}))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(bound["fanout"], false);
+    let mut client = Client::connect(engine.client_addr, "/stream/py/g").await;
+    client.next().await;
+    assert_eq!(w.ok("stream::set", set("py", "g", "a", json!({"text": "hello"}))).await["new_value"], json!({"text": "hello"}));
+    assert_eq!(client.next().await["event"], json!({"type": "create", "data": {"text": "hello"}}));
+    let e = w.call("stream::set", set("py", "g", "b", json!({"text": ""}))).await.unwrap_err();
+    assert_eq!(e["code"], "adapter_invalid");
+    assert!(e["message"].as_str().unwrap().contains("`text`"), "{e}");
+    let r = w.ok("stream::update", json!({"stream_name": "py", "group_id": "g", "item_id": "a", "ops": [{"type": "set", "path": "n", "value": 1}]})).await;
+    assert_eq!(r["new_value"], json!({"text": "hello", "n": 1}));
+    assert_eq!(w.ok("stream::list", json!({"stream_name": "py", "group_id": "g"})).await, json!([{"text": "hello", "n": 1}]));
+    engine.shutdown().await.unwrap();
+}
