@@ -268,3 +268,41 @@ async fn a_python_adapter_built_with_componentize_py_serves_its_stream() {
     assert_eq!(w.ok("stream::list", json!({"stream_name": "py", "group_id": "g"})).await, json!([{"text": "hello", "n": 1}]));
     engine.shutdown().await.unwrap();
 }
+
+/// An adapter written in JavaScript (`adapters/js-example`), built by componentize-js.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_javascript_adapter_built_with_componentize_js_serves_its_stream() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    assert!(
+        root.join("tests/sdk/node/node_modules/@bytecodealliance/componentize-js").exists(),
+        "componentize-js is not installed; run scripts/test.sh (it runs npm ci in tests/sdk/node)"
+    );
+    let out = tempfile::tempdir().unwrap();
+    let wasm = out.path().join("js_example.wasm");
+    let status = std::process::Command::new("node")
+        .arg("tests/sdk/node/build-js-adapter.mjs")
+        .args(["adapters/js-example/app.js", "wit"])
+        .arg(&wasm)
+        .current_dir(root)
+        .status()
+        .unwrap();
+    assert!(status.success(), "componentize-js failed");
+
+    let engine = start(test_config()).await;
+    let w = RawWorker::connect(engine.worker_addr).await;
+    let component = b64(&std::fs::read(&wasm).unwrap());
+    w.call("streamhost::create_stream", json!({"stream_name": "js", "component": component, "limits": {"memory_mb": 128, "timeout_ms": 5000}}))
+        .await
+        .unwrap();
+    let mut client = Client::connect(engine.client_addr, "/stream/js/g").await;
+    client.next().await;
+    assert_eq!(w.ok("stream::set", set("js", "g", "a", json!({"text": "hello"}))).await["new_value"], json!({"text": "hello"}));
+    assert_eq!(client.next().await["event"], json!({"type": "create", "data": {"text": "hello"}}));
+    let e = w.call("stream::set", set("js", "g", "b", json!({"text": 5}))).await.unwrap_err();
+    assert_eq!(e["code"], "adapter_invalid");
+    assert!(e["message"].as_str().unwrap().contains("`text`"), "{e}");
+    let r = w.ok("stream::update", json!({"stream_name": "js", "group_id": "g", "item_id": "a", "ops": [{"type": "set", "path": "n", "value": 1}]})).await;
+    assert_eq!(r["new_value"], json!({"text": "hello", "n": 1}));
+    assert_eq!(w.ok("stream::get", item("js", "g", "a")).await, json!({"text": "hello", "n": 1}));
+    engine.shutdown().await.unwrap();
+}
