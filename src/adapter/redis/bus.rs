@@ -3,8 +3,10 @@
 //! Each node publishes every frame it emits, with one extra field `"node"` naming itself, and
 //! delivers what it hears except its own frames. Frames from iii nodes have no `node` field and
 //! are delivered too. Publishing never blocks the caller: frames queue for a task that sends
-//! them in pipelined batches; when Redis is away, what cannot be sent is counted and logged
-//! (the other nodes notice their own loss of pub/sub and resynchronise their clients).
+//! them in pipelined batches. What cannot be sent (Redis away, or the queue full) is counted
+//! and logged, and once publishing works again the node announces the gap on the channel
+//! (`{"type":"streamhost_gap","node":...}`) so that the other nodes resynchronise their
+//! clients: a dropped event never leaves a silent hole.
 //!
 //! The subscriber holds its own connection, pings it so that a silent network failure is
 //! noticed, reconnects with backoff and subscribes again by itself, and then reports a
@@ -23,6 +25,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 pub const CHANNEL: &str = "stream::events";
+/// The `type` of the message a node publishes after some of its events were dropped.
+const GAP: &str = "streamhost_gap";
 /// Frames waiting to be published; past this, publications are dropped and counted.
 const PUBLISH_QUEUE: usize = 65_536;
 /// Frames sent to Redis in one pipeline.
@@ -54,7 +58,7 @@ impl RedisBus {
         let (queue, queued) = mpsc::channel(PUBLISH_QUEUE);
         let (incoming_tx, incoming) = mpsc::channel(PUBLISH_QUEUE);
         let tasks = vec![
-            tokio::spawn(publish_loop(target.clone(), conn.clone(), queued, stats.clone())),
+            tokio::spawn(publish_loop(target.clone(), conn.clone(), node.clone(), queued, stats.clone())),
             tokio::spawn(subscribe_loop(target, conn, node.clone(), incoming_tx)),
         ];
         RedisBus { node, queue, incoming: Mutex::new(Some(incoming)), stats, tasks }
@@ -103,15 +107,18 @@ impl BusStats {
         }
     }
 
-    fn published(&self) {
-        if self.dropping.swap(false, Ordering::Relaxed) {
+    /// A batch got through; true when publications had been dropped before it.
+    fn published(&self) -> bool {
+        let recovered = self.dropping.swap(false, Ordering::Relaxed);
+        if recovered {
             tracing::info!(dropped = self.dropped.load(Ordering::Relaxed), "events reach the other nodes again");
         }
+        recovered
     }
 }
 
 /// Sends queued frames in pipelined batches, in the order they were emitted.
-async fn publish_loop(target: Arc<RedisTarget>, mut conn: ConnectionManager, mut queued: mpsc::Receiver<String>, stats: Arc<BusStats>) {
+async fn publish_loop(target: Arc<RedisTarget>, mut conn: ConnectionManager, node: String, mut queued: mpsc::Receiver<String>, stats: Arc<BusStats>) {
     let mut batch = Vec::with_capacity(PUBLISH_BATCH);
     while queued.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
         let mut pipe = redis::pipe();
@@ -119,10 +126,23 @@ async fn publish_loop(target: Arc<RedisTarget>, mut conn: ConnectionManager, mut
             pipe.cmd("PUBLISH").arg(CHANNEL).arg(frame).ignore();
         }
         match target.run("PUBLISH", pipe.exec_async(&mut conn)).await {
-            Ok(()) => stats.published(),
+            Ok(()) => {
+                if stats.published() {
+                    announce_gap(&target, &mut conn, &node).await;
+                }
+            }
             Err(e) => stats.drop_publications(batch.len() as u64, &format!("{e:#}")),
         }
         batch.clear();
+    }
+}
+
+/// Tells the other nodes that some of this node's events never reached them.
+async fn announce_gap(target: &RedisTarget, conn: &mut ConnectionManager, node: &str) {
+    let marker = serde_json::json!({"type": GAP, "node": node}).to_string();
+    let sent = target.run("PUBLISH", redis::cmd("PUBLISH").arg(CHANNEL).arg(marker).query_async::<i64>(conn)).await;
+    if let Err(e) = sent {
+        tracing::warn!(error = %format!("{e:#}"), "cannot tell the other nodes about dropped events");
     }
 }
 
@@ -191,8 +211,8 @@ async fn listen(pubsub: redis::aio::PubSub, node: &str, incoming: &mpsc::Sender<
         tokio::select! {
             msg = messages.next() => {
                 let Some(msg) = msg else { return Some("the connection closed".into()) };
-                let Some(event) = decode(msg.get_payload_bytes(), node) else { continue };
-                if incoming.send(BusMessage::Event(event)).await.is_err() {
+                let Some(message) = decode(msg.get_payload_bytes(), node) else { continue };
+                if incoming.send(message).await.is_err() {
                     return None;
                 }
             }
@@ -208,7 +228,7 @@ async fn listen(pubsub: redis::aio::PubSub, node: &str, incoming: &mpsc::Sender<
 }
 
 /// A frame from another node (or an iii node); None for this node's own frames and for noise.
-fn decode(payload: &[u8], node: &str) -> Option<StreamEvent> {
+fn decode(payload: &[u8], node: &str) -> Option<BusMessage> {
     let frame: Value = match serde_json::from_slice(payload) {
         Ok(v) => v,
         Err(e) => {
@@ -219,11 +239,14 @@ fn decode(payload: &[u8], node: &str) -> Option<StreamEvent> {
     if frame.get("node").and_then(Value::as_str) == Some(node) {
         return None;
     }
+    if frame.get("type").and_then(Value::as_str) == Some(GAP) {
+        return Some(BusMessage::Gap);
+    }
     let event = StreamEvent::from_value(&frame);
     if event.is_none() {
         tracing::warn!("ignored a message on {CHANNEL} that is not a stream frame");
     }
-    event
+    event.map(BusMessage::Event)
 }
 
 fn backoff(attempt: u32) -> Duration {
@@ -244,10 +267,18 @@ mod tests {
         let iii = frame.to_string();
         frame["node"] = json!("me");
         let mine = frame.to_string();
+        let event_of = |m: Option<BusMessage>| match m {
+            Some(BusMessage::Event(e)) => e.to_value(),
+            other => panic!("expected an event, got {other:?}"),
+        };
         assert!(decode(mine.as_bytes(), "me").is_none());
-        assert_eq!(decode(mine.as_bytes(), "other").unwrap().to_value(), event.to_value());
-        assert_eq!(decode(iii.as_bytes(), "me").unwrap().to_value(), event.to_value());
+        assert_eq!(event_of(decode(mine.as_bytes(), "other")), event.to_value());
+        assert_eq!(event_of(decode(iii.as_bytes(), "me")), event.to_value());
         assert!(decode(b"not json", "me").is_none());
+        // Another node's gap makes this node resynchronise; its own does not.
+        let gap = json!({"type": GAP, "node": "other"}).to_string();
+        assert!(matches!(decode(gap.as_bytes(), "me"), Some(BusMessage::Gap)));
+        assert!(decode(gap.as_bytes(), "other").is_none());
     }
 
     #[test]
