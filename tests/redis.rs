@@ -86,6 +86,24 @@ fn spawn_node(dir: &std::path::Path, url: &str) -> EngineProcess {
     EngineProcess::spawn(&write_config(&node_dir, &format!("{{ name: redis, config: {{ redis_url: \"{url}\" }} }}")))
 }
 
+/// Two engine processes on one Redis, a worker on each, with fan-out from B to A working.
+struct TwoNodes {
+    _dir: tempfile::TempDir,
+    a: EngineProcess,
+    b: EngineProcess,
+    wa: RawWorker,
+    wb: RawWorker,
+}
+
+async fn two_nodes(redis: &RedisServer) -> TwoNodes {
+    let dir = tempfile::tempdir().unwrap();
+    let a = spawn_node(dir.path(), &redis.url());
+    let b = spawn_node(dir.path(), &redis.url());
+    let wa = RawWorker::connect(a.worker_addr).await;
+    let wb = RawWorker::connect(b.worker_addr).await;
+    wait_for_fan_out(&wb, a.client_addr).await;
+    TwoNodes { _dir: dir, a, b, wa, wb }
+}
 
 /// Waits until an event sent on one node reaches a client of the other: both subscriptions are up.
 async fn wait_for_fan_out(from: &RawWorker, to: std::net::SocketAddr) {
@@ -179,13 +197,8 @@ async fn the_key_layout_is_the_one_iii_uses() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_deliver_each_others_events_exactly_once() {
     let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let a = spawn_node(dir.path(), &redis.url());
-    let b = spawn_node(dir.path(), &redis.url());
-    let wa = RawWorker::connect(a.worker_addr).await;
-    let wb = RawWorker::connect(b.worker_addr).await;
-    wait_for_fan_out(&wb, a.client_addr).await;
-    wait_for_fan_out(&wa, b.client_addr).await;
+    let TwoNodes { a, b, wa, wb, .. } = &two_nodes(&redis).await;
+    wait_for_fan_out(wa, b.client_addr).await;
 
     let mut ca = Client::connect(a.client_addr, "/stream/chat/room").await;
     let mut cb = Client::connect(b.client_addr, "/stream/chat/room").await;
@@ -229,12 +242,7 @@ async fn two_nodes_deliver_each_others_events_exactly_once() {
 async fn nodes_survive_redis_dying_and_resync_their_clients() {
     let mut redis = RedisServer::start();
     let port = redis.port;
-    let dir = tempfile::tempdir().unwrap();
-    let a = spawn_node(dir.path(), &redis.url());
-    let b = spawn_node(dir.path(), &redis.url());
-    let wa = RawWorker::connect(a.worker_addr).await;
-    let wb = RawWorker::connect(b.worker_addr).await;
-    wait_for_fan_out(&wb, a.client_addr).await;
+    let TwoNodes { a, b, wa, wb, .. } = &two_nodes(&redis).await;
     // Written on A: its event is delivered before the reply, so it cannot trail the snapshot.
     wa.ok("stream::set", with("chat", "room", "m1", json!("before"))).await;
 

@@ -230,6 +230,35 @@ fn adapter_check_reports_exports_or_what_is_wrong() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a WebAssembly file"));
 }
 
+/// Serves a component built from `python-example` or `js-example`, which both keep items
+/// with a non-empty `text`, and checks it end to end.
+async fn serves_a_text_adapter(wasm: &std::path::Path, stream: &str) {
+    let engine = start(test_config()).await;
+    let w = RawWorker::connect(engine.worker_addr).await;
+    let component = b64(&std::fs::read(wasm).unwrap());
+    // These components carry a language runtime: more memory, and time for the first call.
+    let bound = w
+        .call("streamhost::create_stream", json!({"stream_name": stream, "component": component, "limits": {"memory_mb": 128, "timeout_ms": 5000}}))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(bound["fanout"], false);
+    let mut client = Client::connect(engine.client_addr, &format!("/stream/{stream}/g")).await;
+    client.next().await;
+    assert_eq!(w.ok("stream::set", set(stream, "g", "a", json!({"text": "hello"}))).await["new_value"], json!({"text": "hello"}));
+    assert_eq!(client.next().await["event"], json!({"type": "create", "data": {"text": "hello"}}));
+    for bad in [json!({"text": ""}), json!({"text": 5})] {
+        let e = w.call("stream::set", set(stream, "g", "b", bad)).await.unwrap_err();
+        assert_eq!(e["code"], "adapter_invalid");
+        assert!(e["message"].as_str().unwrap().contains("`text`"), "{e}");
+    }
+    let r = w.ok("stream::update", json!({"stream_name": stream, "group_id": "g", "item_id": "a", "ops": [{"type": "set", "path": "n", "value": 1}]})).await;
+    assert_eq!(r["new_value"], json!({"text": "hello", "n": 1}));
+    assert_eq!(w.ok("stream::get", item(stream, "g", "a")).await, json!({"text": "hello", "n": 1}));
+    assert_eq!(w.ok("stream::list", json!({"stream_name": stream, "group_id": "g"})).await, json!([{"text": "hello", "n": 1}]));
+    engine.shutdown().await.unwrap();
+}
+
 /// An adapter written in Python (`adapters/python-example`), built by componentize-py, served
 /// like the Rust ones: the guide's other-language path, really taken.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -246,27 +275,7 @@ async fn a_python_adapter_built_with_componentize_py_serves_its_stream() {
         .status()
         .unwrap();
     assert!(status.success(), "componentize-py failed");
-
-    let engine = start(test_config()).await;
-    let w = RawWorker::connect(engine.worker_addr).await;
-    let component = b64(&std::fs::read(&wasm).unwrap());
-    let bound = w
-        .call("streamhost::create_stream", json!({"stream_name": "py", "component": component, "limits": {"memory_mb": 128, "timeout_ms": 5000}}))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(bound["fanout"], false);
-    let mut client = Client::connect(engine.client_addr, "/stream/py/g").await;
-    client.next().await;
-    assert_eq!(w.ok("stream::set", set("py", "g", "a", json!({"text": "hello"}))).await["new_value"], json!({"text": "hello"}));
-    assert_eq!(client.next().await["event"], json!({"type": "create", "data": {"text": "hello"}}));
-    let e = w.call("stream::set", set("py", "g", "b", json!({"text": ""}))).await.unwrap_err();
-    assert_eq!(e["code"], "adapter_invalid");
-    assert!(e["message"].as_str().unwrap().contains("`text`"), "{e}");
-    let r = w.ok("stream::update", json!({"stream_name": "py", "group_id": "g", "item_id": "a", "ops": [{"type": "set", "path": "n", "value": 1}]})).await;
-    assert_eq!(r["new_value"], json!({"text": "hello", "n": 1}));
-    assert_eq!(w.ok("stream::list", json!({"stream_name": "py", "group_id": "g"})).await, json!([{"text": "hello", "n": 1}]));
-    engine.shutdown().await.unwrap();
+    serves_a_text_adapter(&wasm, "py").await;
 }
 
 /// An adapter written in JavaScript (`adapters/js-example`), built by componentize-js.
@@ -287,22 +296,5 @@ async fn a_javascript_adapter_built_with_componentize_js_serves_its_stream() {
         .status()
         .unwrap();
     assert!(status.success(), "componentize-js failed");
-
-    let engine = start(test_config()).await;
-    let w = RawWorker::connect(engine.worker_addr).await;
-    let component = b64(&std::fs::read(&wasm).unwrap());
-    w.call("streamhost::create_stream", json!({"stream_name": "js", "component": component, "limits": {"memory_mb": 128, "timeout_ms": 5000}}))
-        .await
-        .unwrap();
-    let mut client = Client::connect(engine.client_addr, "/stream/js/g").await;
-    client.next().await;
-    assert_eq!(w.ok("stream::set", set("js", "g", "a", json!({"text": "hello"}))).await["new_value"], json!({"text": "hello"}));
-    assert_eq!(client.next().await["event"], json!({"type": "create", "data": {"text": "hello"}}));
-    let e = w.call("stream::set", set("js", "g", "b", json!({"text": 5}))).await.unwrap_err();
-    assert_eq!(e["code"], "adapter_invalid");
-    assert!(e["message"].as_str().unwrap().contains("`text`"), "{e}");
-    let r = w.ok("stream::update", json!({"stream_name": "js", "group_id": "g", "item_id": "a", "ops": [{"type": "set", "path": "n", "value": 1}]})).await;
-    assert_eq!(r["new_value"], json!({"text": "hello", "n": 1}));
-    assert_eq!(w.ok("stream::get", item("js", "g", "a")).await, json!({"text": "hello", "n": 1}));
-    engine.shutdown().await.unwrap();
+    serves_a_text_adapter(&wasm, "js").await;
 }
