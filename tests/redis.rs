@@ -242,7 +242,7 @@ async fn two_nodes_deliver_each_others_events_exactly_once() {
 async fn nodes_survive_redis_dying_and_resync_their_clients() {
     let mut redis = RedisServer::start();
     let port = redis.port;
-    let TwoNodes { a, b, wa, wb, .. } = &two_nodes(&redis).await;
+    let TwoNodes { a, wa, wb, .. } = &two_nodes(&redis).await;
     // Written on A: its event is delivered before the reply, so it cannot trail the snapshot.
     wa.ok("stream::set", with("chat", "room", "m1", json!("before"))).await;
 
@@ -274,7 +274,7 @@ async fn nodes_survive_redis_dying_and_resync_their_clients() {
         }
         assert!(Instant::now() < deadline, "no sync frame after Redis came back");
     }
-    wait_for_fan_out(&wb, a.client_addr).await;
+    wait_for_fan_out(wb, a.client_addr).await;
     wb.ok("stream::set", with("chat", "room", "m3", json!("after"))).await;
     let frame = ca.next().await;
     assert_eq!((frame["id"].clone(), frame["event"].clone()), (json!("m3"), json!({"type": "create", "data": "after"})));

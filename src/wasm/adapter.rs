@@ -214,10 +214,10 @@ impl WasmAdapter {
         }
         let wit = to_wit(event)?;
         let result = self.call("on-event", async |live| live.fanout.as_ref().unwrap().call_on_event(&mut live.store, &wit).await).await;
-        Some(result.and_then(|events| events.into_iter().map(|e| self.from_wit(e)).collect()))
+        Some(result.and_then(|events| events.into_iter().map(|e| self.event_from_wit(e)).collect()))
     }
 
-    fn from_wit(&self, e: WitEvent) -> anyhow::Result<StreamEvent> {
+    fn event_from_wit(&self, e: WitEvent) -> anyhow::Result<StreamEvent> {
         let data = self.parse(&e.data, "an event")?;
         let kind = match e.kind {
             WitKind::Create => EventKind::Create(data),

@@ -60,10 +60,10 @@ impl Cache {
             }
         }
         let component = Component::new(engine, wasm).map_err(|e| anyhow::anyhow!("not a valid WebAssembly component: {e:#}"))?;
-        if let Some(path) = entry {
-            if let Err(e) = store(&component, &path) {
-                tracing::warn!(path = %path.display(), error = %format!("{e:#}"), "cannot cache a compiled component");
-            }
+        if let Some(path) = entry
+            && let Err(e) = store(&component, &path)
+        {
+            tracing::warn!(path = %path.display(), error = %format!("{e:#}"), "cannot cache a compiled component");
         }
         Ok(Loaded { component, from_cache: false })
     }

@@ -81,7 +81,7 @@ async fn worker(o: Options, w: usize, epoch: Instant, counters: Arc<Counters>) -
         counters.sent.fetch_add(1, Ordering::Relaxed);
         sent += 1;
         seq += o.workers as u64;
-        if per_worker_rate > 0.0 || sent % 32 == 0 {
+        if per_worker_rate > 0.0 || sent.is_multiple_of(32) {
             sink.flush().await?;
         }
     }
