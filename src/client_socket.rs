@@ -217,6 +217,12 @@ impl Client {
 
     async fn join(&mut self, sub: JoinData) {
         let engine = self.engine.clone();
+        let limit = engine.config.max_subscriptions;
+        if self.subs.len() >= limit && !self.subs.contains_key(&sub.subscription_id) {
+            let message = format!("this socket already holds {limit} subscriptions (max_subscriptions); leave one first");
+            self.outbox.push(Utf8Bytes::from(error_frame("too_many_subscriptions", &message)));
+            return;
+        }
         if engine.triggers.has_join_triggers() && engine.triggers.join_rejected(&engine, &self.trigger_payload(&sub)).await {
             let event = StreamEvent::new(&sub.stream_name, &sub.group_id, sub.id.as_deref(), EventKind::Unauthorized);
             self.outbox.push(Utf8Bytes::from(event.encode()));

@@ -49,6 +49,8 @@ pub struct Config {
     pub max_frame_bytes: usize,
     /// Frames queued per client socket before it is closed as too slow.
     pub send_queue_frames: usize,
+    /// Subscriptions one client socket may hold at once.
+    pub max_subscriptions: usize,
     /// How long a call to a worker's function may take.
     pub invocation_timeout: Duration,
     /// Streams bound to WebAssembly adapters at start-up.
@@ -70,6 +72,7 @@ impl Default for Config {
             adapter: AdapterConfig::KvFile { path: PathBuf::from("./data/stream_store") },
             max_frame_bytes: 1 << 20,
             send_queue_frames: 4096,
+            max_subscriptions: 1000,
             invocation_timeout: Duration::from_secs(30),
             custom_streams: Vec::new(),
             wasm_cache_dir: Some(PathBuf::from("./data/wasm-cache")),
@@ -125,6 +128,7 @@ impl Config {
                     "adapter" => self.adapter = adapter(value, &mut self.warnings)?,
                     "max_frame_bytes" => self.max_frame_bytes = number(value, key)? as usize,
                     "send_queue_frames" => self.send_queue_frames = number(value, key)?.max(1) as usize,
+                    "max_subscriptions" => self.max_subscriptions = number(value, key)? as usize,
                     "wasm_cache_dir" => self.wasm_cache_dir = Some(PathBuf::from(string(value, key)?)),
                     "custom_streams" => {
                         for entry in value.as_sequence().map(Vec::as_slice).unwrap_or_default() {

@@ -96,6 +96,7 @@ async fn item_subscriptions_and_path_urls() {
 async fn bad_frames_get_an_error_and_the_socket_stays_open() {
     let mut config = test_config();
     config.max_frame_bytes = 4096;
+    config.max_subscriptions = 3;
     let engine = start(config).await;
     let mut c = Client::connect(engine.client_addr, "/").await;
     c.ws.send(Message::text("{nope")).await.unwrap();
@@ -107,6 +108,16 @@ async fn bad_frames_get_an_error_and_the_socket_stays_open() {
     assert!(e["error"]["message"].as_str().unwrap().contains("subscriptionId"), "{e}");
     c.send_json(json!({"type": "dance"})).await;
     assert_eq!(c.next().await["type"], "error");
+    // Past max_subscriptions a join is refused; re-joining an existing id still works.
+    for i in 0..3 {
+        assert_eq!(c.join(&format!("s{i}"), "s", &format!("g{i}"), None).await["event"]["type"], "sync");
+    }
+    let refused = c.join("s3", "s", "g3", None).await;
+    assert_eq!(refused["error"]["code"], "too_many_subscriptions", "{refused}");
+    assert_eq!(c.join("s0", "s", "g9", None).await["event"]["type"], "sync");
+    c.send_json(json!({"type": "leave", "data": {"subscriptionId": "s0", "streamName": "s", "groupId": "g9"}})).await;
+    c.send_json(json!({"type": "leave", "data": {"subscriptionId": "s1", "streamName": "s", "groupId": "g1"}})).await;
+    c.send_json(json!({"type": "leave", "data": {"subscriptionId": "s2", "streamName": "s", "groupId": "g2"}})).await;
     // Binary frames holding JSON are accepted too.
     c.ws.send(Message::binary(json!({"type": "join", "data": {"subscriptionId": "a", "streamName": "s", "groupId": "g"}}).to_string().into_bytes())).await.unwrap();
     assert_eq!(c.next().await["event"]["type"], "sync");
