@@ -69,24 +69,7 @@ fn run_command() -> anyhow::Result<()> {
     runtime.block_on(run(config))
 }
 
-/// Every client is a socket: raise the soft open-files limit to the hard one, so that the
-/// engine holds thousands of clients without the operator raising `ulimit -n` first.
-fn raise_fd_limit() {
-    // SAFETY: plain libc calls on a local struct.
-    unsafe {
-        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            let soft = lim.rlim_cur;
-            lim.rlim_cur = lim.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
-                tracing::debug!(from = soft, to = lim.rlim_max, "raised the open-files limit");
-            }
-        }
-    }
-}
-
 async fn run(config: Config) -> anyhow::Result<()> {
-    raise_fd_limit();
     let server = Server::start(config).await?;
     // One plain line that people and test harnesses can read the bound addresses from.
     println!("streamhost listening: clients ws://{} workers ws://{}", server.client_addr, server.worker_addr);

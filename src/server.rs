@@ -24,6 +24,7 @@ pub struct ServerHandle {
 impl Server {
     /// Opens the store, binds both sockets and starts serving.
     pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
+        raise_open_files_limit();
         for warning in &config.warnings {
             tracing::warn!("config: {warning}");
         }
@@ -60,6 +61,22 @@ impl Server {
         });
         tracing::info!(%client_addr, %worker_addr, adapter = engine.adapter.name(), "streamhost is serving");
         Ok(ServerHandle { client_addr, worker_addr, engine, tasks: vec![client_task, worker_task] })
+    }
+}
+
+/// Every client is a socket: raises the soft open-files limit to the hard one, so that a
+/// process holds thousands of sockets without `ulimit -n` first. Also used by the load generator.
+pub fn raise_open_files_limit() {
+    // SAFETY: plain libc calls on a local struct.
+    unsafe {
+        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            let soft = lim.rlim_cur;
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
+                tracing::debug!(from = soft, to = lim.rlim_max, "raised the open-files limit");
+            }
+        }
     }
 }
 

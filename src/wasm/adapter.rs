@@ -240,10 +240,6 @@ fn to_wit(event: &StreamEvent) -> Option<WitEvent> {
     Some(WitEvent { stream_name: event.stream_name.clone(), group_id: event.group_id.clone(), id: event.id.clone(), kind, name, data: data.to_string() })
 }
 
-fn owned(s: &str) -> String {
-    s.to_owned()
-}
-
 #[async_trait]
 impl StreamAdapter for WasmAdapter {
     fn name(&self) -> &'static str {
@@ -293,7 +289,7 @@ impl StreamAdapter for WasmAdapter {
     }
 
     async fn list_all(&self) -> anyhow::Result<Vec<(String, Vec<String>)>> {
-        Ok(vec![(owned(&self.stream), self.list_groups(&self.stream).await?)])
+        Ok(vec![(self.stream.clone(), self.list_groups(&self.stream).await?)])
     }
 
     async fn update(&self, s: &str, g: &str, i: &str, ops: &[ParsedOp]) -> anyhow::Result<UpdateOutcome> {

@@ -37,7 +37,7 @@ fn main() {
             std::process::exit(2);
         }
     };
-    raise_fd_limit();
+    streamhost::server::raise_open_files_limit();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     match rt.block_on(run(options)) {
         Ok(code) => std::process::exit(code),
@@ -96,16 +96,4 @@ async fn run(o: Options) -> anyhow::Result<i32> {
         eprintln!("wrote {}", path.display());
     }
     Ok(0)
-}
-
-/// Load tests need many sockets: raise the soft open-files limit to the hard one.
-fn raise_fd_limit() {
-    // SAFETY: plain libc calls on a local struct.
-    unsafe {
-        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
 }
