@@ -162,7 +162,7 @@ async fn serve(engine: Arc<Engine>, socket: WebSocket, context: Value, path_sub:
     if let Some(p) = path_sub {
         Box::pin(client.join(JoinData { subscription_id: "path".into(), stream_name: p.stream, group_id: p.group, id: p.item })).await;
     }
-    outbox::drive(socket, rx, outbox, engine.shutdown_signal(), &mut client).await;
+    outbox::drive(socket, rx, outbox, engine.shutdown_signal(), engine.config.close_grace, &mut client).await;
     client.leave_all();
     engine.stats.client_connections.fetch_sub(1, Ordering::Relaxed);
 }

@@ -49,6 +49,9 @@ pub struct Config {
     pub max_frame_bytes: usize,
     /// Frames queued per client socket before it is closed as too slow.
     pub send_queue_frames: usize,
+    /// How long a socket the engine closed (a slow client, a frame too big) is kept so that
+    /// the client can read what was queued before it and then the close frame with its reason.
+    pub close_grace: Duration,
     /// Subscriptions one client socket may hold at once.
     pub max_subscriptions: usize,
     /// How long a call to a worker's function may take.
@@ -72,6 +75,7 @@ impl Default for Config {
             adapter: AdapterConfig::KvFile { path: PathBuf::from("./data/stream_store") },
             max_frame_bytes: 1 << 20,
             send_queue_frames: 4096,
+            close_grace: Duration::from_secs(10),
             max_subscriptions: 1000,
             invocation_timeout: Duration::from_secs(30),
             custom_streams: Vec::new(),
@@ -128,6 +132,7 @@ impl Config {
                     "adapter" => self.adapter = adapter(value, &mut self.warnings)?,
                     "max_frame_bytes" => self.max_frame_bytes = number(value, key)? as usize,
                     "send_queue_frames" => self.send_queue_frames = number(value, key)?.max(1) as usize,
+                    "close_grace_ms" => self.close_grace = Duration::from_millis(number(value, key)?),
                     "max_subscriptions" => self.max_subscriptions = number(value, key)? as usize,
                     "wasm_cache_dir" => self.wasm_cache_dir = Some(PathBuf::from(string(value, key)?)),
                     "custom_streams" => {
@@ -267,11 +272,12 @@ mod tests {
         assert_eq!(old.warnings, vec!["module `modules::cron::CronModule` is not part of streamhost; skipped"]);
 
         let new = Config::parse(
-            "workers:\n  - name: iii-worker-manager\n    config: { port: 4001, invocation_timeout_ms: 500 }\n  - name: iii-stream\n    config:\n      port: 3300\n      bogus: 1\n      adapter: { name: kv, config: { store_method: in_memory } }\n",
+            "workers:\n  - name: iii-worker-manager\n    config: { port: 4001, invocation_timeout_ms: 500 }\n  - name: iii-stream\n    config:\n      port: 3300\n      close_grace_ms: 2500\n      bogus: 1\n      adapter: { name: kv, config: { store_method: in_memory } }\n",
         )
         .unwrap();
         assert_eq!((new.worker_port, new.port), (4001, 3300));
         assert_eq!(new.invocation_timeout, Duration::from_millis(500));
+        assert_eq!(new.close_grace, Duration::from_millis(2500));
         assert_eq!(new.adapter, AdapterConfig::KvMemory);
         assert_eq!(new.warnings, vec!["unknown key `bogus` in iii-stream ignored"]);
     }

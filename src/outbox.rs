@@ -102,12 +102,13 @@ pub trait Peer: Send {
 /// Runs one socket in one task: writes every queued frame (many per flush), and hands each
 /// message that arrives to the peer. Ends when the other side goes, the peer says stop, a
 /// close is asked for, or `shutdown` resolves; then it sends the close frame, if any, and
-/// flushes a close reply.
+/// flushes a close reply, waiting at most `grace` for a peer that reads slowly.
 pub async fn drive(
     mut ws: WebSocket,
     mut rx: mpsc::Receiver<Utf8Bytes>,
     outbox: Arc<Outbox>,
     shutdown: impl Future<Output = ()> + Send,
+    grace: Duration,
     peer: &mut impl Peer,
 ) {
     tokio::pin!(shutdown);
@@ -133,13 +134,22 @@ pub async fn drive(
             }
         }
     }
-    if let Some(CloseReason { code, reason }) = outbox.close_reason() {
-        let frame = CloseFrame { code, reason: Utf8Bytes::from(truncate_reason(&reason)) };
-        // A client that is not reading will never take the close frame: give up after a moment.
-        let _ = tokio::time::timeout(Duration::from_secs(1), ws.send(Message::Close(Some(frame)))).await;
-    }
-    // Flushes a close reply the socket queued by itself (when the peer closed first).
-    let _ = tokio::time::timeout(Duration::from_secs(1), ws.close()).await;
+    let reason = outbox.close_reason();
+    // The close frame waits behind what the kernel already holds for this peer, so a slow
+    // client needs time to read up to it; a shutdown does not wait that long.
+    let grace = match &reason {
+        Some(r) if r.code == CLOSE_GOING_AWAY => grace.min(Duration::from_secs(1)),
+        _ => grace,
+    };
+    let _ = tokio::time::timeout(grace, async {
+        if let Some(CloseReason { code, reason }) = reason {
+            let frame = CloseFrame { code, reason: Utf8Bytes::from(truncate_reason(&reason)) };
+            ws.send(Message::Close(Some(frame))).await?;
+        }
+        // Flushes a close reply the socket queued by itself (when the peer closed first).
+        ws.close().await
+    })
+    .await;
 }
 
 /// Writes `first` and whatever else is queued, then flushes once; false when the socket is

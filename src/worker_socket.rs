@@ -71,7 +71,7 @@ async fn serve(engine: Arc<Engine>, socket: WebSocket) {
     tracing::debug!(worker = %worker_id, "worker connected");
 
     let mut peer = WorkerPeer { engine: engine.clone(), worker: worker.clone() };
-    outbox::drive(socket, rx, outbox, engine.shutdown_signal(), &mut peer).await;
+    outbox::drive(socket, rx, outbox, engine.shutdown_signal(), engine.config.close_grace, &mut peer).await;
     engine.router.remove_worker(&worker_id);
     engine.triggers.remove_worker(&worker_id);
     worker.disconnect();

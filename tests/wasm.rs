@@ -124,14 +124,14 @@ async fn drafts_stay_hidden_from_clients_until_published() {
 async fn hostile_adapters_fail_alone_and_serve_again() {
     let engine = start(test_config()).await;
     let w = RawWorker::connect(engine.worker_addr).await;
-    create_stream(&w, "evil", "hostile", json!({}), json!({"timeout_ms": 200, "memory_mb": 16})).await.unwrap();
+    create_stream(&w, "evil", "hostile", json!({}), json!({"timeout_ms": 1500, "memory_mb": 16})).await.unwrap();
     create_stream(&w, "evil-big", "hostile", json!({}), json!({"memory_mb": 64, "max_payload_bytes": 1048576})).await.unwrap();
     create_stream(&w, "evil-fuel", "hostile", json!({}), json!({"fuel": 5_000_000, "timeout_ms": 5000})).await.unwrap();
     let mut native = Client::connect(engine.client_addr, "/stream/native/g").await;
     native.next().await;
 
     let cases = [
-        ("evil", "loop", "adapter_timeout", "deadline of 200 ms"),
+        ("evil", "loop", "adapter_timeout", "deadline of 1500 ms"),
         ("evil", "memory", "adapter_memory_limit", "memory limit of 16777216 bytes"),
         ("evil", "panic", "adapter_trap", "trapped"),
         ("evil-fuel", "loop", "adapter_fuel_exhausted", "fuel"),
@@ -152,7 +152,9 @@ async fn hostile_adapters_fail_alone_and_serve_again() {
         let message = e["message"].as_str().unwrap();
         assert!(message.contains(says), "{stream}/{id} should say {says:?}: {message}");
         assert!(started.elapsed() < Duration::from_secs(6), "{stream}/{id} took {:?}", started.elapsed());
-        assert!(healthy_took < Duration::from_millis(150), "a native write waited {healthy_took:?} behind {stream}/{id}");
+        // A native write takes a few ms; one queued behind the looping adapter would take
+        // most of its 1.5 s deadline. The margin keeps a busy CI machine from failing it.
+        assert!(healthy_took < Duration::from_millis(1000), "a native write waited {healthy_took:?} behind {stream}/{id}");
         assert_eq!(native.next().await["event"]["data"], json!({"ok": true}));
         // The adapter serves again on a fresh instance.
         w.ok("stream::set", set(stream, "g", "fine", json!({"after": id}))).await;

@@ -45,12 +45,13 @@ impl Report {
         let mut latency = Histogram::default();
         let (mut received, mut lost, mut dup) = (0, 0, 0);
         let mut last_ns = 0;
-        let mut closed_told = 0;
+        let (mut closed_told, mut dropped) = (0, 0);
         for r in results {
             latency.merge(&r.latency);
             received += r.received;
             dup += r.duplicates;
             last_ns = last_ns.max(r.last_delivery_ns);
+            dropped += r.dropped as u64;
             if r.closed.is_some() {
                 closed_told += 1;
             } else {
@@ -82,6 +83,7 @@ impl Report {
             "duplicated": dup,
             "closed_as_slow_and_told": closed_told,
             "not_delivered_to_closed_clients": lost_by_closed,
+            "dropped_without_close_frame": dropped,
             "latency_us": {
                 "p50": latency.quantile(0.5), "p99": latency.quantile(0.99),
                 "p999": latency.quantile(0.999), "max": latency.max_us,
@@ -117,6 +119,9 @@ impl Report {
         s += &format!("  lost         {} (duplicated {})", j["lost"], j["duplicated"]);
         if j["closed_as_slow_and_told"].as_u64().unwrap_or(0) > 0 {
             s += &format!("; {} clients closed and told ({} events not delivered to them)", j["closed_as_slow_and_told"], j["not_delivered_to_closed_clients"]);
+        }
+        if j["dropped_without_close_frame"].as_u64().unwrap_or(0) > 0 {
+            s += &format!("; {} connections dropped without a close frame", j["dropped_without_close_frame"]);
         }
         s.push('\n');
         if let Some(b) = j["engine_bytes_per_connection"].as_f64() {

@@ -24,6 +24,8 @@ pub struct SubResult {
     pub last_delivery_ns: u64,
     /// The close code and reason, when the engine closed the socket.
     pub closed: Option<(u16, String)>,
+    /// The connection ended with no close frame before the run was over.
+    pub dropped: bool,
 }
 
 pub struct Subscribers {
@@ -147,7 +149,10 @@ async fn subscriber(
                 break;
             }
             Some(Ok(_)) => continue,
-            Some(Err(_)) | None => break,
+            Some(Err(_)) | None => {
+                r.dropped = true;
+                break;
+            }
         };
         let now = epoch.elapsed().as_nanos() as u64;
         let Some((seq, at)) = number_after(&text, "\"seq\":", 0) else { continue };
