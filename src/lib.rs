@@ -7,6 +7,7 @@
 //! - `streams`: the built-in `stream::*` functions;
 //! - `triggers`: `stream`, `stream:join` and `stream:leave` triggers;
 //! - `hub` and `outbox`: fan-out to subscribed sockets, encoded once, bounded per socket;
+//! - `emit_order`: events for one item leave in the order the store applied the writes;
 //! - `adapter`: one trait for storage, one module per backend;
 //! - `wasm` and `custom_streams`: streams served by sandboxed WebAssembly adapters.
 
@@ -14,6 +15,7 @@ pub mod adapter;
 pub mod client_socket;
 pub mod config;
 pub mod custom_streams;
+pub mod emit_order;
 pub mod engine;
 pub mod error;
 pub mod frame;

@@ -5,6 +5,7 @@
 //! that a worker created with `createStream` is served by that worker's
 //! `stream::<op>(<name>)` functions instead of the adapter; the engine still emits.
 
+use crate::emit_order;
 use crate::engine::Engine;
 use crate::error::{FnError, FnResult};
 use crate::frame::{EventKind, StreamEvent};
@@ -12,7 +13,6 @@ use crate::update_ops::{self, ParsedOp};
 use serde::{Deserialize, Serialize};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use crate::item_lock::ItemLock;
 use std::sync::Arc;
 
 pub const BUILTINS: [&str; 8] = [
@@ -130,13 +130,18 @@ async fn emit_write(engine: &Arc<Engine>, stream: &str, group: &str, item: &str,
 
 async fn set(engine: &Arc<Engine>, p: SetPayload) -> FnResult {
     const CODE: &str = "STREAM_SET_ERROR";
-    let (old, new) = match custom(engine, "set", &p.stream_name) {
-        Some(id) => old_and_new(&call_custom(engine, &id, json!(p), CODE).await?),
+    let (old, new, mut turn) = match custom(engine, "set", &p.stream_name) {
+        Some(id) => {
+            let held = emit_order::lock(&p.stream_name, &p.group_id, &p.item_id).await;
+            let (old, new) = old_and_new(&call_custom(engine, &id, json!(p), CODE).await?);
+            (old, new, held)
+        }
         None => {
-            let old = engine.storage(&p.stream_name).set(&p.stream_name, &p.group_id, &p.item_id, p.data.clone()).await.map_err(|e| FnError::storage(CODE, e))?;
-            (old, p.data)
+            let (old, turn) = emit_order::scope(engine.storage(&p.stream_name).set(&p.stream_name, &p.group_id, &p.item_id, p.data.clone())).await;
+            (old.map_err(|e| FnError::storage(CODE, e))?, p.data, turn)
         }
     };
+    turn.ready().await;
     emit_write(engine, &p.stream_name, &p.group_id, &p.item_id, &old, new.clone()).await;
     Ok(Some(json!({"old_value": old, "new_value": new})))
 }
@@ -151,10 +156,17 @@ async fn get(engine: &Arc<Engine>, p: ItemRef) -> FnResult {
 
 async fn delete(engine: &Arc<Engine>, p: ItemRef) -> FnResult {
     const CODE: &str = "STREAM_DELETE_ERROR";
-    let old = match custom(engine, "delete", &p.stream_name) {
-        Some(id) => old_and_new(&call_custom(engine, &id, json!(p), CODE).await?).0,
-        None => engine.storage(&p.stream_name).delete(&p.stream_name, &p.group_id, &p.item_id).await.map_err(|e| FnError::storage(CODE, e))?,
+    let (old, mut turn) = match custom(engine, "delete", &p.stream_name) {
+        Some(id) => {
+            let held = emit_order::lock(&p.stream_name, &p.group_id, &p.item_id).await;
+            (old_and_new(&call_custom(engine, &id, json!(p), CODE).await?).0, held)
+        }
+        None => {
+            let (old, turn) = emit_order::scope(engine.storage(&p.stream_name).delete(&p.stream_name, &p.group_id, &p.item_id)).await;
+            (old.map_err(|e| FnError::storage(CODE, e))?, turn)
+        }
     };
+    turn.ready().await;
     if let Some(old) = &old {
         engine.emit(StreamEvent::new(&p.stream_name, &p.group_id, Some(&p.item_id), EventKind::Delete(old.clone()))).await;
     }
@@ -192,18 +204,24 @@ async fn send(engine: &Arc<Engine>, p: SendPayload) -> FnResult {
 async fn update(engine: &Arc<Engine>, p: UpdatePayload) -> FnResult {
     const CODE: &str = "STREAM_UPDATE_ERROR";
     let ops = update_ops::parse_ops(&p.ops);
-    let (old, new, errors) = if let Some(id) = custom(engine, "update", &p.stream_name) {
+    let (old, new, errors, mut turn) = if let Some(id) = custom(engine, "update", &p.stream_name) {
+        let held = emit_order::lock(&p.stream_name, &p.group_id, &p.item_id).await;
         let result = call_custom(engine, &id, json!(p), CODE).await?;
         let (old, new) = old_and_new(&result);
         let errors = result.as_ref().and_then(|r| r.get("errors")).and_then(Value::as_array).cloned().unwrap_or_default();
-        (old, new, errors)
+        (old, new, errors, held)
     } else if custom(engine, "get", &p.stream_name).is_some() && custom(engine, "set", &p.stream_name).is_some() {
-        update_via_get_set(engine, &p, &ops).await?
+        // The item lock also makes the read-modify-write atomic against other writes.
+        let held = emit_order::lock(&p.stream_name, &p.group_id, &p.item_id).await;
+        let (old, new, errors) = update_via_get_set(engine, &p, &ops).await?;
+        (old, new, errors, held)
     } else {
-        let outcome = engine.storage(&p.stream_name).update(&p.stream_name, &p.group_id, &p.item_id, &ops).await.map_err(|e| FnError::storage(CODE, e))?;
+        let (outcome, held) = emit_order::scope(engine.storage(&p.stream_name).update(&p.stream_name, &p.group_id, &p.item_id, &ops)).await;
+        let outcome = outcome.map_err(|e| FnError::storage(CODE, e))?;
         let errors = outcome.errors.iter().map(|e| json!(e)).collect();
-        (outcome.old_value, outcome.new_value, errors)
+        (outcome.old_value, outcome.new_value, errors, held)
     };
+    turn.ready().await;
     emit_write(engine, &p.stream_name, &p.group_id, &p.item_id, &old, new.clone()).await;
     let mut result = json!({"old_value": old, "new_value": new});
     if !errors.is_empty() {
@@ -212,10 +230,10 @@ async fn update(engine: &Arc<Engine>, p: UpdatePayload) -> FnResult {
     Ok(Some(result))
 }
 
-/// A custom stream without `stream::update(name)`: read, apply, write, one item at a time.
+/// A custom stream without `stream::update(name)`: read, apply, write; the caller holds the
+/// item's lock.
 async fn update_via_get_set(engine: &Arc<Engine>, p: &UpdatePayload, ops: &[ParsedOp]) -> Result<(Option<Value>, Value, Vec<Value>), FnError> {
     const CODE: &str = "STREAM_UPDATE_ERROR";
-    let _held = ItemLock::acquire(&p.stream_name, &p.group_id, &p.item_id).await;
     let item = json!({"stream_name": p.stream_name, "group_id": p.group_id, "item_id": p.item_id});
     let current = call_custom(engine, &format!("stream::get({})", p.stream_name), item.clone(), CODE).await?.filter(|v| !v.is_null());
     let (new, errors) = update_ops::apply(current.as_ref(), ops);

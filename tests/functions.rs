@@ -206,5 +206,20 @@ async fn create_stream_functions_serve_their_stream() {
     assert_eq!(client.next().await["event"], json!({"type": "delete", "data": {"v": 5}}));
     // The engine's own store was never touched.
     assert_eq!(engine.engine.adapter.list_all().await.unwrap(), vec![]);
+    // A worker's stream keeps one item's events in write order too.
+    conformance::one_item_event_order(&engine, "custom").await;
+    engine.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_for_one_item_leave_in_the_order_the_writes_were_applied() {
+    let engine = start(test_config()).await;
+    conformance::one_item_event_order(&engine, "hot").await;
+    engine.shutdown().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config();
+    config.adapter = streamhost::config::AdapterConfig::KvFile { path: dir.path().join("store") };
+    let engine = start(config).await;
+    conformance::one_item_event_order(&engine, "hot").await;
     engine.shutdown().await.unwrap();
 }

@@ -137,6 +137,7 @@ async fn functions_behave_as_with_the_kv_store() {
     let engine = start(redis_config(&redis.url())).await;
     assert_eq!(engine.engine.adapter.name(), "redis");
     conformance::stream_functions(engine.worker_addr).await;
+    conformance::one_item_event_order(&engine, "hot").await;
     // The emptied group took its hash and its order set with it.
     let mut raw = redis.raw().await;
     let exists: i64 = redis::cmd("EXISTS").arg("stream:chat:lobby").arg("streamhost:order:chat:lobby").query_async(&mut raw).await.unwrap();

@@ -6,6 +6,7 @@
 
 use super::wal::{self, Record, RecordRef, Ticket, Wal};
 use super::{StreamAdapter, UpdateOutcome};
+use crate::emit_order::Turns;
 use crate::update_ops::{self, ParsedOp};
 use async_trait::async_trait;
 use indexmap::IndexMap;
@@ -91,11 +92,13 @@ impl State {
 pub struct KvStore {
     state: Arc<RwLock<State>>,
     wal: Option<Wal>,
+    /// Each write's place in its item's event order, taken as it is applied.
+    turns: Turns,
 }
 
 impl KvStore {
     pub fn in_memory() -> Self {
-        KvStore { state: Arc::default(), wal: None }
+        KvStore { state: Arc::default(), wal: None, turns: Turns::default() }
     }
 
     /// Opens the durable store in directory `dir`, replaying its log.
@@ -118,16 +121,21 @@ impl KvStore {
             drain();
             state.encode_all()
         });
-        Ok(KvStore { state, wal: Some(opened.start(snapshot)) })
+        Ok(KvStore { state, wal: Some(opened.start(snapshot)), turns: Turns::default() })
     }
 
-    /// Runs a change under the write lock, logs it, and waits for the log outside the lock.
+    /// Runs a change under the write lock, logs it (taking the item's turn to emit), and
+    /// waits for the log outside the lock.
     async fn write<R>(&self, change: impl FnOnce(&mut State, &mut dyn FnMut(&RecordRef<'_>) -> anyhow::Result<Option<Ticket>>) -> anyhow::Result<(R, Option<Ticket>)>) -> anyhow::Result<R> {
         let (result, ticket) = {
             let mut state = self.state.write().unwrap();
-            let mut log = |record: &RecordRef<'_>| match &self.wal {
-                Some(wal) => wal.append(record).map(Some),
-                None => Ok(None),
+            let mut log = |record: &RecordRef<'_>| {
+                let (RecordRef::Set { s, g, i, .. } | RecordRef::Del { s, g, i }) = record;
+                self.turns.claim(s, g, i);
+                match &self.wal {
+                    Some(wal) => wal.append(record).map(Some),
+                    None => Ok(None),
+                }
             };
             change(&mut state, &mut log)?
         };

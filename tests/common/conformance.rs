@@ -2,9 +2,10 @@
 //! whatever its adapter: results in the iii shapes, insertion order, group listing, update
 //! ops, and no lost increments under concurrency.
 
-use super::RawWorker;
+use super::{Client, RawWorker};
 use serde_json::{Value, json};
 use std::net::SocketAddr;
+use streamhost::ServerHandle;
 
 pub fn at(stream: &str, group: &str, item: &str) -> Value {
     json!({"stream_name": stream, "group_id": group, "item_id": item})
@@ -71,4 +72,32 @@ pub async fn stream_functions(worker_addr: SocketAddr) {
         r.unwrap();
     }
     assert_eq!(w.ok("stream::get", at("s", "g", "counter")).await["n"], 198);
+}
+
+/// Concurrent writes to one item each wait for their own durability and may finish in any
+/// order; a client must still end on the value the store kept, round after round.
+pub async fn one_item_event_order(engine: &ServerHandle, stream: &str) {
+    const WRITERS: u64 = 16;
+    let mut client = Client::connect(engine.client_addr, &format!("/stream/{stream}/g/x")).await;
+    client.next().await;
+    for round in 0..150u64 {
+        let writes: Vec<_> = (0..WRITERS)
+            .map(|w| {
+                let engine = engine.engine.clone();
+                let data = with(stream, "g", "x", json!({"round": round, "writer": w}));
+                tokio::spawn(async move { engine.call("stream::set", data).await.unwrap() })
+            })
+            .collect();
+        for w in writes {
+            w.await.unwrap();
+        }
+        let stored = engine.engine.call("stream::get", at(stream, "g", "x")).await.unwrap().unwrap();
+        let mut last = Value::Null;
+        for _ in 0..WRITERS {
+            let event = client.next().await;
+            assert_eq!(event["event"]["data"]["round"], round, "{event}");
+            last = event["event"]["data"].clone();
+        }
+        assert_eq!(last, stored, "{stream}, round {round}: the last event a client saw is not the stored value");
+    }
 }

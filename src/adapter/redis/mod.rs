@@ -10,6 +10,12 @@
 //! later, calls that need it fail within `COMMAND_TIMEOUT` with an error naming the URL, while
 //! everything else (stream::send, joins to local sockets, workers) keeps working.
 //!
+//! One node applies one item's writes one at a time (a per-item lock held for the round
+//! trip) and takes the item's turn as it sends each, so its clients get that item's events in
+//! the order Redis applied them (see `emit_order`); writes to different items stay pipelined.
+//! Between nodes, events travel by pub/sub after the write, so two nodes writing one item at
+//! the same moment may each deliver the other's event last.
+//!
 //! Groups are found with SCAN (never KEYS) over `stream:{stream}:*`, so groups written by iii
 //! nodes are listed too. SCAN walks the keyspace in steps of `SCAN_COUNT` keys without
 //! blocking Redis; its cost grows with the size of the keyspace.
@@ -20,6 +26,8 @@ mod scripts;
 pub use bus::{CHANNEL, RedisBus};
 
 use super::{EventBus, StreamAdapter, UpdateOutcome};
+use crate::emit_order::Turns;
+use crate::item_lock::{ItemLock, ItemLocks};
 use crate::update_ops::{self, ParsedOp};
 use anyhow::{Context, anyhow};
 use async_trait::async_trait;
@@ -69,9 +77,18 @@ pub struct RedisAdapter {
     target: Arc<RedisTarget>,
     conn: ConnectionManager,
     bus: Arc<RedisBus>,
+    locks: ItemLocks,
+    turns: Turns,
 }
 
 impl RedisAdapter {
+    /// Locks the item for one write and takes its turn to emit.
+    async fn writing(&self, stream: &str, group: &str, item: &str) -> ItemLock {
+        let held = self.locks.acquire(stream, group, item).await;
+        self.turns.claim(stream, group, item);
+        held
+    }
+
     /// A group's (item id, JSON text) pairs in insertion order.
     async fn entries(&self, stream: &str, group: &str) -> anyhow::Result<Vec<(String, String)>> {
         let mut conn = self.conn.clone();
@@ -122,7 +139,7 @@ impl RedisAdapter {
         }
         let node = uuid::Uuid::new_v4().to_string();
         let bus = Arc::new(RedisBus::start(target.clone(), conn.clone(), node));
-        Ok(RedisAdapter { target, conn, bus })
+        Ok(RedisAdapter { target, conn, bus, locks: ItemLocks::default(), turns: Turns::default() })
     }
 
     /// Publications to other nodes that were dropped because Redis was slow or away.
@@ -210,6 +227,7 @@ impl StreamAdapter for RedisAdapter {
     }
 
     async fn set(&self, stream: &str, group: &str, item: &str, data: Value) -> anyhow::Result<Option<Value>> {
+        let _writing = self.writing(stream, group, item).await;
         let mut conn = self.conn.clone();
         let mut call = scripts::SET.key(group_key(stream, group));
         call.key(order_key(stream, group)).arg(item).arg(data.to_string());
@@ -218,6 +236,7 @@ impl StreamAdapter for RedisAdapter {
     }
 
     async fn delete(&self, stream: &str, group: &str, item: &str) -> anyhow::Result<Option<Value>> {
+        let _writing = self.writing(stream, group, item).await;
         let mut conn = self.conn.clone();
         let mut call = scripts::DELETE.key(group_key(stream, group));
         call.key(order_key(stream, group)).arg(item);
@@ -260,6 +279,7 @@ impl StreamAdapter for RedisAdapter {
     }
 
     async fn update(&self, stream: &str, group: &str, item: &str, ops: &[ParsedOp]) -> anyhow::Result<UpdateOutcome> {
+        let _writing = self.writing(stream, group, item).await;
         let mut conn = self.conn.clone();
         let mut current: Option<String> = self.run("HGET", redis::cmd("HGET").arg(group_key(stream, group)).arg(item).query_async(&mut conn)).await?;
         for _ in 0..UPDATE_ATTEMPTS {
