@@ -15,6 +15,7 @@
 use crate::item_lock::ItemLock;
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
@@ -22,14 +23,16 @@ tokio::task_local! {
     static CLAIMED: RefCell<Vec<Turn>>;
 }
 
-/// The latest turn of each item with a write in flight: its id and the signal that fires when
-/// it is released (the sender side is dropped).
-type Tails = HashMap<String, (u64, oneshot::Receiver<()>)>;
+/// The latest turn of each item with a write in flight, by a hash of the item's address: its
+/// id and the signal that fires when it is released (the sender side is dropped). Two items
+/// whose hashes collide merely share one order.
+type Tails = HashMap<u64, (u64, oneshot::Receiver<()>)>;
 
 /// One store's turns, by item.
 #[derive(Default)]
 pub struct Turns {
     tails: Arc<Mutex<(u64, Tails)>>,
+    hasher: std::hash::RandomState,
 }
 
 impl Turns {
@@ -38,7 +41,7 @@ impl Turns {
     /// already holds a turn for the item (its first turn already orders it).
     pub fn claim(&self, stream: &str, group: &str, item: &str) {
         let _ = CLAIMED.try_with(|claimed| {
-            let key = format!("{stream}\u{0}{group}\u{0}{item}");
+            let key = self.hasher.hash_one((stream, group, item));
             let mut claimed = claimed.borrow_mut();
             if claimed.iter().any(|t| t.key == key && Arc::ptr_eq(&t.tails, &self.tails)) {
                 return;
@@ -47,7 +50,7 @@ impl Turns {
             let mut tails = self.tails.lock().unwrap();
             tails.0 += 1;
             let id = tails.0;
-            let before = tails.1.insert(key.clone(), (id, released)).map(|(_, rx)| rx);
+            let before = tails.1.insert(key, (id, released)).map(|(_, rx)| rx);
             drop(tails);
             claimed.push(Turn { tails: self.tails.clone(), key, id, before, _release: release });
         });
@@ -57,7 +60,7 @@ impl Turns {
 /// A write's place in its item's order; released when dropped.
 pub struct Turn {
     tails: Arc<Mutex<(u64, Tails)>>,
-    key: String,
+    key: u64,
     id: u64,
     before: Option<oneshot::Receiver<()>>,
     _release: oneshot::Sender<()>,
