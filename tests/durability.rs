@@ -132,28 +132,52 @@ async fn a_torn_tail_is_discarded_and_the_rest_recovered() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_log_is_compacted_and_still_recovers() {
+async fn the_log_is_compacted_while_writes_go_on_and_still_recovers() {
     let dir = tempfile::tempdir().unwrap();
     let store_dir = dir.path().join("store");
+    let wal = store_dir.join("streams.wal");
     let store = KvStore::open(&store_dir).unwrap();
     let big = "z".repeat(256 * 1024);
-    // ~100 MiB of overwrites of 8 items: the log must be rewritten on the way.
+    // ~100 MiB of overwrites of 8 big items, with small items created and deleted around
+    // them in other groups: the log is rewritten on the way, while these writes continue.
     for round in 0..50u64 {
         let names: Vec<String> = (0..8).map(|i| format!("i{i}")).collect();
         let writes = names.iter().map(|name| store.set("s", "g", name, json!({"round": round, "big": big})));
-        for r in futures_util::future::join_all(writes).await {
-            r.unwrap();
-        }
+        let small: Vec<(String, String, String)> = (0..200u64).map(|n| (format!("small{}", n % 7), format!("r{round}-{n}"), format!("r{}-{n}", round.saturating_sub(1)))).collect();
+        let created = small.iter().map(|(g, i, _)| store.set("s", g, i, json!(i)));
+        let gone = small.iter().take(100).map(|(g, _, old)| store.delete("s", g, old));
+        let (a, b, c) = tokio::join!(futures_util::future::join_all(writes), futures_util::future::join_all(created), futures_util::future::join_all(gone));
+        assert!(a.iter().chain(&b).all(Result::is_ok) && c.iter().all(Result::is_ok));
     }
     store.delete("s", "g", "i0").await.unwrap();
-    let size = std::fs::metadata(store_dir.join("streams.wal")).unwrap().len();
-    assert!(size < 40 << 20, "the log was never compacted: {size} bytes");
+    // The rewrite finishes in the background; wait for the new, smaller log.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while std::fs::metadata(&wal).unwrap().len() >= 40 << 20 {
+        assert!(std::time::Instant::now() < deadline, "the log was never compacted: {} bytes", std::fs::metadata(&wal).unwrap().len());
+        store.set("s", "tick", "t", json!(1)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let before = snapshot(&store).await;
     store.shutdown().await.unwrap();
     drop(store);
     let store = KvStore::open(&store_dir).unwrap();
     let items = store.list("s", "g").await.unwrap();
     assert_eq!(items.len(), 7);
     assert!(items.iter().all(|v| v["round"] == 49));
+    let after = snapshot(&store).await;
+    let ids = |s: &Snapshot| s.iter().map(|(g, ids, _)| (g.clone(), ids.len())).collect::<Vec<_>>();
+    assert!(after == before, "the recovered store differs from the one shut down: ids per group {:?} became {:?}", ids(&before), ids(&after));
+}
+
+type Snapshot = Vec<(String, Vec<String>, Vec<serde_json::Value>)>;
+
+/// Every group of stream `s` with its item ids and values, in order.
+async fn snapshot(store: &KvStore) -> Snapshot {
+    let mut all = Vec::new();
+    for g in store.list_groups("s").await.unwrap() {
+        all.push((g.clone(), store.list_ids("s", &g).await.unwrap(), store.list("s", &g).await.unwrap()));
+    }
+    all
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

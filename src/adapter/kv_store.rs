@@ -75,17 +75,24 @@ impl State {
         self.streams.values().flat_map(|g| g.values()).map(|i| i.len()).sum()
     }
 
-    /// Every item as framed log records.
-    fn encode_all(&self) -> Vec<u8> {
+    /// Writes every item as framed log records, one group at a time under the read lock, so
+    /// writers wait at most for one group's encoding (see `wal::SnapshotFn`).
+    fn write_snapshot(state: &RwLock<State>, out: &mut dyn std::io::Write) -> std::io::Result<()> {
+        let groups: Vec<(String, String)> = {
+            let state = state.read().unwrap();
+            state.streams.iter().flat_map(|(s, groups)| groups.keys().map(move |g| (s.clone(), g.clone()))).collect()
+        };
         let mut buf = Vec::new();
-        for (s, groups) in &self.streams {
-            for (g, items) in groups {
+        for (s, g) in &groups {
+            buf.clear();
+            if let Some(items) = state.read().unwrap().group(s, g) {
                 for (i, d) in items {
                     wal::encode(&RecordRef::Set { s, g, i, d }, &mut buf);
                 }
             }
+            out.write_all(&buf)?;
         }
-        buf
+        Ok(())
     }
 }
 
@@ -116,11 +123,7 @@ impl KvStore {
         );
         let state = Arc::new(RwLock::new(state));
         let for_snapshot = state.clone();
-        let snapshot: Arc<wal::SnapshotFn> = Arc::new(move |drain: &mut dyn FnMut()| {
-            let state = for_snapshot.read().unwrap();
-            drain();
-            state.encode_all()
-        });
+        let snapshot: Arc<wal::SnapshotFn> = Arc::new(move |out: &mut dyn std::io::Write| State::write_snapshot(&for_snapshot, out));
         Ok(KvStore { state, wal: Some(opened.start(snapshot)), turns: Turns::default() })
     }
 

@@ -5,7 +5,7 @@
 //! synced it. The flusher takes everything appended since its last sync in one write and one
 //! `fdatasync`, so concurrent writers share the cost of a sync, and then wakes exactly the
 //! writers whose records that sync covered. When the log has grown well
-//! past the live data it is rewritten from a snapshot of the store.
+//! past the live data it is rewritten (see `compact`) while writes go on.
 //!
 //! On disk a record is `len: u32 LE | crc32: u32 LE | payload`, the payload JSON. Recovery
 //! stops at the first torn or corrupt record (an unacknowledged write cut by a crash) and
@@ -70,11 +70,14 @@ struct Pending {
     fill_target: usize,
     /// Set once the log cannot be written; every later write fails with it.
     failed: Option<Arc<str>>,
+    /// A background snapshot has finished (well or not) and waits for the flusher.
+    compaction_done: bool,
 }
 
-/// Produces the whole store as framed records. It must call `drain` while it holds the
-/// store's lock, so that the snapshot covers exactly the records drained.
-pub type SnapshotFn = dyn Fn(&mut dyn FnMut()) -> Vec<u8> + Send + Sync;
+/// Writes every item of the store as framed set records. It may take the store's lock in
+/// turns (one group at a time, say) while writes go on: records appended after the snapshot
+/// began are replayed after it, and set and delete records are idempotent.
+pub type SnapshotFn = dyn Fn(&mut dyn Write) -> std::io::Result<()> + Send + Sync;
 
 struct Shared {
     pending: Mutex<Pending>,
@@ -136,7 +139,10 @@ const COMMIT_DELAY: Duration = Duration::from_micros(500);
 const MAX_BATCH_WAITERS: usize = 512;
 
 /// The log grows this much past the last snapshot before it is rewritten.
+#[cfg(not(test))]
 const COMPACT_MIN_BYTES: u64 = 64 << 20;
+#[cfg(test)]
+const COMPACT_MIN_BYTES: u64 = 64 << 10;
 
 impl Wal {
     /// Opens (or creates) the log in `dir`, replaying every intact record into `apply`.
@@ -231,17 +237,19 @@ impl Drop for Wal {
 fn flusher(shared: Arc<Shared>, dir: PathBuf, mut file: File, lock: File, mut log_bytes: u64, snapshot: Arc<SnapshotFn>) {
     let _lock = lock;
     let mut compacted_bytes = 0u64;
+    let mut compaction: Option<Compaction> = None;
     let mut buf = Vec::new();
     let mut last_batch = 0;
     loop {
-        let waiters = {
+        let (waiters, snapshot_done) = {
             let mut p = shared.pending.lock().unwrap();
-            while p.buf.is_empty() && !p.shutdown {
+            while p.buf.is_empty() && !p.shutdown && !p.compaction_done {
                 p.flusher_idle = true;
                 p = shared.wake.wait(p).unwrap();
             }
             p.flusher_idle = false;
-            if p.buf.is_empty() {
+            let snapshot_done = std::mem::take(&mut p.compaction_done);
+            if p.buf.is_empty() && p.shutdown {
                 return;
             }
             // Under concurrent load, wait (briefly) for as many writers as the last sync had:
@@ -261,19 +269,21 @@ fn flusher(shared: Arc<Shared>, dir: PathBuf, mut file: File, lock: File, mut lo
             // Swap buffers, so both keep their capacity from one batch to the next.
             buf.clear();
             std::mem::swap(&mut buf, &mut p.buf);
-            std::mem::take(&mut p.waiters)
+            (std::mem::take(&mut p.waiters), snapshot_done)
         };
-        if let Err(e) = file.write_all(&buf).and_then(|_| file.sync_data()) {
-            tracing::error!(error = %e, "cannot write the store's log; writes now fail until restart");
-            shared.fail(waiters, e.to_string());
-            return;
+        if !buf.is_empty() {
+            if let Err(e) = file.write_all(&buf).and_then(|_| file.sync_data()) {
+                tracing::error!(error = %e, "cannot write the store's log; writes now fail until restart");
+                shared.fail(waiters, e.to_string());
+                return;
+            }
+            log_bytes += buf.len() as u64;
+            for w in waiters {
+                let _ = w.send(Ok(()));
+            }
         }
-        log_bytes += buf.len() as u64;
-        for w in waiters {
-            let _ = w.send(Ok(()));
-        }
-        if log_bytes > COMPACT_MIN_BYTES && log_bytes > 2 * compacted_bytes {
-            match compact(&shared, &dir, &*snapshot) {
+        if snapshot_done && let Some(running) = compaction.take() {
+            match running.finish(&dir, &file, log_bytes) {
                 Ok((new_file, bytes)) => {
                     tracing::info!(before = log_bytes, after = bytes, "rewrote the store's log from a snapshot");
                     file = new_file;
@@ -281,44 +291,153 @@ fn flusher(shared: Arc<Shared>, dir: PathBuf, mut file: File, lock: File, mut lo
                     compacted_bytes = bytes;
                 }
                 Err(e) => {
-                    tracing::error!(error = %format!("{e:#}"), "cannot compact the store's log; writes now fail until restart");
-                    shared.fail(Vec::new(), format!("{e:#}"));
-                    return;
+                    // The old log is whole and still in use: try again once it has grown as much again.
+                    tracing::warn!(error = %format!("{e:#}"), "cannot compact the store's log; it keeps growing until a later attempt succeeds");
+                    compacted_bytes = log_bytes;
                 }
             }
+        }
+        if compaction.is_none() && log_bytes > COMPACT_MIN_BYTES && log_bytes > 2 * compacted_bytes {
+            compaction = Some(Compaction::start(shared.clone(), &dir, log_bytes, snapshot.clone()));
         }
     }
 }
 
-/// Rewrites the log as a snapshot of the store; records pending at that moment are covered
-/// by the snapshot, and their writers are answered once it is in place.
-fn compact(shared: &Shared, dir: &Path, snapshot: &SnapshotFn) -> anyhow::Result<(File, u64)> {
-    let mut covered = Vec::new();
-    let bytes = snapshot(&mut || {
-        let mut p = shared.pending.lock().unwrap();
-        p.buf.clear();
-        covered = std::mem::take(&mut p.waiters);
-    });
-    let tmp = dir.join("streams.wal.tmp");
-    let path = dir.join("streams.wal");
-    let written = (|| -> anyhow::Result<File> {
-        let mut out = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-        out.write_all(&bytes)?;
+/// A log rewrite in progress. A thread writes a snapshot of the store to a new file while the
+/// flusher keeps appending to the old log; then the flusher copies the records appended since
+/// the snapshot began (from `from` on) after it and puts the new file in place. Writers never
+/// wait for the snapshot, only for the copy of that tail. If anything fails, the old log,
+/// still whole, stays in use.
+struct Compaction {
+    /// Where in the old log the records not surely in the snapshot begin.
+    from: u64,
+    result: std::sync::mpsc::Receiver<anyhow::Result<()>>,
+}
+
+impl Compaction {
+    fn start(shared: Arc<Shared>, dir: &Path, from: u64, snapshot: Arc<SnapshotFn>) -> Compaction {
+        let (tx, result) = std::sync::mpsc::channel();
+        let tmp = dir.join("streams.wal.tmp");
+        let spawned = std::thread::Builder::new().name("wal-compactor".into()).spawn(move || {
+            let written = (|| -> anyhow::Result<()> {
+                let file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+                let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+                snapshot(&mut out).with_context(|| format!("cannot write {}", tmp.display()))?;
+                out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+                Ok(())
+            })();
+            let _ = tx.send(written);
+            shared.pending.lock().unwrap().compaction_done = true;
+            shared.wake.notify_one();
+        });
+        if let Err(e) = spawned {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let _ = tx.send(Err(anyhow::anyhow!("cannot start the compaction thread: {e}")));
+            return Compaction { from, result: rx };
+        }
+        Compaction { from, result }
+    }
+
+    /// Appends the old log's tail to the snapshot and puts it in place of the old log.
+    fn finish(self, dir: &Path, old: &File, log_bytes: u64) -> anyhow::Result<(File, u64)> {
+        self.result.recv().unwrap_or_else(|_| Err(anyhow::anyhow!("the compaction thread stopped")))?;
+        let tmp = dir.join("streams.wal.tmp");
+        let path = dir.join("streams.wal");
+        let mut out = OpenOptions::new().append(true).open(&tmp).with_context(|| format!("cannot reopen {}", tmp.display()))?;
+        let mut tail = vec![0u8; (log_bytes - self.from) as usize];
+        std::os::unix::fs::FileExt::read_exact_at(old, &mut tail, self.from).context("cannot read the log's tail")?;
+        out.write_all(&tail)?;
         out.sync_all()?;
         std::fs::rename(&tmp, &path)?;
         File::open(dir)?.sync_all()?;
-        Ok(OpenOptions::new().append(true).open(&path)?)
-    })();
-    match written {
-        Ok(file) => {
-            for w in covered {
-                let _ = w.send(Ok(()));
+        let file = OpenOptions::new().read(true).append(true).open(&path)?;
+        let bytes = file.metadata()?.len();
+        Ok((file, bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::collections::BTreeMap;
+    use std::sync::mpsc;
+
+    type Items = BTreeMap<String, Value>;
+
+    fn replay(dir: &Path) -> Items {
+        let mut items = Items::new();
+        let opened = Wal::open(dir, |r| match r {
+            Record::Set { i, d, .. } => {
+                items.insert(i, d);
             }
-            Ok((file, bytes.len() as u64))
+            Record::Del { i, .. } => {
+                items.remove(&i);
+            }
+        })
+        .unwrap();
+        drop(opened);
+        items
+    }
+
+    /// Writes made while a snapshot is being taken are not in it: the rewritten log must
+    /// still hold them, after the snapshot, in their order.
+    #[tokio::test]
+    async fn writes_made_during_a_snapshot_survive_the_rewrite() {
+        let dir = tempfile::tempdir().unwrap();
+        let items: Arc<Mutex<Items>> = Arc::default();
+        let (started_tx, started) = mpsc::channel();
+        let (go, go_rx) = mpsc::channel::<()>();
+        let go_rx = Mutex::new(go_rx);
+        let for_snapshot = items.clone();
+        // A snapshot of the items as they are when it starts, written only once the test says.
+        let snapshot: Arc<SnapshotFn> = Arc::new(move |out: &mut dyn Write| {
+            let taken = for_snapshot.lock().unwrap().clone();
+            let _ = started_tx.send(());
+            go_rx.lock().unwrap().recv().unwrap();
+            let mut buf = Vec::new();
+            for (i, d) in &taken {
+                encode(&RecordRef::Set { s: "s", g: "g", i, d }, &mut buf);
+            }
+            out.write_all(&buf)
+        });
+        let wal = Wal::open(dir.path(), |_| {}).unwrap().start(snapshot);
+        let write = |record: RecordRef<'_>| {
+            let mut items = items.lock().unwrap();
+            match &record {
+                RecordRef::Set { i, d, .. } => items.insert(i.to_string(), (*d).clone()),
+                RecordRef::Del { i, .. } => items.remove(*i),
+            };
+            wal.append(&record).unwrap()
+        };
+        let pad = json!("x".repeat(1000));
+        // Overwrites of a few items, until the log is big enough to be rewritten.
+        for n in 0..200 {
+            let i = format!("old{}", n % 5);
+            wal.wait(write(RecordRef::Set { s: "s", g: "g", i: &i, d: &pad })).await.unwrap();
         }
-        Err(e) => {
-            shared.fail(covered, format!("{e:#}"));
-            Err(e)
+        started.recv_timeout(Duration::from_secs(10)).expect("a rewrite starts");
+        // While the snapshot is being taken: new items, an overwrite and a delete.
+        for n in 0..20 {
+            wal.wait(write(RecordRef::Set { s: "s", g: "g", i: &format!("new{n}"), d: &json!(n) })).await.unwrap();
         }
+        wal.wait(write(RecordRef::Set { s: "s", g: "g", i: "old1", d: &json!("changed") })).await.unwrap();
+        wal.wait(write(RecordRef::Del { s: "s", g: "g", i: "old2" })).await.unwrap();
+        let before = std::fs::metadata(dir.path().join("streams.wal")).unwrap().len();
+        go.send(()).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::fs::metadata(dir.path().join("streams.wal")).unwrap().len() >= before {
+            assert!(Instant::now() < deadline, "the log was not rewritten");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        wal.wait(write(RecordRef::Set { s: "s", g: "g", i: "after", d: &json!(1) })).await.unwrap();
+        wal.shutdown();
+        drop(wal);
+        let recovered = replay(dir.path());
+        let expected = items.lock().unwrap().clone();
+        assert_eq!(recovered.keys().collect::<Vec<_>>(), expected.keys().collect::<Vec<_>>());
+        assert!(recovered == expected, "the recovered values differ from those written");
+        assert_eq!(recovered.get("old1"), Some(&json!("changed")));
+        assert!(!recovered.contains_key("old2") && recovered.contains_key("new19"));
     }
 }

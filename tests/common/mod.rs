@@ -272,7 +272,8 @@ impl RawWorker {
         let (tx, rx) = oneshot::channel();
         self.pending.lock().unwrap().insert(id.clone(), tx);
         let _ = self.out.send(Message::text(json!({"type": "invokefunction", "invocation_id": id, "function_id": function_id, "data": data}).to_string()));
-        tokio::time::timeout(Duration::from_secs(30), rx).await.expect("an answer in time").ok()
+        // Only a guard against a hang: compiling a large component on a busy machine is slow.
+        tokio::time::timeout(Duration::from_secs(120), rx).await.expect("an answer in time").ok()
     }
 
     /// Calls a function: Ok(result or None) or Err(error object).
