@@ -307,35 +307,61 @@ fn flusher(shared: Arc<Shared>, dir: PathBuf, mut file: File, lock: File, mut lo
 /// flusher keeps appending to the old log; then the flusher copies the records appended since
 /// the snapshot began (from `from` on) after it and puts the new file in place. Writers never
 /// wait for the snapshot, only for the copy of that tail. If anything fails, the old log,
-/// still whole, stays in use.
+/// still whole, stays in use. Dropped unfinished (the engine stops), it stops the thread.
 struct Compaction {
     /// Where in the old log the records not surely in the snapshot begin.
     from: u64,
     result: std::sync::mpsc::Receiver<anyhow::Result<()>>,
+    abort: Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The snapshot's file, which refuses further writes once the rewrite is abandoned.
+struct Abortable {
+    out: std::io::BufWriter<File>,
+    abort: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Write for Abortable {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.abort.load(std::sync::atomic::Ordering::Relaxed) {
+            return Err(std::io::Error::other("the rewrite was abandoned"));
+        }
+        self.out.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.out.flush()
+    }
 }
 
 impl Compaction {
     fn start(shared: Arc<Shared>, dir: &Path, from: u64, snapshot: Arc<SnapshotFn>) -> Compaction {
         let (tx, result) = std::sync::mpsc::channel();
+        let abort = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let tmp = dir.join("streams.wal.tmp");
+        let stop = abort.clone();
         let spawned = std::thread::Builder::new().name("wal-compactor".into()).spawn(move || {
             let written = (|| -> anyhow::Result<()> {
                 let file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-                let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+                let mut out = Abortable { out: std::io::BufWriter::with_capacity(1 << 20, file), abort: stop };
                 snapshot(&mut out).with_context(|| format!("cannot write {}", tmp.display()))?;
-                out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+                out.out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
                 Ok(())
             })();
             let _ = tx.send(written);
             shared.pending.lock().unwrap().compaction_done = true;
             shared.wake.notify_one();
         });
-        if let Err(e) = spawned {
-            let (tx, rx) = std::sync::mpsc::channel();
-            let _ = tx.send(Err(anyhow::anyhow!("cannot start the compaction thread: {e}")));
-            return Compaction { from, result: rx };
-        }
-        Compaction { from, result }
+        let thread = match spawned {
+            Ok(thread) => Some(thread),
+            Err(e) => {
+                let (tx, rx) = std::sync::mpsc::channel();
+                let _ = tx.send(Err(anyhow::anyhow!("cannot start the compaction thread: {e}")));
+                return Compaction { from, result: rx, abort, thread: None };
+            }
+        };
+        Compaction { from, result, abort, thread }
     }
 
     /// Appends the old log's tail to the snapshot and puts it in place of the old log.
@@ -353,6 +379,15 @@ impl Compaction {
         let file = OpenOptions::new().read(true).append(true).open(&path)?;
         let bytes = file.metadata()?.len();
         Ok((file, bytes))
+    }
+}
+
+impl Drop for Compaction {
+    fn drop(&mut self) {
+        self.abort.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 
