@@ -1,6 +1,6 @@
 //! The Redis adapter against a real `redis-server` that each test starts on a free port: the
 //! stream functions, the key layout shared with iii, fan-out between two engine processes,
-//! and recovery when Redis dies and comes back.
+//! recovery when Redis dies and comes back, and TLS with a password.
 
 mod common;
 
@@ -322,4 +322,74 @@ async fn rediss_urls_speak_tls() {
     assert_eq!(e["code"], "STREAM_GET_ERROR");
     assert!(e["message"].as_str().unwrap().contains(&url), "{e}");
     engine.shutdown().await.unwrap();
+}
+
+/// Runs openssl with `args` in `dir`, failing the test with its output if it fails.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl runs");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_behind_tls_and_a_password_is_used_through_its_url() {
+    // A CA, and a certificate for 127.0.0.1 that it signed.
+    let certs = tempfile::tempdir().unwrap();
+    let dir = certs.path();
+    openssl(dir, &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=streamhost test CA"]);
+    openssl(dir, &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"]);
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    openssl(dir, &["x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "san.ext"]);
+
+    let port = free_port();
+    let data = tempfile::tempdir().unwrap();
+    let _redis = ChildGuard(
+        Command::new("redis-server")
+            .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--requirepass", "s3cret"])
+            .args(["--tls-auth-clients", "no", "--tls-cert-file"])
+            .arg(dir.join("server.crt"))
+            .arg("--tls-key-file")
+            .arg(dir.join("server.key"))
+            .arg("--tls-ca-cert-file")
+            .arg(dir.join("ca.crt"))
+            .arg("--dir")
+            .arg(data.path())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server runs"),
+    );
+    let deadline = Instant::now() + WAIT;
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "redis-server did not listen on its TLS port");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let engine_dir = tempfile::tempdir().unwrap();
+    let ca = dir.join("ca.crt");
+    let node = |url: &str| {
+        let config = write_config(engine_dir.path(), &format!("{{ name: redis, config: {{ redis_url: \"{url}\" }} }}"));
+        EngineProcess::spawn_with_env(&config, &[("SSL_CERT_FILE", ca.to_str().unwrap())])
+    };
+    // The right password over TLS, with the server's certificate checked against the CA.
+    let engine = node(&format!("rediss://:s3cret@127.0.0.1:{port}"));
+    let w = RawWorker::connect(engine.worker_addr).await;
+    w.ok("stream::set", with("s", "g", "i", json!({"over": "tls"}))).await;
+    assert_eq!(w.ok("stream::get", at("s", "g", "i")).await, json!({"over": "tls"}));
+    drop((w, engine));
+
+    // A wrong password is refused with an error that names the URL, without the password.
+    let engine = node(&format!("rediss://:wrong@127.0.0.1:{port}"));
+    let w = RawWorker::connect(engine.worker_addr).await;
+    let e = w.call("stream::get", at("s", "g", "i")).await.unwrap_err();
+    let message = e["message"].as_str().unwrap();
+    assert!(message.contains(&format!("127.0.0.1:{port}")) && !message.contains("wrong"), "{e}");
+}
+
+/// Kills a child process when the test ends, however it ends.
+struct ChildGuard(Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.0.kill().ok();
+        self.0.wait().ok();
+    }
 }

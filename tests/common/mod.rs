@@ -60,10 +60,16 @@ pub struct EngineProcess {
 impl EngineProcess {
     /// Starts `streamhost serve --config FILE` and reads the addresses it prints.
     pub fn spawn(config_file: &Path) -> EngineProcess {
+        Self::spawn_with_env(config_file, &[])
+    }
+
+    /// As `spawn`, with extra environment variables.
+    pub fn spawn_with_env(config_file: &Path, env: &[(&str, &str)]) -> EngineProcess {
         let mut child = Command::new(env!("CARGO_BIN_EXE_streamhost"))
             .args(["serve", "--config"])
             .arg(config_file)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
