@@ -365,10 +365,11 @@ async fn a_redis_behind_tls_and_a_password_is_used_through_its_url() {
 
     let engine_dir = tempfile::tempdir().unwrap();
     let ca = dir.join("ca.crt");
-    let node = |url: &str| {
+    let node_trusting = |url: &str, ca_file: &str| {
         let config = write_config(engine_dir.path(), &format!("{{ name: redis, config: {{ redis_url: \"{url}\" }} }}"));
-        EngineProcess::spawn_with_env(&config, &[("SSL_CERT_FILE", ca.to_str().unwrap())])
+        EngineProcess::spawn_with_env(&config, &[("SSL_CERT_FILE", ca_file)])
     };
+    let node = |url: &str| node_trusting(url, ca.to_str().unwrap());
     // The right password over TLS, with the server's certificate checked against the CA.
     let engine = node(&format!("rediss://:s3cret@127.0.0.1:{port}"));
     let w = RawWorker::connect(engine.worker_addr).await;
@@ -382,6 +383,14 @@ async fn a_redis_behind_tls_and_a_password_is_used_through_its_url() {
     let e = w.call("stream::get", at("s", "g", "i")).await.unwrap_err();
     let message = e["message"].as_str().unwrap();
     assert!(message.contains(&format!("127.0.0.1:{port}")) && !message.contains("wrong"), "{e}");
+    drop((w, engine));
+
+    // A node that trusts another CA refuses the server's certificate, and says so.
+    openssl(dir, &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "other.key", "-out", "other.crt", "-days", "2", "-subj", "/CN=another CA"]);
+    let engine = node_trusting(&format!("rediss://:s3cret@127.0.0.1:{port}"), dir.join("other.crt").to_str().unwrap());
+    let w = RawWorker::connect(engine.worker_addr).await;
+    let e = w.call("stream::get", at("s", "g", "i")).await.unwrap_err();
+    assert!(e["message"].as_str().unwrap().contains("TLS handshake failed"), "{e}");
 }
 
 /// Kills a child process when the test ends, however it ends.

@@ -59,6 +59,10 @@ impl RedisTarget {
     pub async fn run<T>(&self, what: &str, call: impl Future<Output = redis::RedisResult<T>>) -> anyhow::Result<T> {
         match tokio::time::timeout(COMMAND_TIMEOUT, call).await {
             Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) if e.to_string().contains("certificate") => Err(anyhow!(
+                "redis at {}: the TLS handshake failed: {e} ({what} was not done; trust the server's CA by pointing SSL_CERT_FILE at it, or fix the certificate)",
+                self.url
+            )),
             Ok(Err(e)) if e.is_io_error() || e.is_timeout() || e.is_connection_refusal() || e.is_connection_dropped() || e.is_unrecoverable_error() => Err(anyhow!(
                 "redis at {} is unreachable: {e} ({what} was not done or not confirmed; streamhost reconnects by itself once Redis is back)",
                 self.url
