@@ -15,7 +15,8 @@
 use crate::item_lock::ItemLock;
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::hash::BuildHasher;
+use std::collections::hash_map::Entry;
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
@@ -23,15 +24,44 @@ tokio::task_local! {
     static CLAIMED: RefCell<Vec<Turn>>;
 }
 
-/// The latest turn of each item with a write in flight, by a hash of the item's address: its
-/// id and the signal that fires when it is released (the sender side is dropped). Two items
-/// whose hashes collide merely share one order.
-type Tails = HashMap<u64, (u64, oneshot::Receiver<()>)>;
+/// The keys are hashes of item addresses already: use them as they are. Two items whose hashes
+/// collide merely share one order.
+#[derive(Default)]
+struct KeyIsHash(u64);
+
+impl Hasher for KeyIsHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+type ByHash<V> = HashMap<u64, V, BuildHasherDefault<KeyIsHash>>;
+
+/// The turns in flight. A write that nobody queues behind costs one entry in `latest`, added
+/// and removed, and no allocation; a signal is made only when a later write has to wait.
+#[derive(Default)]
+struct Line {
+    next_id: u64,
+    /// The latest turn taken for each item with a write in flight.
+    latest: ByHash<u64>,
+    /// For a turn that a later turn waits for (by id): the signal that releases the later one.
+    waiting: HashMap<u64, oneshot::Sender<()>>,
+}
 
 /// One store's turns, by item.
 #[derive(Default)]
 pub struct Turns {
-    tails: Arc<Mutex<(u64, Tails)>>,
+    line: Arc<Mutex<Line>>,
     hasher: std::hash::RandomState,
 }
 
@@ -43,35 +73,58 @@ impl Turns {
         let _ = CLAIMED.try_with(|claimed| {
             let key = self.hasher.hash_one((stream, group, item));
             let mut claimed = claimed.borrow_mut();
-            if claimed.iter().any(|t| t.key == key && Arc::ptr_eq(&t.tails, &self.tails)) {
+            if claimed.iter().any(|t| t.key == key && Arc::ptr_eq(&t.line, &self.line)) {
                 return;
             }
-            let (release, released) = oneshot::channel();
-            let mut tails = self.tails.lock().unwrap();
-            tails.0 += 1;
-            let id = tails.0;
-            let before = tails.1.insert(key, (id, released)).map(|(_, rx)| rx);
-            drop(tails);
-            claimed.push(Turn { tails: self.tails.clone(), key, id, before, _release: release });
+            let mut line = self.line.lock().unwrap();
+            line.next_id += 1;
+            let id = line.next_id;
+            let earlier = line.latest.insert(key, id);
+            let before = earlier.map(|earlier| {
+                let (release, released) = oneshot::channel();
+                line.waiting.insert(earlier, release);
+                released
+            });
+            drop(line);
+            claimed.push(Turn { line: self.line.clone(), key, id, earlier, before });
         });
     }
 }
 
 /// A write's place in its item's order; released when dropped.
 pub struct Turn {
-    tails: Arc<Mutex<(u64, Tails)>>,
+    line: Arc<Mutex<Line>>,
     key: u64,
     id: u64,
+    /// The turn before this one, if there was one in flight.
+    earlier: Option<u64>,
+    /// Fires when that turn is released; None once waited for.
     before: Option<oneshot::Receiver<()>>,
-    _release: oneshot::Sender<()>,
 }
 
 impl Drop for Turn {
     fn drop(&mut self) {
-        let mut tails = self.tails.lock().unwrap();
-        // Forget the item unless a later write already queued behind this turn.
-        if tails.1.get(&self.key).is_some_and(|(id, _)| *id == self.id) {
-            tails.1.remove(&self.key);
+        let mut line = self.line.lock().unwrap();
+        // Dropped while the turn before it is still held (an error or a cancelled call): what
+        // queued behind this turn queues behind that one instead, so the order still holds.
+        let held_before = self.earlier.filter(|earlier| line.waiting.contains_key(earlier));
+        if let Entry::Occupied(mut latest) = line.latest.entry(self.key)
+            && *latest.get() == self.id
+        {
+            match held_before {
+                Some(earlier) => *latest.get_mut() = earlier,
+                None => {
+                    latest.remove();
+                }
+            }
+        }
+        if let Some(next) = line.waiting.remove(&self.id) {
+            match held_before {
+                Some(earlier) => {
+                    line.waiting.insert(earlier, next);
+                }
+                None => drop(next),
+            }
         }
     }
 }
@@ -126,14 +179,44 @@ mod tests {
         drop(first);
         tokio::time::timeout(Duration::from_secs(1), second.ready()).await.expect("released turn lets the next one go");
         drop((second, other));
-        assert!(turns.tails.lock().unwrap().1.is_empty(), "finished items are forgotten");
+        let line = turns.line.lock().unwrap();
+        assert!(line.latest.is_empty() && line.waiting.is_empty(), "finished items are forgotten");
+    }
+
+    #[tokio::test]
+    async fn a_turn_dropped_early_passes_its_place_on() {
+        let turns = Turns::default();
+        let (_, first) = scope(async { turns.claim("s", "g", "x") }).await;
+        let (_, second) = scope(async { turns.claim("s", "g", "x") }).await;
+        let (_, mut third) = scope(async { turns.claim("s", "g", "x") }).await;
+        drop(second);
+        assert!(tokio::time::timeout(Duration::from_millis(50), third.ready()).await.is_err(), "the third went before the first");
+        let (_, mut fourth) = scope(async { turns.claim("s", "g", "x") }).await;
+        drop(first);
+        tokio::time::timeout(Duration::from_secs(1), third.ready()).await.expect("the first released the third");
+        assert!(tokio::time::timeout(Duration::from_millis(50), fourth.ready()).await.is_err(), "the fourth went before the third");
+        drop(third);
+        tokio::time::timeout(Duration::from_secs(1), fourth.ready()).await.expect("the third released the fourth");
+        drop(fourth);
+        let line = turns.line.lock().unwrap();
+        assert!(line.latest.is_empty() && line.waiting.is_empty());
+
+        // The latest turn dropped early: a new turn still waits for the one before it.
+        drop(line);
+        let (_, first) = scope(async { turns.claim("s", "g", "y") }).await;
+        let (_, second) = scope(async { turns.claim("s", "g", "y") }).await;
+        drop(second);
+        let (_, mut third) = scope(async { turns.claim("s", "g", "y") }).await;
+        assert!(tokio::time::timeout(Duration::from_millis(50), third.ready()).await.is_err(), "the third went before the first");
+        drop(first);
+        tokio::time::timeout(Duration::from_secs(1), third.ready()).await.expect("the first released the third");
     }
 
     #[tokio::test]
     async fn a_scope_takes_one_turn_per_item_and_none_outside_a_scope() {
         let turns = Turns::default();
         turns.claim("s", "g", "x");
-        assert!(turns.tails.lock().unwrap().1.is_empty());
+        assert!(turns.line.lock().unwrap().latest.is_empty());
         let (_, mut held) = scope(async {
             turns.claim("s", "g", "x");
             turns.claim("s", "g", "x");

@@ -3,7 +3,8 @@
 //! Each parses its payload (a bad one fails with `deserialization_error` naming the field),
 //! goes to the stream's storage, and emits the change to subscribers and triggers. A stream
 //! that a worker created with `createStream` is served by that worker's
-//! `stream::<op>(<name>)` functions instead of the adapter; the engine still emits.
+//! `stream::<op>(<name>)` functions instead of the adapter; the engine still emits. A write
+//! emits only after the earlier writes to its item have (see `emit_order`).
 
 use crate::emit_order;
 use crate::engine::Engine;
