@@ -138,6 +138,9 @@ const COMMIT_DELAY: Duration = Duration::from_micros(500);
 /// A batch this large is synced at once.
 const MAX_BATCH_WAITERS: usize = 512;
 
+/// How long opening a store waits for another holder of its lock to let go.
+const LOCK_PATIENCE: Duration = Duration::from_secs(2);
+
 /// The log grows this much past the last snapshot before it is rewritten.
 #[cfg(not(test))]
 const COMPACT_MIN_BYTES: u64 = 64 << 20;
@@ -153,8 +156,14 @@ impl Wal {
         let mut file = OpenOptions::new().read(true).append(true).create(true).open(&path)
             .with_context(|| format!("cannot open {}", path.display()))?;
         let lock = File::open(dir).with_context(|| format!("cannot open {}", dir.display()))?;
-        if lock.try_lock().is_err() {
-            bail!("{} is in use by another streamhost process; stop it or choose another file_path", dir.display());
+        // A lock can outlive its engine by a moment: a process being spawned holds a copy of
+        // every descriptor until it execs. Only a lock held this long means another engine.
+        let locked_since = Instant::now();
+        while lock.try_lock().is_err() {
+            if locked_since.elapsed() > LOCK_PATIENCE {
+                bail!("{} is in use by another streamhost process; stop it or choose another file_path", dir.display());
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
         let mut data = Vec::new();
         file.read_to_end(&mut data).with_context(|| format!("cannot read {}", path.display()))?;
