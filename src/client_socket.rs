@@ -231,7 +231,8 @@ impl Client {
         if let Some(old) = self.subs.remove(&sub.subscription_id) {
             engine.hub.unsubscribe(&old.stream_name, &old.group_id, self.conn, &old.subscription_id);
         }
-        // Subscribe first, then read: an event racing the snapshot arrives after it or is in it.
+        // Subscribe first, then read; the hub holds this group's frames for the socket until
+        // the `sync` is queued, so an event racing the snapshot never goes before it.
         engine.hub.subscribe(&sub.stream_name, &sub.group_id, self.conn, &self.outbox, &sub.subscription_id, sub.id.as_deref());
         let snapshot = match &sub.id {
             Some(item) => engine.call("stream::get", json!({"stream_name": sub.stream_name, "group_id": sub.group_id, "item_id": item})).await,
@@ -241,10 +242,11 @@ impl Client {
             Ok(data) => {
                 let data = data.unwrap_or(if sub.id.is_some() { Value::Null } else { json!([]) });
                 let event = StreamEvent::new(&sub.stream_name, &sub.group_id, sub.id.as_deref(), EventKind::Sync(data));
-                self.outbox.push(Utf8Bytes::from(event.encode()));
+                engine.hub.release(&sub.stream_name, &sub.group_id, self.conn, &self.outbox, Utf8Bytes::from(event.encode()));
             }
             Err(e) => {
-                self.outbox.push(Utf8Bytes::from(error_frame("sync_failed", &format!("snapshot of {}/{}: {e}", sub.stream_name, sub.group_id))));
+                let frame = error_frame("sync_failed", &format!("snapshot of {}/{}: {e}", sub.stream_name, sub.group_id));
+                engine.hub.release(&sub.stream_name, &sub.group_id, self.conn, &self.outbox, Utf8Bytes::from(frame));
             }
         }
         self.subs.insert(sub.subscription_id.clone(), sub);

@@ -2,14 +2,18 @@
 //!
 //! It knows nothing of storage: the engine hands it events after they are stored. Each event
 //! is encoded once; each socket gets it once, however many of its subscriptions match.
+//!
+//! A new subscription is held until its snapshot has been read and its `sync` queued
+//! (`release`): an event that raced the read is then in the snapshot or follows the `sync`.
+//! Were it to go first, the older `sync` would take the client back.
 
 use crate::frame::StreamEvent;
 use crate::outbox::Outbox;
 use axum::extract::ws::Utf8Bytes;
 use std::collections::HashMap;
 use std::sync::{
-    Arc, RwLock,
-    atomic::{AtomicU64, Ordering},
+    Arc, Mutex, RwLock,
+    atomic::{AtomicBool, AtomicU64, Ordering},
 };
 
 pub type ConnId = u64;
@@ -18,9 +22,26 @@ struct Subscriber {
     outbox: Arc<Outbox>,
     /// (subscription id, item id or None for the whole group)
     subs: Vec<(String, Option<String>)>,
+    /// Set while a new subscription's snapshot is read; its frames wait in `held`.
+    holding: AtomicBool,
+    held: Mutex<Vec<Utf8Bytes>>,
 }
 
 impl Subscriber {
+    fn deliver(&self, frame: Utf8Bytes) -> bool {
+        if self.holding.load(Ordering::Acquire) {
+            let mut held = self.held.lock().unwrap();
+            if self.holding.load(Ordering::Acquire) {
+                if held.len() >= self.outbox.capacity() {
+                    return self.outbox.overflowed();
+                }
+                held.push(frame);
+                return true;
+            }
+        }
+        self.outbox.push(frame)
+    }
+
     fn wants(&self, id: Option<&str>) -> bool {
         self.subs.iter().any(|(_, item)| match item {
             None => true,
@@ -48,7 +69,8 @@ impl Hub {
         self.next_conn.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    /// Adds (or replaces, by subscription id) a subscription of one socket.
+    /// Adds (or replaces, by subscription id) a subscription of one socket, held until
+    /// [`Hub::release`].
     pub fn subscribe(
         &self,
         stream: &str,
@@ -60,9 +82,36 @@ impl Hub {
     ) {
         let mut groups = self.groups.write().unwrap();
         let conns = groups.entry(stream.to_owned()).or_default().entry(group.to_owned()).or_default();
-        let sub = conns.entry(conn).or_insert_with(|| Subscriber { outbox: outbox.clone(), subs: Vec::new() });
+        let sub = conns.entry(conn).or_insert_with(|| Subscriber {
+            outbox: outbox.clone(),
+            subs: Vec::new(),
+            holding: AtomicBool::new(false),
+            held: Mutex::new(Vec::new()),
+        });
         sub.subs.retain(|(id, _)| id != sub_id);
         sub.subs.push((sub_id.to_owned(), item.map(str::to_owned)));
+        sub.holding.store(true, Ordering::Release);
+    }
+
+    /// Queues `first` (the new subscription's `sync`, or an error) for the socket, then what
+    /// was held back for it since `subscribe`.
+    pub fn release(&self, stream: &str, group: &str, conn: ConnId, outbox: &Outbox, first: Utf8Bytes) {
+        let groups = self.groups.read().unwrap();
+        let Some(sub) = groups.get(stream).and_then(|g| g.get(group)).and_then(|c| c.get(&conn)) else {
+            outbox.push(first);
+            return;
+        };
+        let mut held = sub.held.lock().unwrap();
+        if sub.outbox.push(first) {
+            for frame in held.drain(..) {
+                if !sub.outbox.push(frame) {
+                    break;
+                }
+            }
+        }
+        held.clear();
+        // Still under the lock: a delivery that saw `holding` waits for it, then queues after these.
+        sub.holding.store(false, Ordering::Release);
     }
 
     /// Removes one subscription; empty entries are pruned so idle groups cost nothing.
@@ -95,7 +144,7 @@ impl Hub {
         let frame = Utf8Bytes::from(event.encode());
         let mut n = 0;
         for sub in conns.values() {
-            if sub.wants(event.id.as_deref()) && sub.outbox.push(frame.clone()) {
+            if sub.wants(event.id.as_deref()) && sub.deliver(frame.clone()) {
                 n += 1;
             }
         }

@@ -50,19 +50,24 @@ impl Outbox {
     pub fn push(&self, frame: Utf8Bytes) -> bool {
         match self.tx.try_send(frame) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                let reason = format!(
-                    "slow client: {} frames waiting, events would be lost; reconnect to resync",
-                    self.capacity
-                );
-                if self.close(CLOSE_SLOW, reason) {
-                    self.slow_counter.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(capacity = self.capacity, "closing a client that cannot keep up");
-                }
-                false
-            }
+            Err(mpsc::error::TrySendError::Full(_)) => self.overflowed(),
             Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
+    }
+
+    /// How many frames may wait for this socket.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Closes the socket as too slow (its frames would not fit); always false.
+    pub fn overflowed(&self) -> bool {
+        let reason = format!("slow client: {} frames waiting, events would be lost; reconnect to resync", self.capacity);
+        if self.close(CLOSE_SLOW, reason) {
+            self.slow_counter.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(capacity = self.capacity, "closing a client that cannot keep up");
+        }
+        false
     }
 
     /// Asks the writer to close the socket with this code; the first reason wins.

@@ -324,3 +324,38 @@ async fn a_client_close_is_answered_and_nothing_lingers() {
     }
     engine.shutdown().await.unwrap();
 }
+
+/// A client that joins while an item is being written must never have its state taken back:
+/// a `sync` older than an event that reached it before the `sync` would leave it stale.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_during_writes_never_leaves_a_client_behind() {
+    let engine = start(test_config()).await;
+    let writer = {
+        let engine = engine.engine.clone();
+        tokio::spawn(async move {
+            for n in 0..30_000u64 {
+                let data = json!({"stream_name": "race", "group_id": "g", "item_id": "x", "data": n});
+                engine.call("stream::set", data).await.unwrap();
+            }
+        })
+    };
+    let mut joins = 0;
+    while !writer.is_finished() {
+        let mut client = Client::connect(engine.client_addr, "/stream/race/g").await;
+        let mut newest_event = None;
+        loop {
+            let frame = client.next().await;
+            let event = &frame["event"];
+            if event["type"] == "sync" {
+                let synced = event["data"].as_array().unwrap().first().and_then(Value::as_u64);
+                assert!(synced >= newest_event, "join {joins}: an event for {newest_event:?} came before a sync of {synced:?}");
+                break;
+            }
+            newest_event = newest_event.max(event["data"].as_u64());
+        }
+        joins += 1;
+    }
+    writer.await.unwrap();
+    assert!(joins > 10, "only {joins} joins raced the writes");
+    engine.shutdown().await.unwrap();
+}
