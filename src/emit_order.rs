@@ -198,11 +198,12 @@ mod tests {
         drop(third);
         tokio::time::timeout(Duration::from_secs(1), fourth.ready()).await.expect("the third released the fourth");
         drop(fourth);
-        let line = turns.line.lock().unwrap();
-        assert!(line.latest.is_empty() && line.waiting.is_empty());
+        {
+            let line = turns.line.lock().unwrap();
+            assert!(line.latest.is_empty() && line.waiting.is_empty());
+        }
 
         // The latest turn dropped early: a new turn still waits for the one before it.
-        drop(line);
         let (_, first) = scope(async { turns.claim("s", "g", "y") }).await;
         let (_, second) = scope(async { turns.claim("s", "g", "y") }).await;
         drop(second);
