@@ -7,7 +7,9 @@ mod common;
 use common::conformance::{at, with};
 use common::*;
 use serde_json::{Value, json};
+use std::ffi::OsString;
 use std::net::{TcpListener, TcpStream};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use streamhost::Config;
@@ -26,9 +28,24 @@ impl RedisServer {
     }
 
     fn start_on(port: u16) -> RedisServer {
+        RedisServer::launch(port, &["--port".into(), port.to_string().into()])
+    }
+
+    /// Listening with TLS only, on `port`, with `certs/server.{crt,key}`, `certs/ca.crt` and a password.
+    fn start_tls(port: u16, certs: &Path, password: &str) -> RedisServer {
+        let mut args: Vec<OsString> = ["--port", "0", "--tls-port", &port.to_string(), "--requirepass", password, "--tls-auth-clients", "no"].map(OsString::from).into();
+        for (option, file) in [("--tls-cert-file", "server.crt"), ("--tls-key-file", "server.key"), ("--tls-ca-cert-file", "ca.crt")] {
+            args.extend([option.into(), certs.join(file).into()]);
+        }
+        RedisServer::launch(port, &args)
+    }
+
+    /// Runs redis-server with `listen` (its port options) and waits until `port` accepts.
+    fn launch(port: u16, listen: &[OsString]) -> RedisServer {
         let dir = tempfile::tempdir().unwrap();
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(listen)
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(dir.path())
             .stdout(Stdio::null())
@@ -341,27 +358,7 @@ async fn a_redis_behind_tls_and_a_password_is_used_through_its_url() {
     openssl(dir, &["x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "san.ext"]);
 
     let port = free_port();
-    let data = tempfile::tempdir().unwrap();
-    let _redis = ChildGuard(
-        Command::new("redis-server")
-            .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--requirepass", "s3cret"])
-            .args(["--tls-auth-clients", "no", "--tls-cert-file"])
-            .arg(dir.join("server.crt"))
-            .arg("--tls-key-file")
-            .arg(dir.join("server.key"))
-            .arg("--tls-ca-cert-file")
-            .arg(dir.join("ca.crt"))
-            .arg("--dir")
-            .arg(data.path())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server runs"),
-    );
-    let deadline = Instant::now() + WAIT;
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "redis-server did not listen on its TLS port");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let _redis = RedisServer::start_tls(port, dir, "s3cret");
 
     let engine_dir = tempfile::tempdir().unwrap();
     let ca = dir.join("ca.crt");
@@ -391,14 +388,4 @@ async fn a_redis_behind_tls_and_a_password_is_used_through_its_url() {
     let w = RawWorker::connect(engine.worker_addr).await;
     let e = w.call("stream::get", at("s", "g", "i")).await.unwrap_err();
     assert!(e["message"].as_str().unwrap().contains("TLS handshake failed"), "{e}");
-}
-
-/// Kills a child process when the test ends, however it ends.
-struct ChildGuard(Child);
-
-impl Drop for ChildGuard {
-    fn drop(&mut self) {
-        self.0.kill().ok();
-        self.0.wait().ok();
-    }
 }
