@@ -291,23 +291,32 @@ fn flusher(shared: Arc<Shared>, dir: PathBuf, mut file: File, lock: File, mut lo
                 let _ = w.send(Ok(()));
             }
         }
-        if snapshot_done && let Some(running) = compaction.take() {
+        let failed = if snapshot_done && let Some(running) = compaction.take() {
             match running.finish(&dir, &file, log_bytes) {
                 Ok((new_file, bytes)) => {
                     tracing::info!(before = log_bytes, after = bytes, "rewrote the store's log from a snapshot");
                     file = new_file;
                     log_bytes = bytes;
                     compacted_bytes = bytes;
+                    None
                 }
-                Err(e) => {
-                    // The old log is whole and still in use: try again once it has grown as much again.
-                    tracing::warn!(error = %format!("{e:#}"), "cannot compact the store's log; it keeps growing until a later attempt succeeds");
-                    compacted_bytes = log_bytes;
-                }
+                Err(e) => Some(e),
             }
-        }
-        if compaction.is_none() && log_bytes > COMPACT_MIN_BYTES && log_bytes > 2 * compacted_bytes {
-            compaction = Some(Compaction::start(shared.clone(), &dir, log_bytes, snapshot.clone()));
+        } else if compaction.is_none() && log_bytes > COMPACT_MIN_BYTES && log_bytes > 2 * compacted_bytes {
+            match Compaction::start(shared.clone(), &dir, log_bytes, snapshot.clone()) {
+                Ok(started) => {
+                    compaction = Some(started);
+                    None
+                }
+                Err(e) => Some(e),
+            }
+        } else {
+            None
+        };
+        if let Some(e) = failed {
+            // The old log is whole and still in use: try again once it has grown as much again.
+            tracing::warn!(error = %format!("{e:#}"), "cannot compact the store's log; it keeps growing until a later attempt succeeds");
+            compacted_bytes = log_bytes;
         }
     }
 }
@@ -320,9 +329,11 @@ fn flusher(shared: Arc<Shared>, dir: PathBuf, mut file: File, lock: File, mut lo
 struct Compaction {
     /// Where in the old log the records not surely in the snapshot begin.
     from: u64,
-    result: std::sync::mpsc::Receiver<anyhow::Result<()>>,
+    /// The snapshot's file, renamed over the log once the tail is copied after it.
+    tmp: PathBuf,
     abort: Arc<std::sync::atomic::AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    /// The thread writing the snapshot; its result is whether it succeeded.
+    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
 }
 
 /// The snapshot's file, which refuses further writes once the rewrite is abandoned.
@@ -345,45 +356,39 @@ impl Write for Abortable {
 }
 
 impl Compaction {
-    fn start(shared: Arc<Shared>, dir: &Path, from: u64, snapshot: Arc<SnapshotFn>) -> Compaction {
-        let (tx, result) = std::sync::mpsc::channel();
+    fn start(shared: Arc<Shared>, dir: &Path, from: u64, snapshot: Arc<SnapshotFn>) -> anyhow::Result<Compaction> {
         let abort = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let tmp = dir.join("streams.wal.tmp");
-        let stop = abort.clone();
-        let spawned = std::thread::Builder::new().name("wal-compactor".into()).spawn(move || {
-            let written = (|| -> anyhow::Result<()> {
-                let file = File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-                let mut out = Abortable { out: std::io::BufWriter::with_capacity(1 << 20, file), abort: stop };
-                snapshot(&mut out).with_context(|| format!("cannot write {}", tmp.display()))?;
-                out.out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-                Ok(())
-            })();
-            let _ = tx.send(written);
-            shared.pending.lock().unwrap().compaction_done = true;
-            shared.wake.notify_one();
-        });
-        let thread = match spawned {
-            Ok(thread) => Some(thread),
-            Err(e) => {
-                let (tx, rx) = std::sync::mpsc::channel();
-                let _ = tx.send(Err(anyhow::anyhow!("cannot start the compaction thread: {e}")));
-                return Compaction { from, result: rx, abort, thread: None };
-            }
-        };
-        Compaction { from, result, abort, thread }
+        let (path, stop) = (tmp.clone(), abort.clone());
+        let thread = std::thread::Builder::new()
+            .name("wal-compactor".into())
+            .spawn(move || {
+                let written = (|| -> anyhow::Result<()> {
+                    let file = File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+                    let mut out = Abortable { out: std::io::BufWriter::with_capacity(1 << 20, file), abort: stop };
+                    snapshot(&mut out).with_context(|| format!("cannot write {}", path.display()))?;
+                    out.out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+                    Ok(())
+                })();
+                shared.pending.lock().unwrap().compaction_done = true;
+                shared.wake.notify_one();
+                written
+            })
+            .context("cannot start the compaction thread")?;
+        Ok(Compaction { from, tmp, abort, thread: Some(thread) })
     }
 
     /// Appends the old log's tail to the snapshot and puts it in place of the old log.
-    fn finish(self, dir: &Path, old: &File, log_bytes: u64) -> anyhow::Result<(File, u64)> {
-        self.result.recv().unwrap_or_else(|_| Err(anyhow::anyhow!("the compaction thread stopped")))?;
-        let tmp = dir.join("streams.wal.tmp");
+    fn finish(mut self, dir: &Path, old: &File, log_bytes: u64) -> anyhow::Result<(File, u64)> {
+        let thread = self.thread.take().expect("a rewrite is finished once");
+        thread.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the compaction thread panicked")))?;
         let path = dir.join("streams.wal");
-        let mut out = OpenOptions::new().append(true).open(&tmp).with_context(|| format!("cannot reopen {}", tmp.display()))?;
+        let mut out = OpenOptions::new().append(true).open(&self.tmp).with_context(|| format!("cannot reopen {}", self.tmp.display()))?;
         let mut tail = vec![0u8; (log_bytes - self.from) as usize];
         std::os::unix::fs::FileExt::read_exact_at(old, &mut tail, self.from).context("cannot read the log's tail")?;
         out.write_all(&tail)?;
         out.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
+        std::fs::rename(&self.tmp, &path)?;
         File::open(dir)?.sync_all()?;
         let file = OpenOptions::new().read(true).append(true).open(&path)?;
         let bytes = file.metadata()?.len();
