@@ -102,14 +102,14 @@ impl Hub {
             return;
         };
         let mut held = sub.held.lock().unwrap();
+        let frames = std::mem::take(&mut *held);
         if sub.outbox.push(first) {
-            for frame in held.drain(..) {
+            for frame in frames {
                 if !sub.outbox.push(frame) {
                     break;
                 }
             }
         }
-        held.clear();
         // Still under the lock: a delivery that saw `holding` waits for it, then queues after these.
         sub.holding.store(false, Ordering::Release);
     }
