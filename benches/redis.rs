@@ -23,7 +23,10 @@ use tokio_tungstenite::connect_async;
 use tokio_tungstenite::tungstenite::Message;
 
 fn env(name: &str, default: usize) -> usize {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 /// A `redis-server` of our own, killed on drop.
@@ -31,12 +34,29 @@ struct RedisServer(Child, u16);
 
 impl RedisServer {
     fn start() -> RedisServer {
-        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
             .stdout(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot run redis-server ({e}); install it with `apt-get install redis-server`"));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run redis-server ({e}); install it with `apt-get install redis-server`"
+                )
+            });
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -56,14 +76,32 @@ impl Drop for RedisServer {
 }
 
 fn engine_config(adapter: AdapterConfig) -> Config {
-    Config { host: "127.0.0.1".into(), port: 0, worker_host: "127.0.0.1".into(), worker_port: 0, adapter, ..Default::default() }
+    Config {
+        host: "127.0.0.1".into(),
+        port: 0,
+        worker_host: "127.0.0.1".into(),
+        worker_port: 0,
+        adapter,
+        ..Default::default()
+    }
 }
 
 /// Writes on `writer`, times until a client of `reader` sees each write; returns (p50, p99).
-async fn delivery_latency(writer: &ServerHandle, reader: &ServerHandle, samples: usize) -> (Duration, Duration) {
-    let (mut ws, _) = connect_async(format!("ws://{}/stream/lat/g", reader.client_addr)).await.unwrap();
+async fn delivery_latency(
+    writer: &ServerHandle,
+    reader: &ServerHandle,
+    samples: usize,
+) -> (Duration, Duration) {
+    let (mut ws, _) = connect_async(format!("ws://{}/stream/lat/g", reader.client_addr))
+        .await
+        .unwrap();
     let mut next = async || loop {
-        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await.expect("a frame within 10 s").unwrap().unwrap() {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("a frame within 10 s")
+            .unwrap()
+            .unwrap()
+        {
             Message::Text(t) => return serde_json::from_str::<Value>(t.as_str()).unwrap(),
             _ => continue,
         }
@@ -73,7 +111,10 @@ async fn delivery_latency(writer: &ServerHandle, reader: &ServerHandle, samples:
     loop {
         let probe = json!({"stream_name": "lat", "group_id": "g", "type": "probe", "data": {}});
         writer.engine.call("stream::send", probe).await.unwrap();
-        if tokio::time::timeout(Duration::from_millis(200), next()).await.is_ok() {
+        if tokio::time::timeout(Duration::from_millis(200), next())
+            .await
+            .is_ok()
+        {
             break;
         }
     }
@@ -94,7 +135,10 @@ async fn delivery_latency(writer: &ServerHandle, reader: &ServerHandle, samples:
 }
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let total = env("REDIS_BENCH_SETS", 100_000);
         let samples = env("REDIS_BENCH_SAMPLES", 2_000);

@@ -32,22 +32,69 @@ fn us(d: Duration) -> f64 {
 
 fn main() {
     let dir = build_adapters::build();
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let n = 20_000;
         let value = json!({"text": "x".repeat(80), "n": 1});
         let native: Arc<dyn StreamAdapter> = Arc::new(KvStore::in_memory());
         let wasm_bytes = std::fs::read(dir.join("template.wasm")).unwrap();
         let host = WasmHost::new(None).unwrap();
-        let adapter = WasmAdapter::new(host, "bench", &wasm_bytes, json!({}), Limits::default(), Arc::new(KvStore::in_memory())).await.unwrap();
+        let adapter = WasmAdapter::new(
+            host,
+            "bench",
+            &wasm_bytes,
+            json!({}),
+            Limits::default(),
+            Arc::new(KvStore::in_memory()),
+        )
+        .await
+        .unwrap();
 
-        let native_set = per_op(n, async |i| { native.set("bench", "g", &format!("i{}", i % 1000), value.clone()).await.unwrap(); }).await;
-        let wasm_set = per_op(n, async |i| { adapter.set("bench", "g", &format!("i{}", i % 1000), value.clone()).await.unwrap(); }).await;
-        let native_get = per_op(n, async |i| { native.get("bench", "g", &format!("i{}", i % 1000)).await.unwrap(); }).await;
-        let wasm_get = per_op(n, async |i| { adapter.get("bench", "g", &format!("i{}", i % 1000)).await.unwrap(); }).await;
+        let native_set = per_op(n, async |i| {
+            native
+                .set("bench", "g", &format!("i{}", i % 1000), value.clone())
+                .await
+                .unwrap();
+        })
+        .await;
+        let wasm_set = per_op(n, async |i| {
+            adapter
+                .set("bench", "g", &format!("i{}", i % 1000), value.clone())
+                .await
+                .unwrap();
+        })
+        .await;
+        let native_get = per_op(n, async |i| {
+            native
+                .get("bench", "g", &format!("i{}", i % 1000))
+                .await
+                .unwrap();
+        })
+        .await;
+        let wasm_get = per_op(n, async |i| {
+            adapter
+                .get("bench", "g", &format!("i{}", i % 1000))
+                .await
+                .unwrap();
+        })
+        .await;
         println!("op    native KvStore   through wasm (template adapter)   added");
-        println!("set   {:>8.2} us      {:>8.2} us                       {:>6.2} us", us(native_set), us(wasm_set), us(wasm_set) - us(native_set));
-        println!("get   {:>8.2} us      {:>8.2} us                       {:>6.2} us", us(native_get), us(wasm_get), us(wasm_get) - us(native_get));
+        println!(
+            "set   {:>8.2} us      {:>8.2} us                       {:>6.2} us",
+            us(native_set),
+            us(wasm_set),
+            us(wasm_set) - us(native_set)
+        );
+        println!(
+            "get   {:>8.2} us      {:>8.2} us                       {:>6.2} us",
+            us(native_get),
+            us(wasm_get),
+            us(wasm_get) - us(native_get)
+        );
 
         for name in ["template", "validator", "capped_history"] {
             let bytes = std::fs::read(dir.join(format!("{name}.wasm"))).unwrap();

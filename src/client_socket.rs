@@ -53,8 +53,26 @@ struct Upgrade {
     addr: SocketAddr,
 }
 
-async fn root(State(engine): State<Arc<Engine>>, ws: WebSocketUpgrade, headers: HeaderMap, uri: Uri, RawQuery(query): RawQuery, ConnectInfo(addr): ConnectInfo<SocketAddr>) -> Response {
-    accept(engine, Upgrade { ws, headers, uri, query, addr }, None).await
+async fn root(
+    State(engine): State<Arc<Engine>>,
+    ws: WebSocketUpgrade,
+    headers: HeaderMap,
+    uri: Uri,
+    RawQuery(query): RawQuery,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+) -> Response {
+    accept(
+        engine,
+        Upgrade {
+            ws,
+            headers,
+            uri,
+            query,
+            addr,
+        },
+        None,
+    )
+    .await
 }
 
 async fn group_path(
@@ -66,7 +84,22 @@ async fn group_path(
     RawQuery(query): RawQuery,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
 ) -> Response {
-    accept(engine, Upgrade { ws, headers, uri, query, addr }, Some(PathSub { stream, group, item: None })).await
+    accept(
+        engine,
+        Upgrade {
+            ws,
+            headers,
+            uri,
+            query,
+            addr,
+        },
+        Some(PathSub {
+            stream,
+            group,
+            item: None,
+        }),
+    )
+    .await
 }
 
 async fn item_path(
@@ -78,7 +111,22 @@ async fn item_path(
     RawQuery(query): RawQuery,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
 ) -> Response {
-    accept(engine, Upgrade { ws, headers, uri, query, addr }, Some(PathSub { stream, group, item: Some(item) })).await
+    accept(
+        engine,
+        Upgrade {
+            ws,
+            headers,
+            uri,
+            query,
+            addr,
+        },
+        Some(PathSub {
+            stream,
+            group,
+            item: Some(item),
+        }),
+    )
+    .await
 }
 
 /// Runs the auth function, then upgrades with the configured limits and echoed protocol.
@@ -97,31 +145,54 @@ async fn accept(engine: Arc<Engine>, req: Upgrade, path_sub: Option<PathSub>) ->
         .write_buffer_size(WRITE_BUFFER);
     // Browsers send tokens as a subprotocol and drop the socket unless one is echoed: echo
     // the client's first choice (axum's own list is sorted, so read the header itself).
-    let offered = req.headers.get_all("sec-websocket-protocol").iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).map(str::trim).find(|p| !p.is_empty());
+    let offered = req
+        .headers
+        .get_all("sec-websocket-protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .find(|p| !p.is_empty());
     if let Some(first) = offered.and_then(|p| HeaderValue::from_str(p).ok()) {
         ws.set_selected_protocol(first);
     }
-    ws.on_upgrade(move |socket| serve(engine, socket, context, path_sub)).into_response()
+    ws.on_upgrade(move |socket| serve(engine, socket, context, path_sub))
+        .into_response()
 }
 
 async fn authenticate(engine: &Arc<Engine>, req: &Upgrade) -> Result<Value, Response> {
-    let Some(auth) = &engine.config.auth_function else { return Ok(Value::Null) };
+    let Some(auth) = &engine.config.auth_function else {
+        return Ok(Value::Null);
+    };
     let headers: serde_json::Map<String, Value> = req
         .headers
         .iter()
-        .map(|(k, v)| (k.as_str().to_ascii_lowercase(), Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned())))
+        .map(|(k, v)| {
+            (
+                k.as_str().to_ascii_lowercase(),
+                Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()),
+            )
+        })
         .collect();
     let mut query_params: HashMap<String, Vec<String>> = HashMap::new();
     for (k, v) in form_urlencoded::parse(req.query.as_deref().unwrap_or("").as_bytes()) {
-        query_params.entry(k.into_owned()).or_default().push(v.into_owned());
+        query_params
+            .entry(k.into_owned())
+            .or_default()
+            .push(v.into_owned());
     }
     let payload = json!({"headers": headers, "path": req.uri.path(), "query_params": query_params, "addr": req.addr.to_string()});
     match engine.call(auth, payload).await {
         Ok(Some(result)) if result.get("allowed") == Some(&Value::Bool(false)) => {
-            let reason = result.get("reason").and_then(Value::as_str).unwrap_or("refused by the auth function");
+            let reason = result
+                .get("reason")
+                .and_then(Value::as_str)
+                .unwrap_or("refused by the auth function");
             Err((StatusCode::FORBIDDEN, format!("forbidden: {reason}\n")).into_response())
         }
-        Ok(result) => Ok(result.and_then(|r| r.get("context").cloned()).unwrap_or(Value::Null)),
+        Ok(result) => Ok(result
+            .and_then(|r| r.get("context").cloned())
+            .unwrap_or(Value::Null)),
         Err(e) => {
             tracing::info!(addr = %req.addr, error = %e, "auth function refused a client");
             Err((StatusCode::UNAUTHORIZED, format!("unauthorized: {e}\n")).into_response())
@@ -156,15 +227,44 @@ struct Client {
 }
 
 async fn serve(engine: Arc<Engine>, socket: WebSocket, context: Value, path_sub: Option<PathSub>) {
-    engine.stats.client_connections.fetch_add(1, Ordering::Relaxed);
-    let (outbox, rx) = Outbox::new(engine.config.send_queue_frames, engine.stats.slow_disconnects.clone());
-    let mut client = Client { conn: engine.hub.next_conn_id(), engine: engine.clone(), outbox: outbox.clone(), context, subs: HashMap::new() };
+    engine
+        .stats
+        .client_connections
+        .fetch_add(1, Ordering::Relaxed);
+    let (outbox, rx) = Outbox::new(
+        engine.config.send_queue_frames,
+        engine.stats.slow_disconnects.clone(),
+    );
+    let mut client = Client {
+        conn: engine.hub.next_conn_id(),
+        engine: engine.clone(),
+        outbox: outbox.clone(),
+        context,
+        subs: HashMap::new(),
+    };
     if let Some(p) = path_sub {
-        Box::pin(client.join(JoinData { subscription_id: "path".into(), stream_name: p.stream, group_id: p.group, id: p.item })).await;
+        Box::pin(client.join(JoinData {
+            subscription_id: "path".into(),
+            stream_name: p.stream,
+            group_id: p.group,
+            id: p.item,
+        }))
+        .await;
     }
-    outbox::drive(socket, rx, outbox, engine.shutdown_signal(), engine.config.close_grace, &mut client).await;
+    outbox::drive(
+        socket,
+        rx,
+        outbox,
+        engine.shutdown_signal(),
+        engine.config.close_grace,
+        &mut client,
+    )
+    .await;
     client.leave_all();
-    engine.stats.client_connections.fetch_sub(1, Ordering::Relaxed);
+    engine
+        .stats
+        .client_connections
+        .fetch_sub(1, Ordering::Relaxed);
 }
 
 impl Peer for Client {
@@ -178,7 +278,10 @@ impl Peer for Client {
                 let text = e.to_string();
                 if text.contains("Space limit exceeded") {
                     let limit = self.engine.config.max_frame_bytes;
-                    self.outbox.close(CLOSE_TOO_BIG, format!("frame larger than the {limit}-byte limit (max_frame_bytes)"));
+                    self.outbox.close(
+                        CLOSE_TOO_BIG,
+                        format!("frame larger than the {limit}-byte limit (max_frame_bytes)"),
+                    );
                 } else {
                     tracing::debug!(error = %text, "client socket error");
                 }
@@ -195,7 +298,10 @@ impl Client {
             Ok(f) => f,
             Err(e) => {
                 let hint = "expected {\"type\":\"join\"|\"leave\",\"data\":{\"subscriptionId\",\"streamName\",\"groupId\",\"id\"?}}";
-                self.outbox.push(Utf8Bytes::from(error_frame("invalid_frame", &format!("{e}; {hint}"))));
+                self.outbox.push(Utf8Bytes::from(error_frame(
+                    "invalid_frame",
+                    &format!("{e}; {hint}"),
+                )));
                 return;
             }
         };
@@ -219,34 +325,85 @@ impl Client {
         let engine = self.engine.clone();
         let limit = engine.config.max_subscriptions;
         if self.subs.len() >= limit && !self.subs.contains_key(&sub.subscription_id) {
-            let message = format!("this socket already holds {limit} subscriptions (max_subscriptions); leave one first");
-            self.outbox.push(Utf8Bytes::from(error_frame("too_many_subscriptions", &message)));
+            let message = format!(
+                "this socket already holds {limit} subscriptions (max_subscriptions); leave one first"
+            );
+            self.outbox.push(Utf8Bytes::from(error_frame(
+                "too_many_subscriptions",
+                &message,
+            )));
             return;
         }
-        if engine.triggers.has_join_triggers() && engine.triggers.join_rejected(&engine, &self.trigger_payload(&sub)).await {
-            let event = StreamEvent::new(&sub.stream_name, &sub.group_id, sub.id.as_deref(), EventKind::Unauthorized);
+        if engine.triggers.has_join_triggers()
+            && engine
+                .triggers
+                .join_rejected(&engine, &self.trigger_payload(&sub))
+                .await
+        {
+            let event = StreamEvent::new(
+                &sub.stream_name,
+                &sub.group_id,
+                sub.id.as_deref(),
+                EventKind::Unauthorized,
+            );
             self.outbox.push(Utf8Bytes::from(event.encode()));
             return;
         }
         if let Some(old) = self.subs.remove(&sub.subscription_id) {
-            engine.hub.unsubscribe(&old.stream_name, &old.group_id, self.conn, &old.subscription_id);
+            engine.hub.unsubscribe(
+                &old.stream_name,
+                &old.group_id,
+                self.conn,
+                &old.subscription_id,
+            );
         }
         // Subscribe first, then read; the hub holds this group's frames for the socket until
         // the `sync` is queued, so an event racing the snapshot never goes before it.
-        engine.hub.subscribe(&sub.stream_name, &sub.group_id, self.conn, &self.outbox, &sub.subscription_id, sub.id.as_deref());
+        engine.hub.subscribe(
+            &sub.stream_name,
+            &sub.group_id,
+            self.conn,
+            &self.outbox,
+            &sub.subscription_id,
+            sub.id.as_deref(),
+        );
         let snapshot = match &sub.id {
             Some(item) => engine.call("stream::get", json!({"stream_name": sub.stream_name, "group_id": sub.group_id, "item_id": item})).await,
             None => engine.call("stream::list", json!({"stream_name": sub.stream_name, "group_id": sub.group_id})).await,
         };
         match snapshot {
             Ok(data) => {
-                let data = data.unwrap_or(if sub.id.is_some() { Value::Null } else { json!([]) });
-                let event = StreamEvent::new(&sub.stream_name, &sub.group_id, sub.id.as_deref(), EventKind::Sync(data));
-                engine.hub.release(&sub.stream_name, &sub.group_id, self.conn, &self.outbox, Utf8Bytes::from(event.encode()));
+                let data = data.unwrap_or(if sub.id.is_some() {
+                    Value::Null
+                } else {
+                    json!([])
+                });
+                let event = StreamEvent::new(
+                    &sub.stream_name,
+                    &sub.group_id,
+                    sub.id.as_deref(),
+                    EventKind::Sync(data),
+                );
+                engine.hub.release(
+                    &sub.stream_name,
+                    &sub.group_id,
+                    self.conn,
+                    &self.outbox,
+                    Utf8Bytes::from(event.encode()),
+                );
             }
             Err(e) => {
-                let frame = error_frame("sync_failed", &format!("snapshot of {}/{}: {e}", sub.stream_name, sub.group_id));
-                engine.hub.release(&sub.stream_name, &sub.group_id, self.conn, &self.outbox, Utf8Bytes::from(frame));
+                let frame = error_frame(
+                    "sync_failed",
+                    &format!("snapshot of {}/{}: {e}", sub.stream_name, sub.group_id),
+                );
+                engine.hub.release(
+                    &sub.stream_name,
+                    &sub.group_id,
+                    self.conn,
+                    &self.outbox,
+                    Utf8Bytes::from(frame),
+                );
             }
         }
         self.subs.insert(sub.subscription_id.clone(), sub);
@@ -254,8 +411,15 @@ impl Client {
 
     fn leave(&mut self, subscription_id: &str) {
         if let Some(sub) = self.subs.remove(subscription_id) {
-            self.engine.hub.unsubscribe(&sub.stream_name, &sub.group_id, self.conn, &sub.subscription_id);
-            self.engine.triggers.fire_leave(&self.engine, self.trigger_payload(&sub));
+            self.engine.hub.unsubscribe(
+                &sub.stream_name,
+                &sub.group_id,
+                self.conn,
+                &sub.subscription_id,
+            );
+            self.engine
+                .triggers
+                .fire_leave(&self.engine, self.trigger_payload(&sub));
         }
     }
 

@@ -19,9 +19,13 @@ use std::time::Duration;
 #[derive(Debug, Clone, PartialEq)]
 pub enum AdapterConfig {
     KvMemory,
-    KvFile { path: PathBuf },
+    KvFile {
+        path: PathBuf,
+    },
     /// `redis_url` as Redis URLs write it: `redis://[user:pass@]host:port[/db]`, `rediss://` for TLS.
-    Redis { url: String },
+    Redis {
+        url: String,
+    },
 }
 
 /// A stream served by a WebAssembly component, from the config file.
@@ -72,7 +76,9 @@ impl Default for Config {
             worker_host: "0.0.0.0".into(),
             worker_port: 49134,
             auth_function: None,
-            adapter: AdapterConfig::KvFile { path: PathBuf::from("./data/stream_store") },
+            adapter: AdapterConfig::KvFile {
+                path: PathBuf::from("./data/stream_store"),
+            },
             max_frame_bytes: 1 << 20,
             send_queue_frames: 4096,
             close_grace: Duration::from_secs(10),
@@ -90,13 +96,15 @@ const WORKER_MODULES: [&str; 2] = ["modules::worker::WorkerModule", "iii-worker-
 
 impl Config {
     pub fn load(path: &Path) -> anyhow::Result<Config> {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read the config file {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the config file {}", path.display()))?;
         Config::parse(&text).with_context(|| format!("in the config file {}", path.display()))
     }
 
     pub fn parse(text: &str) -> anyhow::Result<Config> {
         let expanded = expand_env(text, |name| std::env::var(name).ok())?;
-        let root: Value = serde_yaml_ng::from_str(&expanded).context("the file is not valid YAML")?;
+        let root: Value =
+            serde_yaml_ng::from_str(&expanded).context("the file is not valid YAML")?;
         let mut config = Config::default();
         let Some(root) = root.as_mapping() else {
             if root.is_null() {
@@ -112,16 +120,25 @@ impl Config {
                         config.load_module(entry)?;
                     }
                 }
-                other => config.warnings.push(format!("unknown top-level key `{other}` ignored")),
+                other => config
+                    .warnings
+                    .push(format!("unknown top-level key `{other}` ignored")),
             }
         }
         Ok(config)
     }
 
     fn load_module(&mut self, entry: &Value) -> anyhow::Result<()> {
-        let name = entry.get("class").or_else(|| entry.get("name")).and_then(Value::as_str).unwrap_or("(unnamed)");
+        let name = entry
+            .get("class")
+            .or_else(|| entry.get("name"))
+            .and_then(Value::as_str)
+            .unwrap_or("(unnamed)");
         let empty = Mapping::new();
-        let cfg = entry.get("config").and_then(Value::as_mapping).unwrap_or(&empty);
+        let cfg = entry
+            .get("config")
+            .and_then(Value::as_mapping)
+            .unwrap_or(&empty);
         if STREAM_MODULES.contains(&name) {
             for (key, value) in cfg {
                 let key = key.as_str().unwrap_or_default();
@@ -131,16 +148,24 @@ impl Config {
                     "auth_function" => self.auth_function = Some(string(value, "auth_function")?),
                     "adapter" => self.adapter = adapter(value, &mut self.warnings)?,
                     "max_frame_bytes" => self.max_frame_bytes = number(value, key)? as usize,
-                    "send_queue_frames" => self.send_queue_frames = number(value, key)?.max(1) as usize,
-                    "close_grace_ms" => self.close_grace = Duration::from_millis(number(value, key)?),
+                    "send_queue_frames" => {
+                        self.send_queue_frames = number(value, key)?.max(1) as usize
+                    }
+                    "close_grace_ms" => {
+                        self.close_grace = Duration::from_millis(number(value, key)?)
+                    }
                     "max_subscriptions" => self.max_subscriptions = number(value, key)? as usize,
-                    "wasm_cache_dir" => self.wasm_cache_dir = Some(PathBuf::from(string(value, key)?)),
+                    "wasm_cache_dir" => {
+                        self.wasm_cache_dir = Some(PathBuf::from(string(value, key)?))
+                    }
                     "custom_streams" => {
                         for entry in value.as_sequence().map(Vec::as_slice).unwrap_or_default() {
                             self.custom_streams.push(custom_stream(entry)?);
                         }
                     }
-                    other => self.warnings.push(format!("unknown key `{other}` in {name} ignored")),
+                    other => self
+                        .warnings
+                        .push(format!("unknown key `{other}` in {name} ignored")),
                 }
             }
         } else if WORKER_MODULES.contains(&name) {
@@ -149,21 +174,34 @@ impl Config {
                 match key {
                     "port" => self.worker_port = port(value, "worker port")?,
                     "host" => self.worker_host = string(value, "worker host")?,
-                    "invocation_timeout_ms" => self.invocation_timeout = Duration::from_millis(number(value, key)?),
-                    other => self.warnings.push(format!("unknown key `{other}` in {name} ignored")),
+                    "invocation_timeout_ms" => {
+                        self.invocation_timeout = Duration::from_millis(number(value, key)?)
+                    }
+                    other => self
+                        .warnings
+                        .push(format!("unknown key `{other}` in {name} ignored")),
                 }
             }
         } else {
-            self.warnings.push(format!("module `{name}` is not part of streamhost; skipped"));
+            self.warnings.push(format!(
+                "module `{name}` is not part of streamhost; skipped"
+            ));
         }
         Ok(())
     }
 }
 
 fn adapter(value: &Value, warnings: &mut Vec<String>) -> anyhow::Result<AdapterConfig> {
-    let name = value.get("class").or_else(|| value.get("name")).and_then(Value::as_str).unwrap_or("kv");
+    let name = value
+        .get("class")
+        .or_else(|| value.get("name"))
+        .and_then(Value::as_str)
+        .unwrap_or("kv");
     let empty = Mapping::new();
-    let cfg = value.get("config").and_then(Value::as_mapping).unwrap_or(&empty);
+    let cfg = value
+        .get("config")
+        .and_then(Value::as_mapping)
+        .unwrap_or(&empty);
     match name {
         "modules::stream::adapters::KvStore" | "kv" | "KvStore" => {
             let mut method = "in_memory".to_owned();
@@ -174,13 +212,17 @@ fn adapter(value: &Value, warnings: &mut Vec<String>) -> anyhow::Result<AdapterC
                     "file_path" => path = PathBuf::from(string(value, "file_path")?),
                     // Every acknowledged write is synced now; the interval no longer matters.
                     "save_interval_ms" => {}
-                    other => warnings.push(format!("unknown key `{other}` in the KvStore adapter ignored")),
+                    other => warnings.push(format!(
+                        "unknown key `{other}` in the KvStore adapter ignored"
+                    )),
                 }
             }
             match method.as_str() {
                 "in_memory" => Ok(AdapterConfig::KvMemory),
                 "file_based" => Ok(AdapterConfig::KvFile { path }),
-                other => bail!("store_method `{other}` is not known: use `in_memory` or `file_based`"),
+                other => {
+                    bail!("store_method `{other}` is not known: use `in_memory` or `file_based`")
+                }
             }
         }
         "modules::stream::adapters::RedisAdapter" | "redis" | "RedisAdapter" => {
@@ -188,27 +230,48 @@ fn adapter(value: &Value, warnings: &mut Vec<String>) -> anyhow::Result<AdapterC
             for (key, value) in cfg {
                 match key.as_str().unwrap_or_default() {
                     "redis_url" => url = string(value, "redis_url")?,
-                    other => warnings.push(format!("unknown key `{other}` in the Redis adapter ignored")),
+                    other => warnings.push(format!(
+                        "unknown key `{other}` in the Redis adapter ignored"
+                    )),
                 }
             }
             Ok(AdapterConfig::Redis { url })
         }
-        other => bail!("adapter `{other}` is not known: use `modules::stream::adapters::KvStore` (`name: kv`) or `modules::stream::adapters::RedisAdapter` (`name: redis`)"),
+        other => bail!(
+            "adapter `{other}` is not known: use `modules::stream::adapters::KvStore` (`name: kv`) or `modules::stream::adapters::RedisAdapter` (`name: redis`)"
+        ),
     }
 }
 
 fn custom_stream(entry: &Value) -> anyhow::Result<CustomStreamConfig> {
-    let stream_name = entry.get("stream_name").map(|v| string(v, "stream_name")).transpose()?.context("a custom stream needs `stream_name`")?;
-    let component = entry.get("component").map(|v| string(v, "component")).transpose()?.with_context(|| format!("custom stream {stream_name}: `component` (the .wasm file) is missing"))?;
+    let stream_name = entry
+        .get("stream_name")
+        .map(|v| string(v, "stream_name"))
+        .transpose()?
+        .context("a custom stream needs `stream_name`")?;
+    let component = entry
+        .get("component")
+        .map(|v| string(v, "component"))
+        .transpose()?
+        .with_context(|| {
+            format!("custom stream {stream_name}: `component` (the .wasm file) is missing")
+        })?;
     let config = match entry.get("config") {
-        Some(v) => serde_json::to_value(v).with_context(|| format!("custom stream {stream_name}: `config` cannot be JSON"))?,
+        Some(v) => serde_json::to_value(v)
+            .with_context(|| format!("custom stream {stream_name}: `config` cannot be JSON"))?,
         None => serde_json::Value::Object(Default::default()),
     };
     let limits: crate::custom_streams::LimitsSpec = match entry.get("limits") {
-        Some(v) => serde_yaml_ng::from_value(v.clone()).with_context(|| format!("custom stream {stream_name}: bad `limits`"))?,
+        Some(v) => serde_yaml_ng::from_value(v.clone())
+            .with_context(|| format!("custom stream {stream_name}: bad `limits`"))?,
         None => Default::default(),
     };
-    Ok(CustomStreamConfig { stream_name, component: PathBuf::from(component), config, limits: limits.to_limits() })
+    Ok(CustomStreamConfig {
+        stream_name,
+        component: PathBuf::from(component),
+        config,
+        limits: limits.to_limits(),
+    })
 }
 
 fn string(value: &Value, what: &str) -> anyhow::Result<String> {
@@ -221,8 +284,13 @@ fn string(value: &Value, what: &str) -> anyhow::Result<String> {
 
 fn number(value: &Value, what: &str) -> anyhow::Result<u64> {
     match value {
-        Value::Number(n) => n.as_u64().with_context(|| format!("`{what}` must be a whole number")),
-        Value::String(s) => s.trim().parse().with_context(|| format!("`{what}` must be a whole number, not {s:?}")),
+        Value::Number(n) => n
+            .as_u64()
+            .with_context(|| format!("`{what}` must be a whole number")),
+        Value::String(s) => s
+            .trim()
+            .parse()
+            .with_context(|| format!("`{what}` must be a whole number, not {s:?}")),
         _ => bail!("`{what}` must be a whole number"),
     }
 }
@@ -239,7 +307,9 @@ pub fn expand_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> anyhow
     while let Some(start) = rest.find("${") {
         out.push_str(&rest[..start]);
         let after = &rest[start + 2..];
-        let Some(end) = after.find('}') else { bail!("unclosed `${{` in the config") };
+        let Some(end) = after.find('}') else {
+            bail!("unclosed `${{` in the config")
+        };
         let inner = &after[..end];
         let (name, default) = match inner.split_once(':') {
             Some((n, d)) => (n, Some(d)),
@@ -248,7 +318,9 @@ pub fn expand_env(text: &str, lookup: impl Fn(&str) -> Option<String>) -> anyhow
         match (lookup(name), default) {
             (Some(v), _) => out.push_str(&v),
             (None, Some(d)) => out.push_str(d),
-            (None, None) => bail!("environment variable {name} is not set and `${{{name}}}` has no default; write `${{{name}:default}}` or set it"),
+            (None, None) => bail!(
+                "environment variable {name} is not set and `${{{name}}}` has no default; write `${{{name}:default}}` or set it"
+            ),
         }
         rest = &after[end + 1..];
     }
@@ -266,10 +338,16 @@ mod tests {
             "port: 4000\nmodules:\n  - class: modules::stream::StreamModule\n    config:\n      port: ${SH_TEST_UNSET:3200}\n      host: 127.0.0.1\n      auth_function: stream.auth\n      adapter:\n        class: modules::stream::adapters::KvStore\n        config: { store_method: file_based, file_path: ./x, save_interval_ms: 5000 }\n  - class: modules::cron::CronModule\n",
         )
         .unwrap();
-        assert_eq!((old.worker_port, old.port, old.host.as_str()), (4000, 3200, "127.0.0.1"));
+        assert_eq!(
+            (old.worker_port, old.port, old.host.as_str()),
+            (4000, 3200, "127.0.0.1")
+        );
         assert_eq!(old.auth_function.as_deref(), Some("stream.auth"));
         assert_eq!(old.adapter, AdapterConfig::KvFile { path: "./x".into() });
-        assert_eq!(old.warnings, vec!["module `modules::cron::CronModule` is not part of streamhost; skipped"]);
+        assert_eq!(
+            old.warnings,
+            vec!["module `modules::cron::CronModule` is not part of streamhost; skipped"]
+        );
 
         let new = Config::parse(
             "workers:\n  - name: iii-worker-manager\n    config: { port: 4001, invocation_timeout_ms: 500 }\n  - name: iii-stream\n    config:\n      port: 3300\n      close_grace_ms: 2500\n      bogus: 1\n      adapter: { name: kv, config: { store_method: in_memory } }\n",
@@ -279,20 +357,27 @@ mod tests {
         assert_eq!(new.invocation_timeout, Duration::from_millis(500));
         assert_eq!(new.close_grace, Duration::from_millis(2500));
         assert_eq!(new.adapter, AdapterConfig::KvMemory);
-        assert_eq!(new.warnings, vec!["unknown key `bogus` in iii-stream ignored"]);
+        assert_eq!(
+            new.warnings,
+            vec!["unknown key `bogus` in iii-stream ignored"]
+        );
     }
 
     #[test]
     fn env_expansion() {
         let env = |n: &str| (n == "SET").then(|| "v".to_string());
-        assert_eq!(expand_env("a ${SET} ${UNSET:d} ${SET:x}", env).unwrap(), "a v d v");
+        assert_eq!(
+            expand_env("a ${SET} ${UNSET:d} ${SET:x}", env).unwrap(),
+            "a v d v"
+        );
         let err = expand_env("${UNSET}", env).unwrap_err().to_string();
         assert!(err.contains("UNSET is not set"), "{err}");
     }
 
     #[test]
     fn bad_values_say_what_is_wrong() {
-        let err = Config::parse("workers:\n  - name: iii-stream\n    config: { port: 70000 }\n").unwrap_err();
+        let err = Config::parse("workers:\n  - name: iii-stream\n    config: { port: 70000 }\n")
+            .unwrap_err();
         assert!(format!("{err:#}").contains("port number"), "{err:#}");
         let err = Config::parse("workers:\n  - name: iii-stream\n    config: { adapter: { name: kv, config: { store_method: disk } } }\n").unwrap_err();
         assert!(format!("{err:#}").contains("in_memory"), "{err:#}");

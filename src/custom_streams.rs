@@ -18,7 +18,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::Duration;
 
-pub const FUNCTIONS: [&str; 3] = ["streamhost::create_stream", "streamhost::delete_stream", "streamhost::list_streams"];
+pub const FUNCTIONS: [&str; 3] = [
+    "streamhost::create_stream",
+    "streamhost::delete_stream",
+    "streamhost::list_streams",
+];
 
 pub struct CustomStreams {
     host: OnceLock<Arc<WasmHost>>,
@@ -28,7 +32,11 @@ pub struct CustomStreams {
 
 impl CustomStreams {
     pub fn new(cache_dir: Option<PathBuf>) -> Self {
-        CustomStreams { host: OnceLock::new(), cache_dir, bound: RwLock::default() }
+        CustomStreams {
+            host: OnceLock::new(),
+            cache_dir,
+            bound: RwLock::default(),
+        }
     }
 
     /// The wasmtime host, started on first use so that engines without adapters pay nothing.
@@ -49,10 +57,22 @@ impl CustomStreams {
     }
 
     /// Compiles, initialises and binds a component; replaces an earlier binding.
-    pub async fn bind(&self, engine: &Arc<Engine>, stream: &str, wasm: &[u8], config: Value, limits: Limits) -> anyhow::Result<Arc<WasmAdapter>> {
+    pub async fn bind(
+        &self,
+        engine: &Arc<Engine>,
+        stream: &str,
+        wasm: &[u8],
+        config: Value,
+        limits: Limits,
+    ) -> anyhow::Result<Arc<WasmAdapter>> {
         let host = self.host()?;
-        let adapter = WasmAdapter::new(host, stream, wasm, config, limits, engine.adapter.clone()).await?;
-        let previous = self.bound.write().unwrap().insert(stream.to_owned(), adapter.clone());
+        let adapter =
+            WasmAdapter::new(host, stream, wasm, config, limits, engine.adapter.clone()).await?;
+        let previous = self
+            .bound
+            .write()
+            .unwrap()
+            .insert(stream.to_owned(), adapter.clone());
         if previous.is_some() {
             tracing::info!(stream, "WebAssembly adapter replaced");
         }
@@ -64,7 +84,13 @@ impl CustomStreams {
     }
 
     pub fn list(&self) -> Vec<(String, Arc<WasmAdapter>)> {
-        let mut all: Vec<_> = self.bound.read().unwrap().iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut all: Vec<_> = self
+            .bound
+            .read()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
     }
@@ -89,11 +115,21 @@ pub struct LimitsSpec {
 impl LimitsSpec {
     pub fn to_limits(&self) -> Limits {
         let d = Limits::default();
-        let mut env: Vec<(String, String)> = self.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut env: Vec<(String, String)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         env.sort();
         Limits {
-            memory_bytes: self.memory_mb.map(|m| (m << 20) as usize).unwrap_or(d.memory_bytes),
-            timeout: self.timeout_ms.map(Duration::from_millis).unwrap_or(d.timeout),
+            memory_bytes: self
+                .memory_mb
+                .map(|m| (m << 20) as usize)
+                .unwrap_or(d.memory_bytes),
+            timeout: self
+                .timeout_ms
+                .map(Duration::from_millis)
+                .unwrap_or(d.timeout),
             fuel: self.fuel.or(d.fuel),
             max_payload_bytes: self.max_payload_bytes.unwrap_or(d.max_payload_bytes),
             env,
@@ -136,22 +172,43 @@ pub async fn call(engine: &Arc<Engine>, function_id: &str, data: Value) -> FnRes
             let p: CreatePayload = serde_json::from_value(data).map_err(parse_err)?;
             let wasm = base64::engine::general_purpose::STANDARD
                 .decode(p.component.trim())
-                .map_err(|e| FnError::new("invalid_component", format!("`component` must be the .wasm file in base64: {e}")))?;
+                .map_err(|e| {
+                    FnError::new(
+                        "invalid_component",
+                        format!("`component` must be the .wasm file in base64: {e}"),
+                    )
+                })?;
             let adapter = engine
                 .custom_streams
-                .bind(engine, &p.stream_name, &wasm, p.config, p.limits.to_limits())
+                .bind(
+                    engine,
+                    &p.stream_name,
+                    &wasm,
+                    p.config,
+                    p.limits.to_limits(),
+                )
                 .await
                 .map_err(|e| FnError::new("invalid_component", format!("{e:#}")))?;
             Ok(Some(describe(&p.stream_name, &adapter)))
         }
         "streamhost::delete_stream" => {
             let p: StreamPayload = serde_json::from_value(data).map_err(parse_err)?;
-            Ok(Some(json!({"removed": engine.custom_streams.unbind(&p.stream_name)})))
+            Ok(Some(
+                json!({"removed": engine.custom_streams.unbind(&p.stream_name)}),
+            ))
         }
         "streamhost::list_streams" => {
-            let list: Vec<Value> = engine.custom_streams.list().iter().map(|(s, a)| describe(s, a)).collect();
+            let list: Vec<Value> = engine
+                .custom_streams
+                .list()
+                .iter()
+                .map(|(s, a)| describe(s, a))
+                .collect();
             Ok(Some(Value::Array(list)))
         }
-        _ => Err(FnError::new("function_not_found", format!("function {function_id} is not registered"))),
+        _ => Err(FnError::new(
+            "function_not_found",
+            format!("function {function_id} is not registered"),
+        )),
     }
 }

@@ -73,7 +73,10 @@ impl Turns {
         let _ = CLAIMED.try_with(|claimed| {
             let key = self.hasher.hash_one((stream, group, item));
             let mut claimed = claimed.borrow_mut();
-            if claimed.iter().any(|t| t.key == key && Arc::ptr_eq(&t.line, &self.line)) {
+            if claimed
+                .iter()
+                .any(|t| t.key == key && Arc::ptr_eq(&t.line, &self.line))
+            {
                 return;
             }
             let mut line = self.line.lock().unwrap();
@@ -86,7 +89,13 @@ impl Turns {
                 released
             });
             drop(line);
-            claimed.push(Turn { line: self.line.clone(), key, id, earlier, before });
+            claimed.push(Turn {
+                line: self.line.clone(),
+                key,
+                id,
+                earlier,
+                before,
+            });
         });
     }
 }
@@ -107,7 +116,9 @@ impl Drop for Turn {
         let mut line = self.line.lock().unwrap();
         // Dropped while the turn before it is still held (an error or a cancelled call): what
         // queued behind this turn queues behind that one instead, so the order still holds.
-        let held_before = self.earlier.filter(|earlier| line.waiting.contains_key(earlier));
+        let held_before = self
+            .earlier
+            .filter(|earlier| line.waiting.contains_key(earlier));
         if let Entry::Occupied(mut latest) = line.latest.entry(self.key)
             && *latest.get() == self.id
         {
@@ -152,14 +163,23 @@ pub async fn scope<T>(write: impl Future<Output = T>) -> (T, Held) {
     CLAIMED
         .scope(RefCell::new(Vec::new()), async {
             let out = write.await;
-            (out, Held { turns: CLAIMED.with(|c| c.take()), _lock: None })
+            (
+                out,
+                Held {
+                    turns: CLAIMED.with(|c| c.take()),
+                    _lock: None,
+                },
+            )
         })
         .await
 }
 
 /// Locks an item for a write that takes no turns; keep the result until the event is out.
 pub async fn lock(stream: &str, group: &str, item: &str) -> Held {
-    Held { turns: Vec::new(), _lock: Some(ItemLock::acquire(stream, group, item).await) }
+    Held {
+        turns: Vec::new(),
+        _lock: Some(ItemLock::acquire(stream, group, item).await),
+    }
 }
 
 #[cfg(test)]
@@ -175,12 +195,22 @@ mod tests {
         let (_, mut other) = scope(async { turns.claim("s", "g", "y") }).await;
         first.ready().await;
         other.ready().await;
-        assert!(tokio::time::timeout(Duration::from_millis(50), second.ready()).await.is_err(), "the second turn went before the first");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), second.ready())
+                .await
+                .is_err(),
+            "the second turn went before the first"
+        );
         drop(first);
-        tokio::time::timeout(Duration::from_secs(1), second.ready()).await.expect("released turn lets the next one go");
+        tokio::time::timeout(Duration::from_secs(1), second.ready())
+            .await
+            .expect("released turn lets the next one go");
         drop((second, other));
         let line = turns.line.lock().unwrap();
-        assert!(line.latest.is_empty() && line.waiting.is_empty(), "finished items are forgotten");
+        assert!(
+            line.latest.is_empty() && line.waiting.is_empty(),
+            "finished items are forgotten"
+        );
     }
 
     #[tokio::test]
@@ -190,13 +220,27 @@ mod tests {
         let (_, second) = scope(async { turns.claim("s", "g", "x") }).await;
         let (_, mut third) = scope(async { turns.claim("s", "g", "x") }).await;
         drop(second);
-        assert!(tokio::time::timeout(Duration::from_millis(50), third.ready()).await.is_err(), "the third went before the first");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), third.ready())
+                .await
+                .is_err(),
+            "the third went before the first"
+        );
         let (_, mut fourth) = scope(async { turns.claim("s", "g", "x") }).await;
         drop(first);
-        tokio::time::timeout(Duration::from_secs(1), third.ready()).await.expect("the first released the third");
-        assert!(tokio::time::timeout(Duration::from_millis(50), fourth.ready()).await.is_err(), "the fourth went before the third");
+        tokio::time::timeout(Duration::from_secs(1), third.ready())
+            .await
+            .expect("the first released the third");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), fourth.ready())
+                .await
+                .is_err(),
+            "the fourth went before the third"
+        );
         drop(third);
-        tokio::time::timeout(Duration::from_secs(1), fourth.ready()).await.expect("the third released the fourth");
+        tokio::time::timeout(Duration::from_secs(1), fourth.ready())
+            .await
+            .expect("the third released the fourth");
         drop(fourth);
         {
             let line = turns.line.lock().unwrap();
@@ -208,9 +252,16 @@ mod tests {
         let (_, second) = scope(async { turns.claim("s", "g", "y") }).await;
         drop(second);
         let (_, mut third) = scope(async { turns.claim("s", "g", "y") }).await;
-        assert!(tokio::time::timeout(Duration::from_millis(50), third.ready()).await.is_err(), "the third went before the first");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), third.ready())
+                .await
+                .is_err(),
+            "the third went before the first"
+        );
         drop(first);
-        tokio::time::timeout(Duration::from_secs(1), third.ready()).await.expect("the first released the third");
+        tokio::time::timeout(Duration::from_secs(1), third.ready())
+            .await
+            .expect("the first released the third");
     }
 
     #[tokio::test]
@@ -224,6 +275,8 @@ mod tests {
         })
         .await;
         assert_eq!(held.turns.len(), 1);
-        tokio::time::timeout(Duration::from_secs(1), held.ready()).await.expect("no wait on its own turn");
+        tokio::time::timeout(Duration::from_secs(1), held.ready())
+            .await
+            .expect("no wait on its own turn");
     }
 }

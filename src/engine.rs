@@ -7,9 +7,9 @@ use crate::error::{FnError, FnResult};
 use crate::frame::{EventKind, StreamEvent};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::outbox::Outbox;
 use crate::router::Router;
 use crate::streams;
-use crate::outbox::Outbox;
 use crate::triggers::Triggers;
 use axum::extract::ws::Utf8Bytes;
 use serde_json::{Value, json};
@@ -63,7 +63,8 @@ impl Engine {
         let started = std::time::Instant::now();
         let result = self.dispatch(function_id, data).await;
         let code = result.as_ref().err().map(|e| e.code.as_str());
-        self.metrics.record_call(function_id, started.elapsed(), code);
+        self.metrics
+            .record_call(function_id, started.elapsed(), code);
         result
     }
 
@@ -75,8 +76,15 @@ impl Engine {
             return custom_streams::call(self, function_id, data).await;
         }
         match self.router.lookup(function_id) {
-            Some(worker) => worker.invoke(function_id, data, self.config.invocation_timeout).await,
-            None => Err(FnError::new("function_not_found", format!("function {function_id} is not registered by any worker"))),
+            Some(worker) => {
+                worker
+                    .invoke(function_id, data, self.config.invocation_timeout)
+                    .await
+            }
+            None => Err(FnError::new(
+                "function_not_found",
+                format!("function {function_id} is not registered by any worker"),
+            )),
         }
     }
 
@@ -104,7 +112,9 @@ impl Engine {
     /// Runs an event through its stream's fan-out hook. A failing hook delivers nothing: a
     /// hook may exist to keep data from clients, so failing open could leak it.
     async fn fan_out(&self, event: StreamEvent) -> Vec<StreamEvent> {
-        let Some(adapter) = self.custom_streams.get(&event.stream_name) else { return vec![event] };
+        let Some(adapter) = self.custom_streams.get(&event.stream_name) else {
+            return vec![event];
+        };
         match adapter.fanout(&event).await {
             None => vec![event],
             Some(Ok(events)) => events
@@ -131,7 +141,9 @@ impl Engine {
         let engine = Arc::downgrade(self);
         tokio::spawn(async move {
             while let Some(msg) = rx.recv().await {
-                let Some(engine) = engine.upgrade() else { return };
+                let Some(engine) = engine.upgrade() else {
+                    return;
+                };
                 match msg {
                     BusMessage::Event(event) => {
                         engine.hub.publish(&event);
@@ -145,25 +157,53 @@ impl Engine {
     /// Sends every subscription a new `sync` snapshot, after events may have been missed.
     /// Each group (or item) is read once, however many sockets subscribe to it.
     pub async fn resync_subscribers(self: &Arc<Self>) {
-        let mut by_target: HashMap<(String, String, Option<String>), Vec<Arc<Outbox>>> = HashMap::new();
+        let mut by_target: HashMap<(String, String, Option<String>), Vec<Arc<Outbox>>> =
+            HashMap::new();
         for (stream, group, item, outbox) in self.hub.subscriptions() {
-            by_target.entry((stream, group, item)).or_default().push(outbox);
+            by_target
+                .entry((stream, group, item))
+                .or_default()
+                .push(outbox);
         }
-        tracing::info!(targets = by_target.len(), "resynchronising subscribers after a gap in events from other nodes");
+        tracing::info!(
+            targets = by_target.len(),
+            "resynchronising subscribers after a gap in events from other nodes"
+        );
         for ((stream, group, item), outboxes) in by_target {
             let snapshot = match &item {
-                Some(item) => self.call("stream::get", json!({"stream_name": stream, "group_id": group, "item_id": item})).await,
-                None => self.call("stream::list", json!({"stream_name": stream, "group_id": group})).await,
+                Some(item) => {
+                    self.call(
+                        "stream::get",
+                        json!({"stream_name": stream, "group_id": group, "item_id": item}),
+                    )
+                    .await
+                }
+                None => {
+                    self.call(
+                        "stream::list",
+                        json!({"stream_name": stream, "group_id": group}),
+                    )
+                    .await
+                }
             };
             match snapshot {
                 Ok(data) => {
-                    let data = data.unwrap_or(if item.is_some() { Value::Null } else { json!([]) });
-                    let frame: Utf8Bytes = StreamEvent::new(&stream, &group, item.as_deref(), EventKind::Sync(data)).encode().into();
+                    let data = data.unwrap_or(if item.is_some() {
+                        Value::Null
+                    } else {
+                        json!([])
+                    });
+                    let frame: Utf8Bytes =
+                        StreamEvent::new(&stream, &group, item.as_deref(), EventKind::Sync(data))
+                            .encode()
+                            .into();
                     for outbox in outboxes {
                         outbox.push(frame.clone());
                     }
                 }
-                Err(e) => tracing::warn!(%stream, %group, error = %e, "cannot resynchronise a subscription"),
+                Err(e) => {
+                    tracing::warn!(%stream, %group, error = %e, "cannot resynchronise a subscription")
+                }
             }
         }
     }

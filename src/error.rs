@@ -11,7 +11,10 @@ pub struct FnError {
 
 impl FnError {
     pub fn new(code: impl Into<String>, message: impl Into<String>) -> Self {
-        FnError { code: code.into(), message: message.into() }
+        FnError {
+            code: code.into(),
+            message: message.into(),
+        }
     }
 
     /// A payload that did not deserialize; serde's message names the field.

@@ -11,7 +11,10 @@ pub enum EventKind {
     Update(Value),
     Delete(Value),
     /// An ephemeral `stream::send` event: `{"type":"event","event":{"type":name,"data":data}}`.
-    Custom { name: String, data: Value },
+    Custom {
+        name: String,
+        data: Value,
+    },
     Unauthorized,
 }
 
@@ -26,7 +29,10 @@ pub struct StreamEvent {
 }
 
 pub fn now_millis() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 impl StreamEvent {
@@ -91,7 +97,10 @@ impl StreamEvent {
             stream_name: frame.get("streamName")?.as_str()?.to_owned(),
             group_id: frame.get("groupId")?.as_str()?.to_owned(),
             id: frame.get("id").and_then(Value::as_str).map(str::to_owned),
-            timestamp: frame.get("timestamp").and_then(Value::as_u64).unwrap_or_else(now_millis),
+            timestamp: frame
+                .get("timestamp")
+                .and_then(Value::as_u64)
+                .unwrap_or_else(now_millis),
             kind,
         })
     }
@@ -118,7 +127,10 @@ mod tests {
             EventKind::Create(json!({"a": 1})),
             EventKind::Update(json!("x")),
             EventKind::Delete(json!(null)),
-            EventKind::Custom { name: "typing".into(), data: json!({"who": "ann"}) },
+            EventKind::Custom {
+                name: "typing".into(),
+                data: json!({"who": "ann"}),
+            },
             EventKind::Unauthorized,
         ];
         for kind in kinds {

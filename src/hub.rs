@@ -81,7 +81,11 @@ impl Hub {
         item: Option<&str>,
     ) {
         let mut groups = self.groups.write().unwrap();
-        let conns = groups.entry(stream.to_owned()).or_default().entry(group.to_owned()).or_default();
+        let conns = groups
+            .entry(stream.to_owned())
+            .or_default()
+            .entry(group.to_owned())
+            .or_default();
         let sub = conns.entry(conn).or_insert_with(|| Subscriber {
             outbox: outbox.clone(),
             subs: Vec::new(),
@@ -95,9 +99,20 @@ impl Hub {
 
     /// Queues `first` (the new subscription's `sync`, or an error) for the socket, then what
     /// was held back for it since `subscribe`.
-    pub fn release(&self, stream: &str, group: &str, conn: ConnId, outbox: &Outbox, first: Utf8Bytes) {
+    pub fn release(
+        &self,
+        stream: &str,
+        group: &str,
+        conn: ConnId,
+        outbox: &Outbox,
+        first: Utf8Bytes,
+    ) {
         let groups = self.groups.read().unwrap();
-        let Some(sub) = groups.get(stream).and_then(|g| g.get(group)).and_then(|c| c.get(&conn)) else {
+        let Some(sub) = groups
+            .get(stream)
+            .and_then(|g| g.get(group))
+            .and_then(|c| c.get(&conn))
+        else {
             outbox.push(first);
             return;
         };
@@ -117,8 +132,12 @@ impl Hub {
     /// Removes one subscription; empty entries are pruned so idle groups cost nothing.
     pub fn unsubscribe(&self, stream: &str, group: &str, conn: ConnId, sub_id: &str) {
         let mut groups = self.groups.write().unwrap();
-        let Some(by_group) = groups.get_mut(stream) else { return };
-        let Some(conns) = by_group.get_mut(group) else { return };
+        let Some(by_group) = groups.get_mut(stream) else {
+            return;
+        };
+        let Some(conns) = by_group.get_mut(group) else {
+            return;
+        };
         if let Some(sub) = conns.get_mut(&conn) {
             sub.subs.retain(|(id, _)| id != sub_id);
             if sub.subs.is_empty() {
@@ -138,7 +157,10 @@ impl Hub {
     pub fn publish(&self, event: &StreamEvent) -> usize {
         self.published.fetch_add(1, Ordering::Relaxed);
         let groups = self.groups.read().unwrap();
-        let Some(conns) = groups.get(&event.stream_name).and_then(|g| g.get(&event.group_id)) else {
+        let Some(conns) = groups
+            .get(&event.stream_name)
+            .and_then(|g| g.get(&event.group_id))
+        else {
             return 0;
         };
         let frame = Utf8Bytes::from(event.encode());
@@ -160,7 +182,12 @@ impl Hub {
             for (group, conns) in by_group {
                 for sub in conns.values() {
                     for (_, item) in &sub.subs {
-                        out.push((stream.clone(), group.clone(), item.clone(), sub.outbox.clone()));
+                        out.push((
+                            stream.clone(),
+                            group.clone(),
+                            item.clone(),
+                            sub.outbox.clone(),
+                        ));
                     }
                 }
             }
@@ -171,6 +198,11 @@ impl Hub {
     /// Subscriptions held, for metrics and tests.
     pub fn subscription_count(&self) -> usize {
         let groups = self.groups.read().unwrap();
-        groups.values().flat_map(|g| g.values()).flat_map(|c| c.values()).map(|s| s.subs.len()).sum()
+        groups
+            .values()
+            .flat_map(|g| g.values())
+            .flat_map(|c| c.values())
+            .map(|s| s.subs.len())
+            .sum()
     }
 }

@@ -17,9 +17,20 @@ pub struct ItemLocks {
 impl ItemLocks {
     pub async fn acquire(&self, stream: &str, group: &str, item: &str) -> ItemLock {
         let key = format!("{stream}\u{0}{group}\u{0}{item}");
-        let lock = self.map.lock().unwrap().entry(key.clone()).or_default().clone();
+        let lock = self
+            .map
+            .lock()
+            .unwrap()
+            .entry(key.clone())
+            .or_default()
+            .clone();
         let guard = lock.clone().lock_owned().await;
-        ItemLock { map: self.map.clone(), key, lock, _guard: guard }
+        ItemLock {
+            map: self.map.clone(),
+            key,
+            lock,
+            _guard: guard,
+        }
     }
 }
 
@@ -35,7 +46,10 @@ impl ItemLock {
     /// The engine's own per-item lock.
     pub async fn acquire(stream: &str, group: &str, item: &str) -> ItemLock {
         static ENGINE: std::sync::OnceLock<ItemLocks> = std::sync::OnceLock::new();
-        ENGINE.get_or_init(Default::default).acquire(stream, group, item).await
+        ENGINE
+            .get_or_init(Default::default)
+            .acquire(stream, group, item)
+            .await
     }
 }
 

@@ -31,7 +31,9 @@ fn main() -> std::process::ExitCode {
 
 fn run_command() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
@@ -47,7 +49,9 @@ fn run_command() -> anyhow::Result<()> {
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "serve" => {}
-            "--config" | "-c" => config_path = Some(args.next().context("--config needs a file name")?.into()),
+            "--config" | "-c" => {
+                config_path = Some(args.next().context("--config needs a file name")?.into())
+            }
             "--help" | "-h" => {
                 println!("{USAGE}");
                 return Ok(());
@@ -64,15 +68,28 @@ fn run_command() -> anyhow::Result<()> {
         None => Config::default(),
     };
     // On one core a work-stealing scheduler only adds cross-thread wake-ups.
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let runtime = if cores == 1 { tokio::runtime::Builder::new_current_thread().enable_all().build()? } else { tokio::runtime::Builder::new_multi_thread().enable_all().build()? };
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let runtime = if cores == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()?
+    };
     runtime.block_on(run(config))
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
     let server = Server::start(config).await?;
     // One plain line that people and test harnesses can read the bound addresses from.
-    println!("streamhost listening: clients ws://{} workers ws://{}", server.client_addr, server.worker_addr);
+    println!(
+        "streamhost listening: clients ws://{} workers ws://{}",
+        server.client_addr, server.worker_addr
+    );
     wait_for_signal().await;
     tracing::info!("shutting down");
     server.shutdown().await?;
@@ -93,9 +110,18 @@ async fn wait_for_signal() {
 fn check_adapter(file: &str) -> anyhow::Result<()> {
     let wasm = std::fs::read(file).with_context(|| format!("cannot read {file}"))?;
     let host = streamhost::wasm::WasmHost::new(None)?;
-    let prepared = host.prepare(&wasm).with_context(|| format!("{file} is not a streamhost adapter"))?;
-    println!("{file}: a streamhost adapter ({} KiB, compiled in {:.0} ms)", wasm.len() / 1024, prepared.load_time.as_secs_f64() * 1000.0);
-    println!("  fan-out hook: {}", if prepared.fanout { "yes" } else { "no" });
+    let prepared = host
+        .prepare(&wasm)
+        .with_context(|| format!("{file} is not a streamhost adapter"))?;
+    println!(
+        "{file}: a streamhost adapter ({} KiB, compiled in {:.0} ms)",
+        wasm.len() / 1024,
+        prepared.load_time.as_secs_f64() * 1000.0
+    );
+    println!(
+        "  fan-out hook: {}",
+        if prepared.fanout { "yes" } else { "no" }
+    );
     println!("  exports:");
     for e in &prepared.exports {
         println!("    {e}");

@@ -16,7 +16,10 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 /// Upper bounds of the call latency buckets, in seconds.
-const BUCKETS: [f64; 16] = [0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+const BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
 /// Function ids are chosen by workers: past this many series, calls count as `other`.
 const MAX_SERIES: usize = 500;
 
@@ -40,7 +43,11 @@ impl Metrics {
             return s.clone();
         }
         let mut calls = self.calls.write().unwrap();
-        let key = if calls.len() >= MAX_SERIES && !calls.contains_key(function_id) { "other" } else { function_id };
+        let key = if calls.len() >= MAX_SERIES && !calls.contains_key(function_id) {
+            "other"
+        } else {
+            function_id
+        };
         calls.entry(key.to_owned()).or_default().clone()
     }
 
@@ -55,20 +62,31 @@ impl Metrics {
         if let Some(i) = BUCKETS.iter().position(|b| secs <= *b) {
             s.buckets[i].fetch_add(1, Ordering::Relaxed);
         }
-        s.sum_micros.fetch_add(took.as_micros() as u64, Ordering::Relaxed);
+        s.sum_micros
+            .fetch_add(took.as_micros() as u64, Ordering::Relaxed);
         // Storage failures, from the engine's adapter or a stream's own.
-        if let Some(code) = error_code.filter(|c| c.starts_with("STREAM_") || c.starts_with("adapter_")) {
+        if let Some(code) =
+            error_code.filter(|c| c.starts_with("STREAM_") || c.starts_with("adapter_"))
+        {
             if let Some(n) = self.adapter_errors.read().unwrap().get(code) {
                 n.fetch_add(1, Ordering::Relaxed);
                 return;
             }
-            self.adapter_errors.write().unwrap().entry(code.to_owned()).or_default().fetch_add(1, Ordering::Relaxed);
+            self.adapter_errors
+                .write()
+                .unwrap()
+                .entry(code.to_owned())
+                .or_default()
+                .fetch_add(1, Ordering::Relaxed);
         }
     }
 }
 
 fn escape(label: &str) -> String {
-    label.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    label
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// Renders every metric in the Prometheus text format.
@@ -76,15 +94,53 @@ pub fn render(engine: &Engine) -> String {
     let mut out = String::new();
     let stats = &engine.stats;
     let mut gauge = |name: &str, help: &str, kind: &str, value: u64| {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
     };
-    gauge("streamhost_client_connections", "Client sockets open.", "gauge", stats.client_connections.load(Ordering::Relaxed));
-    gauge("streamhost_worker_connections", "Worker sockets open.", "gauge", stats.worker_connections.load(Ordering::Relaxed));
-    gauge("streamhost_subscriptions", "Subscriptions held by client sockets.", "gauge", engine.hub.subscription_count() as u64);
-    gauge("streamhost_events_published_total", "Events published to the fan-out hub.", "counter", engine.hub.published.load(Ordering::Relaxed));
-    gauge("streamhost_frames_delivered_total", "Frames queued for client sockets.", "counter", engine.hub.delivered.load(Ordering::Relaxed));
-    gauge("streamhost_slow_client_disconnects_total", "Clients closed because their send queue overflowed (close code 4008).", "counter", stats.slow_disconnects.load(Ordering::Relaxed));
-    gauge("streamhost_custom_streams", "Streams bound to WebAssembly adapters.", "gauge", engine.custom_streams.list().len() as u64);
+    gauge(
+        "streamhost_client_connections",
+        "Client sockets open.",
+        "gauge",
+        stats.client_connections.load(Ordering::Relaxed),
+    );
+    gauge(
+        "streamhost_worker_connections",
+        "Worker sockets open.",
+        "gauge",
+        stats.worker_connections.load(Ordering::Relaxed),
+    );
+    gauge(
+        "streamhost_subscriptions",
+        "Subscriptions held by client sockets.",
+        "gauge",
+        engine.hub.subscription_count() as u64,
+    );
+    gauge(
+        "streamhost_events_published_total",
+        "Events published to the fan-out hub.",
+        "counter",
+        engine.hub.published.load(Ordering::Relaxed),
+    );
+    gauge(
+        "streamhost_frames_delivered_total",
+        "Frames queued for client sockets.",
+        "counter",
+        engine.hub.delivered.load(Ordering::Relaxed),
+    );
+    gauge(
+        "streamhost_slow_client_disconnects_total",
+        "Clients closed because their send queue overflowed (close code 4008).",
+        "counter",
+        stats.slow_disconnects.load(Ordering::Relaxed),
+    );
+    gauge(
+        "streamhost_custom_streams",
+        "Streams bound to WebAssembly adapters.",
+        "gauge",
+        engine.custom_streams.list().len() as u64,
+    );
 
     let calls = engine.metrics.calls.read().unwrap();
     let mut ids: Vec<&String> = calls.keys().collect();
@@ -93,8 +149,16 @@ pub fn render(engine: &Engine) -> String {
     for id in &ids {
         let s = &calls[*id];
         let id = escape(id);
-        let _ = writeln!(out, "streamhost_function_calls_total{{function=\"{id}\",outcome=\"ok\"}} {}", s.ok.load(Ordering::Relaxed));
-        let _ = writeln!(out, "streamhost_function_calls_total{{function=\"{id}\",outcome=\"error\"}} {}", s.error.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "streamhost_function_calls_total{{function=\"{id}\",outcome=\"ok\"}} {}",
+            s.ok.load(Ordering::Relaxed)
+        );
+        let _ = writeln!(
+            out,
+            "streamhost_function_calls_total{{function=\"{id}\",outcome=\"error\"}} {}",
+            s.error.load(Ordering::Relaxed)
+        );
     }
     out.push_str("# HELP streamhost_function_call_duration_seconds Function call latency.\n# TYPE streamhost_function_call_duration_seconds histogram\n");
     for id in &ids {
@@ -103,12 +167,25 @@ pub fn render(engine: &Engine) -> String {
         let mut cumulative = 0;
         for (i, bound) in BUCKETS.iter().enumerate() {
             cumulative += s.buckets[i].load(Ordering::Relaxed);
-            let _ = writeln!(out, "streamhost_function_call_duration_seconds_bucket{{function=\"{label}\",le=\"{bound}\"}} {cumulative}");
+            let _ = writeln!(
+                out,
+                "streamhost_function_call_duration_seconds_bucket{{function=\"{label}\",le=\"{bound}\"}} {cumulative}"
+            );
         }
         let count = s.ok.load(Ordering::Relaxed) + s.error.load(Ordering::Relaxed);
-        let _ = writeln!(out, "streamhost_function_call_duration_seconds_bucket{{function=\"{label}\",le=\"+Inf\"}} {count}");
-        let _ = writeln!(out, "streamhost_function_call_duration_seconds_sum{{function=\"{label}\"}} {}", s.sum_micros.load(Ordering::Relaxed) as f64 / 1e6);
-        let _ = writeln!(out, "streamhost_function_call_duration_seconds_count{{function=\"{label}\"}} {count}");
+        let _ = writeln!(
+            out,
+            "streamhost_function_call_duration_seconds_bucket{{function=\"{label}\",le=\"+Inf\"}} {count}"
+        );
+        let _ = writeln!(
+            out,
+            "streamhost_function_call_duration_seconds_sum{{function=\"{label}\"}} {}",
+            s.sum_micros.load(Ordering::Relaxed) as f64 / 1e6
+        );
+        let _ = writeln!(
+            out,
+            "streamhost_function_call_duration_seconds_count{{function=\"{label}\"}} {count}"
+        );
     }
     drop(calls);
     out.push_str("# HELP streamhost_adapter_errors_total Storage failures by error code.\n# TYPE streamhost_adapter_errors_total counter\n");
@@ -116,13 +193,21 @@ pub fn render(engine: &Engine) -> String {
     let mut codes: Vec<(&String, &AtomicU64)> = errors.iter().collect();
     codes.sort_by_key(|(c, _)| *c);
     for (code, n) in codes {
-        let _ = writeln!(out, "streamhost_adapter_errors_total{{code=\"{}\"}} {}", escape(code), n.load(Ordering::Relaxed));
+        let _ = writeln!(
+            out,
+            "streamhost_adapter_errors_total{{code=\"{}\"}} {}",
+            escape(code),
+            n.load(Ordering::Relaxed)
+        );
     }
     out
 }
 
 pub async fn metrics(State(engine): State<Arc<Engine>>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], render(&engine))
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        render(&engine),
+    )
 }
 
 /// 200 while the engine can serve writes; 503 with the reason when its store cannot.
@@ -139,7 +224,10 @@ pub async fn health(State(engine): State<Arc<Engine>>) -> impl IntoResponse {
     };
     let (code, text) = match engine.adapter.health() {
         Ok(()) => (StatusCode::OK, body("ok", None)),
-        Err(problem) => (StatusCode::SERVICE_UNAVAILABLE, body("unavailable", Some(problem))),
+        Err(problem) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            body("unavailable", Some(problem)),
+        ),
     };
     (code, [(header::CONTENT_TYPE, "application/json")], text)
 }

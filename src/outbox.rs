@@ -40,9 +40,18 @@ pub struct Outbox {
 }
 
 impl Outbox {
-    pub fn new(capacity: usize, slow_counter: Arc<AtomicU64>) -> (Arc<Outbox>, mpsc::Receiver<Utf8Bytes>) {
+    pub fn new(
+        capacity: usize,
+        slow_counter: Arc<AtomicU64>,
+    ) -> (Arc<Outbox>, mpsc::Receiver<Utf8Bytes>) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
-        let outbox = Outbox { tx, closing: Mutex::new(None), wake: Notify::new(), capacity, slow_counter };
+        let outbox = Outbox {
+            tx,
+            closing: Mutex::new(None),
+            wake: Notify::new(),
+            capacity,
+            slow_counter,
+        };
         (Arc::new(outbox), rx)
     }
 
@@ -62,10 +71,16 @@ impl Outbox {
 
     /// Closes the socket as too slow (its frames would not fit); always false.
     pub fn overflowed(&self) -> bool {
-        let reason = format!("slow client: {} frames waiting, events would be lost; reconnect to resync", self.capacity);
+        let reason = format!(
+            "slow client: {} frames waiting, events would be lost; reconnect to resync",
+            self.capacity
+        );
         if self.close(CLOSE_SLOW, reason) {
             self.slow_counter.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(capacity = self.capacity, "closing a client that cannot keep up");
+            tracing::warn!(
+                capacity = self.capacity,
+                "closing a client that cannot keep up"
+            );
         }
         false
     }
@@ -76,7 +91,10 @@ impl Outbox {
         if closing.is_some() {
             return false;
         }
-        *closing = Some(CloseReason { code, reason: reason.into() });
+        *closing = Some(CloseReason {
+            code,
+            reason: reason.into(),
+        });
         drop(closing);
         self.wake.notify_one();
         true
@@ -101,7 +119,10 @@ pub enum Flow {
 pub trait Peer: Send {
     /// Handles one message, or the read error that ends the socket (so that the peer can
     /// choose the close code).
-    fn on_message(&mut self, msg: Result<Message, axum::Error>) -> impl Future<Output = Flow> + Send;
+    fn on_message(
+        &mut self,
+        msg: Result<Message, axum::Error>,
+    ) -> impl Future<Output = Flow> + Send;
 }
 
 /// Runs one socket in one task: writes every queued frame (many per flush), and hands each
@@ -148,7 +169,10 @@ pub async fn drive(
     };
     let _ = tokio::time::timeout(grace, async {
         if let Some(CloseReason { code, reason }) = reason {
-            let frame = CloseFrame { code, reason: Utf8Bytes::from(truncate_reason(&reason)) };
+            let frame = CloseFrame {
+                code,
+                reason: Utf8Bytes::from(truncate_reason(&reason)),
+            };
             ws.send(Message::Close(Some(frame))).await?;
         }
         // Flushes a close reply the socket queued by itself (when the peer closed first).
@@ -159,7 +183,12 @@ pub async fn drive(
 
 /// Writes `first` and whatever else is queued, then flushes once; false when the socket is
 /// done (an error, or a close asked for while a flush was stuck on a slow peer).
-async fn write_batch(ws: &mut WebSocket, first: Utf8Bytes, rx: &mut mpsc::Receiver<Utf8Bytes>, outbox: &Outbox) -> bool {
+async fn write_batch(
+    ws: &mut WebSocket,
+    first: Utf8Bytes,
+    rx: &mut mpsc::Receiver<Utf8Bytes>,
+    outbox: &Outbox,
+) -> bool {
     if ws.feed(Message::Text(first)).await.is_err() {
         return false;
     }

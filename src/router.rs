@@ -22,7 +22,11 @@ pub struct WorkerHandle {
 
 impl WorkerHandle {
     pub fn new(id: String, outbox: Arc<Outbox>) -> Self {
-        WorkerHandle { id, outbox, pending: Mutex::new(Some(HashMap::new())) }
+        WorkerHandle {
+            id,
+            outbox,
+            pending: Mutex::new(Some(HashMap::new())),
+        }
     }
 
     /// Queues a frame without waiting, from the worker's own socket task (which must not wait
@@ -54,7 +58,8 @@ impl WorkerHandle {
             if !self.send(frame.to_string()).await {
                 return Err(self.disconnected(function_id));
             }
-            rx.await.unwrap_or_else(|_| Err(self.disconnected(function_id)))
+            rx.await
+                .unwrap_or_else(|_| Err(self.disconnected(function_id)))
         };
         match tokio::time::timeout(timeout, call).await {
             Ok(result) => result,
@@ -76,12 +81,19 @@ impl WorkerHandle {
 
     /// Delivers a worker's `invocationresult`; an unknown or late id is ignored.
     pub fn complete(&self, invocation_id: &str, result: FnResult) {
-        let waiter = self.pending.lock().unwrap().as_mut().and_then(|p| p.remove(invocation_id));
+        let waiter = self
+            .pending
+            .lock()
+            .unwrap()
+            .as_mut()
+            .and_then(|p| p.remove(invocation_id));
         match waiter {
             Some(tx) => {
                 let _ = tx.send(result);
             }
-            None => tracing::debug!(worker = %self.id, invocation_id, "result for an unknown or expired invocation"),
+            None => {
+                tracing::debug!(worker = %self.id, invocation_id, "result for an unknown or expired invocation")
+            }
         }
     }
 
@@ -89,12 +101,18 @@ impl WorkerHandle {
     pub fn disconnect(&self) {
         let pending = self.pending.lock().unwrap().take().unwrap_or_default();
         for (_, tx) in pending {
-            let _ = tx.send(Err(FnError::new("worker_disconnected", format!("worker {} disconnected before answering", self.id))));
+            let _ = tx.send(Err(FnError::new(
+                "worker_disconnected",
+                format!("worker {} disconnected before answering", self.id),
+            )));
         }
     }
 
     fn disconnected(&self, function_id: &str) -> FnError {
-        FnError::new("worker_disconnected", format!("worker {} serving {function_id} has disconnected", self.id))
+        FnError::new(
+            "worker_disconnected",
+            format!("worker {} serving {function_id} has disconnected", self.id),
+        )
     }
 }
 
@@ -106,7 +124,11 @@ pub struct Router {
 impl Router {
     /// Registers a worker's function; a later registration of the same id takes over.
     pub fn register(&self, function_id: &str, worker: &Arc<WorkerHandle>) {
-        let previous = self.functions.write().unwrap().insert(function_id.to_owned(), worker.clone());
+        let previous = self
+            .functions
+            .write()
+            .unwrap()
+            .insert(function_id.to_owned(), worker.clone());
         if let Some(prev) = previous.filter(|p| p.id != worker.id) {
             tracing::warn!(function_id, from = %prev.id, to = %worker.id, "function re-registered by another worker");
         }
@@ -114,13 +136,19 @@ impl Router {
 
     pub fn unregister(&self, function_id: &str, worker_id: &str) {
         let mut functions = self.functions.write().unwrap();
-        if functions.get(function_id).is_some_and(|w| w.id == worker_id) {
+        if functions
+            .get(function_id)
+            .is_some_and(|w| w.id == worker_id)
+        {
             functions.remove(function_id);
         }
     }
 
     pub fn remove_worker(&self, worker_id: &str) {
-        self.functions.write().unwrap().retain(|_, w| w.id != worker_id);
+        self.functions
+            .write()
+            .unwrap()
+            .retain(|_, w| w.id != worker_id);
     }
 
     pub fn lookup(&self, function_id: &str) -> Option<Arc<WorkerHandle>> {

@@ -37,30 +37,60 @@ impl Server {
         let engine = Engine::new(config, adapter);
         engine.listen_to_bus();
         for stream in custom {
-            let wasm = std::fs::read(&stream.component).with_context(|| format!("cannot read the component {} for stream {}", stream.component.display(), stream.stream_name))?;
+            let wasm = std::fs::read(&stream.component).with_context(|| {
+                format!(
+                    "cannot read the component {} for stream {}",
+                    stream.component.display(),
+                    stream.stream_name
+                )
+            })?;
             engine
                 .custom_streams
-                .bind(&engine, &stream.stream_name, &wasm, stream.config, stream.limits)
+                .bind(
+                    &engine,
+                    &stream.stream_name,
+                    &wasm,
+                    stream.config,
+                    stream.limits,
+                )
                 .await
-                .with_context(|| format!("cannot bind stream {} to {}", stream.stream_name, stream.component.display()))?;
+                .with_context(|| {
+                    format!(
+                        "cannot bind stream {} to {}",
+                        stream.stream_name,
+                        stream.component.display()
+                    )
+                })?;
         }
 
-        let clients = client_socket::routes(engine.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let clients = client_socket::routes(engine.clone())
+            .into_make_service_with_connect_info::<SocketAddr>();
         let workers = worker_socket::routes(engine.clone()).into_make_service();
         let stop = engine.shutdown_signal();
         let client_task = tokio::spawn(async move {
-            if let Err(e) = axum::serve(client_listener, clients).with_graceful_shutdown(stop).await {
+            if let Err(e) = axum::serve(client_listener, clients)
+                .with_graceful_shutdown(stop)
+                .await
+            {
                 tracing::error!(error = %e, "client socket stopped");
             }
         });
         let stop = engine.shutdown_signal();
         let worker_task = tokio::spawn(async move {
-            if let Err(e) = axum::serve(worker_listener, workers).with_graceful_shutdown(stop).await {
+            if let Err(e) = axum::serve(worker_listener, workers)
+                .with_graceful_shutdown(stop)
+                .await
+            {
                 tracing::error!(error = %e, "worker socket stopped");
             }
         });
         tracing::info!(%client_addr, %worker_addr, adapter = engine.adapter.name(), "streamhost is serving");
-        Ok(ServerHandle { client_addr, worker_addr, engine, tasks: vec![client_task, worker_task] })
+        Ok(ServerHandle {
+            client_addr,
+            worker_addr,
+            engine,
+            tasks: vec![client_task, worker_task],
+        })
     }
 }
 
@@ -69,12 +99,19 @@ impl Server {
 pub fn raise_open_files_limit() {
     // SAFETY: plain libc calls on a local struct.
     unsafe {
-        let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
             let soft = lim.rlim_cur;
             lim.rlim_cur = lim.rlim_max;
             if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
-                tracing::debug!(from = soft, to = lim.rlim_max, "raised the open-files limit");
+                tracing::debug!(
+                    from = soft,
+                    to = lim.rlim_max,
+                    "raised the open-files limit"
+                );
             }
         }
     }
@@ -94,9 +131,11 @@ impl ServerHandle {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
         }
         let adapter = self.engine.adapter.clone();
-        tokio::task::spawn_blocking(move || futures_util::FutureExt::now_or_never(adapter.shutdown()))
-            .await
-            .context("store shutdown")?;
+        tokio::task::spawn_blocking(move || {
+            futures_util::FutureExt::now_or_never(adapter.shutdown())
+        })
+        .await
+        .context("store shutdown")?;
         Ok(())
     }
 }

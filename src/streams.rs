@@ -11,8 +11,8 @@ use crate::engine::Engine;
 use crate::error::{FnError, FnResult};
 use crate::frame::{EventKind, StreamEvent};
 use crate::update_ops::{self, ParsedOp};
-use serde::{Deserialize, Serialize};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::sync::Arc;
 
@@ -82,7 +82,11 @@ fn parse<T: DeserializeOwned>(function_id: &str, data: Value) -> Result<T, FnErr
     serde_path_to_error::deserialize(data).map_err(|e| {
         let path = e.path().to_string();
         let inner = e.into_inner();
-        if path == "." { FnError::deserialization(function_id, inner) } else { FnError::deserialization(function_id, format!("field `{path}`: {inner}")) }
+        if path == "." {
+            FnError::deserialization(function_id, inner)
+        } else {
+            FnError::deserialization(function_id, format!("field `{path}`: {inner}"))
+        }
     })
 }
 
@@ -97,7 +101,10 @@ pub async fn call(engine: &Arc<Engine>, function_id: &str, data: Value) -> FnRes
         "stream::list_all" => list_all(engine).await,
         "stream::send" => send(engine, parse(function_id, data)?).await,
         "stream::update" => update(engine, parse(function_id, data)?).await,
-        _ => Err(FnError::new("function_not_found", format!("function {function_id} is not registered"))),
+        _ => Err(FnError::new(
+            "function_not_found",
+            format!("function {function_id} is not registered"),
+        )),
     }
 }
 
@@ -110,23 +117,52 @@ fn custom(engine: &Engine, op: &str, stream: &str) -> Option<String> {
 /// Calls a custom stream's function; its storage errors keep the built-in's error code.
 async fn call_custom(engine: &Arc<Engine>, id: &str, data: Value, code: &str) -> FnResult {
     match engine.router.lookup(id) {
-        Some(worker) => worker.invoke(id, data, engine.config.invocation_timeout).await.map_err(|e| {
-            if e.code == "timeout" || e.code == "worker_disconnected" { e } else { FnError::new(code, format!("{id}: {}", e.message)) }
-        }),
-        None => Err(FnError::new(code, format!("{id} was unregistered during the call"))),
+        Some(worker) => worker
+            .invoke(id, data, engine.config.invocation_timeout)
+            .await
+            .map_err(|e| {
+                if e.code == "timeout" || e.code == "worker_disconnected" {
+                    e
+                } else {
+                    FnError::new(code, format!("{id}: {}", e.message))
+                }
+            }),
+        None => Err(FnError::new(
+            code,
+            format!("{id} was unregistered during the call"),
+        )),
     }
 }
 
 fn old_and_new(result: &Option<Value>) -> (Option<Value>, Value) {
     let r = result.as_ref();
-    let old = r.and_then(|v| v.get("old_value")).filter(|v| !v.is_null()).cloned();
-    let new = r.and_then(|v| v.get("new_value")).cloned().unwrap_or(Value::Null);
+    let old = r
+        .and_then(|v| v.get("old_value"))
+        .filter(|v| !v.is_null())
+        .cloned();
+    let new = r
+        .and_then(|v| v.get("new_value"))
+        .cloned()
+        .unwrap_or(Value::Null);
     (old, new)
 }
 
-async fn emit_write(engine: &Arc<Engine>, stream: &str, group: &str, item: &str, old: &Option<Value>, new: Value) {
-    let kind = if old.is_some() { EventKind::Update(new) } else { EventKind::Create(new) };
-    engine.emit(StreamEvent::new(stream, group, Some(item), kind)).await;
+async fn emit_write(
+    engine: &Arc<Engine>,
+    stream: &str,
+    group: &str,
+    item: &str,
+    old: &Option<Value>,
+    new: Value,
+) {
+    let kind = if old.is_some() {
+        EventKind::Update(new)
+    } else {
+        EventKind::Create(new)
+    };
+    engine
+        .emit(StreamEvent::new(stream, group, Some(item), kind))
+        .await;
 }
 
 async fn set(engine: &Arc<Engine>, p: SetPayload) -> FnResult {
@@ -138,12 +174,26 @@ async fn set(engine: &Arc<Engine>, p: SetPayload) -> FnResult {
             (old, new, held)
         }
         None => {
-            let (old, turn) = emit_order::scope(engine.storage(&p.stream_name).set(&p.stream_name, &p.group_id, &p.item_id, p.data.clone())).await;
+            let (old, turn) = emit_order::scope(engine.storage(&p.stream_name).set(
+                &p.stream_name,
+                &p.group_id,
+                &p.item_id,
+                p.data.clone(),
+            ))
+            .await;
             (old.map_err(|e| FnError::storage(CODE, e))?, p.data, turn)
         }
     };
     turn.ready().await;
-    emit_write(engine, &p.stream_name, &p.group_id, &p.item_id, &old, new.clone()).await;
+    emit_write(
+        engine,
+        &p.stream_name,
+        &p.group_id,
+        &p.item_id,
+        &old,
+        new.clone(),
+    )
+    .await;
     Ok(Some(json!({"old_value": old, "new_value": new})))
 }
 
@@ -151,7 +201,11 @@ async fn get(engine: &Arc<Engine>, p: ItemRef) -> FnResult {
     const CODE: &str = "STREAM_GET_ERROR";
     match custom(engine, "get", &p.stream_name) {
         Some(id) => call_custom(engine, &id, json!(p), CODE).await,
-        None => engine.storage(&p.stream_name).get(&p.stream_name, &p.group_id, &p.item_id).await.map_err(|e| FnError::storage(CODE, e)),
+        None => engine
+            .storage(&p.stream_name)
+            .get(&p.stream_name, &p.group_id, &p.item_id)
+            .await
+            .map_err(|e| FnError::storage(CODE, e)),
     }
 }
 
@@ -160,16 +214,31 @@ async fn delete(engine: &Arc<Engine>, p: ItemRef) -> FnResult {
     let (old, mut turn) = match custom(engine, "delete", &p.stream_name) {
         Some(id) => {
             let held = emit_order::lock(&p.stream_name, &p.group_id, &p.item_id).await;
-            (old_and_new(&call_custom(engine, &id, json!(p), CODE).await?).0, held)
+            (
+                old_and_new(&call_custom(engine, &id, json!(p), CODE).await?).0,
+                held,
+            )
         }
         None => {
-            let (old, turn) = emit_order::scope(engine.storage(&p.stream_name).delete(&p.stream_name, &p.group_id, &p.item_id)).await;
+            let (old, turn) = emit_order::scope(engine.storage(&p.stream_name).delete(
+                &p.stream_name,
+                &p.group_id,
+                &p.item_id,
+            ))
+            .await;
             (old.map_err(|e| FnError::storage(CODE, e))?, turn)
         }
     };
     turn.ready().await;
     if let Some(old) = &old {
-        engine.emit(StreamEvent::new(&p.stream_name, &p.group_id, Some(&p.item_id), EventKind::Delete(old.clone()))).await;
+        engine
+            .emit(StreamEvent::new(
+                &p.stream_name,
+                &p.group_id,
+                Some(&p.item_id),
+                EventKind::Delete(old.clone()),
+            ))
+            .await;
     }
     Ok(Some(json!({"old_value": old})))
 }
@@ -178,7 +247,12 @@ async fn list(engine: &Arc<Engine>, p: GroupRef) -> FnResult {
     const CODE: &str = "STREAM_GET_GROUP_ERROR";
     match custom(engine, "list", &p.stream_name) {
         Some(id) => call_custom(engine, &id, json!(p), CODE).await,
-        None => engine.storage(&p.stream_name).list(&p.stream_name, &p.group_id).await.map(|v| Some(Value::Array(v))).map_err(|e| FnError::storage(CODE, e)),
+        None => engine
+            .storage(&p.stream_name)
+            .list(&p.stream_name, &p.group_id)
+            .await
+            .map(|v| Some(Value::Array(v)))
+            .map_err(|e| FnError::storage(CODE, e)),
     }
 }
 
@@ -186,19 +260,41 @@ async fn list_groups(engine: &Arc<Engine>, p: StreamRef) -> FnResult {
     const CODE: &str = "STREAM_LIST_GROUPS_ERROR";
     match custom(engine, "list_groups", &p.stream_name) {
         Some(id) => call_custom(engine, &id, json!(p), CODE).await,
-        None => engine.storage(&p.stream_name).list_groups(&p.stream_name).await.map(|g| Some(json!(g))).map_err(|e| FnError::storage(CODE, e)),
+        None => engine
+            .storage(&p.stream_name)
+            .list_groups(&p.stream_name)
+            .await
+            .map(|g| Some(json!(g)))
+            .map_err(|e| FnError::storage(CODE, e)),
     }
 }
 
 async fn list_all(engine: &Arc<Engine>) -> FnResult {
-    let all = engine.adapter.list_all().await.map_err(|e| FnError::storage("STREAM_LIST_ALL_ERROR", e))?;
-    let streams: Vec<Value> = all.into_iter().map(|(id, groups)| json!({"id": id, "groups": groups})).collect();
+    let all = engine
+        .adapter
+        .list_all()
+        .await
+        .map_err(|e| FnError::storage("STREAM_LIST_ALL_ERROR", e))?;
+    let streams: Vec<Value> = all
+        .into_iter()
+        .map(|(id, groups)| json!({"id": id, "groups": groups}))
+        .collect();
     Ok(Some(json!({"count": streams.len(), "stream": streams})))
 }
 
 async fn send(engine: &Arc<Engine>, p: SendPayload) -> FnResult {
-    let kind = EventKind::Custom { name: p.event_type, data: p.data };
-    engine.emit(StreamEvent::new(&p.stream_name, &p.group_id, p.id.as_deref(), kind)).await;
+    let kind = EventKind::Custom {
+        name: p.event_type,
+        data: p.data,
+    };
+    engine
+        .emit(StreamEvent::new(
+            &p.stream_name,
+            &p.group_id,
+            p.id.as_deref(),
+            kind,
+        ))
+        .await;
     Ok(Some(Value::Null))
 }
 
@@ -209,21 +305,42 @@ async fn update(engine: &Arc<Engine>, p: UpdatePayload) -> FnResult {
         let held = emit_order::lock(&p.stream_name, &p.group_id, &p.item_id).await;
         let result = call_custom(engine, &id, json!(p), CODE).await?;
         let (old, new) = old_and_new(&result);
-        let errors = result.as_ref().and_then(|r| r.get("errors")).and_then(Value::as_array).cloned().unwrap_or_default();
+        let errors = result
+            .as_ref()
+            .and_then(|r| r.get("errors"))
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         (old, new, errors, held)
-    } else if custom(engine, "get", &p.stream_name).is_some() && custom(engine, "set", &p.stream_name).is_some() {
+    } else if custom(engine, "get", &p.stream_name).is_some()
+        && custom(engine, "set", &p.stream_name).is_some()
+    {
         // The item lock also makes the read-modify-write atomic against other writes.
         let held = emit_order::lock(&p.stream_name, &p.group_id, &p.item_id).await;
         let (old, new, errors) = update_via_get_set(engine, &p, &ops).await?;
         (old, new, errors, held)
     } else {
-        let (outcome, held) = emit_order::scope(engine.storage(&p.stream_name).update(&p.stream_name, &p.group_id, &p.item_id, &ops)).await;
+        let (outcome, held) = emit_order::scope(engine.storage(&p.stream_name).update(
+            &p.stream_name,
+            &p.group_id,
+            &p.item_id,
+            &ops,
+        ))
+        .await;
         let outcome = outcome.map_err(|e| FnError::storage(CODE, e))?;
         let errors = outcome.errors.iter().map(|e| json!(e)).collect();
         (outcome.old_value, outcome.new_value, errors, held)
     };
     turn.ready().await;
-    emit_write(engine, &p.stream_name, &p.group_id, &p.item_id, &old, new.clone()).await;
+    emit_write(
+        engine,
+        &p.stream_name,
+        &p.group_id,
+        &p.item_id,
+        &old,
+        new.clone(),
+    )
+    .await;
     let mut result = json!({"old_value": old, "new_value": new});
     if !errors.is_empty() {
         result["errors"] = Value::Array(errors);
@@ -233,13 +350,30 @@ async fn update(engine: &Arc<Engine>, p: UpdatePayload) -> FnResult {
 
 /// A custom stream without `stream::update(name)`: read, apply, write; the caller holds the
 /// item's lock.
-async fn update_via_get_set(engine: &Arc<Engine>, p: &UpdatePayload, ops: &[ParsedOp]) -> Result<(Option<Value>, Value, Vec<Value>), FnError> {
+async fn update_via_get_set(
+    engine: &Arc<Engine>,
+    p: &UpdatePayload,
+    ops: &[ParsedOp],
+) -> Result<(Option<Value>, Value, Vec<Value>), FnError> {
     const CODE: &str = "STREAM_UPDATE_ERROR";
     let item = json!({"stream_name": p.stream_name, "group_id": p.group_id, "item_id": p.item_id});
-    let current = call_custom(engine, &format!("stream::get({})", p.stream_name), item.clone(), CODE).await?.filter(|v| !v.is_null());
+    let current = call_custom(
+        engine,
+        &format!("stream::get({})", p.stream_name),
+        item.clone(),
+        CODE,
+    )
+    .await?
+    .filter(|v| !v.is_null());
     let (new, errors) = update_ops::apply(current.as_ref(), ops);
     let mut set_payload = item;
     set_payload["data"] = new.clone();
-    call_custom(engine, &format!("stream::set({})", p.stream_name), set_payload, CODE).await?;
+    call_custom(
+        engine,
+        &format!("stream::set({})", p.stream_name),
+        set_payload,
+        CODE,
+    )
+    .await?;
     Ok((current, new, errors.iter().map(|e| json!(e)).collect()))
 }

@@ -26,9 +26,14 @@ pub struct StreamFilter {
 
 impl StreamFilter {
     fn matches(&self, event: &StreamEvent) -> bool {
-        self.stream_name.as_ref().is_none_or(|s| *s == event.stream_name)
+        self.stream_name
+            .as_ref()
+            .is_none_or(|s| *s == event.stream_name)
             && self.group_id.as_ref().is_none_or(|g| *g == event.group_id)
-            && self.item_id.as_ref().is_none_or(|i| Some(i) == event.id.as_ref())
+            && self
+                .item_id
+                .as_ref()
+                .is_none_or(|i| Some(i) == event.id.as_ref())
     }
 }
 
@@ -48,15 +53,33 @@ pub struct Triggers {
 
 impl Triggers {
     /// Registers a trigger from a worker; an unknown type or a bad config is refused.
-    pub fn register(&self, id: &str, trigger_type: &str, function_id: &str, config: Value, worker_id: &str) -> Result<(), FnError> {
+    pub fn register(
+        &self,
+        id: &str,
+        trigger_type: &str,
+        function_id: &str,
+        config: Value,
+        worker_id: &str,
+    ) -> Result<(), FnError> {
         let filter = match trigger_type {
-            STREAM => serde_json::from_value::<StreamFilter>(if config.is_null() { Value::Object(Default::default()) } else { config })
-                .map_err(|e| FnError::new("invalid_trigger_config", format!("stream trigger config: {e}")))?,
+            STREAM => serde_json::from_value::<StreamFilter>(if config.is_null() {
+                Value::Object(Default::default())
+            } else {
+                config
+            })
+            .map_err(|e| {
+                FnError::new(
+                    "invalid_trigger_config",
+                    format!("stream trigger config: {e}"),
+                )
+            })?,
             JOIN | LEAVE => StreamFilter::default(),
             other => {
                 return Err(FnError::new(
                     "trigger_type_not_found",
-                    format!("trigger type {other:?} is not served by streamhost; it serves stream, stream:join and stream:leave"),
+                    format!(
+                        "trigger type {other:?} is not served by streamhost; it serves stream, stream:join and stream:leave"
+                    ),
                 ));
             }
         };
@@ -78,11 +101,20 @@ impl Triggers {
     }
 
     pub fn remove_worker(&self, worker_id: &str) {
-        self.list.write().unwrap().retain(|t| t.worker_id != worker_id);
+        self.list
+            .write()
+            .unwrap()
+            .retain(|t| t.worker_id != worker_id);
     }
 
     fn of_type(&self, trigger_type: &str) -> Vec<Arc<Trigger>> {
-        self.list.read().unwrap().iter().filter(|t| t.trigger_type == trigger_type).cloned().collect()
+        self.list
+            .read()
+            .unwrap()
+            .iter()
+            .filter(|t| t.trigger_type == trigger_type)
+            .cloned()
+            .collect()
     }
 
     /// Fires the `stream` triggers that match a change or an event, in the background.
@@ -92,7 +124,10 @@ impl Triggers {
         }
         let matching: Vec<Arc<Trigger>> = {
             let list = self.list.read().unwrap();
-            list.iter().filter(|t| t.trigger_type == STREAM && t.filter.matches(event)).cloned().collect()
+            list.iter()
+                .filter(|t| t.trigger_type == STREAM && t.filter.matches(event))
+                .cloned()
+                .collect()
         };
         if matching.is_empty() {
             return;
@@ -106,7 +141,9 @@ impl Triggers {
                     match engine.call(condition, payload.clone()).await {
                         Ok(Some(Value::Bool(false))) => return,
                         Ok(_) => {}
-                        Err(e) => tracing::warn!(trigger = %trigger.id, condition, error = %e, "condition function failed; running the handler anyway"),
+                        Err(e) => {
+                            tracing::warn!(trigger = %trigger.id, condition, error = %e, "condition function failed; running the handler anyway")
+                        }
                     }
                 }
                 if let Err(e) = engine.call(&trigger.function_id, payload).await {
@@ -121,7 +158,9 @@ impl Triggers {
     pub async fn join_rejected(&self, engine: &Arc<Engine>, payload: &Value) -> bool {
         for trigger in self.of_type(JOIN) {
             match engine.call(&trigger.function_id, payload.clone()).await {
-                Ok(Some(result)) if result.get("unauthorized") == Some(&Value::Bool(true)) => return true,
+                Ok(Some(result)) if result.get("unauthorized") == Some(&Value::Bool(true)) => {
+                    return true;
+                }
                 Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(function_id = %trigger.function_id, error = %e, "stream:join trigger failed; the join is refused");
@@ -146,6 +185,10 @@ impl Triggers {
     }
 
     pub fn has_join_triggers(&self) -> bool {
-        self.list.read().unwrap().iter().any(|t| t.trigger_type == JOIN)
+        self.list
+            .read()
+            .unwrap()
+            .iter()
+            .any(|t| t.trigger_type == JOIN)
     }
 }

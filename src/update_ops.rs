@@ -88,7 +88,9 @@ pub fn parse_ops(raw: &[Value]) -> Vec<ParsedOp> {
 
 /// Applies ops to the current value (a missing item starts as `{}`).
 pub fn apply(current: Option<&Value>, ops: &[ParsedOp]) -> (Value, Vec<OpError>) {
-    let mut value = current.cloned().unwrap_or_else(|| Value::Object(Map::new()));
+    let mut value = current
+        .cloned()
+        .unwrap_or_else(|| Value::Object(Map::new()));
     let mut errors = Vec::new();
     for (op_index, op) in ops.iter().enumerate() {
         let result = match &op.op {
@@ -96,7 +98,11 @@ pub fn apply(current: Option<&Value>, ops: &[ParsedOp]) -> (Value, Vec<OpError>)
             Err(e) => Err(e.clone()),
         };
         if let Err((code, message)) = result {
-            errors.push(OpError { op_index, code, message });
+            errors.push(OpError {
+                op_index,
+                code,
+                message,
+            });
         }
     }
     (value, errors)
@@ -110,16 +116,35 @@ fn fail(op: &str, what: &str, message: impl Into<String>) -> (String, String) {
 
 fn check_path(op: &str, segments: &[String]) -> OpResult {
     if segments.len() > MAX_PATH_DEPTH {
-        return Err(fail(op, "path.too_deep", format!("path has {} segments, the limit is {MAX_PATH_DEPTH}", segments.len())));
+        return Err(fail(
+            op,
+            "path.too_deep",
+            format!(
+                "path has {} segments, the limit is {MAX_PATH_DEPTH}",
+                segments.len()
+            ),
+        ));
     }
-    if let Some(bad) = segments.iter().find(|s| FORBIDDEN_KEYS.contains(&s.as_str())) {
-        return Err(fail(op, "path.proto_polluted", format!("path segment {bad:?} is not allowed")));
+    if let Some(bad) = segments
+        .iter()
+        .find(|s| FORBIDDEN_KEYS.contains(&s.as_str()))
+    {
+        return Err(fail(
+            op,
+            "path.proto_polluted",
+            format!("path segment {bad:?} is not allowed"),
+        ));
     }
     Ok(())
 }
 
 /// Walks to the value at `segments`, creating empty objects on the way when `create` is set.
-fn walk<'a>(root: &'a mut Value, segments: &[String], create: bool, op: &str) -> Result<Option<&'a mut Value>, (String, String)> {
+fn walk<'a>(
+    root: &'a mut Value,
+    segments: &[String],
+    create: bool,
+    op: &str,
+) -> Result<Option<&'a mut Value>, (String, String)> {
     let mut cur = root;
     for (depth, seg) in segments.iter().enumerate() {
         cur = match cur {
@@ -135,10 +160,26 @@ fn walk<'a>(root: &'a mut Value, segments: &[String], create: bool, op: &str) ->
             Value::Array(items) => match seg.parse::<usize>().ok().filter(|i| *i < items.len()) {
                 Some(i) => &mut items[i],
                 None if !create => return Ok(None),
-                None => return Err(fail(op, "target_not_object", format!("{seg:?} is not an index of the array at {}", segments[..depth].join(".")))),
+                None => {
+                    return Err(fail(
+                        op,
+                        "target_not_object",
+                        format!(
+                            "{seg:?} is not an index of the array at {}",
+                            segments[..depth].join(".")
+                        ),
+                    ));
+                }
             },
             _ => {
-                return Err(fail(op, "target_not_object", format!("the value at {:?} is not an object", segments[..depth].join("."))));
+                return Err(fail(
+                    op,
+                    "target_not_object",
+                    format!(
+                        "the value at {:?} is not an object",
+                        segments[..depth].join(".")
+                    ),
+                ));
             }
         };
     }
@@ -157,9 +198,17 @@ fn put(container: &mut Value, key: &str, value: Value, op: &str) -> OpResult {
                 items[i] = value;
                 Ok(())
             }
-            None => Err(fail(op, "target_not_object", format!("{key:?} is not an index of the array"))),
+            None => Err(fail(
+                op,
+                "target_not_object",
+                format!("{key:?} is not an index of the array"),
+            )),
         },
-        _ => Err(fail(op, "target_not_object", format!("cannot set {key:?}: its parent is not an object"))),
+        _ => Err(fail(
+            op,
+            "target_not_object",
+            format!("cannot set {key:?}: its parent is not an object"),
+        )),
     }
 }
 
@@ -196,20 +245,46 @@ fn apply_one(root: &mut Value, op: &UpdateOp) -> OpResult {
             let segs = path.as_ref().map(Path::segments).unwrap_or_default();
             check_path(name, &segs)?;
             let Value::Object(incoming) = value else {
-                return Err(fail(name, "value.not_an_object", "merge takes an object value"));
+                return Err(fail(
+                    name,
+                    "value.not_an_object",
+                    "merge takes an object value",
+                ));
             };
             if incoming.len() > MAX_MERGE_KEYS {
-                return Err(fail(name, "value.too_many_keys", format!("merge value has {} keys, the limit is {MAX_MERGE_KEYS}", incoming.len())));
+                return Err(fail(
+                    name,
+                    "value.too_many_keys",
+                    format!(
+                        "merge value has {} keys, the limit is {MAX_MERGE_KEYS}",
+                        incoming.len()
+                    ),
+                ));
             }
             if depth_of(value) > MAX_MERGE_DEPTH {
-                return Err(fail(name, "value.too_deep", format!("merge value nests deeper than {MAX_MERGE_DEPTH} levels")));
+                return Err(fail(
+                    name,
+                    "value.too_deep",
+                    format!("merge value nests deeper than {MAX_MERGE_DEPTH} levels"),
+                ));
             }
-            if let Some(bad) = incoming.keys().find(|k| FORBIDDEN_KEYS.contains(&k.as_str())) {
-                return Err(fail(name, "path.proto_polluted", format!("key {bad:?} is not allowed")));
+            if let Some(bad) = incoming
+                .keys()
+                .find(|k| FORBIDDEN_KEYS.contains(&k.as_str()))
+            {
+                return Err(fail(
+                    name,
+                    "path.proto_polluted",
+                    format!("key {bad:?} is not allowed"),
+                ));
             }
             let target = walk(root, &segs, true, name)?.expect("created");
             let Value::Object(map) = target else {
-                return Err(fail(name, "target_not_object", "the merge target is not an object"));
+                return Err(fail(
+                    name,
+                    "target_not_object",
+                    "the merge target is not an object",
+                ));
             };
             for (k, v) in incoming {
                 map.insert(k.clone(), v.clone());
@@ -220,12 +295,20 @@ fn apply_one(root: &mut Value, op: &UpdateOp) -> OpResult {
             let segs = path.segments();
             check_path(name, &segs)?;
             let by = by.unwrap_or(1);
-            let delta = if matches!(op, UpdateOp::Decrement { .. }) { by.checked_neg() } else { Some(by) };
+            let delta = if matches!(op, UpdateOp::Decrement { .. }) {
+                by.checked_neg()
+            } else {
+                Some(by)
+            };
             let Some(delta) = delta else {
                 return Err(fail(name, "overflow", "by is out of range"));
             };
             let Some((last, parents)) = segs.split_last() else {
-                return Err(fail(name, "path.empty", "increment needs a path to a number"));
+                return Err(fail(
+                    name,
+                    "path.empty",
+                    "increment needs a path to a number",
+                ));
             };
             let parent = walk(root, parents, true, name)?.expect("created");
             let next = match get(parent, last) {
@@ -234,14 +317,28 @@ fn apply_one(root: &mut Value, op: &UpdateOp) -> OpResult {
                     if let Some(i) = n.as_i64() {
                         match i.checked_add(delta) {
                             Some(sum) => Value::from(sum),
-                            None => return Err(fail(name, "overflow", format!("{i} + {delta} overflows a 64-bit integer"))),
+                            None => {
+                                return Err(fail(
+                                    name,
+                                    "overflow",
+                                    format!("{i} + {delta} overflows a 64-bit integer"),
+                                ));
+                            }
                         }
                     } else {
                         Value::from(n.as_f64().unwrap_or(0.0) + delta as f64)
                     }
                 }
                 Some(other) => {
-                    return Err(fail(name, "not_number", format!("the value at {:?} is {}, not a number", segs.join("."), kind_of(other))));
+                    return Err(fail(
+                        name,
+                        "not_number",
+                        format!(
+                            "the value at {:?} is {}, not a number",
+                            segs.join("."),
+                            kind_of(other)
+                        ),
+                    ));
                 }
             };
             put(parent, last, next, name)
@@ -265,7 +362,11 @@ fn apply_one(root: &mut Value, op: &UpdateOp) -> OpResult {
                 (Value::Array(items), v) => items.push(v.clone()),
                 (Value::String(s), Value::String(more)) => s.push_str(more),
                 (t, v) => {
-                    return Err(fail(name, "type_mismatch", format!("cannot append {} to {}", kind_of(v), kind_of(t))));
+                    return Err(fail(
+                        name,
+                        "type_mismatch",
+                        format!("cannot append {} to {}", kind_of(v), kind_of(t)),
+                    ));
                 }
             }
             Ok(())
@@ -274,7 +375,11 @@ fn apply_one(root: &mut Value, op: &UpdateOp) -> OpResult {
             let segs = path.segments();
             check_path(name, &segs)?;
             let Some((last, parents)) = segs.split_last() else {
-                return Err(fail(name, "path.empty", "remove needs a path; delete the item to remove it whole"));
+                return Err(fail(
+                    name,
+                    "path.empty",
+                    "remove needs a path; delete the item to remove it whole",
+                ));
             };
             match walk(root, parents, false, name)? {
                 Some(Value::Object(map)) => {
@@ -332,11 +437,19 @@ mod tests {
                 {"type": "bogus"}
             ]),
         );
-        assert_eq!(v, json!({"n": 4, "s": "ab", "list": [1, 2], "a": {"x": 2}, "m": 1}));
+        assert_eq!(
+            v,
+            json!({"n": 4, "s": "ab", "list": [1, 2], "a": {"x": 2}, "m": 1})
+        );
         let codes: Vec<_> = errs.iter().map(|e| (e.op_index, e.code.as_str())).collect();
         assert_eq!(
             codes,
-            vec![(4, "increment.not_number"), (9, "append.type_mismatch"), (10, "merge.value.not_an_object"), (11, "bogus.invalid")]
+            vec![
+                (4, "increment.not_number"),
+                (9, "append.type_mismatch"),
+                (10, "merge.value.not_an_object"),
+                (11, "bogus.invalid")
+            ]
         );
     }
 
@@ -344,7 +457,10 @@ mod tests {
     fn missing_item_starts_empty_and_root_set_replaces() {
         let (v, errs) = run(None, json!([{"type": "increment", "path": "count"}]));
         assert_eq!((v, errs.len()), (json!({"count": 1}), 0));
-        let (v, _) = run(Some(json!({"a": 1})), json!([{"type": "set", "path": "", "value": [1, 2]}]));
+        let (v, _) = run(
+            Some(json!({"a": 1})),
+            json!([{"type": "set", "path": "", "value": [1, 2]}]),
+        );
         assert_eq!(v, json!([1, 2]));
     }
 
@@ -371,7 +487,14 @@ mod tests {
         let codes: Vec<_> = errs.iter().map(|e| e.code.as_str()).collect();
         assert_eq!(
             codes,
-            vec!["set.path.too_deep", "set.path.proto_polluted", "merge.path.proto_polluted", "merge.value.too_deep", "merge.value.too_many_keys", "set.target_not_object"]
+            vec![
+                "set.path.too_deep",
+                "set.path.proto_polluted",
+                "merge.path.proto_polluted",
+                "merge.value.too_deep",
+                "merge.value.too_many_keys",
+                "set.target_not_object"
+            ]
         );
         assert_eq!(v, json!({"ok": 1}));
     }

@@ -28,7 +28,9 @@ pub fn routes(engine: Arc<Engine>) -> Router {
 }
 
 async fn upgrade(State(engine): State<Arc<Engine>>, ws: WebSocketUpgrade) -> Response {
-    ws.max_message_size(MAX_WORKER_FRAME).max_frame_size(MAX_WORKER_FRAME).on_upgrade(move |socket| serve(engine, socket))
+    ws.max_message_size(MAX_WORKER_FRAME)
+        .max_frame_size(MAX_WORKER_FRAME)
+        .on_upgrade(move |socket| serve(engine, socket))
 }
 
 #[derive(Deserialize)]
@@ -66,16 +68,33 @@ async fn serve(engine: Arc<Engine>, socket: WebSocket) {
     let worker_id = uuid::Uuid::new_v4().to_string();
     let (outbox, rx) = Outbox::new(WORKER_QUEUE, engine.stats.slow_disconnects.clone());
     let worker = Arc::new(WorkerHandle::new(worker_id.clone(), outbox.clone()));
-    engine.stats.worker_connections.fetch_add(1, Ordering::Relaxed);
+    engine
+        .stats
+        .worker_connections
+        .fetch_add(1, Ordering::Relaxed);
     worker.push(json!({"type": "workerregistered", "worker_id": worker_id}).to_string());
     tracing::debug!(worker = %worker_id, "worker connected");
 
-    let mut peer = WorkerPeer { engine: engine.clone(), worker: worker.clone() };
-    outbox::drive(socket, rx, outbox, engine.shutdown_signal(), engine.config.close_grace, &mut peer).await;
+    let mut peer = WorkerPeer {
+        engine: engine.clone(),
+        worker: worker.clone(),
+    };
+    outbox::drive(
+        socket,
+        rx,
+        outbox,
+        engine.shutdown_signal(),
+        engine.config.close_grace,
+        &mut peer,
+    )
+    .await;
     engine.router.remove_worker(&worker_id);
     engine.triggers.remove_worker(&worker_id);
     worker.disconnect();
-    engine.stats.worker_connections.fetch_sub(1, Ordering::Relaxed);
+    engine
+        .stats
+        .worker_connections
+        .fetch_sub(1, Ordering::Relaxed);
     tracing::debug!(worker = %worker_id, "worker disconnected");
 }
 
@@ -114,20 +133,37 @@ fn handle(engine: &Arc<Engine>, worker: &Arc<WorkerHandle>, text: &str) {
             return;
         }
     };
-    let kind = msg.get("type").and_then(Value::as_str).unwrap_or("").to_owned();
+    let kind = msg
+        .get("type")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
     let kind = kind.as_str();
     let outcome = match kind {
-        "registerfunction" => parse::<RegisterFunction>(msg).map(|f| engine.router.register(&f.id, worker)),
-        "unregisterfunction" => parse::<RegisterFunction>(msg).map(|f| engine.router.unregister(&f.id, &worker.id)),
-        "registertrigger" => parse::<RegisterTrigger>(msg).map(|t| register_trigger(engine, worker, t)),
-        "unregistertrigger" => parse::<RegisterFunction>(msg).map(|t| engine.triggers.unregister(&t.id)),
+        "registerfunction" => {
+            parse::<RegisterFunction>(msg).map(|f| engine.router.register(&f.id, worker))
+        }
+        "unregisterfunction" => {
+            parse::<RegisterFunction>(msg).map(|f| engine.router.unregister(&f.id, &worker.id))
+        }
+        "registertrigger" => {
+            parse::<RegisterTrigger>(msg).map(|t| register_trigger(engine, worker, t))
+        }
+        "unregistertrigger" => {
+            parse::<RegisterFunction>(msg).map(|t| engine.triggers.unregister(&t.id))
+        }
         "invokefunction" => parse::<Invoke>(msg).map(|call| invoke(engine, worker, call)),
-        "invocationresult" => parse::<InvocationResult>(msg).map(|r| worker.complete(&r.invocation_id, to_result(r.result, r.error))),
+        "invocationresult" => parse::<InvocationResult>(msg)
+            .map(|r| worker.complete(&r.invocation_id, to_result(r.result, r.error))),
         "ping" => {
             worker.push(json!({"type": "pong"}).to_string());
             Ok(())
         }
-        "pong" | "registertriggertype" | "unregistertriggertype" | "registerservice" | "reattach" => Ok(()),
+        "pong"
+        | "registertriggertype"
+        | "unregistertriggertype"
+        | "registerservice"
+        | "reattach" => Ok(()),
         other => {
             tracing::info!(worker = %worker.id, message_type = other, "unknown worker message type; ignored");
             Ok(())
@@ -139,7 +175,11 @@ fn handle(engine: &Arc<Engine>, worker: &Arc<WorkerHandle>, text: &str) {
 }
 
 fn register_trigger(engine: &Arc<Engine>, worker: &Arc<WorkerHandle>, t: RegisterTrigger) {
-    if let Err(e) = engine.triggers.register(&t.id, &t.trigger_type, &t.function_id, t.config, &worker.id) {
+    if let Err(e) =
+        engine
+            .triggers
+            .register(&t.id, &t.trigger_type, &t.function_id, t.config, &worker.id)
+    {
         tracing::warn!(worker = %worker.id, trigger = %t.id, error = %e, "trigger refused");
         let reply = json!({
             "type": "triggerregistrationresult",
@@ -174,8 +214,16 @@ fn invoke(engine: &Arc<Engine>, worker: &Arc<WorkerHandle>, call: Invoke) {
             Ok(value) => (value.as_ref(), None),
             Err(e) => (None, Some(e)),
         };
-        let reply = Reply { kind: "invocationresult", invocation_id: &invocation_id, function_id: &call.function_id, result, error };
-        worker.send(serde_json::to_string(&reply).expect("a reply serializes")).await;
+        let reply = Reply {
+            kind: "invocationresult",
+            invocation_id: &invocation_id,
+            function_id: &call.function_id,
+            result,
+            error,
+        };
+        worker
+            .send(serde_json::to_string(&reply).expect("a reply serializes"))
+            .await;
     });
 }
 
@@ -197,8 +245,15 @@ fn to_result(result: Option<Value>, error: Option<Value>) -> FnResult {
     match error.filter(|e| !e.is_null()) {
         None => Ok(result.filter(|r| !r.is_null())),
         Some(e) => {
-            let code = e.get("code").and_then(Value::as_str).unwrap_or("invocation_failed");
-            let message = e.get("message").and_then(Value::as_str).map(str::to_owned).unwrap_or_else(|| e.to_string());
+            let code = e
+                .get("code")
+                .and_then(Value::as_str)
+                .unwrap_or("invocation_failed");
+            let message = e
+                .get("message")
+                .and_then(Value::as_str)
+                .map(str::to_owned)
+                .unwrap_or_else(|| e.to_string());
             Err(FnError::new(code, message))
         }
     }

@@ -18,7 +18,9 @@ async fn stream_functions_in_memory() {
 async fn stream_functions_durable() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config();
-    config.adapter = streamhost::config::AdapterConfig::KvFile { path: dir.path().join("store") };
+    config.adapter = streamhost::config::AdapterConfig::KvFile {
+        path: dir.path().join("store"),
+    };
     let engine = start(config).await;
     conformance::stream_functions(engine.worker_addr).await;
     engine.shutdown().await.unwrap();
@@ -29,15 +31,33 @@ async fn bad_payloads_and_unknown_functions_get_clear_errors() {
     let engine = start(test_config()).await;
     let w = RawWorker::connect(engine.worker_addr).await;
 
-    let e = w.call("stream::set", json!({"stream_name": "s", "group_id": "g", "data": 1})).await.unwrap_err();
+    let e = w
+        .call(
+            "stream::set",
+            json!({"stream_name": "s", "group_id": "g", "data": 1}),
+        )
+        .await
+        .unwrap_err();
     assert_eq!(e["code"], "deserialization_error");
     assert!(e["message"].as_str().unwrap().contains("item_id"), "{e}");
 
-    let e = w.call("stream::get", json!({"stream_name": "s", "group_id": 7, "item_id": "i"})).await.unwrap_err();
+    let e = w
+        .call(
+            "stream::get",
+            json!({"stream_name": "s", "group_id": 7, "item_id": "i"}),
+        )
+        .await
+        .unwrap_err();
     assert_eq!(e["code"], "deserialization_error");
     assert!(e["message"].as_str().unwrap().contains("group_id"), "{e}");
 
-    let e = w.call("stream::update", json!({"stream_name": "s", "group_id": "g", "item_id": "i", "ops": {}})).await.unwrap_err();
+    let e = w
+        .call(
+            "stream::update",
+            json!({"stream_name": "s", "group_id": "g", "item_id": "i", "ops": {}}),
+        )
+        .await
+        .unwrap_err();
     assert!(e["message"].as_str().unwrap().contains("ops"), "{e}");
 
     let e = w.call("no::such", json!({})).await.unwrap_err();
@@ -48,14 +68,23 @@ async fn bad_payloads_and_unknown_functions_get_clear_errors() {
     w.send_raw(tokio_tungstenite::tungstenite::Message::text("{not json"));
     w.send_json(json!({"type": "fancynewthing", "x": 1}));
     w.send_json(json!({"type": "invokefunction"}));
-    w.send_raw(tokio_tungstenite::tungstenite::Message::binary(b"OTLP{}".to_vec()));
+    w.send_raw(tokio_tungstenite::tungstenite::Message::binary(
+        b"OTLP{}".to_vec(),
+    ));
     w.send_json(json!({"type": "registertriggertype", "id": "x"}));
-    assert_eq!(w.ok("stream::list_groups", json!({"stream_name": "s"})).await, json!([]));
+    assert_eq!(
+        w.ok("stream::list_groups", json!({"stream_name": "s"}))
+            .await,
+        json!([])
+    );
 
     // An unsupported trigger type is refused with a triggerregistrationresult.
     let mut w = w;
     w.send_json(json!({"type": "registertrigger", "id": "t1", "trigger_type": "cron", "function_id": "f", "config": {}}));
-    let frame = tokio::time::timeout(WAIT, w.frames.recv()).await.unwrap().unwrap();
+    let frame = tokio::time::timeout(WAIT, w.frames.recv())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(frame["type"], "triggerregistrationresult");
     assert_eq!(frame["id"], "t1");
     assert_eq!(frame["error"]["code"], "trigger_type_not_found");
@@ -68,14 +97,23 @@ async fn workers_call_each_other_and_failures_are_reported() {
     config.invocation_timeout = Duration::from_millis(300);
     let engine = start(config).await;
     let server = RawWorker::connect(engine.worker_addr).await;
-    server.register("math::double", |d| Ok(Some(json!(d["x"].as_i64().unwrap() * 2)))).await;
-    server.register("math::fail", |_| Err(json!({"code": "bad_input", "message": "x must be odd"}))).await;
+    server
+        .register("math::double", |d| {
+            Ok(Some(json!(d["x"].as_i64().unwrap() * 2)))
+        })
+        .await;
+    server
+        .register("math::fail", |_| {
+            Err(json!({"code": "bad_input", "message": "x must be odd"}))
+        })
+        .await;
     server.register("math::nothing", |_| Ok(None)).await;
-    server.register("math::never", |_| {
-        std::thread::sleep(Duration::from_millis(800));
-        Ok(Some(json!(1)))
-    })
-    .await;
+    server
+        .register("math::never", |_| {
+            std::thread::sleep(Duration::from_millis(800));
+            Ok(Some(json!(1)))
+        })
+        .await;
 
     let client = RawWorker::connect(engine.worker_addr).await;
     assert_eq!(client.ok("math::double", json!({"x": 21})).await, json!(42));
@@ -85,7 +123,10 @@ async fn workers_call_each_other_and_failures_are_reported() {
 
     let e = client.call("math::never", json!({})).await.unwrap_err();
     assert_eq!(e["code"], "timeout");
-    assert!(e["message"].as_str().unwrap().contains("math::never"), "{e}");
+    assert!(
+        e["message"].as_str().unwrap().contains("math::never"),
+        "{e}"
+    );
 
     // A worker that disconnects mid-call fails the call, and its functions go away.
     let slow = RawWorker::connect(engine.worker_addr).await;
@@ -100,7 +141,10 @@ async fn workers_call_each_other_and_failures_are_reported() {
         drop(slow);
     });
     let e = result.unwrap_err();
-    assert!(e["code"] == "worker_disconnected" || e["code"] == "timeout", "{e}");
+    assert!(
+        e["code"] == "worker_disconnected" || e["code"] == "timeout",
+        "{e}"
+    );
     engine.shutdown().await.unwrap();
 }
 
@@ -108,11 +152,12 @@ async fn workers_call_each_other_and_failures_are_reported() {
 async fn disconnect_fails_waiting_calls_at_once() {
     let engine = start(test_config()).await; // 30 s timeout: only the disconnect can end the call
     let hanging = RawWorker::connect(engine.worker_addr).await;
-    hanging.register("hang", |_| {
-        std::thread::sleep(Duration::from_secs(3));
-        Ok(None)
-    })
-    .await;
+    hanging
+        .register("hang", |_| {
+            std::thread::sleep(Duration::from_secs(3));
+            Ok(None)
+        })
+        .await;
     let caller = RawWorker::connect(engine.worker_addr).await;
     let started = std::time::Instant::now();
     let (result, _) = tokio::join!(caller.call("hang", json!({})), async {
@@ -121,7 +166,11 @@ async fn disconnect_fails_waiting_calls_at_once() {
     });
     let e = result.unwrap_err();
     assert_eq!(e["code"], "worker_disconnected", "{e}");
-    assert!(started.elapsed() < Duration::from_secs(3), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "took {:?}",
+        started.elapsed()
+    );
     let e = caller.call("hang", json!({})).await.unwrap_err();
     assert_eq!(e["code"], "function_not_found");
     engine.shutdown().await.unwrap();
@@ -133,27 +182,79 @@ async fn stream_triggers_fire_with_filters_and_conditions() {
     let mut w = RawWorker::connect(engine.worker_addr).await;
     w.register("on_room", |_| Ok(None)).await;
     w.register("on_item_b", |_| Ok(None)).await;
-    w.register("only_hot", |frame| Ok(Some(json!(frame["event"]["data"]["hot"] == json!(true))))).await;
+    w.register("only_hot", |frame| {
+        Ok(Some(json!(frame["event"]["data"]["hot"] == json!(true))))
+    })
+    .await;
     w.register("on_hot", |_| Ok(None)).await;
-    w.register_trigger("t1", "stream", "on_room", json!({"stream_name": "s", "group_id": "room"})).await;
-    w.register_trigger("t2", "stream", "on_item_b", json!({"stream_name": "s", "item_id": "b"})).await;
-    w.register_trigger("t3", "stream", "on_hot", json!({"stream_name": "s", "condition_function_id": "only_hot"})).await;
+    w.register_trigger(
+        "t1",
+        "stream",
+        "on_room",
+        json!({"stream_name": "s", "group_id": "room"}),
+    )
+    .await;
+    w.register_trigger(
+        "t2",
+        "stream",
+        "on_item_b",
+        json!({"stream_name": "s", "item_id": "b"}),
+    )
+    .await;
+    w.register_trigger(
+        "t3",
+        "stream",
+        "on_hot",
+        json!({"stream_name": "s", "condition_function_id": "only_hot"}),
+    )
+    .await;
 
-    w.ok("stream::set", json!({"stream_name": "s", "group_id": "room", "item_id": "a", "data": {"hot": false}})).await;
-    w.ok("stream::set", json!({"stream_name": "s", "group_id": "other", "item_id": "b", "data": {"hot": true}})).await;
-    w.ok("stream::send", json!({"stream_name": "s", "group_id": "room", "type": "ping", "data": 1})).await;
-    w.ok("stream::delete", json!({"stream_name": "s", "group_id": "room", "item_id": "missing"})).await;
+    w.ok(
+        "stream::set",
+        json!({"stream_name": "s", "group_id": "room", "item_id": "a", "data": {"hot": false}}),
+    )
+    .await;
+    w.ok(
+        "stream::set",
+        json!({"stream_name": "s", "group_id": "other", "item_id": "b", "data": {"hot": true}}),
+    )
+    .await;
+    w.ok(
+        "stream::send",
+        json!({"stream_name": "s", "group_id": "room", "type": "ping", "data": 1}),
+    )
+    .await;
+    w.ok(
+        "stream::delete",
+        json!({"stream_name": "s", "group_id": "room", "item_id": "missing"}),
+    )
+    .await;
 
     let mut seen = Vec::new();
-    while let Ok(Some(frame)) = tokio::time::timeout(Duration::from_millis(700), w.frames.recv()).await {
+    while let Ok(Some(frame)) =
+        tokio::time::timeout(Duration::from_millis(700), w.frames.recv()).await
+    {
         if frame["type"] == "invokefunction" && frame["function_id"] != "only_hot" {
             let data = &frame["data"];
             assert_eq!(data["type"], "stream");
-            seen.push(format!("{} {} {}", frame["function_id"].as_str().unwrap(), data["groupId"].as_str().unwrap(), data["event"]["type"].as_str().unwrap()));
+            seen.push(format!(
+                "{} {} {}",
+                frame["function_id"].as_str().unwrap(),
+                data["groupId"].as_str().unwrap(),
+                data["event"]["type"].as_str().unwrap()
+            ));
         }
     }
     seen.sort();
-    assert_eq!(seen, vec!["on_hot other create", "on_item_b other create", "on_room room create", "on_room room event"]);
+    assert_eq!(
+        seen,
+        vec![
+            "on_hot other create",
+            "on_item_b other create",
+            "on_room room create",
+            "on_room room event"
+        ]
+    );
     engine.shutdown().await.unwrap();
 }
 
@@ -165,45 +266,108 @@ async fn create_stream_functions_serve_their_stream() {
     let w = RawWorker::connect(engine.worker_addr).await;
     let store: Arc<Mutex<BTreeMap<String, Value>>> = Arc::default();
     let s = store.clone();
-    w.register("stream::get(custom)", move |p| Ok(s.lock().unwrap().get(p["item_id"].as_str().unwrap()).cloned())).await;
+    w.register("stream::get(custom)", move |p| {
+        Ok(s.lock()
+            .unwrap()
+            .get(p["item_id"].as_str().unwrap())
+            .cloned())
+    })
+    .await;
     let s = store.clone();
     w.register("stream::set(custom)", move |p| {
-        let old = s.lock().unwrap().insert(p["item_id"].as_str().unwrap().to_owned(), p["data"].clone());
+        let old = s
+            .lock()
+            .unwrap()
+            .insert(p["item_id"].as_str().unwrap().to_owned(), p["data"].clone());
         Ok(Some(json!({"old_value": old, "new_value": p["data"]})))
     })
     .await;
     let s = store.clone();
-    w.register("stream::delete(custom)", move |p| Ok(Some(json!({"old_value": s.lock().unwrap().remove(p["item_id"].as_str().unwrap())})))).await;
+    w.register("stream::delete(custom)", move |p| {
+        Ok(Some(
+            json!({"old_value": s.lock().unwrap().remove(p["item_id"].as_str().unwrap())}),
+        ))
+    })
+    .await;
     let s = store.clone();
-    w.register("stream::list(custom)", move |_| Ok(Some(Value::Array(s.lock().unwrap().values().cloned().collect())))).await;
-    w.register("stream::list_groups(custom)", |_| Ok(Some(json!(["only"])))).await;
+    w.register("stream::list(custom)", move |_| {
+        Ok(Some(Value::Array(
+            s.lock().unwrap().values().cloned().collect(),
+        )))
+    })
+    .await;
+    w.register("stream::list_groups(custom)", |_| Ok(Some(json!(["only"]))))
+        .await;
 
     let mut client = Client::connect(engine.client_addr, "/stream/custom/only").await;
-    assert_eq!(client.next().await["event"], json!({"type": "sync", "data": []}));
+    assert_eq!(
+        client.next().await["event"],
+        json!({"type": "sync", "data": []})
+    );
 
     let item = json!({"stream_name": "custom", "group_id": "only", "item_id": "k"});
     let mut with = item.clone();
     with["data"] = json!({"v": 1});
-    assert_eq!(w.ok("stream::set", with).await, json!({"old_value": null, "new_value": {"v": 1}}));
+    assert_eq!(
+        w.ok("stream::set", with).await,
+        json!({"old_value": null, "new_value": {"v": 1}})
+    );
     assert_eq!(store.lock().unwrap().get("k"), Some(&json!({"v": 1})));
-    assert_eq!(client.next().await["event"], json!({"type": "create", "data": {"v": 1}}));
+    assert_eq!(
+        client.next().await["event"],
+        json!({"type": "create", "data": {"v": 1}})
+    );
     assert_eq!(w.ok("stream::get", item.clone()).await, json!({"v": 1}));
-    assert_eq!(w.ok("stream::list", json!({"stream_name": "custom", "group_id": "only"})).await, json!([{"v": 1}]));
-    assert_eq!(w.ok("stream::list_groups", json!({"stream_name": "custom"})).await, json!(["only"]));
+    assert_eq!(
+        w.ok(
+            "stream::list",
+            json!({"stream_name": "custom", "group_id": "only"})
+        )
+        .await,
+        json!([{"v": 1}])
+    );
+    assert_eq!(
+        w.ok("stream::list_groups", json!({"stream_name": "custom"}))
+            .await,
+        json!(["only"])
+    );
 
     // No stream::update(custom): the engine reads, applies and writes through the worker.
     let mut upd = item.clone();
     upd["ops"] = json!([{"type": "increment", "path": "v", "by": 4}]);
-    assert_eq!(w.ok("stream::update", upd.clone()).await, json!({"old_value": {"v": 1}, "new_value": {"v": 5}}));
-    assert_eq!(client.next().await["event"], json!({"type": "update", "data": {"v": 5}}));
+    assert_eq!(
+        w.ok("stream::update", upd.clone()).await,
+        json!({"old_value": {"v": 1}, "new_value": {"v": 5}})
+    );
+    assert_eq!(
+        client.next().await["event"],
+        json!({"type": "update", "data": {"v": 5}})
+    );
 
     // With stream::update(custom) registered, it is called instead.
-    w.register("stream::update(custom)", |_| Ok(Some(json!({"old_value": {"v": 5}, "new_value": "from-worker"})))).await;
-    assert_eq!(w.ok("stream::update", upd).await["new_value"], "from-worker");
-    assert_eq!(client.next().await["event"], json!({"type": "update", "data": "from-worker"}));
+    w.register("stream::update(custom)", |_| {
+        Ok(Some(
+            json!({"old_value": {"v": 5}, "new_value": "from-worker"}),
+        ))
+    })
+    .await;
+    assert_eq!(
+        w.ok("stream::update", upd).await["new_value"],
+        "from-worker"
+    );
+    assert_eq!(
+        client.next().await["event"],
+        json!({"type": "update", "data": "from-worker"})
+    );
 
-    assert_eq!(w.ok("stream::delete", item).await, json!({"old_value": {"v": 5}}));
-    assert_eq!(client.next().await["event"], json!({"type": "delete", "data": {"v": 5}}));
+    assert_eq!(
+        w.ok("stream::delete", item).await,
+        json!({"old_value": {"v": 5}})
+    );
+    assert_eq!(
+        client.next().await["event"],
+        json!({"type": "delete", "data": {"v": 5}})
+    );
     // The engine's own store was never touched.
     assert_eq!(engine.engine.adapter.list_all().await.unwrap(), vec![]);
     // A worker's stream keeps one item's events in write order too.
@@ -218,7 +382,9 @@ async fn events_for_one_item_leave_in_the_order_the_writes_were_applied() {
     engine.shutdown().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut config = test_config();
-    config.adapter = streamhost::config::AdapterConfig::KvFile { path: dir.path().join("store") };
+    config.adapter = streamhost::config::AdapterConfig::KvFile {
+        path: dir.path().join("store"),
+    };
     let engine = start(config).await;
     conformance::one_item_event_order(&engine, "hot").await;
     engine.shutdown().await.unwrap();

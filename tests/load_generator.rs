@@ -11,30 +11,90 @@ fn run_load(engine: &EngineProcess, args: &[&str]) -> Value {
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("report.json");
     let out = Command::new(env!("CARGO_BIN_EXE_streamhost-load"))
-        .args(["--client", &format!("ws://{}", engine.client_addr), "--worker", &format!("ws://{}", engine.worker_addr)])
-        .args(["--drain-seconds", "10", "--engine-pid", &engine.child.id().to_string(), "--json"])
+        .args([
+            "--client",
+            &format!("ws://{}", engine.client_addr),
+            "--worker",
+            &format!("ws://{}", engine.worker_addr),
+        ])
+        .args([
+            "--drain-seconds",
+            "10",
+            "--engine-pid",
+            &engine.child.id().to_string(),
+            "--json",
+        ])
         .arg(&report)
         .args(args)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap()
 }
 
 #[test]
 fn counts_every_delivery_and_measures_latency_and_memory() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = EngineProcess::spawn(&write_config(dir.path(), "{ name: kv, config: { store_method: in_memory } }"));
-    let r = run_load(&engine, &["--subscribers", "20", "--groups", "2", "--events", "101", "--sources", "3"]);
+    let engine = EngineProcess::spawn(&write_config(
+        dir.path(),
+        "{ name: kv, config: { store_method: in_memory } }",
+    ));
+    let r = run_load(
+        &engine,
+        &[
+            "--subscribers",
+            "20",
+            "--groups",
+            "2",
+            "--events",
+            "101",
+            "--sources",
+            "3",
+        ],
+    );
     // 101 events round-robin over 2 groups of 10: 51 and 50 events each.
     assert_eq!(r["delivered"], 10 * 51 + 10 * 50, "{r}");
-    assert_eq!((r["lost"].as_u64(), r["duplicated"].as_u64()), (Some(0), Some(0)), "{r}");
+    assert_eq!(
+        (r["lost"].as_u64(), r["duplicated"].as_u64()),
+        (Some(0), Some(0)),
+        "{r}"
+    );
     assert_eq!(r["acked"], 101);
-    assert!(r["latency_us"]["p50"].as_u64().unwrap() > 0 && r["latency_us"]["max"].as_u64() >= r["latency_us"]["p99"].as_u64(), "{r}");
-    assert!(r["engine_bytes_per_connection"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(
+        r["latency_us"]["p50"].as_u64().unwrap() > 0
+            && r["latency_us"]["max"].as_u64() >= r["latency_us"]["p99"].as_u64(),
+        "{r}"
+    );
+    assert!(
+        r["engine_bytes_per_connection"].as_f64().unwrap() > 0.0,
+        "{r}"
+    );
 
-    let r = run_load(&engine, &["--subscribers", "5", "--events", "50", "--join", "path", "--function", "set", "--stream", "stored"]);
-    assert_eq!((r["delivered"].as_u64(), r["lost"].as_u64()), (Some(250), Some(0)), "{r}");
+    let r = run_load(
+        &engine,
+        &[
+            "--subscribers",
+            "5",
+            "--events",
+            "50",
+            "--join",
+            "path",
+            "--function",
+            "set",
+            "--stream",
+            "stored",
+        ],
+    );
+    assert_eq!(
+        (r["delivered"].as_u64(), r["lost"].as_u64()),
+        (Some(250), Some(0)),
+        "{r}"
+    );
 }
 
 #[test]
@@ -49,11 +109,29 @@ fn a_client_closed_as_slow_is_reported_apart_from_loss() {
     let engine = EngineProcess::spawn(&config);
     // Subscribers that stop reading while 3,000 events of 8 KB are published overflow a
     // 16-frame queue: each is closed with 4008 and told why.
-    let r = run_load(&engine, &["--subscribers", "3", "--events", "3000", "--size", "8000", "--pause-ms", "3000"]);
+    let r = run_load(
+        &engine,
+        &[
+            "--subscribers",
+            "3",
+            "--events",
+            "3000",
+            "--size",
+            "8000",
+            "--pause-ms",
+            "3000",
+        ],
+    );
     // The close frame waits behind megabytes the kernel already holds for each paused client,
     // so the engine must keep the socket open until they read up to it (close_grace_ms).
     assert_eq!(r["closed_as_slow_and_told"], 3, "{r}");
     assert_eq!(r["dropped_without_close_frame"], 0, "{r}");
-    assert_eq!(r["lost"], 0, "events not delivered to closed clients are not silent loss: {r}");
-    assert!(r["not_delivered_to_closed_clients"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(
+        r["lost"], 0,
+        "events not delivered to closed clients are not silent loss: {r}"
+    );
+    assert!(
+        r["not_delivered_to_closed_clients"].as_u64().unwrap() > 0,
+        "{r}"
+    );
 }

@@ -33,8 +33,23 @@ impl RedisServer {
 
     /// Listening with TLS only, on `port`, with `certs/server.{crt,key}`, `certs/ca.crt` and a password.
     fn start_tls(port: u16, certs: &Path, password: &str) -> RedisServer {
-        let mut args: Vec<OsString> = ["--port", "0", "--tls-port", &port.to_string(), "--requirepass", password, "--tls-auth-clients", "no"].map(OsString::from).into();
-        for (option, file) in [("--tls-cert-file", "server.crt"), ("--tls-key-file", "server.key"), ("--tls-ca-cert-file", "ca.crt")] {
+        let mut args: Vec<OsString> = [
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--requirepass",
+            password,
+            "--tls-auth-clients",
+            "no",
+        ]
+        .map(OsString::from)
+        .into();
+        for (option, file) in [
+            ("--tls-cert-file", "server.crt"),
+            ("--tls-key-file", "server.key"),
+            ("--tls-ca-cert-file", "ca.crt"),
+        ] {
             args.extend([option.into(), certs.join(file).into()]);
         }
         RedisServer::launch(port, &args)
@@ -52,7 +67,11 @@ impl RedisServer {
             .stderr(Stdio::inherit())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run redis-server ({e}); install it with `apt-get install redis-server` (.ci/run does this)"));
-        let server = RedisServer { child: Some(child), port, _dir: dir };
+        let server = RedisServer {
+            child: Some(child),
+            port,
+            _dir: dir,
+        };
         server.wait_ready();
         server
     }
@@ -60,7 +79,11 @@ impl RedisServer {
     fn wait_ready(&self) {
         let deadline = Instant::now() + WAIT;
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not listen on port {} within {WAIT:?}", self.port);
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not listen on port {} within {WAIT:?}",
+                self.port
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -77,7 +100,11 @@ impl RedisServer {
     }
 
     async fn raw(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.url()).unwrap().get_multiplexed_async_connection().await.unwrap()
+        redis::Client::open(self.url())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
     }
 }
 
@@ -88,19 +115,28 @@ impl Drop for RedisServer {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn redis_config(url: &str) -> Config {
     let mut config = test_config();
-    config.adapter = AdapterConfig::Redis { url: url.to_owned() };
+    config.adapter = AdapterConfig::Redis {
+        url: url.to_owned(),
+    };
     config
 }
 
 fn spawn_node(dir: &std::path::Path, url: &str) -> EngineProcess {
     let node_dir = dir.join(uuid::Uuid::new_v4().to_string());
     std::fs::create_dir(&node_dir).unwrap();
-    EngineProcess::spawn(&write_config(&node_dir, &format!("{{ name: redis, config: {{ redis_url: \"{url}\" }} }}")))
+    EngineProcess::spawn(&write_config(
+        &node_dir,
+        &format!("{{ name: redis, config: {{ redis_url: \"{url}\" }} }}"),
+    ))
 }
 
 /// Two engine processes on one Redis, a worker on each, with fan-out from B to A working.
@@ -119,7 +155,13 @@ async fn two_nodes(redis: &RedisServer) -> TwoNodes {
     let wa = RawWorker::connect(a.worker_addr).await;
     let wb = RawWorker::connect(b.worker_addr).await;
     wait_for_fan_out(&wb, a.client_addr).await;
-    TwoNodes { _dir: dir, a, b, wa, wb }
+    TwoNodes {
+        _dir: dir,
+        a,
+        b,
+        wa,
+        wb,
+    }
 }
 
 /// Waits until an event sent on one node reaches a client of the other: both subscriptions are up.
@@ -128,11 +170,18 @@ async fn wait_for_fan_out(from: &RawWorker, to: std::net::SocketAddr) {
     assert_eq!(probe.next().await["event"]["type"], "sync");
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        from.ok("stream::send", json!({"stream_name": "probe", "group_id": "ready", "type": "ping", "data": {}})).await;
+        from.ok(
+            "stream::send",
+            json!({"stream_name": "probe", "group_id": "ready", "type": "ping", "data": {}}),
+        )
+        .await;
         if probe.try_next(Duration::from_millis(200)).await.is_some() {
             return;
         }
-        assert!(Instant::now() < deadline, "events never crossed between the nodes");
+        assert!(
+            Instant::now() < deadline,
+            "events never crossed between the nodes"
+        );
     }
 }
 
@@ -157,7 +206,12 @@ async fn functions_behave_as_with_the_kv_store() {
     conformance::one_item_event_order(&engine, "hot").await;
     // The emptied group took its hash and its order set with it.
     let mut raw = redis.raw().await;
-    let exists: i64 = redis::cmd("EXISTS").arg("stream:chat:lobby").arg("streamhost:order:chat:lobby").query_async(&mut raw).await.unwrap();
+    let exists: i64 = redis::cmd("EXISTS")
+        .arg("stream:chat:lobby")
+        .arg("streamhost:order:chat:lobby")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
     assert_eq!(exists, 0);
 
     engine.shutdown().await.unwrap();
@@ -171,35 +225,104 @@ async fn the_key_layout_is_the_one_iii_uses() {
     let mut raw = redis.raw().await;
 
     // Written by the engine, read as iii would.
-    w.ok("stream::set", with("s", "g", "i", json!({"text": "hi", "n": [1, 2]}))).await;
-    let text: String = redis::cmd("HGET").arg("stream:s:g").arg("i").query_async(&mut raw).await.unwrap();
-    assert_eq!(serde_json::from_str::<Value>(&text).unwrap(), json!({"text": "hi", "n": [1, 2]}));
+    w.ok(
+        "stream::set",
+        with("s", "g", "i", json!({"text": "hi", "n": [1, 2]})),
+    )
+    .await;
+    let text: String = redis::cmd("HGET")
+        .arg("stream:s:g")
+        .arg("i")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(&text).unwrap(),
+        json!({"text": "hi", "n": [1, 2]})
+    );
 
     // Written by an iii node, read through the engine.
-    let _: i64 = redis::cmd("HSET").arg("stream:s:from-iii").arg("x").arg(r#"{"v":1}"#).query_async(&mut raw).await.unwrap();
-    let _: i64 = redis::cmd("HSET").arg("stream:s:g").arg("added-by-iii").arg("2").query_async(&mut raw).await.unwrap();
-    assert_eq!(w.ok("stream::list_groups", json!({"stream_name": "s"})).await, json!(["from-iii", "g"]));
-    assert_eq!(w.ok("stream::list", json!({"stream_name": "s", "group_id": "from-iii"})).await, json!([{"v": 1}]));
-    assert_eq!(w.ok("stream::list", json!({"stream_name": "s", "group_id": "g"})).await, json!([{"text": "hi", "n": [1, 2]}, 2]));
-    assert_eq!(w.ok("stream::get", at("s", "from-iii", "x")).await, json!({"v": 1}));
-    assert_eq!(w.ok("stream::set", with("s", "from-iii", "x", json!(5))).await["old_value"], json!({"v": 1}));
-    assert_eq!(w.ok("stream::delete", at("s", "g", "added-by-iii")).await, json!({"old_value": 2}));
+    let _: i64 = redis::cmd("HSET")
+        .arg("stream:s:from-iii")
+        .arg("x")
+        .arg(r#"{"v":1}"#)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let _: i64 = redis::cmd("HSET")
+        .arg("stream:s:g")
+        .arg("added-by-iii")
+        .arg("2")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(
+        w.ok("stream::list_groups", json!({"stream_name": "s"}))
+            .await,
+        json!(["from-iii", "g"])
+    );
+    assert_eq!(
+        w.ok(
+            "stream::list",
+            json!({"stream_name": "s", "group_id": "from-iii"})
+        )
+        .await,
+        json!([{"v": 1}])
+    );
+    assert_eq!(
+        w.ok("stream::list", json!({"stream_name": "s", "group_id": "g"}))
+            .await,
+        json!([{"text": "hi", "n": [1, 2]}, 2])
+    );
+    assert_eq!(
+        w.ok("stream::get", at("s", "from-iii", "x")).await,
+        json!({"v": 1})
+    );
+    assert_eq!(
+        w.ok("stream::set", with("s", "from-iii", "x", json!(5)))
+            .await["old_value"],
+        json!({"v": 1})
+    );
+    assert_eq!(
+        w.ok("stream::delete", at("s", "g", "added-by-iii")).await,
+        json!({"old_value": 2})
+    );
     // An item an iii node deleted is gone, whatever the order set still says.
-    let _: i64 = redis::cmd("HDEL").arg("stream:s:g").arg("i").query_async(&mut raw).await.unwrap();
-    assert_eq!(w.ok("stream::list", json!({"stream_name": "s", "group_id": "g"})).await, json!([]));
-    assert_eq!(w.ok("stream::list_groups", json!({"stream_name": "s"})).await, json!(["from-iii"]));
+    let _: i64 = redis::cmd("HDEL")
+        .arg("stream:s:g")
+        .arg("i")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(
+        w.ok("stream::list", json!({"stream_name": "s", "group_id": "g"}))
+            .await,
+        json!([])
+    );
+    assert_eq!(
+        w.ok("stream::list_groups", json!({"stream_name": "s"}))
+            .await,
+        json!(["from-iii"])
+    );
 
     // Frames: the engine's own arrive once; an iii node's (no "node" field) arrive too.
     let mut c = Client::connect(engine.client_addr, "/stream/s/g").await;
     assert_eq!(c.next().await["event"]["type"], "sync");
-    let mut listener = redis::Client::open(redis.url()).unwrap().get_async_pubsub().await.unwrap();
+    let mut listener = redis::Client::open(redis.url())
+        .unwrap()
+        .get_async_pubsub()
+        .await
+        .unwrap();
     listener.subscribe("stream::events").await.unwrap();
     w.ok("stream::set", with("s", "g", "mine", json!(1))).await;
     let frames = exactly(&mut c, 1).await;
     assert_eq!(frames[0]["event"], json!({"type": "create", "data": 1}));
     let published: String = {
         use futures_util::StreamExt;
-        let msg = tokio::time::timeout(WAIT, listener.on_message().next()).await.unwrap().unwrap();
+        let msg = tokio::time::timeout(WAIT, listener.on_message().next())
+            .await
+            .unwrap()
+            .unwrap();
         msg.get_payload().unwrap()
     };
     let published: Value = serde_json::from_str(&published).unwrap();
@@ -207,7 +330,12 @@ async fn the_key_layout_is_the_one_iii_uses() {
     assert_eq!(published["event"], json!({"type": "create", "data": 1}));
 
     let iii_frame = json!({"type": "stream", "timestamp": 1_700_000_000_001u64, "streamName": "s", "groupId": "g", "id": "z", "event": {"type": "update", "data": {"from": "iii"}}});
-    let _: i64 = redis::cmd("PUBLISH").arg("stream::events").arg(iii_frame.to_string()).query_async(&mut raw).await.unwrap();
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg("stream::events")
+        .arg(iii_frame.to_string())
+        .query_async(&mut raw)
+        .await
+        .unwrap();
     assert_eq!(exactly(&mut c, 1).await[0], iii_frame);
     engine.shutdown().await.unwrap();
 }
@@ -224,21 +352,48 @@ async fn two_nodes_deliver_each_others_events_exactly_once() {
     assert_eq!(cb.next().await["event"]["type"], "sync");
 
     for i in 0..5 {
-        wb.ok("stream::set", with("chat", "room", &format!("b{i}"), json!(i))).await;
-        wa.ok("stream::set", with("chat", "room", &format!("a{i}"), json!(i))).await;
+        wb.ok(
+            "stream::set",
+            with("chat", "room", &format!("b{i}"), json!(i)),
+        )
+        .await;
+        wa.ok(
+            "stream::set",
+            with("chat", "room", &format!("a{i}"), json!(i)),
+        )
+        .await;
     }
-    wb.ok("stream::send", json!({"stream_name": "chat", "group_id": "room", "type": "typing", "data": {"who": "b"}})).await;
+    wb.ok(
+        "stream::send",
+        json!({"stream_name": "chat", "group_id": "room", "type": "typing", "data": {"who": "b"}}),
+    )
+    .await;
     wa.ok("stream::delete", at("chat", "room", "b0")).await;
     for client in [&mut ca, &mut cb] {
         let frames = exactly(client, 12).await;
-        let mut seen: Vec<String> = frames.iter().map(|f| format!("{} {}", f["event"]["type"].as_str().unwrap(), f["id"].as_str().unwrap_or("-"))).collect();
+        let mut seen: Vec<String> = frames
+            .iter()
+            .map(|f| {
+                format!(
+                    "{} {}",
+                    f["event"]["type"].as_str().unwrap(),
+                    f["id"].as_str().unwrap_or("-")
+                )
+            })
+            .collect();
         seen.sort();
-        let mut want: Vec<String> = (0..5).flat_map(|i| [format!("create a{i}"), format!("create b{i}")]).collect();
+        let mut want: Vec<String> = (0..5)
+            .flat_map(|i| [format!("create a{i}"), format!("create b{i}")])
+            .collect();
         want.extend(["delete b0".to_owned(), "event -".to_owned()]);
         want.sort();
         assert_eq!(seen, want);
         // Each node's own writes arrive in the order they were made.
-        let b_order: Vec<&str> = frames.iter().filter_map(|f| f["id"].as_str()).filter(|id| id.starts_with('b')).collect();
+        let b_order: Vec<&str> = frames
+            .iter()
+            .filter_map(|f| f["id"].as_str())
+            .filter(|id| id.starts_with('b'))
+            .collect();
         assert_eq!(b_order, ["b0", "b1", "b2", "b3", "b4", "b0"]);
     }
 
@@ -248,12 +403,20 @@ async fn two_nodes_deliver_each_others_events_exactly_once() {
         workers.push(RawWorker::connect(node.worker_addr).await);
     }
     let inc = json!({"stream_name": "s", "group_id": "g", "item_id": "n", "ops": [{"type": "increment", "path": "n", "by": 1}]});
-    let calls = workers.iter().flat_map(|w| (0..50).map(|_| w.call("stream::update", inc.clone())));
+    let calls = workers
+        .iter()
+        .flat_map(|w| (0..50).map(|_| w.call("stream::update", inc.clone())));
     for r in futures_util::future::join_all(calls).await {
         r.unwrap();
     }
-    assert_eq!(wa.ok("stream::get", at("s", "g", "n")).await, json!({"n": 200}));
-    assert_eq!(wb.ok("stream::get", at("s", "g", "n")).await, json!({"n": 200}));
+    assert_eq!(
+        wa.ok("stream::get", at("s", "g", "n")).await,
+        json!({"n": 200})
+    );
+    assert_eq!(
+        wb.ok("stream::get", at("s", "g", "n")).await,
+        json!({"n": 200})
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -262,41 +425,82 @@ async fn nodes_survive_redis_dying_and_resync_their_clients() {
     let port = redis.port;
     let TwoNodes { a, wa, wb, .. } = &two_nodes(&redis).await;
     // Written on A: its event is delivered before the reply, so it cannot trail the snapshot.
-    wa.ok("stream::set", with("chat", "room", "m1", json!("before"))).await;
+    wa.ok("stream::set", with("chat", "room", "m1", json!("before")))
+        .await;
 
     let mut ca = Client::connect(a.client_addr, "/stream/chat/room").await;
-    assert_eq!(ca.next().await["event"], json!({"type": "sync", "data": ["before"]}));
+    assert_eq!(
+        ca.next().await["event"],
+        json!({"type": "sync", "data": ["before"]})
+    );
 
     redis.kill();
     let started = Instant::now();
-    let e = wa.call("stream::set", with("chat", "room", "m2", json!("during"))).await.unwrap_err();
+    let e = wa
+        .call("stream::set", with("chat", "room", "m2", json!("during")))
+        .await
+        .unwrap_err();
     assert_eq!(e["code"], "STREAM_SET_ERROR", "{e}");
     let message = e["message"].as_str().unwrap();
-    assert!(message.contains("unreachable") && message.contains(&format!("127.0.0.1:{port}")), "{e}");
-    let e = wb.call("stream::list", json!({"stream_name": "chat", "group_id": "room"})).await.unwrap_err();
+    assert!(
+        message.contains("unreachable") && message.contains(&format!("127.0.0.1:{port}")),
+        "{e}"
+    );
+    let e = wb
+        .call(
+            "stream::list",
+            json!({"stream_name": "chat", "group_id": "room"}),
+        )
+        .await
+        .unwrap_err();
     assert_eq!(e["code"], "STREAM_GET_GROUP_ERROR", "{e}");
-    assert!(started.elapsed() < Duration::from_secs(8), "calls took {:?} to fail", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "calls took {:?} to fail",
+        started.elapsed()
+    );
 
     // Local work goes on without Redis.
-    wa.ok("stream::send", json!({"stream_name": "chat", "group_id": "room", "type": "typing", "data": 1})).await;
+    wa.ok(
+        "stream::send",
+        json!({"stream_name": "chat", "group_id": "room", "type": "typing", "data": 1}),
+    )
+    .await;
     assert_eq!(ca.next().await["event"]["type"], "event");
 
     let _redis = RedisServer::start_on(port);
     // Redis came back empty: the client's fresh snapshot says so, without an engine restart.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let frame = ca.try_next(Duration::from_secs(30)).await.expect("a fresh sync after Redis came back");
+        let frame = ca
+            .try_next(Duration::from_secs(30))
+            .await
+            .expect("a fresh sync after Redis came back");
         if frame["event"]["type"] == "sync" {
             assert_eq!(frame["event"]["data"], json!([]));
             break;
         }
-        assert!(Instant::now() < deadline, "no sync frame after Redis came back");
+        assert!(
+            Instant::now() < deadline,
+            "no sync frame after Redis came back"
+        );
     }
     wait_for_fan_out(wb, a.client_addr).await;
-    wb.ok("stream::set", with("chat", "room", "m3", json!("after"))).await;
+    wb.ok("stream::set", with("chat", "room", "m3", json!("after")))
+        .await;
     let frame = ca.next().await;
-    assert_eq!((frame["id"].clone(), frame["event"].clone()), (json!("m3"), json!({"type": "create", "data": "after"})));
-    assert_eq!(wa.ok("stream::list", json!({"stream_name": "chat", "group_id": "room"})).await, json!(["after"]));
+    assert_eq!(
+        (frame["id"].clone(), frame["event"].clone()),
+        (json!("m3"), json!({"type": "create", "data": "after"}))
+    );
+    assert_eq!(
+        wa.ok(
+            "stream::list",
+            json!({"stream_name": "chat", "group_id": "room"})
+        )
+        .await,
+        json!(["after"])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -305,7 +509,11 @@ async fn the_engine_starts_without_redis_and_uses_it_once_it_is_up() {
     let url = format!("redis://127.0.0.1:{port}");
     let started = Instant::now();
     let engine = start(redis_config(&url)).await;
-    assert!(started.elapsed() < Duration::from_secs(8), "start took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "start took {:?}",
+        started.elapsed()
+    );
     let w = RawWorker::connect(engine.worker_addr).await;
     let e = w.call("stream::get", at("s", "g", "i")).await.unwrap_err();
     assert_eq!(e["code"], "STREAM_GET_ERROR");
@@ -313,8 +521,15 @@ async fn the_engine_starts_without_redis_and_uses_it_once_it_is_up() {
 
     let _redis = RedisServer::start_on(port);
     let deadline = Instant::now() + Duration::from_secs(15);
-    while w.call("stream::set", with("s", "g", "i", json!(1))).await.is_err() {
-        assert!(Instant::now() < deadline, "the engine never reached Redis once it was up");
+    while w
+        .call("stream::set", with("s", "g", "i", json!(1)))
+        .await
+        .is_err()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the engine never reached Redis once it was up"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(w.ok("stream::get", at("s", "g", "i")).await, json!(1));
@@ -323,7 +538,10 @@ async fn the_engine_starts_without_redis_and_uses_it_once_it_is_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_redis_url_stops_the_start_with_a_clear_error() {
-    let err = streamhost::Server::start(redis_config("http://nope")).await.err().expect("start fails");
+    let err = streamhost::Server::start(redis_config("http://nope"))
+        .await
+        .err()
+        .expect("start fails");
     assert!(format!("{err:#}").contains("not a Redis URL"), "{err:#}");
 }
 
@@ -343,8 +561,16 @@ async fn rediss_urls_speak_tls() {
 
 /// Runs openssl with `args` in `dir`, failing the test with its output if it fails.
 fn openssl(dir: &std::path::Path, args: &[&str]) {
-    let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl runs");
-    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl runs");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -352,10 +578,60 @@ async fn a_redis_behind_tls_and_a_password_is_used_through_its_url() {
     // A CA, and a certificate for 127.0.0.1 that it signed.
     let certs = tempfile::tempdir().unwrap();
     let dir = certs.path();
-    openssl(dir, &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=streamhost test CA"]);
-    openssl(dir, &["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1"]);
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=streamhost test CA",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        ],
+    );
     std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
-    openssl(dir, &["x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "san.ext"]);
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+        ],
+    );
 
     let port = free_port();
     let _redis = RedisServer::start_tls(port, dir, "s3cret");
@@ -363,15 +639,22 @@ async fn a_redis_behind_tls_and_a_password_is_used_through_its_url() {
     let engine_dir = tempfile::tempdir().unwrap();
     let ca = dir.join("ca.crt");
     let node_trusting = |url: &str, ca_file: &str| {
-        let config = write_config(engine_dir.path(), &format!("{{ name: redis, config: {{ redis_url: \"{url}\" }} }}"));
+        let config = write_config(
+            engine_dir.path(),
+            &format!("{{ name: redis, config: {{ redis_url: \"{url}\" }} }}"),
+        );
         EngineProcess::spawn_with_env(&config, &[("SSL_CERT_FILE", ca_file)])
     };
     let node = |url: &str| node_trusting(url, ca.to_str().unwrap());
     // The right password over TLS, with the server's certificate checked against the CA.
     let engine = node(&format!("rediss://:s3cret@127.0.0.1:{port}"));
     let w = RawWorker::connect(engine.worker_addr).await;
-    w.ok("stream::set", with("s", "g", "i", json!({"over": "tls"}))).await;
-    assert_eq!(w.ok("stream::get", at("s", "g", "i")).await, json!({"over": "tls"}));
+    w.ok("stream::set", with("s", "g", "i", json!({"over": "tls"})))
+        .await;
+    assert_eq!(
+        w.ok("stream::get", at("s", "g", "i")).await,
+        json!({"over": "tls"})
+    );
     drop((w, engine));
 
     // A wrong password is refused with an error that names the URL, without the password.
@@ -379,13 +662,42 @@ async fn a_redis_behind_tls_and_a_password_is_used_through_its_url() {
     let w = RawWorker::connect(engine.worker_addr).await;
     let e = w.call("stream::get", at("s", "g", "i")).await.unwrap_err();
     let message = e["message"].as_str().unwrap();
-    assert!(message.contains(&format!("127.0.0.1:{port}")) && !message.contains("wrong"), "{e}");
+    assert!(
+        message.contains(&format!("127.0.0.1:{port}")) && !message.contains("wrong"),
+        "{e}"
+    );
     drop((w, engine));
 
     // A node that trusts another CA refuses the server's certificate, and says so.
-    openssl(dir, &["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "other.key", "-out", "other.crt", "-days", "2", "-subj", "/CN=another CA"]);
-    let engine = node_trusting(&format!("rediss://:s3cret@127.0.0.1:{port}"), dir.join("other.crt").to_str().unwrap());
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "other.key",
+            "-out",
+            "other.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=another CA",
+        ],
+    );
+    let engine = node_trusting(
+        &format!("rediss://:s3cret@127.0.0.1:{port}"),
+        dir.join("other.crt").to_str().unwrap(),
+    );
     let w = RawWorker::connect(engine.worker_addr).await;
     let e = w.call("stream::get", at("s", "g", "i")).await.unwrap_err();
-    assert!(e["message"].as_str().unwrap().contains("TLS handshake failed"), "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("TLS handshake failed"),
+        "{e}"
+    );
 }

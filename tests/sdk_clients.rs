@@ -23,11 +23,12 @@ use std::time::{Duration, Instant};
 const SCRIPT_TIMEOUT: Duration = Duration::from_secs(60);
 const IN_MEMORY: &str = "{ name: kv, config: { store_method: in_memory } }";
 const NODE_INSTALL: &str = "npm ci --prefix tests/sdk/node";
-const PYTHON_INSTALL: &str =
-    "python3 -m venv tests/sdk/python/.venv && tests/sdk/python/.venv/bin/pip install -r tests/sdk/python/requirements.txt";
+const PYTHON_INSTALL: &str = "python3 -m venv tests/sdk/python/.venv && tests/sdk/python/.venv/bin/pip install -r tests/sdk/python/requirements.txt";
 
 fn sdk_dir(lang: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/sdk").join(lang)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/sdk")
+        .join(lang)
 }
 
 /// Fails with the install command when the SDK has not been installed.
@@ -41,12 +42,20 @@ fn require_installed(marker: &Path, what: &str, install: &str) {
 
 /// Runs `program args` with the engine's addresses in its environment and collects its stdout
 /// and stderr; kills it after `SCRIPT_TIMEOUT`.
-fn run_script(engine: &EngineProcess, program: &Path, args: &[&Path], cwd: &Path) -> (Option<ExitStatus>, String) {
+fn run_script(
+    engine: &EngineProcess,
+    program: &Path,
+    args: &[&Path],
+    cwd: &Path,
+) -> (Option<ExitStatus>, String) {
     let mut child = Command::new(program)
         .args(args)
         .current_dir(cwd)
         .env("III_URL", format!("ws://{}", engine.worker_addr))
-        .env("STREAMHOST_CLIENT_URL", format!("ws://{}", engine.client_addr))
+        .env(
+            "STREAMHOST_CLIENT_URL",
+            format!("ws://{}", engine.client_addr),
+        )
         .env("OTEL_ENABLED", "false")
         .env("PYTHONUNBUFFERED", "1")
         .env_remove("III_TOKEN")
@@ -56,7 +65,12 @@ fn run_script(engine: &EngineProcess, program: &Path, args: &[&Path], cwd: &Path
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {}: {e} (is it installed and on PATH?)", program.display()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot start {}: {e} (is it installed and on PATH?)",
+                program.display()
+            )
+        });
     let output = Arc::new(Mutex::new(String::new()));
     let readers: Vec<_> = [
         Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
@@ -98,7 +112,10 @@ fn assert_passed(what: &str, (status, output): (Option<ExitStatus>, String)) {
     match status {
         None => panic!("{what} did not finish within {SCRIPT_TIMEOUT:?}; its output:\n{output}"),
         Some(s) if !s.success() => panic!("{what} failed ({s}); its output:\n{output}"),
-        Some(_) => assert!(output.contains("ALL PASSED"), "{what} exited 0 without finishing its checks; its output:\n{output}"),
+        Some(_) => assert!(
+            output.contains("ALL PASSED"),
+            "{what} exited 0 without finishing its checks; its output:\n{output}"
+        ),
     }
 }
 
@@ -114,9 +131,18 @@ fn engine() -> (tempfile::TempDir, EngineProcess) {
 #[test]
 fn node_sdk_worker() {
     let dir = sdk_dir("node");
-    require_installed(&dir.join("node_modules/iii-sdk/package.json"), "the npm iii-sdk", NODE_INSTALL);
+    require_installed(
+        &dir.join("node_modules/iii-sdk/package.json"),
+        "the npm iii-sdk",
+        NODE_INSTALL,
+    );
     let (_tmp, engine) = engine();
-    let result = run_script(&engine, Path::new("node"), &[&dir.join("streams.mjs")], &dir);
+    let result = run_script(
+        &engine,
+        Path::new("node"),
+        &[&dir.join("streams.mjs")],
+        &dir,
+    );
     assert_passed("tests/sdk/node/streams.mjs", result);
 }
 

@@ -8,12 +8,20 @@ use std::time::Instant;
 use streamhost::adapter::StreamAdapter;
 
 /// Runs `total` sets of 100-byte values from `concurrency` tasks; returns sets per second.
-pub async fn sets_per_second(store: Arc<dyn StreamAdapter>, total: usize, concurrency: usize) -> f64 {
+pub async fn sets_per_second(
+    store: Arc<dyn StreamAdapter>,
+    total: usize,
+    concurrency: usize,
+) -> f64 {
     timed_sets(store, total, concurrency).await.0
 }
 
 /// As `sets_per_second`, and the slowest single set in milliseconds.
-pub async fn timed_sets(store: Arc<dyn StreamAdapter>, total: usize, concurrency: usize) -> (f64, f64) {
+pub async fn timed_sets(
+    store: Arc<dyn StreamAdapter>,
+    total: usize,
+    concurrency: usize,
+) -> (f64, f64) {
     let slowest_us = Arc::new(AtomicU64::new(0));
     let started = Instant::now();
     let per_task = total / concurrency;
@@ -25,7 +33,15 @@ pub async fn timed_sets(store: Arc<dyn StreamAdapter>, total: usize, concurrency
                 for n in 0..per_task {
                     let item = format!("t{t}-{n}");
                     let one = Instant::now();
-                    store.set("bench", &format!("g{}", t % 16), &item, json!({"n": n, "p": pad})).await.unwrap();
+                    store
+                        .set(
+                            "bench",
+                            &format!("g{}", t % 16),
+                            &item,
+                            json!({"n": n, "p": pad}),
+                        )
+                        .await
+                        .unwrap();
                     slowest_us.fetch_max(one.elapsed().as_micros() as u64, Ordering::Relaxed);
                 }
             })
@@ -37,4 +53,3 @@ pub async fn timed_sets(store: Arc<dyn StreamAdapter>, total: usize, concurrency
     let rate = (per_task * concurrency) as f64 / started.elapsed().as_secs_f64();
     (rate, slowest_us.load(Ordering::Relaxed) as f64 / 1000.0)
 }
-

@@ -72,7 +72,11 @@ impl State {
     }
 
     fn item_count(&self) -> usize {
-        self.streams.values().flat_map(|g| g.values()).map(|i| i.len()).sum()
+        self.streams
+            .values()
+            .flat_map(|g| g.values())
+            .map(|i| i.len())
+            .sum()
     }
 
     /// Writes every item as framed log records, one group at a time under the read lock, so
@@ -80,7 +84,11 @@ impl State {
     fn write_snapshot(state: &RwLock<State>, out: &mut dyn std::io::Write) -> std::io::Result<()> {
         let groups: Vec<(String, String)> = {
             let state = state.read().unwrap();
-            state.streams.iter().flat_map(|(s, groups)| groups.keys().map(move |g| (s.clone(), g.clone()))).collect()
+            state
+                .streams
+                .iter()
+                .flat_map(|(s, groups)| groups.keys().map(move |g| (s.clone(), g.clone())))
+                .collect()
         };
         let mut buf = Vec::new();
         for (s, g) in &groups {
@@ -105,7 +113,11 @@ pub struct KvStore {
 
 impl KvStore {
     pub fn in_memory() -> Self {
-        KvStore { state: Arc::default(), wal: None, turns: Turns::default() }
+        KvStore {
+            state: Arc::default(),
+            wal: None,
+            turns: Turns::default(),
+        }
     }
 
     /// Opens the durable store in directory `dir`, replaying its log.
@@ -123,13 +135,24 @@ impl KvStore {
         );
         let state = Arc::new(RwLock::new(state));
         let for_snapshot = state.clone();
-        let snapshot: Arc<wal::SnapshotFn> = Arc::new(move |out: &mut dyn std::io::Write| State::write_snapshot(&for_snapshot, out));
-        Ok(KvStore { state, wal: Some(opened.start(snapshot)), turns: Turns::default() })
+        let snapshot: Arc<wal::SnapshotFn> =
+            Arc::new(move |out: &mut dyn std::io::Write| State::write_snapshot(&for_snapshot, out));
+        Ok(KvStore {
+            state,
+            wal: Some(opened.start(snapshot)),
+            turns: Turns::default(),
+        })
     }
 
     /// Runs a change under the write lock, logs it (taking the item's turn to emit), and
     /// waits for the log outside the lock.
-    async fn write<R>(&self, change: impl FnOnce(&mut State, &mut dyn FnMut(&RecordRef<'_>) -> anyhow::Result<Option<Ticket>>) -> anyhow::Result<(R, Option<Ticket>)>) -> anyhow::Result<R> {
+    async fn write<R>(
+        &self,
+        change: impl FnOnce(
+            &mut State,
+            &mut dyn FnMut(&RecordRef<'_>) -> anyhow::Result<Option<Ticket>>,
+        ) -> anyhow::Result<(R, Option<Ticket>)>,
+    ) -> anyhow::Result<R> {
         let (result, ticket) = {
             let mut state = self.state.write().unwrap();
             let mut log = |record: &RecordRef<'_>| {
@@ -152,11 +175,21 @@ impl KvStore {
 #[async_trait]
 impl StreamAdapter for KvStore {
     fn name(&self) -> &'static str {
-        if self.wal.is_some() { "kv_file" } else { "kv_memory" }
+        if self.wal.is_some() {
+            "kv_file"
+        } else {
+            "kv_memory"
+        }
     }
 
     async fn get(&self, stream: &str, group: &str, item: &str) -> anyhow::Result<Option<Value>> {
-        Ok(self.state.read().unwrap().group(stream, group).and_then(|g| g.get(item)).cloned())
+        Ok(self
+            .state
+            .read()
+            .unwrap()
+            .group(stream, group)
+            .and_then(|g| g.get(item))
+            .cloned())
     }
 
     async fn set(&self, s: &str, g: &str, i: &str, data: Value) -> anyhow::Result<Option<Value>> {
@@ -180,17 +213,27 @@ impl StreamAdapter for KvStore {
 
     async fn list(&self, stream: &str, group: &str) -> anyhow::Result<Vec<Value>> {
         let state = self.state.read().unwrap();
-        Ok(state.group(stream, group).map(|g| g.values().cloned().collect()).unwrap_or_default())
+        Ok(state
+            .group(stream, group)
+            .map(|g| g.values().cloned().collect())
+            .unwrap_or_default())
     }
 
     async fn list_ids(&self, stream: &str, group: &str) -> anyhow::Result<Vec<String>> {
         let state = self.state.read().unwrap();
-        Ok(state.group(stream, group).map(|g| g.keys().cloned().collect()).unwrap_or_default())
+        Ok(state
+            .group(stream, group)
+            .map(|g| g.keys().cloned().collect())
+            .unwrap_or_default())
     }
 
     async fn list_groups(&self, stream: &str) -> anyhow::Result<Vec<String>> {
         let state = self.state.read().unwrap();
-        let mut groups: Vec<String> = state.streams.get(stream).map(|g| g.keys().cloned().collect()).unwrap_or_default();
+        let mut groups: Vec<String> = state
+            .streams
+            .get(stream)
+            .map(|g| g.keys().cloned().collect())
+            .unwrap_or_default();
         groups.sort();
         Ok(groups)
     }
@@ -210,13 +253,31 @@ impl StreamAdapter for KvStore {
         Ok(all)
     }
 
-    async fn update(&self, s: &str, g: &str, i: &str, ops: &[ParsedOp]) -> anyhow::Result<UpdateOutcome> {
+    async fn update(
+        &self,
+        s: &str,
+        g: &str,
+        i: &str,
+        ops: &[ParsedOp],
+    ) -> anyhow::Result<UpdateOutcome> {
         self.write(|state, log| {
             let old_value = state.group(s, g).and_then(|items| items.get(i)).cloned();
             let (new_value, errors) = update_ops::apply(old_value.as_ref(), ops);
-            let ticket = log(&RecordRef::Set { s, g, i, d: &new_value })?;
+            let ticket = log(&RecordRef::Set {
+                s,
+                g,
+                i,
+                d: &new_value,
+            })?;
             state.put(s, g, i, new_value.clone());
-            Ok((UpdateOutcome { old_value, new_value, errors }, ticket))
+            Ok((
+                UpdateOutcome {
+                    old_value,
+                    new_value,
+                    errors,
+                },
+                ticket,
+            ))
         })
         .await
     }

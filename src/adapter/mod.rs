@@ -28,7 +28,13 @@ pub trait StreamAdapter: Send + Sync {
     fn name(&self) -> &'static str;
     async fn get(&self, stream: &str, group: &str, item: &str) -> anyhow::Result<Option<Value>>;
     /// Stores `data` and returns the value it replaced.
-    async fn set(&self, stream: &str, group: &str, item: &str, data: Value) -> anyhow::Result<Option<Value>>;
+    async fn set(
+        &self,
+        stream: &str,
+        group: &str,
+        item: &str,
+        data: Value,
+    ) -> anyhow::Result<Option<Value>>;
     /// Removes an item and returns it; removing a missing item is not an error.
     async fn delete(&self, stream: &str, group: &str, item: &str) -> anyhow::Result<Option<Value>>;
     /// The group's values in insertion order.
@@ -42,7 +48,13 @@ pub trait StreamAdapter: Send + Sync {
     /// Every stream with its groups.
     async fn list_all(&self) -> anyhow::Result<Vec<(String, Vec<String>)>>;
     /// Applies update ops to the current value atomically (no write from elsewhere in between).
-    async fn update(&self, stream: &str, group: &str, item: &str, ops: &[ParsedOp]) -> anyhow::Result<UpdateOutcome>;
+    async fn update(
+        &self,
+        stream: &str,
+        group: &str,
+        item: &str,
+        ops: &[ParsedOp],
+    ) -> anyhow::Result<UpdateOutcome>;
     /// Makes everything acknowledged durable before the engine exits.
     async fn shutdown(&self) -> anyhow::Result<()> {
         Ok(())

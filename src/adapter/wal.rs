@@ -26,7 +26,12 @@ use tokio::sync::oneshot;
 #[serde(tag = "op")]
 pub enum RecordRef<'a> {
     #[serde(rename = "set")]
-    Set { s: &'a str, g: &'a str, i: &'a str, d: &'a Value },
+    Set {
+        s: &'a str,
+        g: &'a str,
+        i: &'a str,
+        d: &'a Value,
+    },
     #[serde(rename = "del")]
     Del { s: &'a str, g: &'a str, i: &'a str },
 }
@@ -36,7 +41,12 @@ pub enum RecordRef<'a> {
 #[serde(tag = "op")]
 pub enum Record {
     #[serde(rename = "set")]
-    Set { s: String, g: String, i: String, d: Value },
+    Set {
+        s: String,
+        g: String,
+        i: String,
+        d: Value,
+    },
     #[serde(rename = "del")]
     Del { s: String, g: String, i: String },
 }
@@ -122,14 +132,25 @@ pub struct Opened {
 impl Opened {
     /// Starts the flusher thread; `snapshot` serializes the store for compaction.
     pub fn start(self, snapshot: Arc<SnapshotFn>) -> Wal {
-        let shared = Arc::new(Shared { pending: Mutex::new(Pending::default()), wake: Condvar::new() });
-        let Opened { dir, file, lock, recovery } = self;
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(Pending::default()),
+            wake: Condvar::new(),
+        });
+        let Opened {
+            dir,
+            file,
+            lock,
+            recovery,
+        } = self;
         let for_thread = shared.clone();
         let handle = std::thread::Builder::new()
             .name("wal-flusher".into())
             .spawn(move || flusher(for_thread, dir, file, lock, recovery.bytes, snapshot))
             .expect("spawn the log flusher");
-        Wal { shared, flusher: Mutex::new(Some(handle)) }
+        Wal {
+            shared,
+            flusher: Mutex::new(Some(handle)),
+        }
     }
 }
 
@@ -150,10 +171,15 @@ const COMPACT_MIN_BYTES: u64 = 64 << 10;
 impl Wal {
     /// Opens (or creates) the log in `dir`, replaying every intact record into `apply`.
     pub fn open(dir: &Path, mut apply: impl FnMut(Record)) -> anyhow::Result<Opened> {
-        std::fs::create_dir_all(dir).with_context(|| format!("cannot create the store directory {}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create the store directory {}", dir.display()))?;
         let path = dir.join("streams.wal");
         let started = Instant::now();
-        let mut file = OpenOptions::new().read(true).append(true).create(true).open(&path)
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .open(&path)
             .with_context(|| format!("cannot open {}", path.display()))?;
         let lock = File::open(dir).with_context(|| format!("cannot open {}", dir.display()))?;
         // A lock can outlive its engine by a moment: a process being spawned holds a copy of
@@ -161,22 +187,30 @@ impl Wal {
         let locked_since = Instant::now();
         while lock.try_lock().is_err() {
             if locked_since.elapsed() > LOCK_PATIENCE {
-                bail!("{} is in use by another streamhost process; stop it or choose another file_path", dir.display());
+                bail!(
+                    "{} is in use by another streamhost process; stop it or choose another file_path",
+                    dir.display()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         let mut data = Vec::new();
-        file.read_to_end(&mut data).with_context(|| format!("cannot read {}", path.display()))?;
+        file.read_to_end(&mut data)
+            .with_context(|| format!("cannot read {}", path.display()))?;
         let mut off = 0usize;
         let mut records = 0u64;
         while off + 8 <= data.len() {
             let len = u32::from_le_bytes(data[off..off + 4].try_into().unwrap()) as usize;
             let crc = u32::from_le_bytes(data[off + 4..off + 8].try_into().unwrap());
-            let Some(payload) = data.get(off + 8..off + 8 + len) else { break };
+            let Some(payload) = data.get(off + 8..off + 8 + len) else {
+                break;
+            };
             if crc32fast::hash(payload) != crc {
                 break;
             }
-            let Ok(record) = serde_json::from_slice::<Record>(payload) else { break };
+            let Ok(record) = serde_json::from_slice::<Record>(payload) else {
+                break;
+            };
             apply(record);
             records += 1;
             off += 8 + len;
@@ -187,8 +221,18 @@ impl Wal {
             file.set_len(off as u64)?;
             file.sync_all()?;
         }
-        let recovery = Recovery { records, bytes: off as u64, truncated_bytes: truncated, elapsed: started.elapsed() };
-        Ok(Opened { dir: dir.to_path_buf(), file, lock, recovery })
+        let recovery = Recovery {
+            records,
+            bytes: off as u64,
+            truncated_bytes: truncated,
+            elapsed: started.elapsed(),
+        };
+        Ok(Opened {
+            dir: dir.to_path_buf(),
+            file,
+            lock,
+            recovery,
+        })
     }
 
     /// Appends a record; call it while holding the store's lock, then wait on the ticket
@@ -215,7 +259,13 @@ impl Wal {
 
     /// Why the log can no longer be written, if it cannot.
     pub fn failure(&self) -> Option<String> {
-        self.shared.pending.lock().unwrap().failed.as_ref().map(|f| f.to_string())
+        self.shared
+            .pending
+            .lock()
+            .unwrap()
+            .failed
+            .as_ref()
+            .map(|f| f.to_string())
     }
 
     /// Waits until the ticket's record is on disk.
@@ -243,7 +293,14 @@ impl Drop for Wal {
     }
 }
 
-fn flusher(shared: Arc<Shared>, dir: PathBuf, mut file: File, lock: File, mut log_bytes: u64, snapshot: Arc<SnapshotFn>) {
+fn flusher(
+    shared: Arc<Shared>,
+    dir: PathBuf,
+    mut file: File,
+    lock: File,
+    mut log_bytes: u64,
+    snapshot: Arc<SnapshotFn>,
+) {
     let _lock = lock;
     let mut compacted_bytes = 0u64;
     let mut compaction: Option<Compaction> = None;
@@ -269,7 +326,10 @@ fn flusher(shared: Arc<Shared>, dir: PathBuf, mut file: File, lock: File, mut lo
                 let deadline = std::time::Instant::now() + COMMIT_DELAY;
                 p.fill_target = target;
                 while p.waiters.len() < target && !p.shutdown {
-                    let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) else { break };
+                    let Some(left) = deadline.checked_duration_since(std::time::Instant::now())
+                    else {
+                        break;
+                    };
                     p = shared.wake.wait_timeout(p, left).unwrap().0;
                 }
                 p.fill_target = 0;
@@ -294,7 +354,11 @@ fn flusher(shared: Arc<Shared>, dir: PathBuf, mut file: File, lock: File, mut lo
         let failed = if snapshot_done && let Some(running) = compaction.take() {
             match running.finish(&dir, &file, log_bytes) {
                 Ok((new_file, bytes)) => {
-                    tracing::info!(before = log_bytes, after = bytes, "rewrote the store's log from a snapshot");
+                    tracing::info!(
+                        before = log_bytes,
+                        after = bytes,
+                        "rewrote the store's log from a snapshot"
+                    );
                     file = new_file;
                     log_bytes = bytes;
                     compacted_bytes = bytes;
@@ -302,7 +366,10 @@ fn flusher(shared: Arc<Shared>, dir: PathBuf, mut file: File, lock: File, mut lo
                 }
                 Err(e) => Some(e),
             }
-        } else if compaction.is_none() && log_bytes > COMPACT_MIN_BYTES && log_bytes > 2 * compacted_bytes {
+        } else if compaction.is_none()
+            && log_bytes > COMPACT_MIN_BYTES
+            && log_bytes > 2 * compacted_bytes
+        {
             match Compaction::start(shared.clone(), &dir, log_bytes, snapshot.clone()) {
                 Ok(started) => {
                     compaction = Some(started);
@@ -356,7 +423,12 @@ impl Write for Abortable {
 }
 
 impl Compaction {
-    fn start(shared: Arc<Shared>, dir: &Path, from: u64, snapshot: Arc<SnapshotFn>) -> anyhow::Result<Compaction> {
+    fn start(
+        shared: Arc<Shared>,
+        dir: &Path,
+        from: u64,
+        snapshot: Arc<SnapshotFn>,
+    ) -> anyhow::Result<Compaction> {
         let abort = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let tmp = dir.join("streams.wal.tmp");
         let (path, stop) = (tmp.clone(), abort.clone());
@@ -364,10 +436,18 @@ impl Compaction {
             .name("wal-compactor".into())
             .spawn(move || {
                 let written = (|| -> anyhow::Result<()> {
-                    let file = File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
-                    let mut out = Abortable { out: std::io::BufWriter::with_capacity(1 << 20, file), abort: stop };
-                    snapshot(&mut out).with_context(|| format!("cannot write {}", path.display()))?;
-                    out.out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+                    let file = File::create(&path)
+                        .with_context(|| format!("cannot create {}", path.display()))?;
+                    let mut out = Abortable {
+                        out: std::io::BufWriter::with_capacity(1 << 20, file),
+                        abort: stop,
+                    };
+                    snapshot(&mut out)
+                        .with_context(|| format!("cannot write {}", path.display()))?;
+                    out.out
+                        .into_inner()
+                        .map_err(|e| e.into_error())?
+                        .sync_all()?;
                     Ok(())
                 })();
                 shared.pending.lock().unwrap().compaction_done = true;
@@ -375,17 +455,28 @@ impl Compaction {
                 written
             })
             .context("cannot start the compaction thread")?;
-        Ok(Compaction { from, tmp, abort, thread: Some(thread) })
+        Ok(Compaction {
+            from,
+            tmp,
+            abort,
+            thread: Some(thread),
+        })
     }
 
     /// Appends the old log's tail to the snapshot and puts it in place of the old log.
     fn finish(mut self, dir: &Path, old: &File, log_bytes: u64) -> anyhow::Result<(File, u64)> {
         let thread = self.thread.take().expect("a rewrite is finished once");
-        thread.join().unwrap_or_else(|_| Err(anyhow::anyhow!("the compaction thread panicked")))?;
+        thread
+            .join()
+            .unwrap_or_else(|_| Err(anyhow::anyhow!("the compaction thread panicked")))?;
         let path = dir.join("streams.wal");
-        let mut out = OpenOptions::new().append(true).open(&self.tmp).with_context(|| format!("cannot reopen {}", self.tmp.display()))?;
+        let mut out = OpenOptions::new()
+            .append(true)
+            .open(&self.tmp)
+            .with_context(|| format!("cannot reopen {}", self.tmp.display()))?;
         let mut tail = vec![0u8; (log_bytes - self.from) as usize];
-        std::os::unix::fs::FileExt::read_exact_at(old, &mut tail, self.from).context("cannot read the log's tail")?;
+        std::os::unix::fs::FileExt::read_exact_at(old, &mut tail, self.from)
+            .context("cannot read the log's tail")?;
         out.write_all(&tail)?;
         out.sync_all()?;
         std::fs::rename(&self.tmp, &path)?;
@@ -446,7 +537,15 @@ mod tests {
             go_rx.lock().unwrap().recv().unwrap();
             let mut buf = Vec::new();
             for (i, d) in &taken {
-                encode(&RecordRef::Set { s: "s", g: "g", i, d }, &mut buf);
+                encode(
+                    &RecordRef::Set {
+                        s: "s",
+                        g: "g",
+                        i,
+                        d,
+                    },
+                    &mut buf,
+                );
             }
             out.write_all(&buf)
         });
@@ -463,29 +562,77 @@ mod tests {
         // Overwrites of a few items, until the log is big enough to be rewritten.
         for n in 0..200 {
             let i = format!("old{}", n % 5);
-            wal.wait(write(RecordRef::Set { s: "s", g: "g", i: &i, d: &pad })).await.unwrap();
+            wal.wait(write(RecordRef::Set {
+                s: "s",
+                g: "g",
+                i: &i,
+                d: &pad,
+            }))
+            .await
+            .unwrap();
         }
-        started.recv_timeout(Duration::from_secs(10)).expect("a rewrite starts");
+        started
+            .recv_timeout(Duration::from_secs(10))
+            .expect("a rewrite starts");
         // While the snapshot is being taken: new items, an overwrite and a delete.
         for n in 0..20 {
-            wal.wait(write(RecordRef::Set { s: "s", g: "g", i: &format!("new{n}"), d: &json!(n) })).await.unwrap();
+            wal.wait(write(RecordRef::Set {
+                s: "s",
+                g: "g",
+                i: &format!("new{n}"),
+                d: &json!(n),
+            }))
+            .await
+            .unwrap();
         }
-        wal.wait(write(RecordRef::Set { s: "s", g: "g", i: "old1", d: &json!("changed") })).await.unwrap();
-        wal.wait(write(RecordRef::Del { s: "s", g: "g", i: "old2" })).await.unwrap();
-        let before = std::fs::metadata(dir.path().join("streams.wal")).unwrap().len();
+        wal.wait(write(RecordRef::Set {
+            s: "s",
+            g: "g",
+            i: "old1",
+            d: &json!("changed"),
+        }))
+        .await
+        .unwrap();
+        wal.wait(write(RecordRef::Del {
+            s: "s",
+            g: "g",
+            i: "old2",
+        }))
+        .await
+        .unwrap();
+        let before = std::fs::metadata(dir.path().join("streams.wal"))
+            .unwrap()
+            .len();
         go.send(()).unwrap();
         let deadline = Instant::now() + Duration::from_secs(10);
-        while std::fs::metadata(dir.path().join("streams.wal")).unwrap().len() >= before {
+        while std::fs::metadata(dir.path().join("streams.wal"))
+            .unwrap()
+            .len()
+            >= before
+        {
             assert!(Instant::now() < deadline, "the log was not rewritten");
             std::thread::sleep(Duration::from_millis(10));
         }
-        wal.wait(write(RecordRef::Set { s: "s", g: "g", i: "after", d: &json!(1) })).await.unwrap();
+        wal.wait(write(RecordRef::Set {
+            s: "s",
+            g: "g",
+            i: "after",
+            d: &json!(1),
+        }))
+        .await
+        .unwrap();
         wal.shutdown();
         drop(wal);
         let recovered = replay(dir.path());
         let expected = items.lock().unwrap().clone();
-        assert_eq!(recovered.keys().collect::<Vec<_>>(), expected.keys().collect::<Vec<_>>());
-        assert!(recovered == expected, "the recovered values differ from those written");
+        assert_eq!(
+            recovered.keys().collect::<Vec<_>>(),
+            expected.keys().collect::<Vec<_>>()
+        );
+        assert!(
+            recovered == expected,
+            "the recovered values differ from those written"
+        );
         assert_eq!(recovered.get("old1"), Some(&json!("changed")));
         assert!(!recovered.contains_key("old2") && recovered.contains_key("new19"));
     }

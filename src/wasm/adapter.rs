@@ -9,7 +9,9 @@
 //! `adapter_error`.
 
 use super::bindings::exports::streamhost::adapter::stream_adapter;
-use super::bindings::streamhost::adapter::types::{AdapterError, EventKind as WitKind, StreamEvent as WitEvent, UpdateOutcome as WitOutcome};
+use super::bindings::streamhost::adapter::types::{
+    AdapterError, EventKind as WitKind, StreamEvent as WitEvent, UpdateOutcome as WitOutcome,
+};
 use super::fanout_bindings::exports::streamhost::adapter::fanout;
 use super::host::{EPOCH_TICK, Prepared, WasmHost};
 use super::imports::{HostState, MemoryLimiter, Scope};
@@ -44,7 +46,13 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { memory_bytes: 32 << 20, timeout: Duration::from_millis(500), fuel: None, max_payload_bytes: 1 << 20, env: Vec::new() }
+        Limits {
+            memory_bytes: 32 << 20,
+            timeout: Duration::from_millis(500),
+            fuel: None,
+            max_payload_bytes: 1 << 20,
+            env: Vec::new(),
+        }
     }
 }
 
@@ -73,7 +81,14 @@ fn fail(code: &str, message: String) -> anyhow::Error {
 
 impl WasmAdapter {
     /// Prepares an adapter for `stream`; its first call starts an instance and runs `init`.
-    pub async fn new(host: Arc<WasmHost>, stream: &str, wasm: &[u8], config: Value, limits: Limits, storage: Arc<dyn StreamAdapter>) -> anyhow::Result<Arc<WasmAdapter>> {
+    pub async fn new(
+        host: Arc<WasmHost>,
+        stream: &str,
+        wasm: &[u8],
+        config: Value,
+        limits: Limits,
+        storage: Arc<dyn StreamAdapter>,
+    ) -> anyhow::Result<Arc<WasmAdapter>> {
         let prepared = host.prepare(wasm)?;
         let adapter = Arc::new(WasmAdapter {
             stream: stream.to_owned(),
@@ -115,8 +130,15 @@ impl WasmAdapter {
         let state = HostState {
             wasi: wasi.build(),
             table: ResourceTable::new(),
-            limiter: MemoryLimiter { max_bytes: self.limits.memory_bytes, exceeded: false },
-            scope: Arc::new(Scope { stream: self.stream.clone(), storage: self.storage.clone(), max_payload_bytes: self.limits.max_payload_bytes }),
+            limiter: MemoryLimiter {
+                max_bytes: self.limits.memory_bytes,
+                exceeded: false,
+            },
+            scope: Arc::new(Scope {
+                stream: self.stream.clone(),
+                storage: self.storage.clone(),
+                max_payload_bytes: self.limits.max_payload_bytes,
+            }),
         };
         let mut store = Store::new(&self.host.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -135,55 +157,130 @@ impl WasmAdapter {
         self.instances_started.fetch_add(1, Ordering::Relaxed);
         let mut store = self.new_store();
         self.arm(&mut store);
-        let instance = self.prepared.pre.instantiate_async(&mut store).await.map_err(|e| self.classify(&store, e, "instantiating"))?;
-        let guest = stream_adapter::GuestIndices::new(&self.prepared.pre).and_then(|i| i.load(&mut store, &instance)).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let instance = self
+            .prepared
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| self.classify(&store, e, "instantiating"))?;
+        let guest = stream_adapter::GuestIndices::new(&self.prepared.pre)
+            .and_then(|i| i.load(&mut store, &instance))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
         let fanout = match self.prepared.fanout {
-            true => Some(fanout::GuestIndices::new(&self.prepared.pre).and_then(|i| i.load(&mut store, &instance)).map_err(|e| anyhow::anyhow!("{e}"))?),
+            true => Some(
+                fanout::GuestIndices::new(&self.prepared.pre)
+                    .and_then(|i| i.load(&mut store, &instance))
+                    .map_err(|e| anyhow::anyhow!("{e}"))?,
+            ),
             false => None,
         };
-        let mut live = Live { store, guest, fanout };
+        let mut live = Live {
+            store,
+            guest,
+            fanout,
+        };
         self.arm(&mut live.store);
-        let init = live.guest.call_init(&mut live.store, &self.config).await.map_err(|e| self.classify(&live.store, e, "init"))?;
+        let init = live
+            .guest
+            .call_init(&mut live.store, &self.config)
+            .await
+            .map_err(|e| self.classify(&live.store, e, "init"))?;
         init.map_err(|e| self.guest_error(e, "init"))?;
         Ok(live)
     }
 
     /// Names the limit a failed call hit.
-    fn classify(&self, store: &Store<HostState>, err: wasmtime::Error, what: &str) -> anyhow::Error {
+    fn classify(
+        &self,
+        store: &Store<HostState>,
+        err: wasmtime::Error,
+        what: &str,
+    ) -> anyhow::Error {
         let stream = &self.stream;
         if store.data().limiter.exceeded {
-            return fail("adapter_memory_limit", format!("adapter of stream {stream:?} went over its memory limit of {} bytes in {what}", self.limits.memory_bytes));
+            return fail(
+                "adapter_memory_limit",
+                format!(
+                    "adapter of stream {stream:?} went over its memory limit of {} bytes in {what}",
+                    self.limits.memory_bytes
+                ),
+            );
         }
         match err.downcast_ref::<Trap>() {
-            Some(Trap::Interrupt) => fail("adapter_timeout", format!("adapter of stream {stream:?} ran past its deadline of {} ms in {what}", self.limits.timeout.as_millis())),
-            Some(Trap::OutOfFuel) => fail("adapter_fuel_exhausted", format!("adapter of stream {stream:?} used up its fuel ({}) in {what}", self.limits.fuel.unwrap_or(0))),
-            Some(trap) => fail("adapter_trap", format!("adapter of stream {stream:?} trapped in {what}: {trap}")),
-            None => fail("adapter_trap", format!("adapter of stream {stream:?} failed in {what}: {err:#}")),
+            Some(Trap::Interrupt) => fail(
+                "adapter_timeout",
+                format!(
+                    "adapter of stream {stream:?} ran past its deadline of {} ms in {what}",
+                    self.limits.timeout.as_millis()
+                ),
+            ),
+            Some(Trap::OutOfFuel) => fail(
+                "adapter_fuel_exhausted",
+                format!(
+                    "adapter of stream {stream:?} used up its fuel ({}) in {what}",
+                    self.limits.fuel.unwrap_or(0)
+                ),
+            ),
+            Some(trap) => fail(
+                "adapter_trap",
+                format!("adapter of stream {stream:?} trapped in {what}: {trap}"),
+            ),
+            None => fail(
+                "adapter_trap",
+                format!("adapter of stream {stream:?} failed in {what}: {err:#}"),
+            ),
         }
     }
 
     fn guest_error(&self, err: AdapterError, what: &str) -> anyhow::Error {
         match err {
             AdapterError::Invalid(m) => fail("adapter_invalid", m),
-            AdapterError::Unsupported => fail("adapter_unsupported", format!("adapter of stream {:?} does not support {what}", self.stream)),
-            AdapterError::Internal(m) => fail("adapter_error", format!("adapter of stream {:?} failed in {what}: {m}", self.stream)),
+            AdapterError::Unsupported => fail(
+                "adapter_unsupported",
+                format!(
+                    "adapter of stream {:?} does not support {what}",
+                    self.stream
+                ),
+            ),
+            AdapterError::Internal(m) => fail(
+                "adapter_error",
+                format!("adapter of stream {:?} failed in {what}: {m}", self.stream),
+            ),
         }
     }
 
     fn check_size(&self, len: usize, what: &str) -> anyhow::Result<()> {
         if len > self.limits.max_payload_bytes {
-            return Err(fail("adapter_payload_too_large", format!("{what} of {len} bytes is over the {}-byte limit (max_payload_bytes) of the adapter of stream {:?}", self.limits.max_payload_bytes, self.stream)));
+            return Err(fail(
+                "adapter_payload_too_large",
+                format!(
+                    "{what} of {len} bytes is over the {}-byte limit (max_payload_bytes) of the adapter of stream {:?}",
+                    self.limits.max_payload_bytes, self.stream
+                ),
+            ));
         }
         Ok(())
     }
 
     fn parse(&self, json: &str, what: &str) -> anyhow::Result<Value> {
         self.check_size(json.len(), what)?;
-        serde_json::from_str(json).map_err(|e| fail("adapter_error", format!("adapter of stream {:?} returned {what} that is not JSON: {e}", self.stream)))
+        serde_json::from_str(json).map_err(|e| {
+            fail(
+                "adapter_error",
+                format!(
+                    "adapter of stream {:?} returned {what} that is not JSON: {e}",
+                    self.stream
+                ),
+            )
+        })
     }
 
     /// Runs one call on the live instance (starting one if needed); any trap discards it.
-    async fn call<R>(&self, what: &str, f: impl AsyncFnOnce(&mut Live) -> wasmtime::Result<R>) -> anyhow::Result<R> {
+    async fn call<R>(
+        &self,
+        what: &str,
+        f: impl AsyncFnOnce(&mut Live) -> wasmtime::Result<R>,
+    ) -> anyhow::Result<R> {
         let mut slot = self.live.lock().await;
         if slot.is_none() {
             *slot = Some(self.instantiate().await?);
@@ -202,7 +299,14 @@ impl WasmAdapter {
             }
             Err(_) => {
                 *slot = None;
-                Err(fail("adapter_timeout", format!("adapter of stream {:?} ran past its deadline of {} ms in {what}", self.stream, self.limits.timeout.as_millis())))
+                Err(fail(
+                    "adapter_timeout",
+                    format!(
+                        "adapter of stream {:?} ran past its deadline of {} ms in {what}",
+                        self.stream,
+                        self.limits.timeout.as_millis()
+                    ),
+                ))
             }
         }
     }
@@ -213,7 +317,15 @@ impl WasmAdapter {
             return None;
         }
         let wit = to_wit(event)?;
-        let result = self.call("on-event", async |live| live.fanout.as_ref().unwrap().call_on_event(&mut live.store, &wit).await).await;
+        let result = self
+            .call("on-event", async |live| {
+                live.fanout
+                    .as_ref()
+                    .unwrap()
+                    .call_on_event(&mut live.store, &wit)
+                    .await
+            })
+            .await;
         Some(result.and_then(|events| events.into_iter().map(|e| self.event_from_wit(e)).collect()))
     }
 
@@ -223,9 +335,17 @@ impl WasmAdapter {
             WitKind::Create => EventKind::Create(data),
             WitKind::Update => EventKind::Update(data),
             WitKind::Delete => EventKind::Delete(data),
-            WitKind::Custom => EventKind::Custom { name: e.name.unwrap_or_default(), data },
+            WitKind::Custom => EventKind::Custom {
+                name: e.name.unwrap_or_default(),
+                data,
+            },
         };
-        Ok(StreamEvent::new(&e.stream_name, &e.group_id, e.id.as_deref(), kind))
+        Ok(StreamEvent::new(
+            &e.stream_name,
+            &e.group_id,
+            e.id.as_deref(),
+            kind,
+        ))
     }
 }
 
@@ -237,7 +357,14 @@ fn to_wit(event: &StreamEvent) -> Option<WitEvent> {
         EventKind::Custom { name, data } => (WitKind::Custom, Some(name.clone()), data),
         EventKind::Sync(_) | EventKind::Unauthorized => return None,
     };
-    Some(WitEvent { stream_name: event.stream_name.clone(), group_id: event.group_id.clone(), id: event.id.clone(), kind, name, data: data.to_string() })
+    Some(WitEvent {
+        stream_name: event.stream_name.clone(),
+        group_id: event.group_id.clone(),
+        id: event.id.clone(),
+        kind,
+        name,
+        data: data.to_string(),
+    })
 }
 
 #[async_trait]
@@ -247,7 +374,11 @@ impl StreamAdapter for WasmAdapter {
     }
 
     async fn get(&self, s: &str, g: &str, i: &str) -> anyhow::Result<Option<Value>> {
-        let r = self.call("get", async |l| l.guest.call_get(&mut l.store, s, g, i).await).await?;
+        let r = self
+            .call("get", async |l| {
+                l.guest.call_get(&mut l.store, s, g, i).await
+            })
+            .await?;
         match r.map_err(|e| self.guest_error(e, "get"))? {
             Some(json) => Ok(Some(self.parse(&json, "a value")?)),
             None => Ok(None),
@@ -257,7 +388,11 @@ impl StreamAdapter for WasmAdapter {
     async fn set(&self, s: &str, g: &str, i: &str, data: Value) -> anyhow::Result<Option<Value>> {
         let json = data.to_string();
         self.check_size(json.len(), "the item")?;
-        let r = self.call("set", async |l| l.guest.call_set(&mut l.store, s, g, i, &json).await).await?;
+        let r = self
+            .call("set", async |l| {
+                l.guest.call_set(&mut l.store, s, g, i, &json).await
+            })
+            .await?;
         match r.map_err(|e| self.guest_error(e, "set"))? {
             Some(old) => Ok(Some(self.parse(&old, "the old value")?)),
             None => Ok(None),
@@ -265,7 +400,11 @@ impl StreamAdapter for WasmAdapter {
     }
 
     async fn delete(&self, s: &str, g: &str, i: &str) -> anyhow::Result<Option<Value>> {
-        let r = self.call("delete", async |l| l.guest.call_delete(&mut l.store, s, g, i).await).await?;
+        let r = self
+            .call("delete", async |l| {
+                l.guest.call_delete(&mut l.store, s, g, i).await
+            })
+            .await?;
         match r.map_err(|e| self.guest_error(e, "delete"))? {
             Some(old) => Ok(Some(self.parse(&old, "the old value")?)),
             None => Ok(None),
@@ -273,14 +412,22 @@ impl StreamAdapter for WasmAdapter {
     }
 
     async fn list(&self, s: &str, g: &str) -> anyhow::Result<Vec<Value>> {
-        let r = self.call("list-items", async |l| l.guest.call_list_items(&mut l.store, s, g).await).await?;
+        let r = self
+            .call("list-items", async |l| {
+                l.guest.call_list_items(&mut l.store, s, g).await
+            })
+            .await?;
         let items = r.map_err(|e| self.guest_error(e, "list-items"))?;
         self.check_size(items.iter().map(String::len).sum(), "the list")?;
         items.iter().map(|j| self.parse(j, "an item")).collect()
     }
 
     async fn list_groups(&self, s: &str) -> anyhow::Result<Vec<String>> {
-        let r = self.call("list-groups", async |l| l.guest.call_list_groups(&mut l.store, s).await).await?;
+        let r = self
+            .call("list-groups", async |l| {
+                l.guest.call_list_groups(&mut l.store, s).await
+            })
+            .await?;
         r.map_err(|e| self.guest_error(e, "list-groups"))
     }
 
@@ -289,16 +436,35 @@ impl StreamAdapter for WasmAdapter {
     }
 
     async fn list_all(&self) -> anyhow::Result<Vec<(String, Vec<String>)>> {
-        Ok(vec![(self.stream.clone(), self.list_groups(&self.stream).await?)])
+        Ok(vec![(
+            self.stream.clone(),
+            self.list_groups(&self.stream).await?,
+        )])
     }
 
-    async fn update(&self, s: &str, g: &str, i: &str, ops: &[ParsedOp]) -> anyhow::Result<UpdateOutcome> {
+    async fn update(
+        &self,
+        s: &str,
+        g: &str,
+        i: &str,
+        ops: &[ParsedOp],
+    ) -> anyhow::Result<UpdateOutcome> {
         let raw: Vec<Value> = ops.iter().map(ParsedOp::raw).collect();
         let ops_json = Value::Array(raw).to_string();
-        let r = self.call("update", async |l| l.guest.call_update(&mut l.store, s, g, i, &ops_json).await).await?;
+        let r = self
+            .call("update", async |l| {
+                l.guest.call_update(&mut l.store, s, g, i, &ops_json).await
+            })
+            .await?;
         match r {
-            Ok(WitOutcome { old_value, new_value, errors }) => Ok(UpdateOutcome {
-                old_value: old_value.map(|o| self.parse(&o, "the old value")).transpose()?,
+            Ok(WitOutcome {
+                old_value,
+                new_value,
+                errors,
+            }) => Ok(UpdateOutcome {
+                old_value: old_value
+                    .map(|o| self.parse(&o, "the old value"))
+                    .transpose()?,
                 new_value: self.parse(&new_value, "the new value")?,
                 errors: serde_json::from_str(&errors).unwrap_or_default(),
             }),
@@ -308,7 +474,11 @@ impl StreamAdapter for WasmAdapter {
                 let current = self.get(s, g, i).await?;
                 let (new_value, errors) = update_ops::apply(current.as_ref(), ops);
                 self.set(s, g, i, new_value.clone()).await?;
-                Ok(UpdateOutcome { old_value: current, new_value, errors })
+                Ok(UpdateOutcome {
+                    old_value: current,
+                    new_value,
+                    errors,
+                })
             }
             Err(e) => Err(self.guest_error(e, "update")),
         }

@@ -55,17 +55,28 @@ impl Cache {
             // SAFETY: the file was written by `store` below from our own compilation, under a
             // name that binds it to these exact bytes and this engine's settings.
             match unsafe { Component::deserialize_file(engine, path) } {
-                Ok(component) => return Ok(Loaded { component, from_cache: true }),
-                Err(e) => tracing::warn!(path = %path.display(), error = %e, "discarding an unreadable cache entry"),
+                Ok(component) => {
+                    return Ok(Loaded {
+                        component,
+                        from_cache: true,
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "discarding an unreadable cache entry")
+                }
             }
         }
-        let component = Component::new(engine, wasm).map_err(|e| anyhow::anyhow!("not a valid WebAssembly component: {e:#}"))?;
+        let component = Component::new(engine, wasm)
+            .map_err(|e| anyhow::anyhow!("not a valid WebAssembly component: {e:#}"))?;
         if let Some(path) = entry
             && let Err(e) = store(&component, &path)
         {
             tracing::warn!(path = %path.display(), error = %format!("{e:#}"), "cannot cache a compiled component");
         }
-        Ok(Loaded { component, from_cache: false })
+        Ok(Loaded {
+            component,
+            from_cache: false,
+        })
     }
 }
 

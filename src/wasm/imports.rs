@@ -30,17 +30,30 @@ pub struct MemoryLimiter {
 }
 
 impl ResourceLimiter for MemoryLimiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         if desired > self.max_bytes {
             self.exceeded = true;
             // Trap rather than fail the growth: a guest's allocator would abort anyway, and a
             // trap lets the host say which limit was hit.
-            return Err(wasmtime::Error::msg(format!("memory limit of {} bytes exceeded", self.max_bytes)));
+            return Err(wasmtime::Error::msg(format!(
+                "memory limit of {} bytes exceeded",
+                self.max_bytes
+            )));
         }
         Ok(true)
     }
 
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
         Ok(desired <= 100_000)
     }
 }
@@ -54,7 +67,10 @@ pub struct HostState {
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -64,13 +80,20 @@ impl HostState {
         if stream == self.scope.stream {
             Ok(())
         } else {
-            Err(AdapterError::Invalid(format!("adapter of stream {:?} may not use stream {stream:?}", self.scope.stream)))
+            Err(AdapterError::Invalid(format!(
+                "adapter of stream {:?} may not use stream {stream:?}",
+                self.scope.stream
+            )))
         }
     }
 
     fn parse(&self, data: &str) -> Result<Value, AdapterError> {
         if data.len() > self.scope.max_payload_bytes {
-            return Err(AdapterError::Invalid(format!("{} bytes is over the {}-byte payload limit", data.len(), self.scope.max_payload_bytes)));
+            return Err(AdapterError::Invalid(format!(
+                "{} bytes is over the {}-byte payload limit",
+                data.len(),
+                self.scope.max_payload_bytes
+            )));
         }
         serde_json::from_str(data).map_err(|e| AdapterError::Invalid(format!("not JSON: {e}")))
     }
@@ -115,42 +138,82 @@ impl store::Host for HostState {
         if let Err(e) = self.check_stream(&stream) {
             return Ok(Err(e));
         }
-        Ok(self.scope.storage.get(&stream, &group, &item).await.map(|v| v.map(text)).map_err(internal))
+        Ok(self
+            .scope
+            .storage
+            .get(&stream, &group, &item)
+            .await
+            .map(|v| v.map(text))
+            .map_err(internal))
     }
 
-    async fn set(&mut self, stream: String, group: String, item: String, data: String) -> Res<Option<String>> {
+    async fn set(
+        &mut self,
+        stream: String,
+        group: String,
+        item: String,
+        data: String,
+    ) -> Res<Option<String>> {
         let value = match self.check_stream(&stream).and_then(|_| self.parse(&data)) {
             Ok(v) => v,
             Err(e) => return Ok(Err(e)),
         };
-        Ok(self.scope.storage.set(&stream, &group, &item, value).await.map(|v| v.map(text)).map_err(internal))
+        Ok(self
+            .scope
+            .storage
+            .set(&stream, &group, &item, value)
+            .await
+            .map(|v| v.map(text))
+            .map_err(internal))
     }
 
     async fn delete(&mut self, stream: String, group: String, item: String) -> Res<Option<String>> {
         if let Err(e) = self.check_stream(&stream) {
             return Ok(Err(e));
         }
-        Ok(self.scope.storage.delete(&stream, &group, &item).await.map(|v| v.map(text)).map_err(internal))
+        Ok(self
+            .scope
+            .storage
+            .delete(&stream, &group, &item)
+            .await
+            .map(|v| v.map(text))
+            .map_err(internal))
     }
 
     async fn list_items(&mut self, stream: String, group: String) -> Res<Vec<String>> {
         if let Err(e) = self.check_stream(&stream) {
             return Ok(Err(e));
         }
-        Ok(self.scope.storage.list(&stream, &group).await.map(|v| v.into_iter().map(text).collect()).map_err(internal))
+        Ok(self
+            .scope
+            .storage
+            .list(&stream, &group)
+            .await
+            .map(|v| v.into_iter().map(text).collect())
+            .map_err(internal))
     }
 
     async fn list_ids(&mut self, stream: String, group: String) -> Res<Vec<String>> {
         if let Err(e) = self.check_stream(&stream) {
             return Ok(Err(e));
         }
-        Ok(self.scope.storage.list_ids(&stream, &group).await.map_err(internal))
+        Ok(self
+            .scope
+            .storage
+            .list_ids(&stream, &group)
+            .await
+            .map_err(internal))
     }
 
     async fn list_groups(&mut self, stream: String) -> Res<Vec<String>> {
         if let Err(e) = self.check_stream(&stream) {
             return Ok(Err(e));
         }
-        Ok(self.scope.storage.list_groups(&stream).await.map_err(internal))
+        Ok(self
+            .scope
+            .storage
+            .list_groups(&stream)
+            .await
+            .map_err(internal))
     }
 }

@@ -13,12 +13,21 @@ pub fn build() -> PathBuf {
         None => root.join("adapters/target"),
     };
     let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .args(["build", "--release", "--target", "wasm32-wasip2", "--manifest-path"])
+        .args([
+            "build",
+            "--release",
+            "--target",
+            "wasm32-wasip2",
+            "--manifest-path",
+        ])
         .arg(root.join("adapters/Cargo.toml"))
         .arg("--target-dir")
         .arg(&target)
         .status()
         .expect("run cargo to build the adapters");
-    assert!(status.success(), "building adapters/ for wasm32-wasip2 failed (is the target installed? `rustup target add wasm32-wasip2`)");
+    assert!(
+        status.success(),
+        "building adapters/ for wasm32-wasip2 failed (is the target installed? `rustup target add wasm32-wasip2`)"
+    );
     target.join("wasm32-wasip2/release")
 }

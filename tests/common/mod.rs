@@ -75,12 +75,21 @@ impl EngineProcess {
             .spawn()
             .expect("spawn streamhost");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("read the listening line");
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .expect("read the listening line");
         let addr = |key: &str| -> SocketAddr {
-            let rest = line.split(key).nth(1).unwrap_or_else(|| panic!("no {key} in {line:?}"));
+            let rest = line
+                .split(key)
+                .nth(1)
+                .unwrap_or_else(|| panic!("no {key} in {line:?}"));
             rest.split_whitespace().next().unwrap().parse().unwrap()
         };
-        EngineProcess { client_addr: addr("clients ws://"), worker_addr: addr("workers ws://"), child }
+        EngineProcess {
+            client_addr: addr("clients ws://"),
+            worker_addr: addr("workers ws://"),
+            child,
+        }
     }
 
     pub fn kill9(&mut self) {
@@ -96,7 +105,11 @@ impl EngineProcess {
 }
 
 fn unsafe_kill(pid: u32, signal: &str) {
-    Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status().unwrap();
+    Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
 }
 
 impl Drop for EngineProcess {
@@ -125,7 +138,9 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(addr: SocketAddr, path: &str) -> Client {
-        let (ws, _) = connect_async(format!("ws://{addr}{path}")).await.expect("client connects");
+        let (ws, _) = connect_async(format!("ws://{addr}{path}"))
+            .await
+            .expect("client connects");
         Client { ws }
     }
 
@@ -192,7 +207,9 @@ impl Drop for RawWorker {
 
 impl RawWorker {
     pub async fn connect(addr: SocketAddr) -> RawWorker {
-        let (ws, _) = connect_async(format!("ws://{addr}")).await.expect("worker connects");
+        let (ws, _) = connect_async(format!("ws://{addr}"))
+            .await
+            .expect("worker connects");
         let (mut sink, mut stream) = ws.split();
         let (out, mut out_rx) = mpsc::unbounded_channel::<Message>();
         let (frames_tx, frames) = mpsc::unbounded_channel();
@@ -226,7 +243,11 @@ impl RawWorker {
                     }
                     Some("invokefunction") => {
                         // Handlers may block (tests simulate slow workers): run them off the runtime.
-                        let handler = h.lock().unwrap().get(v["function_id"].as_str().unwrap()).cloned();
+                        let handler = h
+                            .lock()
+                            .unwrap()
+                            .get(v["function_id"].as_str().unwrap())
+                            .cloned();
                         let (o, call) = (o.clone(), v.clone());
                         tokio::task::spawn_blocking(move || {
                             let reply = match handler {
@@ -235,7 +256,9 @@ impl RawWorker {
                                     Ok(None) => json!({}),
                                     Err(e) => json!({"error": e}),
                                 },
-                                None => json!({"error": {"code": "function_not_found", "message": "no handler"}}),
+                                None => {
+                                    json!({"error": {"code": "function_not_found", "message": "no handler"}})
+                                }
                             };
                             if let Some(id) = call.get("invocation_id").filter(|i| !i.is_null()) {
                                 let mut reply = reply;
@@ -255,8 +278,19 @@ impl RawWorker {
             // The socket is gone: calls still waiting fail now rather than time out.
             p.lock().unwrap().clear();
         });
-        let worker_id = tokio::time::timeout(WAIT, registered_rx).await.expect("workerregistered in time").unwrap();
-        RawWorker { out, pending, handlers, worker_id, frames, next_id: Default::default(), tasks: vec![writer, reader] }
+        let worker_id = tokio::time::timeout(WAIT, registered_rx)
+            .await
+            .expect("workerregistered in time")
+            .unwrap();
+        RawWorker {
+            out,
+            pending,
+            handlers,
+            worker_id,
+            frames,
+            next_id: Default::default(),
+            tasks: vec![writer, reader],
+        }
     }
 
     pub fn send_raw(&self, msg: Message) {
@@ -269,17 +303,26 @@ impl RawWorker {
 
     /// Calls a function and returns the whole `invocationresult` frame.
     pub async fn call_raw(&self, function_id: &str, data: Value) -> Value {
-        self.try_call_raw(function_id, data).await.expect("the worker socket closed before the answer")
+        self.try_call_raw(function_id, data)
+            .await
+            .expect("the worker socket closed before the answer")
     }
 
     /// Like `call_raw`, but None when the socket closes first.
     pub async fn try_call_raw(&self, function_id: &str, data: Value) -> Option<Value> {
-        let id = format!("call-{}", self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+        let id = format!(
+            "call-{}",
+            self.next_id
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        );
         let (tx, rx) = oneshot::channel();
         self.pending.lock().unwrap().insert(id.clone(), tx);
         let _ = self.out.send(Message::text(json!({"type": "invokefunction", "invocation_id": id, "function_id": function_id, "data": data}).to_string()));
         // Only a guard against a hang: compiling a large component on a busy machine is slow.
-        tokio::time::timeout(Duration::from_secs(120), rx).await.expect("an answer in time").ok()
+        tokio::time::timeout(Duration::from_secs(120), rx)
+            .await
+            .expect("an answer in time")
+            .ok()
     }
 
     /// Calls a function: Ok(result or None) or Err(error object).
@@ -292,23 +335,41 @@ impl RawWorker {
     }
 
     pub async fn ok(&self, function_id: &str, data: Value) -> Value {
-        self.call(function_id, data).await.unwrap_or_else(|e| panic!("{function_id} failed: {e}")).unwrap_or(Value::Null)
+        self.call(function_id, data)
+            .await
+            .unwrap_or_else(|e| panic!("{function_id} failed: {e}"))
+            .unwrap_or(Value::Null)
     }
 
     /// Registers a function served by `handler`, and waits until the engine knows it.
-    pub async fn register(&self, id: &str, handler: impl Fn(Value) -> Result<Option<Value>, Value> + Send + Sync + 'static) {
-        self.handlers.lock().unwrap().insert(id.to_owned(), Arc::new(handler));
+    pub async fn register(
+        &self,
+        id: &str,
+        handler: impl Fn(Value) -> Result<Option<Value>, Value> + Send + Sync + 'static,
+    ) {
+        self.handlers
+            .lock()
+            .unwrap()
+            .insert(id.to_owned(), Arc::new(handler));
         self.send_json(json!({"type": "registerfunction", "id": id}));
         self.sync().await;
     }
 
-    pub async fn register_trigger(&self, id: &str, trigger_type: &str, function_id: &str, config: Value) {
+    pub async fn register_trigger(
+        &self,
+        id: &str,
+        trigger_type: &str,
+        function_id: &str,
+        config: Value,
+    ) {
         self.send_json(json!({"type": "registertrigger", "id": id, "trigger_type": trigger_type, "function_id": function_id, "config": config}));
         self.sync().await;
     }
 
     /// Frames from one worker are handled in order: a round trip means all before it are done.
     pub async fn sync(&self) {
-        let _ = self.call("stream::list_groups", json!({"stream_name": "__sync__"})).await;
+        let _ = self
+            .call("stream::list_groups", json!({"stream_name": "__sync__"}))
+            .await;
     }
 }

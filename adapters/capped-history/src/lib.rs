@@ -6,10 +6,10 @@ wit_bindgen::generate!({ path: "../../wit", world: "fanout-adapter" });
 
 use exports::streamhost::adapter::fanout::Guest as Fanout;
 use exports::streamhost::adapter::stream_adapter::Guest as StreamAdapter;
+use std::sync::Mutex;
 use streamhost::adapter::log::{Level, write as log};
 use streamhost::adapter::store;
 use streamhost::adapter::types::{AdapterError, EventKind, Json, StreamEvent, UpdateOutcome};
-use std::sync::Mutex;
 
 struct CappedHistory;
 
@@ -20,17 +20,26 @@ struct State {
     evicted: Vec<(String, String, String, Json)>,
 }
 
-static STATE: Mutex<State> = Mutex::new(State { max_items: 100, evicted: Vec::new() });
+static STATE: Mutex<State> = Mutex::new(State {
+    max_items: 100,
+    evicted: Vec::new(),
+});
 
 impl StreamAdapter for CappedHistory {
     fn init(config: Json) -> Result<(), AdapterError> {
-        let config: serde_json::Value = serde_json::from_str(&config).map_err(|e| AdapterError::Invalid(format!("config is not JSON: {e}")))?;
+        let config: serde_json::Value = serde_json::from_str(&config)
+            .map_err(|e| AdapterError::Invalid(format!("config is not JSON: {e}")))?;
         let max = match config.get("max_items") {
             None => 100,
-            Some(v) => v.as_u64().filter(|n| *n > 0).ok_or_else(|| AdapterError::Invalid("max_items must be a whole number above 0".into()))? as usize,
+            Some(v) => v.as_u64().filter(|n| *n > 0).ok_or_else(|| {
+                AdapterError::Invalid("max_items must be a whole number above 0".into())
+            })? as usize,
         };
         STATE.lock().unwrap().max_items = max;
-        log(Level::Info, &format!("capped-history keeps the newest {max} items per group"));
+        log(
+            Level::Info,
+            &format!("capped-history keeps the newest {max} items per group"),
+        );
         Ok(())
     }
 
@@ -38,14 +47,21 @@ impl StreamAdapter for CappedHistory {
         store::get(&stream, &group, &item)
     }
 
-    fn set(stream: String, group: String, item: String, data: Json) -> Result<Option<Json>, AdapterError> {
+    fn set(
+        stream: String,
+        group: String,
+        item: String,
+        data: Json,
+    ) -> Result<Option<Json>, AdapterError> {
         let old = store::set(&stream, &group, &item, &data)?;
         let mut state = STATE.lock().unwrap();
         let ids = store::list_ids(&stream, &group)?;
         let excess = ids.len().saturating_sub(state.max_items);
         for id in ids.into_iter().take(excess) {
             if let Some(value) = store::delete(&stream, &group, &id)? {
-                state.evicted.push((stream.clone(), group.clone(), id, value));
+                state
+                    .evicted
+                    .push((stream.clone(), group.clone(), id, value));
             }
         }
         Ok(old)
@@ -75,7 +91,14 @@ impl Fanout for CappedHistory {
         let mut state = STATE.lock().unwrap();
         let mut out = vec![event];
         for (stream_name, group_id, id, data) in state.evicted.drain(..) {
-            out.push(StreamEvent { stream_name, group_id, id: Some(id), kind: EventKind::Delete, name: None, data });
+            out.push(StreamEvent {
+                stream_name,
+                group_id,
+                id: Some(id),
+                kind: EventKind::Delete,
+                name: None,
+                data,
+            });
         }
         out
     }

@@ -19,7 +19,10 @@ struct Drafts;
 static WAS_VISIBLE: Mutex<Option<HashMap<(String, String, String), bool>>> = Mutex::new(None);
 
 fn is_draft(json: &str) -> bool {
-    serde_json::from_str::<Value>(json).ok().and_then(|v| v.get("draft").cloned()) == Some(Value::Bool(true))
+    serde_json::from_str::<Value>(json)
+        .ok()
+        .and_then(|v| v.get("draft").cloned())
+        == Some(Value::Bool(true))
 }
 
 impl StreamAdapter for Drafts {
@@ -31,10 +34,19 @@ impl StreamAdapter for Drafts {
         store::get(&stream, &group, &item)
     }
 
-    fn set(stream: String, group: String, item: String, data: Json) -> Result<Option<Json>, AdapterError> {
+    fn set(
+        stream: String,
+        group: String,
+        item: String,
+        data: Json,
+    ) -> Result<Option<Json>, AdapterError> {
         let old = store::set(&stream, &group, &item, &data)?;
         let visible = old.as_deref().is_some_and(|o| !is_draft(o));
-        WAS_VISIBLE.lock().unwrap().get_or_insert_default().insert((stream, group, item), visible);
+        WAS_VISIBLE
+            .lock()
+            .unwrap()
+            .get_or_insert_default()
+            .insert((stream, group, item), visible);
         Ok(old)
     }
 
@@ -43,7 +55,10 @@ impl StreamAdapter for Drafts {
     }
 
     fn list_items(stream: String, group: String) -> Result<Vec<Json>, AdapterError> {
-        Ok(store::list_items(&stream, &group)?.into_iter().filter(|v| !is_draft(v)).collect())
+        Ok(store::list_items(&stream, &group)?
+            .into_iter()
+            .filter(|v| !is_draft(v))
+            .collect())
     }
 
     fn list_groups(stream: String) -> Result<Vec<String>, AdapterError> {
@@ -57,8 +72,16 @@ impl StreamAdapter for Drafts {
 
 impl Fanout for Drafts {
     fn on_event(mut event: StreamEvent) -> Vec<StreamEvent> {
-        let key = (event.stream_name.clone(), event.group_id.clone(), event.id.clone().unwrap_or_default());
-        let was_visible = WAS_VISIBLE.lock().unwrap().get_or_insert_default().remove(&key);
+        let key = (
+            event.stream_name.clone(),
+            event.group_id.clone(),
+            event.id.clone().unwrap_or_default(),
+        );
+        let was_visible = WAS_VISIBLE
+            .lock()
+            .unwrap()
+            .get_or_insert_default()
+            .remove(&key);
         let draft = is_draft(&event.data);
         match event.kind {
             EventKind::Create | EventKind::Update if draft => {

@@ -47,7 +47,12 @@ impl StreamAdapter for Hostile {
         store::get(&stream, &group, &item)
     }
 
-    fn set(stream: String, group: String, item: String, data: Json) -> Result<Option<Json>, AdapterError> {
+    fn set(
+        stream: String,
+        group: String,
+        item: String,
+        data: Json,
+    ) -> Result<Option<Json>, AdapterError> {
         misbehave(&item);
         store::set(&stream, &group, &item, &data)
     }

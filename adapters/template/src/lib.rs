@@ -18,7 +18,10 @@ struct Template;
 impl StreamAdapter for Template {
     /// `config` is the JSON given when the stream was bound.
     fn init(config: Json) -> Result<(), AdapterError> {
-        log(Level::Debug, &format!("template adapter started with config {config}"));
+        log(
+            Level::Debug,
+            &format!("template adapter started with config {config}"),
+        );
         Ok(())
     }
 
@@ -28,7 +31,12 @@ impl StreamAdapter for Template {
 
     /// Return the value replaced, as the host's store does. Refuse input with
     /// `AdapterError::Invalid("what is wrong".into())`: the caller sees `adapter_invalid`.
-    fn set(stream: String, group: String, item: String, data: Json) -> Result<Option<Json>, AdapterError> {
+    fn set(
+        stream: String,
+        group: String,
+        item: String,
+        data: Json,
+    ) -> Result<Option<Json>, AdapterError> {
         store::set(&stream, &group, &item, &data)
     }
 

@@ -38,22 +38,33 @@ fn type_matches(expected: &str, value: &Value) -> bool {
 fn check_field(name: &str, rule: &Value, value: &Value) -> Result<(), AdapterError> {
     if let Some(t) = rule.get("type").and_then(Value::as_str) {
         if !type_matches(t, value) {
-            return Err(invalid(format!("field `{name}` must be of type {t}, got {value}")));
+            return Err(invalid(format!(
+                "field `{name}` must be of type {t}, got {value}"
+            )));
         }
     }
-    if let (Some(max), Some(s)) = (rule.get("maxLength").and_then(Value::as_u64), value.as_str()) {
+    if let (Some(max), Some(s)) = (
+        rule.get("maxLength").and_then(Value::as_u64),
+        value.as_str(),
+    ) {
         if s.chars().count() as u64 > max {
-            return Err(invalid(format!("field `{name}` is longer than {max} characters")));
+            return Err(invalid(format!(
+                "field `{name}` is longer than {max} characters"
+            )));
         }
     }
     if let (Some(min), Some(n)) = (rule.get("minimum").and_then(Value::as_f64), value.as_f64()) {
         if n < min {
-            return Err(invalid(format!("field `{name}` must be at least {min}, got {n}")));
+            return Err(invalid(format!(
+                "field `{name}` must be at least {min}, got {n}"
+            )));
         }
     }
     if let (Some(max), Some(n)) = (rule.get("maximum").and_then(Value::as_f64), value.as_f64()) {
         if n > max {
-            return Err(invalid(format!("field `{name}` must be at most {max}, got {n}")));
+            return Err(invalid(format!(
+                "field `{name}` must be at most {max}, got {n}"
+            )));
         }
     }
     Ok(())
@@ -61,11 +72,22 @@ fn check_field(name: &str, rule: &Value, value: &Value) -> Result<(), AdapterErr
 
 fn validate(schema: &Value, data: &Value) -> Result<(), AdapterError> {
     let Some(item) = data.as_object() else {
-        return Err(invalid(format!("an item must be a JSON object, got {data}")));
+        return Err(invalid(format!(
+            "an item must be a JSON object, got {data}"
+        )));
     };
     let empty = Map::new();
-    let properties = schema.get("properties").and_then(Value::as_object).unwrap_or(&empty);
-    for name in schema.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str) {
+    let properties = schema
+        .get("properties")
+        .and_then(Value::as_object)
+        .unwrap_or(&empty);
+    for name in schema
+        .get("required")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+    {
         if !item.contains_key(name) {
             return Err(invalid(format!("field `{name}` is required")));
         }
@@ -83,8 +105,12 @@ fn validate(schema: &Value, data: &Value) -> Result<(), AdapterError> {
 
 impl StreamAdapter for Validator {
     fn init(config: Json) -> Result<(), AdapterError> {
-        let config: Value = serde_json::from_str(&config).map_err(|e| invalid(format!("config is not JSON: {e}")))?;
-        let schema = config.get("schema").cloned().ok_or_else(|| invalid("config needs a `schema`".into()))?;
+        let config: Value = serde_json::from_str(&config)
+            .map_err(|e| invalid(format!("config is not JSON: {e}")))?;
+        let schema = config
+            .get("schema")
+            .cloned()
+            .ok_or_else(|| invalid("config needs a `schema`".into()))?;
         if !schema.is_object() {
             return Err(invalid("`schema` must be an object".into()));
         }
@@ -96,8 +122,14 @@ impl StreamAdapter for Validator {
         store::get(&stream, &group, &item)
     }
 
-    fn set(stream: String, group: String, item: String, data: Json) -> Result<Option<Json>, AdapterError> {
-        let value: Value = serde_json::from_str(&data).map_err(|e| invalid(format!("data is not JSON: {e}")))?;
+    fn set(
+        stream: String,
+        group: String,
+        item: String,
+        data: Json,
+    ) -> Result<Option<Json>, AdapterError> {
+        let value: Value =
+            serde_json::from_str(&data).map_err(|e| invalid(format!("data is not JSON: {e}")))?;
         let schema = SCHEMA.lock().unwrap().clone().unwrap_or(Value::Null);
         validate(&schema, &value)?;
         store::set(&stream, &group, &item, &data)

@@ -58,10 +58,22 @@ impl RedisBus {
         let (queue, queued) = mpsc::channel(PUBLISH_QUEUE);
         let (incoming_tx, incoming) = mpsc::channel(PUBLISH_QUEUE);
         let tasks = vec![
-            tokio::spawn(publish_loop(target.clone(), conn.clone(), node.clone(), queued, stats.clone())),
+            tokio::spawn(publish_loop(
+                target.clone(),
+                conn.clone(),
+                node.clone(),
+                queued,
+                stats.clone(),
+            )),
             tokio::spawn(subscribe_loop(target, conn, node.clone(), incoming_tx)),
         ];
-        RedisBus { node, queue, incoming: Mutex::new(Some(incoming)), stats, tasks }
+        RedisBus {
+            node,
+            queue,
+            incoming: Mutex::new(Some(incoming)),
+            stats,
+            tasks,
+        }
     }
 
     pub fn stats(&self) -> &BusStats {
@@ -87,13 +99,18 @@ impl EventBus for RedisBus {
         frame["node"] = Value::String(self.node.clone());
         match self.queue.try_send(frame.to_string()) {
             Ok(()) => {}
-            Err(_) => self.stats.drop_publications(1, "the publish queue is full (Redis is slow or unreachable)"),
+            Err(_) => self.stats.drop_publications(
+                1,
+                "the publish queue is full (Redis is slow or unreachable)",
+            ),
         }
     }
 
     fn subscribe(&self) -> mpsc::Receiver<BusMessage> {
         self.incoming.lock().unwrap().take().unwrap_or_else(|| {
-            tracing::error!("the Redis event bus was subscribed to twice; the second subscriber hears nothing");
+            tracing::error!(
+                "the Redis event bus was subscribed to twice; the second subscriber hears nothing"
+            );
             mpsc::channel(1).1
         })
     }
@@ -103,7 +120,10 @@ impl BusStats {
     fn drop_publications(&self, n: u64, why: &str) {
         let total = self.dropped.fetch_add(n, Ordering::Relaxed) + n;
         if !self.dropping.swap(true, Ordering::Relaxed) {
-            tracing::warn!(dropped = total, "events are not reaching the other nodes: {why}");
+            tracing::warn!(
+                dropped = total,
+                "events are not reaching the other nodes: {why}"
+            );
         }
     }
 
@@ -111,14 +131,23 @@ impl BusStats {
     fn published(&self) -> bool {
         let recovered = self.dropping.swap(false, Ordering::Relaxed);
         if recovered {
-            tracing::info!(dropped = self.dropped.load(Ordering::Relaxed), "events reach the other nodes again");
+            tracing::info!(
+                dropped = self.dropped.load(Ordering::Relaxed),
+                "events reach the other nodes again"
+            );
         }
         recovered
     }
 }
 
 /// Sends queued frames in pipelined batches, in the order they were emitted.
-async fn publish_loop(target: Arc<RedisTarget>, mut conn: ConnectionManager, node: String, mut queued: mpsc::Receiver<String>, stats: Arc<BusStats>) {
+async fn publish_loop(
+    target: Arc<RedisTarget>,
+    mut conn: ConnectionManager,
+    node: String,
+    mut queued: mpsc::Receiver<String>,
+    stats: Arc<BusStats>,
+) {
     let mut batch = Vec::with_capacity(PUBLISH_BATCH);
     while queued.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
         let mut pipe = redis::pipe();
@@ -140,14 +169,27 @@ async fn publish_loop(target: Arc<RedisTarget>, mut conn: ConnectionManager, nod
 /// Tells the other nodes that some of this node's events never reached them.
 async fn announce_gap(target: &RedisTarget, conn: &mut ConnectionManager, node: &str) {
     let marker = serde_json::json!({"type": GAP, "node": node}).to_string();
-    let sent = target.run("PUBLISH", redis::cmd("PUBLISH").arg(CHANNEL).arg(marker).query_async::<i64>(conn)).await;
+    let sent = target
+        .run(
+            "PUBLISH",
+            redis::cmd("PUBLISH")
+                .arg(CHANNEL)
+                .arg(marker)
+                .query_async::<i64>(conn),
+        )
+        .await;
     if let Err(e) = sent {
         tracing::warn!(error = %format!("{e:#}"), "cannot tell the other nodes about dropped events");
     }
 }
 
 /// Subscribes, delivers other nodes' frames, and after any loss subscribes again and reports a gap.
-async fn subscribe_loop(target: Arc<RedisTarget>, conn: ConnectionManager, node: String, incoming: mpsc::Sender<BusMessage>) {
+async fn subscribe_loop(
+    target: Arc<RedisTarget>,
+    conn: ConnectionManager,
+    node: String,
+    incoming: mpsc::Sender<BusMessage>,
+) {
     let mut missed = false;
     let mut attempt: u32 = 0;
     loop {
@@ -193,7 +235,13 @@ async fn subscribe_loop(target: Arc<RedisTarget>, conn: ConnectionManager, node:
 /// Returns once the command connection answers again (it reconnects on the first failed call).
 async fn wait_for_commands(target: &RedisTarget, mut conn: ConnectionManager) {
     for attempt in 1u32.. {
-        match target.run("PING", redis::cmd("PING").query_async::<redis::Value>(&mut conn)).await {
+        match target
+            .run(
+                "PING",
+                redis::cmd("PING").query_async::<redis::Value>(&mut conn),
+            )
+            .await
+        {
             Ok(_) => return,
             Err(e) if attempt % 10 == 0 => tracing::warn!(attempt, "{e:#}"),
             Err(_) => {}
@@ -203,7 +251,11 @@ async fn wait_for_commands(target: &RedisTarget, mut conn: ConnectionManager) {
 }
 
 /// Delivers frames until the connection fails (Some(why)) or the engine stops listening (None).
-async fn listen(pubsub: redis::aio::PubSub, node: &str, incoming: &mpsc::Sender<BusMessage>) -> Option<String> {
+async fn listen(
+    pubsub: redis::aio::PubSub,
+    node: &str,
+    incoming: &mpsc::Sender<BusMessage>,
+) -> Option<String> {
     let (mut sink, mut messages) = pubsub.split();
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
@@ -277,7 +329,10 @@ mod tests {
         assert!(decode(b"not json", "me").is_none());
         // Another node's gap makes this node resynchronise; its own does not.
         let gap = json!({"type": GAP, "node": "other"}).to_string();
-        assert!(matches!(decode(gap.as_bytes(), "me"), Some(BusMessage::Gap)));
+        assert!(matches!(
+            decode(gap.as_bytes(), "me"),
+            Some(BusMessage::Gap)
+        ));
         assert!(decode(gap.as_bytes(), "other").is_none());
     }
 

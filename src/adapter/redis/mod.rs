@@ -56,17 +56,29 @@ pub struct RedisTarget {
 impl RedisTarget {
     /// Runs a Redis call with the command timeout, turning failures into errors that say what
     /// was unreachable.
-    pub async fn run<T>(&self, what: &str, call: impl Future<Output = redis::RedisResult<T>>) -> anyhow::Result<T> {
+    pub async fn run<T>(
+        &self,
+        what: &str,
+        call: impl Future<Output = redis::RedisResult<T>>,
+    ) -> anyhow::Result<T> {
         match tokio::time::timeout(COMMAND_TIMEOUT, call).await {
             Ok(Ok(v)) => Ok(v),
             Ok(Err(e)) if e.to_string().contains("certificate") => Err(anyhow!(
                 "redis at {}: the TLS handshake failed: {e} ({what} was not done; trust the server's CA by pointing SSL_CERT_FILE at it, or fix the certificate)",
                 self.url
             )),
-            Ok(Err(e)) if e.is_io_error() || e.is_timeout() || e.is_connection_refusal() || e.is_connection_dropped() || e.is_unrecoverable_error() => Err(anyhow!(
-                "redis at {} is unreachable: {e} ({what} was not done or not confirmed; streamhost reconnects by itself once Redis is back)",
-                self.url
-            )),
+            Ok(Err(e))
+                if e.is_io_error()
+                    || e.is_timeout()
+                    || e.is_connection_refusal()
+                    || e.is_connection_dropped()
+                    || e.is_unrecoverable_error() =>
+            {
+                Err(anyhow!(
+                    "redis at {} is unreachable: {e} ({what} was not done or not confirmed; streamhost reconnects by itself once Redis is back)",
+                    self.url
+                ))
+            }
             Ok(Err(e)) => Err(anyhow!("redis at {} refused {what}: {e}", self.url)),
             Err(_) => Err(anyhow!(
                 "redis at {} is unreachable: no answer to {what} within {:?} (streamhost reconnects by itself once Redis is back)",
@@ -98,7 +110,9 @@ impl RedisAdapter {
         let mut conn = self.conn.clone();
         let mut call = scripts::LIST.key(group_key(stream, group));
         call.key(order_key(stream, group));
-        let (order, flat): (Vec<String>, Vec<String>) = self.run("the list script", call.invoke_async(&mut conn)).await?;
+        let (order, flat): (Vec<String>, Vec<String>) = self
+            .run("the list script", call.invoke_async(&mut conn))
+            .await?;
         let mut items: HashMap<String, String> = HashMap::with_capacity(flat.len() / 2);
         let mut flat = flat.into_iter();
         while let (Some(field), Some(value)) = (flat.next(), flat.next()) {
@@ -134,7 +148,13 @@ impl RedisAdapter {
             .with_context(|| format!("cannot set up the connection to redis at {shown}"))?;
         let target = Arc::new(RedisTarget { client, url: shown });
         let mut ping_conn = conn.clone();
-        match target.run("PING", redis::cmd("PING").query_async::<String>(&mut ping_conn)).await {
+        match target
+            .run(
+                "PING",
+                redis::cmd("PING").query_async::<String>(&mut ping_conn),
+            )
+            .await
+        {
             Ok(_) => tracing::info!(url = %target.url, "connected to redis"),
             Err(e) => tracing::error!(
                 url = %target.url,
@@ -143,15 +163,28 @@ impl RedisAdapter {
         }
         let node = uuid::Uuid::new_v4().to_string();
         let bus = Arc::new(RedisBus::start(target.clone(), conn.clone(), node));
-        Ok(RedisAdapter { target, conn, bus, locks: ItemLocks::default(), turns: Turns::default() })
+        Ok(RedisAdapter {
+            target,
+            conn,
+            bus,
+            locks: ItemLocks::default(),
+            turns: Turns::default(),
+        })
     }
 
     /// Publications to other nodes that were dropped because Redis was slow or away.
     pub fn dropped_publications(&self) -> u64 {
-        self.bus.stats().dropped.load(std::sync::atomic::Ordering::Relaxed)
+        self.bus
+            .stats()
+            .dropped
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    async fn run<T>(&self, what: &str, call: impl Future<Output = redis::RedisResult<T>>) -> anyhow::Result<T> {
+    async fn run<T>(
+        &self,
+        what: &str,
+        call: impl Future<Output = redis::RedisResult<T>>,
+    ) -> anyhow::Result<T> {
         self.target.run(what, call).await
     }
 
@@ -163,9 +196,23 @@ impl RedisAdapter {
         let mut found = Vec::new();
         loop {
             let (next, keys): (u64, Vec<String>) = self
-                .run("SCAN", redis::cmd("SCAN").cursor_arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(SCAN_COUNT).arg("TYPE").arg("hash").query_async(&mut conn))
+                .run(
+                    "SCAN",
+                    redis::cmd("SCAN")
+                        .cursor_arg(cursor)
+                        .arg("MATCH")
+                        .arg(&pattern)
+                        .arg("COUNT")
+                        .arg(SCAN_COUNT)
+                        .arg("TYPE")
+                        .arg("hash")
+                        .query_async(&mut conn),
+                )
                 .await?;
-            found.extend(keys.into_iter().filter_map(|k| k.strip_prefix(prefix).map(str::to_owned)));
+            found.extend(
+                keys.into_iter()
+                    .filter_map(|k| k.strip_prefix(prefix).map(str::to_owned)),
+            );
             if next == 0 {
                 return Ok(found);
             }
@@ -185,10 +232,20 @@ pub fn order_key(stream: &str, group: &str) -> String {
 }
 
 fn parse(stream: &str, group: &str, item: &str, text: &str) -> anyhow::Result<Value> {
-    serde_json::from_str(text).with_context(|| format!("the value of {stream}/{group}/{item} in Redis (hash {}) is not JSON", group_key(stream, group)))
+    serde_json::from_str(text).with_context(|| {
+        format!(
+            "the value of {stream}/{group}/{item} in Redis (hash {}) is not JSON",
+            group_key(stream, group)
+        )
+    })
 }
 
-fn parse_opt(stream: &str, group: &str, item: &str, text: Option<String>) -> anyhow::Result<Option<Value>> {
+fn parse_opt(
+    stream: &str,
+    group: &str,
+    item: &str,
+    text: Option<String>,
+) -> anyhow::Result<Option<Value>> {
     text.map(|t| parse(stream, group, item, &t)).transpose()
 }
 
@@ -206,9 +263,13 @@ fn glob_escape(s: &str) -> String {
 
 /// The URL with its password replaced by `***`.
 pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
     let authority_end = rest.find('/').unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else { return url.to_owned() };
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
     let userinfo = &rest[..at];
     let user = match userinfo.split_once(':') {
         Some((user, _)) => format!("{user}:***"),
@@ -226,16 +287,34 @@ impl StreamAdapter for RedisAdapter {
 
     async fn get(&self, stream: &str, group: &str, item: &str) -> anyhow::Result<Option<Value>> {
         let mut conn = self.conn.clone();
-        let text: Option<String> = self.run("HGET", redis::cmd("HGET").arg(group_key(stream, group)).arg(item).query_async(&mut conn)).await?;
+        let text: Option<String> = self
+            .run(
+                "HGET",
+                redis::cmd("HGET")
+                    .arg(group_key(stream, group))
+                    .arg(item)
+                    .query_async(&mut conn),
+            )
+            .await?;
         parse_opt(stream, group, item, text)
     }
 
-    async fn set(&self, stream: &str, group: &str, item: &str, data: Value) -> anyhow::Result<Option<Value>> {
+    async fn set(
+        &self,
+        stream: &str,
+        group: &str,
+        item: &str,
+        data: Value,
+    ) -> anyhow::Result<Option<Value>> {
         let _writing = self.writing(stream, group, item).await;
         let mut conn = self.conn.clone();
         let mut call = scripts::SET.key(group_key(stream, group));
-        call.key(order_key(stream, group)).arg(item).arg(data.to_string());
-        let old: Option<String> = self.run("the set script", call.invoke_async(&mut conn)).await?;
+        call.key(order_key(stream, group))
+            .arg(item)
+            .arg(data.to_string());
+        let old: Option<String> = self
+            .run("the set script", call.invoke_async(&mut conn))
+            .await?;
         parse_opt(stream, group, item, old)
     }
 
@@ -244,17 +323,27 @@ impl StreamAdapter for RedisAdapter {
         let mut conn = self.conn.clone();
         let mut call = scripts::DELETE.key(group_key(stream, group));
         call.key(order_key(stream, group)).arg(item);
-        let old: Option<String> = self.run("the delete script", call.invoke_async(&mut conn)).await?;
+        let old: Option<String> = self
+            .run("the delete script", call.invoke_async(&mut conn))
+            .await?;
         parse_opt(stream, group, item, old)
     }
 
     async fn list(&self, stream: &str, group: &str) -> anyhow::Result<Vec<Value>> {
         let entries = self.entries(stream, group).await?;
-        entries.iter().map(|(id, text)| parse(stream, group, id, text)).collect()
+        entries
+            .iter()
+            .map(|(id, text)| parse(stream, group, id, text))
+            .collect()
     }
 
     async fn list_ids(&self, stream: &str, group: &str) -> anyhow::Result<Vec<String>> {
-        Ok(self.entries(stream, group).await?.into_iter().map(|(id, _)| id).collect())
+        Ok(self
+            .entries(stream, group)
+            .await?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect())
     }
 
     async fn list_groups(&self, stream: &str) -> anyhow::Result<Vec<String>> {
@@ -269,7 +358,9 @@ impl StreamAdapter for RedisAdapter {
         for rest in self.scan_groups("stream:").await? {
             // `stream:{stream}:{group}`: a stream name with `:` in it is ambiguous, as in iii.
             if let Some((stream, group)) = rest.split_once(':') {
-                all.entry(stream.to_owned()).or_default().push(group.to_owned());
+                all.entry(stream.to_owned())
+                    .or_default()
+                    .push(group.to_owned());
             }
         }
         Ok(all
@@ -282,10 +373,24 @@ impl StreamAdapter for RedisAdapter {
             .collect())
     }
 
-    async fn update(&self, stream: &str, group: &str, item: &str, ops: &[ParsedOp]) -> anyhow::Result<UpdateOutcome> {
+    async fn update(
+        &self,
+        stream: &str,
+        group: &str,
+        item: &str,
+        ops: &[ParsedOp],
+    ) -> anyhow::Result<UpdateOutcome> {
         let _writing = self.writing(stream, group, item).await;
         let mut conn = self.conn.clone();
-        let mut current: Option<String> = self.run("HGET", redis::cmd("HGET").arg(group_key(stream, group)).arg(item).query_async(&mut conn)).await?;
+        let mut current: Option<String> = self
+            .run(
+                "HGET",
+                redis::cmd("HGET")
+                    .arg(group_key(stream, group))
+                    .arg(item)
+                    .query_async(&mut conn),
+            )
+            .await?;
         for _ in 0..UPDATE_ATTEMPTS {
             let old_value = parse_opt(stream, group, item, current.clone())?;
             let (new_value, errors) = update_ops::apply(old_value.as_ref(), ops);
@@ -295,14 +400,22 @@ impl StreamAdapter for RedisAdapter {
                 .arg(if current.is_some() { "1" } else { "0" })
                 .arg(current.as_deref().unwrap_or(""))
                 .arg(new_value.to_string());
-            let (written, exists, now): (i64, i64, String) = self.run("the update script", call.invoke_async(&mut conn)).await?;
+            let (written, exists, now): (i64, i64, String) = self
+                .run("the update script", call.invoke_async(&mut conn))
+                .await?;
             if written == 1 {
-                return Ok(UpdateOutcome { old_value, new_value, errors });
+                return Ok(UpdateOutcome {
+                    old_value,
+                    new_value,
+                    errors,
+                });
             }
             // Another writer got in between: apply the ops again to what is there now.
             current = (exists == 1).then_some(now);
         }
-        anyhow::bail!("stream::update of {stream}/{group}/{item} lost {UPDATE_ATTEMPTS} races in a row to other writers of the same item; try again")
+        anyhow::bail!(
+            "stream::update of {stream}/{group}/{item} lost {UPDATE_ATTEMPTS} races in a row to other writers of the same item; try again"
+        )
     }
 
     async fn shutdown(&self) -> anyhow::Result<()> {
@@ -321,7 +434,10 @@ mod tests {
 
     #[test]
     fn passwords_stay_out_of_messages() {
-        assert_eq!(redact("redis://:secret@host:6379/1"), "redis://:***@host:6379/1");
+        assert_eq!(
+            redact("redis://:secret@host:6379/1"),
+            "redis://:***@host:6379/1"
+        );
         assert_eq!(redact("rediss://ann:secret@host"), "rediss://ann:***@host");
         assert_eq!(redact("redis://token@host"), "redis://***@host");
         assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
@@ -329,6 +445,9 @@ mod tests {
 
     #[test]
     fn scan_patterns_match_names_literally() {
-        assert_eq!(glob_escape("stream:a*b?[c]\\:"), "stream:a\\*b\\?\\[c\\]\\\\:");
+        assert_eq!(
+            glob_escape("stream:a*b?[c]\\:"),
+            "stream:a\\*b\\?\\[c\\]\\\\:"
+        );
     }
 }

@@ -13,7 +13,11 @@ pub struct Histogram {
 
 impl Default for Histogram {
     fn default() -> Self {
-        Histogram { counts: vec![0; BUCKETS], max_us: 0, total: 0 }
+        Histogram {
+            counts: vec![0; BUCKETS],
+            max_us: 0,
+            total: 0,
+        }
     }
 }
 

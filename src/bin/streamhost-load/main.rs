@@ -38,7 +38,10 @@ fn main() {
         }
     };
     streamhost::server::raise_open_files_limit();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     match rt.block_on(run(options)) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
@@ -53,13 +56,20 @@ async fn run(o: Options) -> anyhow::Result<i32> {
     let counters = Arc::new(Counters::default());
     let rss_before = o.engine_pid.and_then(report::rss_bytes);
 
-    eprintln!("connecting {} subscribers over {} source addresses...", o.subscribers, o.sources);
+    eprintln!(
+        "connecting {} subscribers over {} source addresses...",
+        o.subscribers, o.sources
+    );
     let connect_started = Instant::now();
     let subs = subscribers::connect_all(&o, epoch, counters.clone()).await?;
     let connect_time = connect_started.elapsed();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_after = o.engine_pid.and_then(report::rss_bytes);
-    eprintln!("{} subscribers joined in {:.1} s", subs.len(), connect_time.as_secs_f64());
+    eprintln!(
+        "{} subscribers joined in {:.1} s",
+        subs.len(),
+        connect_time.as_secs_f64()
+    );
 
     if o.idle_seconds > 0 {
         eprintln!("holding the connections idle for {} s", o.idle_seconds);
@@ -78,7 +88,10 @@ async fn run(o: Options) -> anyhow::Result<i32> {
     let settle = Instant::now();
     loop {
         let now = counters.delivered.load(Ordering::Relaxed);
-        if now >= expected || (now == last && settle.elapsed() > Duration::from_secs(2)) || settle.elapsed() > Duration::from_secs(o.drain_seconds) {
+        if now >= expected
+            || (now == last && settle.elapsed() > Duration::from_secs(2))
+            || settle.elapsed() > Duration::from_secs(o.drain_seconds)
+        {
             break;
         }
         last = now;
@@ -89,7 +102,17 @@ async fn run(o: Options) -> anyhow::Result<i32> {
     let _ = progress.await;
 
     let results = subscribers::finish(subs).await;
-    let report = report::Report::build(&o, &results, &counters, published, publish_time, deliver_time, connect_time, rss_before, rss_after);
+    let report = report::Report::build(
+        &o,
+        &results,
+        &counters,
+        published,
+        publish_time,
+        deliver_time,
+        connect_time,
+        rss_before,
+        rss_after,
+    );
     println!("{}", report.human());
     if let Some(path) = &o.json {
         std::fs::write(path, serde_json::to_string_pretty(&report.json())?)?;

@@ -74,27 +74,40 @@ impl Options {
                 println!("{USAGE}");
                 std::process::exit(0);
             }
-            let value = args.next().with_context(|| format!("{flag} needs a value"))?;
-            let num = |v: &str| v.parse::<u64>().with_context(|| format!("{flag} takes a whole number, not {v:?}"));
+            let value = args
+                .next()
+                .with_context(|| format!("{flag} needs a value"))?;
+            let num = |v: &str| {
+                v.parse::<u64>()
+                    .with_context(|| format!("{flag} takes a whole number, not {v:?}"))
+            };
             match flag.as_str() {
                 "--client" => o.client = value,
                 "--worker" => o.worker = value,
                 "--subscribers" => o.subscribers = num(&value)? as usize,
                 "--groups" => o.groups = num(&value)?.max(1) as usize,
-                "--join" => o.join_path = match value.as_str() {
-                    "frame" => false,
-                    "path" => true,
-                    v => bail!("--join takes frame or path, not {v:?}"),
-                },
+                "--join" => {
+                    o.join_path = match value.as_str() {
+                        "frame" => false,
+                        "path" => true,
+                        v => bail!("--join takes frame or path, not {v:?}"),
+                    }
+                }
                 "--sources" => o.sources = num(&value)?.clamp(1, 250) as usize,
                 "--events" => o.events = num(&value)?,
                 "--size" => o.size = num(&value)? as usize,
-                "--rate" => o.rate = value.parse().with_context(|| format!("--rate takes a number, not {value:?}"))?,
-                "--function" => o.set = match value.as_str() {
-                    "send" => false,
-                    "set" => true,
-                    v => bail!("--function takes send or set, not {v:?}"),
-                },
+                "--rate" => {
+                    o.rate = value
+                        .parse()
+                        .with_context(|| format!("--rate takes a number, not {value:?}"))?
+                }
+                "--function" => {
+                    o.set = match value.as_str() {
+                        "send" => false,
+                        "set" => true,
+                        v => bail!("--function takes send or set, not {v:?}"),
+                    }
+                }
                 "--window" => o.window = num(&value)?.max(1) as usize,
                 "--workers" => o.workers = num(&value)?.max(1) as usize,
                 "--stream" => o.stream = value,

@@ -24,7 +24,12 @@ pub async fn publish(o: &Options, epoch: Instant, counters: Arc<Counters>) -> an
     Ok(sent)
 }
 
-async fn worker(o: Options, w: usize, epoch: Instant, counters: Arc<Counters>) -> anyhow::Result<u64> {
+async fn worker(
+    o: Options,
+    w: usize,
+    epoch: Instant,
+    counters: Arc<Counters>,
+) -> anyhow::Result<u64> {
     let (ws, _) = tokio_tungstenite::connect_async(o.worker.as_str()).await?;
     let (mut sink, mut stream) = ws.split();
     let window = Arc::new(Semaphore::new(o.window));

@@ -41,7 +41,17 @@ pub struct Report {
 
 impl Report {
     #[allow(clippy::too_many_arguments)]
-    pub fn build(o: &Options, results: &[SubResult], c: &Counters, published: u64, publish_time: Duration, deliver_time: Duration, connect_time: Duration, rss_before: Option<u64>, rss_after: Option<u64>) -> Report {
+    pub fn build(
+        o: &Options,
+        results: &[SubResult],
+        c: &Counters,
+        published: u64,
+        publish_time: Duration,
+        deliver_time: Duration,
+        connect_time: Duration,
+        rss_before: Option<u64>,
+        rss_after: Option<u64>,
+    ) -> Report {
         let mut latency = Histogram::default();
         let (mut received, mut lost, mut dup) = (0, 0, 0);
         let mut last_ns = 0;
@@ -58,11 +68,17 @@ impl Report {
                 lost += r.lost;
             }
         }
-        let lost_by_closed: u64 = results.iter().filter(|r| r.closed.is_some()).map(|r| r.lost).sum();
+        let lost_by_closed: u64 = results
+            .iter()
+            .filter(|r| r.closed.is_some())
+            .map(|r| r.lost)
+            .sum();
         let secs = deliver_time.as_secs_f64().max(1e-9);
         let acked = c.acked.load(Ordering::Relaxed);
         let per_conn = match (rss_before, rss_after) {
-            (Some(b), Some(a)) if o.subscribers > 0 => Some(a.saturating_sub(b) as f64 / o.subscribers as f64),
+            (Some(b), Some(a)) if o.subscribers > 0 => {
+                Some(a.saturating_sub(b) as f64 / o.subscribers as f64)
+            }
             _ => None,
         };
         let json = json!({
@@ -106,26 +122,59 @@ impl Report {
         let ms = |v: &Value| v.as_u64().unwrap_or(0) as f64 / 1000.0;
         let mut s = format!(
             "\n{} subscribers in {} groups, {} events of {} bytes via {}{}\n",
-            c["subscribers"], c["groups"], c["events"], c["size"],
+            c["subscribers"],
+            c["groups"],
+            c["events"],
+            c["size"],
             c["function"].as_str().unwrap_or(""),
-            if c["rate"].as_f64().unwrap_or(0.0) > 0.0 { format!(" at {}/s", c["rate"]) } else { " as fast as possible".into() },
+            if c["rate"].as_f64().unwrap_or(0.0) > 0.0 {
+                format!(" at {}/s", c["rate"])
+            } else {
+                " as fast as possible".into()
+            },
         );
-        s += &format!("  calls        {} acked, {} failed, {:.0} calls/s\n", j["acked"], j["failed"], j["calls_per_second"].as_f64().unwrap_or(0.0));
-        s += &format!("  deliveries   {} in total, {:.0}/s\n", j["delivered"], j["deliveries_per_second"].as_f64().unwrap_or(0.0));
+        s += &format!(
+            "  calls        {} acked, {} failed, {:.0} calls/s\n",
+            j["acked"],
+            j["failed"],
+            j["calls_per_second"].as_f64().unwrap_or(0.0)
+        );
+        s += &format!(
+            "  deliveries   {} in total, {:.0}/s\n",
+            j["delivered"],
+            j["deliveries_per_second"].as_f64().unwrap_or(0.0)
+        );
         s += &format!(
             "  latency      p50 {:.1} ms, p99 {:.1} ms, p99.9 {:.1} ms, max {:.1} ms\n",
-            ms(&j["latency_us"]["p50"]), ms(&j["latency_us"]["p99"]), ms(&j["latency_us"]["p999"]), ms(&j["latency_us"]["max"])
+            ms(&j["latency_us"]["p50"]),
+            ms(&j["latency_us"]["p99"]),
+            ms(&j["latency_us"]["p999"]),
+            ms(&j["latency_us"]["max"])
         );
-        s += &format!("  lost         {} (duplicated {})", j["lost"], j["duplicated"]);
+        s += &format!(
+            "  lost         {} (duplicated {})",
+            j["lost"], j["duplicated"]
+        );
         if j["closed_as_slow_and_told"].as_u64().unwrap_or(0) > 0 {
-            s += &format!("; {} clients closed and told ({} events not delivered to them)", j["closed_as_slow_and_told"], j["not_delivered_to_closed_clients"]);
+            s += &format!(
+                "; {} clients closed and told ({} events not delivered to them)",
+                j["closed_as_slow_and_told"], j["not_delivered_to_closed_clients"]
+            );
         }
         if j["dropped_without_close_frame"].as_u64().unwrap_or(0) > 0 {
-            s += &format!("; {} connections dropped without a close frame", j["dropped_without_close_frame"]);
+            s += &format!(
+                "; {} connections dropped without a close frame",
+                j["dropped_without_close_frame"]
+            );
         }
         s.push('\n');
         if let Some(b) = j["engine_bytes_per_connection"].as_f64() {
-            s += &format!("  memory       {:.1} KB per connection ({} MB before, {} MB after connecting)\n", b / 1000.0, j["engine_rss_before"].as_u64().unwrap_or(0) >> 20, j["engine_rss_after_connect"].as_u64().unwrap_or(0) >> 20);
+            s += &format!(
+                "  memory       {:.1} KB per connection ({} MB before, {} MB after connecting)\n",
+                b / 1000.0,
+                j["engine_rss_before"].as_u64().unwrap_or(0) >> 20,
+                j["engine_rss_after_connect"].as_u64().unwrap_or(0) >> 20
+            );
         }
         s
     }

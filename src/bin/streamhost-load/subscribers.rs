@@ -42,22 +42,35 @@ impl Subscribers {
 /// Events each group receives: seq = g, g + G, g + 2G, ... below E.
 fn expected_for(o: &Options, group: usize) -> u64 {
     let (e, g) = (o.events, o.groups as u64);
-    if (group as u64) < e % g { e / g + 1 } else { e / g }
+    if (group as u64) < e % g {
+        e / g + 1
+    } else {
+        e / g
+    }
 }
 
 pub fn expected_total(o: &Options) -> u64 {
-    (0..o.subscribers).map(|i| expected_for(o, i % o.groups)).sum()
+    (0..o.subscribers)
+        .map(|i| expected_for(o, i % o.groups))
+        .sum()
 }
 
 fn target(url: &str) -> anyhow::Result<SocketAddr> {
-    let rest = url.strip_prefix("ws://").context("the client URL must start with ws://")?;
+    let rest = url
+        .strip_prefix("ws://")
+        .context("the client URL must start with ws://")?;
     let host_port = rest.split('/').next().unwrap_or(rest);
-    let mut addrs = std::net::ToSocketAddrs::to_socket_addrs(host_port).with_context(|| format!("cannot resolve {host_port}"))?;
+    let mut addrs = std::net::ToSocketAddrs::to_socket_addrs(host_port)
+        .with_context(|| format!("cannot resolve {host_port}"))?;
     addrs.next().context("no address")
 }
 
 /// Opens every subscriber (256 connecting at a time) and waits until each has its `sync`.
-pub async fn connect_all(o: &Options, epoch: Instant, counters: Arc<Counters>) -> anyhow::Result<Subscribers> {
+pub async fn connect_all(
+    o: &Options,
+    epoch: Instant,
+    counters: Arc<Counters>,
+) -> anyhow::Result<Subscribers> {
     let addr = target(&o.client)?;
     let (stop, _) = watch::channel(false);
     let mut tasks = Vec::with_capacity(o.subscribers);
@@ -66,7 +79,16 @@ pub async fn connect_all(o: &Options, epoch: Instant, counters: Arc<Counters>) -
         let (ready_tx, ready_rx) = oneshot::channel();
         let source = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 1 + (i % o.sources) as u8));
         let group = i % o.groups;
-        let task = tokio::spawn(subscriber(o.clone(), addr, source, group, epoch, counters.clone(), stop.subscribe(), ready_tx));
+        let task = tokio::spawn(subscriber(
+            o.clone(),
+            addr,
+            source,
+            group,
+            epoch,
+            counters.clone(),
+            stop.subscribe(),
+            ready_tx,
+        ));
         tasks.push(task);
         pending.push(ready_rx);
         if pending.len() == 256 || i + 1 == o.subscribers {
@@ -101,11 +123,24 @@ async fn subscriber(
     ready: oneshot::Sender<anyhow::Result<()>>,
 ) -> SubResult {
     let group_id = format!("g{group}");
-    let url = if o.join_path { format!("{}/stream/{}/{group_id}", o.client.trim_end_matches('/'), o.stream) } else { o.client.clone() };
+    let url = if o.join_path {
+        format!(
+            "{}/stream/{}/{group_id}",
+            o.client.trim_end_matches('/'),
+            o.stream
+        )
+    } else {
+        o.client.clone()
+    };
     let connect = async {
         let socket = TcpSocket::new_v4()?;
-        socket.bind(SocketAddr::new(source, 0)).with_context(|| format!("cannot bind {source}"))?;
-        let tcp = socket.connect(addr).await.with_context(|| format!("cannot connect to {addr}"))?;
+        socket
+            .bind(SocketAddr::new(source, 0))
+            .with_context(|| format!("cannot bind {source}"))?;
+        let tcp = socket
+            .connect(addr)
+            .await
+            .with_context(|| format!("cannot connect to {addr}"))?;
         tcp.set_nodelay(true)?;
         let (mut ws, _) = tokio_tungstenite::client_async(url.as_str(), tcp).await?;
         if !o.join_path {
@@ -155,8 +190,12 @@ async fn subscriber(
             }
         };
         let now = epoch.elapsed().as_nanos() as u64;
-        let Some((seq, at)) = number_after(&text, "\"seq\":", 0) else { continue };
-        let Some((sent, _)) = number_after(&text, "\"t\":", at) else { continue };
+        let Some((seq, at)) = number_after(&text, "\"seq\":", 0) else {
+            continue;
+        };
+        let Some((sent, _)) = number_after(&text, "\"t\":", at) else {
+            continue;
+        };
         let slot = (seq / o.groups as u64) as usize;
         let (word, bit) = (slot / 64, 1u64 << (slot % 64));
         if word >= seen.len() {
