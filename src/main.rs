@@ -10,12 +10,16 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const USAGE: &str = "usage: streamhost [serve] [--config iii-config.yaml]
        streamhost adapter check FILE.wasm
+       streamhost store check|repair DIR
 
   serve                 run the engine (the default)
   --config FILE         an iii config file; without one the engine listens on 3112 (clients)
                         and 49134 (workers) and keeps streams durably under ./data/stream_store
   adapter check FILE    check that a WebAssembly component implements wit/adapter.wit and
                         report what it imports and exports
+  store check DIR       read a durable store's log (the KvStore's file_path) and report
+                        whether the engine can start on it, and any damage
+  store repair DIR      back the log up, then keep every intact record of a damaged log
 
 Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=streamhost=debug) for more.";
 
@@ -42,6 +46,16 @@ fn run_command() -> anyhow::Result<()> {
         return match args.get(1..).unwrap_or_default() {
             [check, file] if check == "check" => check_adapter(file),
             _ => anyhow::bail!("usage: streamhost adapter check FILE.wasm"),
+        };
+    }
+    if args.first().map(String::as_str) == Some("store") {
+        return match args.get(1..).unwrap_or_default() {
+            [cmd, dir] if cmd == "check" => check_store(dir.as_ref()),
+            [cmd, dir] if cmd == "repair" => {
+                print!("{}", streamhost::adapter::wal::tool::repair(dir.as_ref())?);
+                Ok(())
+            }
+            _ => anyhow::bail!("usage: streamhost store check|repair DIR"),
         };
     }
     let mut config_path: Option<PathBuf> = None;
@@ -129,6 +143,16 @@ fn check_adapter(file: &str) -> anyhow::Result<()> {
     println!("  imports:");
     for i in &prepared.imports {
         println!("    {i}");
+    }
+    Ok(())
+}
+
+/// `streamhost store check DIR`: fails (exit status 1) when the log is damaged.
+fn check_store(dir: &std::path::Path) -> anyhow::Result<()> {
+    let report = streamhost::adapter::wal::tool::check(dir)?;
+    print!("{}", report.text);
+    if report.damaged {
+        anyhow::bail!("the store's log is damaged; see above");
     }
     Ok(())
 }

@@ -4,6 +4,7 @@
 //! a log in `file_path` and answers a write only after the log is synced (see `wal`), so an
 //! acknowledged write survives `kill -9`.
 
+use super::wal::disk::{Disk, RealDisk};
 use super::wal::{self, Record, RecordRef, Ticket, Wal};
 use super::{StreamAdapter, UpdateOutcome};
 use crate::emit_order::Turns;
@@ -68,6 +69,7 @@ impl State {
             Record::Del { s, g, i } => {
                 self.remove(&s, &g, &i);
             }
+            Record::Nop {} => {}
         }
     }
 
@@ -122,8 +124,13 @@ impl KvStore {
 
     /// Opens the durable store in directory `dir`, replaying its log.
     pub fn open(dir: &Path) -> anyhow::Result<Self> {
+        KvStore::open_on(Arc::new(RealDisk), dir, wal::Options::default())
+    }
+
+    /// Opens the durable store on `disk` (a simulated one, in the fault tests).
+    pub fn open_on(disk: Arc<dyn Disk>, dir: &Path, options: wal::Options) -> anyhow::Result<Self> {
         let mut state = State::default();
-        let opened = Wal::open(dir, |record| state.apply(record))?;
+        let opened = Wal::open_on(disk, dir, options, |record| state.apply(record))?;
         let recovery = &opened.recovery;
         tracing::info!(
             dir = %dir.display(),
@@ -137,11 +144,33 @@ impl KvStore {
         let for_snapshot = state.clone();
         let snapshot: Arc<wal::SnapshotFn> =
             Arc::new(move |out: &mut dyn std::io::Write| State::write_snapshot(&for_snapshot, out));
+        // After a failed write, memory goes back to what the log holds: nothing may read a
+        // change the disk does not have.
+        let for_reload = state.clone();
+        let reload: Arc<wal::ReloadFn> = Arc::new(move |log: &[u8]| {
+            let mut fresh = State::default();
+            wal::recovery::scan(log, |record| fresh.apply(record));
+            *for_reload.write().unwrap() = fresh;
+        });
         Ok(KvStore {
             state,
-            wal: Some(opened.start(snapshot)),
+            wal: Some(opened.start(snapshot, reload)),
             turns: Turns::default(),
         })
+    }
+
+    /// The state, to read; refused while a failed write has left it ahead of the disk and it
+    /// could not yet be reloaded, so that no read serves a write the disk does not have.
+    fn read(&self) -> anyhow::Result<std::sync::RwLockReadGuard<'_, State>> {
+        let state = self.state.read().unwrap();
+        if let Some(wal) = &self.wal
+            && wal.memory_ahead()
+        {
+            anyhow::bail!(
+                "the store cannot serve reads for a moment: its disk failed and it is reloading what the disk holds; retry shortly"
+            );
+        }
+        Ok(state)
     }
 
     /// Runs a change under the write lock, logs it (taking the item's turn to emit), and
@@ -156,10 +185,11 @@ impl KvStore {
         let (result, ticket) = {
             let mut state = self.state.write().unwrap();
             let mut log = |record: &RecordRef<'_>| {
-                let (RecordRef::Set { s, g, i, .. } | RecordRef::Del { s, g, i }) = record;
-                self.turns.claim(s, g, i);
+                if let RecordRef::Set { s, g, i, .. } | RecordRef::Del { s, g, i } = record {
+                    self.turns.claim(s, g, i);
+                }
                 match &self.wal {
-                    Some(wal) => wal.append(record).map(Some),
+                    Some(wal) => Ok(Some(wal.append(record)?)),
                     None => Ok(None),
                 }
             };
@@ -184,9 +214,7 @@ impl StreamAdapter for KvStore {
 
     async fn get(&self, stream: &str, group: &str, item: &str) -> anyhow::Result<Option<Value>> {
         Ok(self
-            .state
-            .read()
-            .unwrap()
+            .read()?
             .group(stream, group)
             .and_then(|g| g.get(item))
             .cloned())
@@ -203,6 +231,9 @@ impl StreamAdapter for KvStore {
     async fn delete(&self, s: &str, g: &str, i: &str) -> anyhow::Result<Option<Value>> {
         self.write(|state, log| {
             if state.group(s, g).is_none_or(|items| !items.contains_key(i)) {
+                if let Some(wal) = &self.wal {
+                    wal.check_writable()?;
+                }
                 return Ok((None, None));
             }
             let ticket = log(&RecordRef::Del { s, g, i })?;
@@ -212,7 +243,7 @@ impl StreamAdapter for KvStore {
     }
 
     async fn list(&self, stream: &str, group: &str) -> anyhow::Result<Vec<Value>> {
-        let state = self.state.read().unwrap();
+        let state = self.read()?;
         Ok(state
             .group(stream, group)
             .map(|g| g.values().cloned().collect())
@@ -220,7 +251,7 @@ impl StreamAdapter for KvStore {
     }
 
     async fn list_ids(&self, stream: &str, group: &str) -> anyhow::Result<Vec<String>> {
-        let state = self.state.read().unwrap();
+        let state = self.read()?;
         Ok(state
             .group(stream, group)
             .map(|g| g.keys().cloned().collect())
@@ -228,7 +259,7 @@ impl StreamAdapter for KvStore {
     }
 
     async fn list_groups(&self, stream: &str) -> anyhow::Result<Vec<String>> {
-        let state = self.state.read().unwrap();
+        let state = self.read()?;
         let mut groups: Vec<String> = state
             .streams
             .get(stream)
@@ -239,7 +270,7 @@ impl StreamAdapter for KvStore {
     }
 
     async fn list_all(&self) -> anyhow::Result<Vec<(String, Vec<String>)>> {
-        let state = self.state.read().unwrap();
+        let state = self.read()?;
         let mut all: Vec<(String, Vec<String>)> = state
             .streams
             .iter()
