@@ -284,6 +284,11 @@ fn run_case(seed: u64) -> String {
             (cut, "power cut")
         };
         drop(store);
+        // A rewrite that failed or was cut short by the stop removed its file.
+        assert!(
+            !disk.exists_now(&dir.join(super::rewrite::TMP_NAME)),
+            "seed {seed}: a rewrite's file was left on the disk"
+        );
         let model = Rc::try_unwrap(model).ok().unwrap().into_inner();
         let log = dir.join(LOG_NAME);
         let mut flipped = None;
