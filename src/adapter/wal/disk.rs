@@ -19,7 +19,8 @@ pub trait DiskFile: Send {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
     /// Cuts the file back to `len` bytes; later appends go after them.
     fn truncate(&mut self, len: u64) -> io::Result<()>;
-    fn len(&self) -> io::Result<u64>;
+    /// The file's length in bytes.
+    fn size(&self) -> io::Result<u64>;
 }
 
 /// The directory operations the log needs.
@@ -40,7 +41,7 @@ pub trait Disk: Send + Sync + 'static {
 
 /// Reads a whole file.
 pub fn read_all(file: &dyn DiskFile) -> io::Result<Vec<u8>> {
-    let mut data = vec![0; file.len()? as usize];
+    let mut data = vec![0; file.size()? as usize];
     file.read_at(&mut data, 0)?;
     Ok(data)
 }
@@ -68,7 +69,7 @@ impl DiskFile for File {
         self.set_len(len)
     }
 
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         Ok(self.metadata()?.len())
     }
 }

@@ -114,7 +114,7 @@ impl Rewrite {
         let mut tail = vec![0u8; (log_bytes - self.from) as usize];
         old.read_at(&mut tail, self.from)
             .context("cannot read the log's tail")?;
-        let base = file.len()?;
+        let base = file.size()?;
         file.append(&tail)
             .and_then(|_| file.sync())
             .with_context(|| format!("cannot write {}", self.tmp.display()))?;
@@ -144,10 +144,11 @@ impl Drop for Rewrite {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
-        if !self.renamed && self.disk.exists(&self.tmp) {
-            if let Err(e) = self.disk.remove(&self.tmp) {
-                tracing::warn!(path = %self.tmp.display(), error = %e, "cannot remove an abandoned log rewrite");
-            }
+        if !self.renamed
+            && self.disk.exists(&self.tmp)
+            && let Err(e) = self.disk.remove(&self.tmp)
+        {
+            tracing::warn!(path = %self.tmp.display(), error = %e, "cannot remove an abandoned log rewrite");
         }
     }
 }

@@ -276,7 +276,7 @@ impl DiskFile for SimFile {
         Ok(())
     }
 
-    fn len(&self) -> io::Result<u64> {
+    fn size(&self) -> io::Result<u64> {
         Ok(self.disk.0.lock().unwrap().inodes[self.inode].cache.len() as u64)
     }
 }

@@ -117,6 +117,9 @@ fn plan_faults(disk: &SimDisk) -> Vec<String> {
     plan
 }
 
+/// A write's answer: the value it replaced and the value it stored.
+type Answer = anyhow::Result<(Option<Value>, Option<Value>)>;
+
 /// When the writers stop and what happens then.
 #[derive(Clone, Copy)]
 struct Script {
@@ -176,10 +179,7 @@ async fn writer(
             }
         }
         let kind = disk.random(10);
-        let (result, candidates): (
-            anyhow::Result<(Option<Value>, Option<Value>)>,
-            Vec<Option<Value>>,
-        ) = if kind < 5 {
+        let (result, candidates): (Answer, Vec<Option<Value>>) = if kind < 5 {
             let value = json!({"n": n, "pad": "x".repeat(disk.random(300) as usize)});
             let r = store.set("s", "g", &id, value.clone()).await;
             (r.map(|old| (old, Some(value.clone()))), vec![Some(value)])
@@ -201,47 +201,56 @@ async fn writer(
                     .collect::<String>())
             );
         }
-        let mut m = model.borrow_mut();
-        let cut = m.cut.is_some();
-        let item = m.items.entry(id.clone()).or_default();
-        match result {
-            Ok((old, new)) if !cut => {
-                assert!(
-                    allowed.contains(&old),
-                    "{id}: the write replaced {old:?}, allowed {allowed:?}"
-                );
-                if let Some(v) = &new {
-                    assert!(
-                        candidates.contains(&Some(v.clone())),
-                        "{id}: stored {v:?}, expected one of {candidates:?}"
-                    );
-                }
-                item.acked = new;
-                item.maybe.clear();
-                m.acked += 1;
-            }
-            // Answered after the cut: on the cut disk or not.
-            Ok(_) => item.maybe.extend(candidates),
-            Err(e) => match e.downcast_ref::<WriteError>() {
-                Some(WriteError::NotStored(why)) if !cut => {
-                    if std::env::var_os("WAL_FAULT_SEED").is_some() {
-                        eprintln!("{id}: refused: {why}");
-                    }
-                    item.refused.extend(
-                        candidates
-                            .into_iter()
-                            .flatten()
-                            .filter(|v| v.get("n").is_some()),
-                    );
-                    m.refused += 1;
-                    drop(m);
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-                Some(_) => item.maybe.extend(candidates),
-                None => panic!("{id}: an error that is not a WriteError: {e:#}"),
-            },
+        if record(&model, &id, result, candidates, &allowed) {
+            // Refused while the disk fails: give the store a moment to probe it.
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
+}
+
+/// Checks a write's answer against the model and records it; true if it was refused.
+fn record(
+    model: &RefCell<Model>,
+    id: &str,
+    result: Answer,
+    candidates: Vec<Option<Value>>,
+    allowed: &[Option<Value>],
+) -> bool {
+    let mut m = model.borrow_mut();
+    let cut = m.cut.is_some();
+    let item = m.items.entry(id.to_owned()).or_default();
+    match result {
+        Ok((old, new)) if !cut => {
+            assert!(
+                allowed.contains(&old),
+                "{id}: the write replaced {old:?}, allowed {allowed:?}"
+            );
+            if let Some(v) = &new {
+                assert!(
+                    candidates.contains(&Some(v.clone())),
+                    "{id}: stored {v:?}, expected one of {candidates:?}"
+                );
+            }
+            item.acked = new;
+            item.maybe.clear();
+            m.acked += 1;
+        }
+        // Answered after the cut: on the cut disk or not.
+        Ok(_) => item.maybe.extend(candidates),
+        Err(e) => match e.downcast_ref::<WriteError>() {
+            Some(WriteError::NotStored(why)) if !cut => {
+                if std::env::var_os("WAL_FAULT_SEED").is_some() {
+                    eprintln!("{id}: refused: {why}");
+                }
+                item.refused.extend(candidates.into_iter().flatten());
+                m.refused += 1;
+                return true;
+            }
+            Some(_) => item.maybe.extend(candidates),
+            None => panic!("{id}: an error that is not a WriteError: {e:#}"),
+        },
+    }
+    false
 }
 
 /// Runs one case; returns a line about what it did.
