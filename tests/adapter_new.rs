@@ -325,7 +325,7 @@ fn build_and_bind_the_fanout_hook(
         let bound = w
             .ok(
                 "streamhost::create_stream",
-                json!({"stream_name": "rooms", "component": component}),
+                json!({"stream_name": "rooms", "component": component, "limits": {"timeout_ms": 10000}}),
             )
             .await;
         assert_eq!(bound["fanout"], true, "{bound}");
