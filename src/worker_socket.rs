@@ -144,8 +144,16 @@ impl Peer for WorkerPeer {
 }
 
 /// Takes the message apart (moving, not copying, its payload); errors name the field.
-fn parse<T: for<'de> Deserialize<'de>>(msg: Value) -> Result<T, String> {
-    serde_path_to_error::deserialize(msg).map_err(|e| match e.path().to_string().as_str() {
+fn parse<T: for<'de> Deserialize<'de>>(msg: Value, text: &str) -> Result<T, String> {
+    serde_json::from_value(msg).map_err(|e| explain::<T>(text).unwrap_or_else(|| e.to_string()))
+}
+
+/// Why a frame does not fit `T`, with the path of the field at fault. The frame is read again
+/// for this: tracking the path on every frame would cost an allocation per key.
+fn explain<T: for<'de> Deserialize<'de>>(text: &str) -> Option<String> {
+    let mut frame = serde_json::Deserializer::from_str(text);
+    let e = serde_path_to_error::deserialize::<_, T>(&mut frame).err()?;
+    Some(match e.path().to_string().as_str() {
         "." => e.inner().to_string(),
         path => format!("{path}: {}", e.inner()),
     })
@@ -168,20 +176,19 @@ fn handle(engine: &Arc<Engine>, worker: &Arc<WorkerHandle>, text: &str) {
     let kind = kind.as_str();
     let outcome = match kind {
         "registerfunction" => {
-            parse::<RegisterFunction>(msg).map(|f| engine.router.register(&f.id, worker))
+            parse::<RegisterFunction>(msg, text).map(|f| engine.router.register(&f.id, worker))
         }
-        "unregisterfunction" => {
-            parse::<RegisterFunction>(msg).map(|f| engine.router.unregister(&f.id, &worker.id))
-        }
+        "unregisterfunction" => parse::<RegisterFunction>(msg, text)
+            .map(|f| engine.router.unregister(&f.id, &worker.id)),
         "registertrigger" => {
-            parse::<RegisterTrigger>(msg).map(|t| register_trigger(engine, worker, t))
+            parse::<RegisterTrigger>(msg, text).map(|t| register_trigger(engine, worker, t))
         }
         "unregistertrigger" => {
-            parse::<RegisterFunction>(msg).map(|t| engine.triggers.unregister(&t.id))
+            parse::<RegisterFunction>(msg, text).map(|t| engine.triggers.unregister(&t.id))
         }
         "invokefunction" => {
             let (id, function_id) = (msg.get("invocation_id").cloned(), function_of(&msg));
-            parse::<Invoke>(msg)
+            parse::<Invoke>(msg, text)
                 .map(|call| invoke(engine, worker, call))
                 .inspect_err(|e| {
                     let message = format!("malformed invokefunction: {e}; {INVOKE_SHAPE}");
@@ -190,7 +197,7 @@ fn handle(engine: &Arc<Engine>, worker: &Arc<WorkerHandle>, text: &str) {
         }
         "invocationresult" => {
             let id = msg.get("invocation_id").cloned();
-            parse::<InvocationResult>(msg)
+            parse::<InvocationResult>(msg, text)
                 .map(|r| worker.complete(&r.invocation_id, to_result(r.result, r.error)))
                 .inspect_err(|e| {
                     let message = format!("the worker's invocationresult is malformed: {e}");
