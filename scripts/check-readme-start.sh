@@ -25,6 +25,8 @@ grep -q "usage: streamhost" <<<"$help" || { echo "\`$cmd --help\` printed no usa
 # `cargo run` replaces itself with the engine, so $! is the engine's pid.
 bash -c "exec $cmd --port 0 --worker-port 0" >stdout.log 2>stderr.log &
 pid=$!
+# Whatever goes wrong below, the engine does not outlive the check.
+trap 'kill "$pid" 2>/dev/null || true' EXIT
 for _ in $(seq 600); do
   grep -q "streamhost listening" stdout.log && break
   kill -0 "$pid" 2>/dev/null || break
@@ -33,14 +35,13 @@ done
 if ! grep -q "streamhost listening" stdout.log; then
   echo "\`$cmd\` did not start listening:" >&2
   cat stdout.log stderr.log >&2
-  kill "$pid" 2>/dev/null || true
   exit 1
 fi
 cat stdout.log
 port=$(sed -n 's/.*clients ws:\/\/[^ ]*:\([0-9]*\) .*/\1/p' stdout.log)
 exec 3<>"/dev/tcp/127.0.0.1/$port"
 printf 'GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n' >&3
-status=$(head -1 <&3)
+status=$(timeout 10 head -1 <&3 || true)
 exec 3<&-
 kill -TERM "$pid"
 code=0
