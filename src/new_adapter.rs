@@ -97,10 +97,12 @@ fn cargo_toml(name: &str) -> anyhow::Result<String> {
          # and bind {wasm}.\n\
          [package]\nname = \"{name}\"\nversion = \"0.1.0\"\n{edition}\n\n\
          [lib]\ncrate-type = [\"cdylib\"]\n\n\
-         [dependencies]\n{dependencies}\n\
-         [profile.release]\n{profile}\n\
+         [dependencies]\n{dependencies}\n\n\
+         [profile.release]\n{profile}\n\n\
          # Not part of any enclosing workspace.\n[workspace]\n",
-        wasm = wasm_file(name)
+        wasm = wasm_file(name),
+        dependencies = dependencies.trim_end(),
+        profile = profile.trim_end(),
     ))
 }
 
