@@ -275,15 +275,17 @@ impl Peer for Client {
             Ok(Message::Binary(bytes)) => Box::pin(self.frame(&bytes)).await,
             Ok(_) => {} // pings are answered by the socket itself
             Err(e) => {
-                let text = e.to_string();
-                if text.contains("Space limit exceeded") {
-                    let limit = self.engine.config.max_frame_bytes;
-                    self.outbox.close(
-                        CLOSE_TOO_BIG,
-                        format!("frame larger than the {limit}-byte limit (max_frame_bytes)"),
-                    );
-                } else {
-                    tracing::debug!(error = %text, "client socket error");
+                match outbox::read_error_close(&e) {
+                    Some((code, detail)) => {
+                        let reason = if code == CLOSE_TOO_BIG {
+                            format!("{detail} (max_frame_bytes)")
+                        } else {
+                            detail
+                        };
+                        tracing::debug!(code, %reason, "closing a client socket");
+                        self.outbox.close(code, reason);
+                    }
+                    None => tracing::debug!(error = %e, "client socket error"),
                 }
                 return Flow::Stop;
             }

@@ -10,6 +10,11 @@
 //! ```
 //! `${VAR:default}` expands from the environment before parsing. Modules and keys that
 //! streamhost does not know are reported once and skipped, never fatal.
+//!
+//! Relative paths in streamhost's own keys (`component:`, `wasm_cache_dir:`) are relative to
+//! the config file, so a config works from any directory. The KvStore's `file_path` is
+//! relative to the working directory, as iii has it, so that the same config run from the
+//! same place finds the data an iii engine wrote.
 
 use anyhow::{Context, bail};
 use serde_yaml_ng::{Mapping, Value};
@@ -98,10 +103,18 @@ impl Config {
     pub fn load(path: &Path) -> anyhow::Result<Config> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read the config file {}", path.display()))?;
-        Config::parse(&text).with_context(|| format!("in the config file {}", path.display()))
+        let base = path.parent().unwrap_or(Path::new(""));
+        Config::parse_relative_to(&text, base)
+            .with_context(|| format!("in the config file {}", path.display()))
     }
 
+    /// Parses a config; relative paths in it stay relative to the working directory.
     pub fn parse(text: &str) -> anyhow::Result<Config> {
+        Config::parse_relative_to(text, Path::new(""))
+    }
+
+    /// Parses a config whose relative `component:` and `wasm_cache_dir:` are under `base`.
+    fn parse_relative_to(text: &str, base: &Path) -> anyhow::Result<Config> {
         let expanded = expand_env(text, |name| std::env::var(name).ok())?;
         let root: Value =
             serde_yaml_ng::from_str(&expanded).context("the file is not valid YAML")?;
@@ -117,7 +130,7 @@ impl Config {
                 "port" => config.worker_port = port(value, "port")?,
                 "modules" | "workers" => {
                     for entry in value.as_sequence().map(Vec::as_slice).unwrap_or_default() {
-                        config.load_module(entry)?;
+                        config.load_module(entry, base)?;
                     }
                 }
                 other => config
@@ -128,7 +141,7 @@ impl Config {
         Ok(config)
     }
 
-    fn load_module(&mut self, entry: &Value) -> anyhow::Result<()> {
+    fn load_module(&mut self, entry: &Value, base: &Path) -> anyhow::Result<()> {
         let name = entry
             .get("class")
             .or_else(|| entry.get("name"))
@@ -155,12 +168,10 @@ impl Config {
                         self.close_grace = Duration::from_millis(number(value, key)?)
                     }
                     "max_subscriptions" => self.max_subscriptions = number(value, key)? as usize,
-                    "wasm_cache_dir" => {
-                        self.wasm_cache_dir = Some(PathBuf::from(string(value, key)?))
-                    }
+                    "wasm_cache_dir" => self.wasm_cache_dir = Some(base.join(string(value, key)?)),
                     "custom_streams" => {
                         for entry in value.as_sequence().map(Vec::as_slice).unwrap_or_default() {
-                            self.custom_streams.push(custom_stream(entry)?);
+                            self.custom_streams.push(custom_stream(entry, base)?);
                         }
                     }
                     other => self
@@ -243,7 +254,7 @@ fn adapter(value: &Value, warnings: &mut Vec<String>) -> anyhow::Result<AdapterC
     }
 }
 
-fn custom_stream(entry: &Value) -> anyhow::Result<CustomStreamConfig> {
+fn custom_stream(entry: &Value, base: &Path) -> anyhow::Result<CustomStreamConfig> {
     let stream_name = entry
         .get("stream_name")
         .map(|v| string(v, "stream_name"))
@@ -268,7 +279,7 @@ fn custom_stream(entry: &Value) -> anyhow::Result<CustomStreamConfig> {
     };
     Ok(CustomStreamConfig {
         stream_name,
-        component: PathBuf::from(component),
+        component: base.join(component),
         config,
         limits: limits.to_limits(),
     })
@@ -372,6 +383,38 @@ mod tests {
         );
         let err = expand_env("${UNSET}", env).unwrap_err().to_string();
         assert!(err.contains("UNSET is not set"), "{err}");
+    }
+
+    #[test]
+    fn paths_are_relative_to_the_config_file_except_iii_file_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("iii-config.yaml");
+        std::fs::write(
+            &path,
+            "workers:\n  - name: iii-stream\n    config:\n      wasm_cache_dir: cache\n      adapter: { name: kv, config: { store_method: file_based, file_path: ./data/store } }\n      custom_streams:\n        - { stream_name: a, component: adapters/a.wasm }\n        - { stream_name: b, component: /abs/b.wasm }\n",
+        )
+        .unwrap();
+        let config = Config::load(&path).unwrap();
+        assert_eq!(config.wasm_cache_dir, Some(dir.path().join("cache")));
+        assert_eq!(
+            config.custom_streams[0].component,
+            dir.path().join("adapters/a.wasm")
+        );
+        assert_eq!(config.custom_streams[1].component, Path::new("/abs/b.wasm"));
+        // iii's own key keeps iii's meaning: the working directory.
+        assert_eq!(
+            config.adapter,
+            AdapterConfig::KvFile {
+                path: "./data/store".into()
+            }
+        );
+        // A config named without a directory resolves against the working directory.
+        let bare = Config::parse_relative_to(
+            "workers:\n  - name: iii-stream\n    config: { wasm_cache_dir: c }\n",
+            Path::new(""),
+        )
+        .unwrap();
+        assert_eq!(bare.wasm_cache_dir, Some(PathBuf::from("c")));
     }
 
     #[test]

@@ -60,15 +60,31 @@ impl Engine {
 
     /// Calls a function by id: a built-in `stream::*` function or one a worker registered.
     pub async fn call(self: &Arc<Self>, function_id: &str, data: Value) -> FnResult {
+        self.call_with_metadata(function_id, data, None).await
+    }
+
+    /// As `call`, with the invocation's `metadata`: a worker that serves the function gets it
+    /// unchanged (spec section 6); the built-in functions have no use for it.
+    pub async fn call_with_metadata(
+        self: &Arc<Self>,
+        function_id: &str,
+        data: Value,
+        metadata: Option<Value>,
+    ) -> FnResult {
         let started = std::time::Instant::now();
-        let result = self.dispatch(function_id, data).await;
+        let result = self.dispatch(function_id, data, metadata).await;
         let code = result.as_ref().err().map(|e| e.code.as_str());
         self.metrics
             .record_call(function_id, started.elapsed(), code);
         result
     }
 
-    async fn dispatch(self: &Arc<Self>, function_id: &str, data: Value) -> FnResult {
+    async fn dispatch(
+        self: &Arc<Self>,
+        function_id: &str,
+        data: Value,
+        metadata: Option<Value>,
+    ) -> FnResult {
         if streams::is_builtin(function_id) {
             return streams::call(self, function_id, data).await;
         }
@@ -78,7 +94,12 @@ impl Engine {
         match self.router.lookup(function_id) {
             Some(worker) => {
                 worker
-                    .invoke(function_id, data, self.config.invocation_timeout)
+                    .invoke_with_metadata(
+                        function_id,
+                        data,
+                        metadata,
+                        self.config.invocation_timeout,
+                    )
                     .await
             }
             None => Err(FnError::new(

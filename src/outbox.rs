@@ -20,6 +20,8 @@ pub const CLOSE_SLOW: u16 = 4008;
 pub const CLOSE_TOO_BIG: u16 = 1009;
 /// Close code when the engine shuts down (RFC 6455 "going away").
 pub const CLOSE_GOING_AWAY: u16 = 1001;
+/// Close code for a text frame that is not UTF-8 (RFC 6455 "invalid frame payload data").
+pub const CLOSE_NOT_UTF8: u16 = 1007;
 
 /// At most this many frames are written before a flush, so one flush stays bounded.
 const MAX_BATCH: usize = 256;
@@ -218,5 +220,24 @@ impl Outbox {
     /// Queues a frame, waiting for room: for peers (workers) whose frames must not be dropped.
     pub async fn send(&self, frame: Utf8Bytes) -> bool {
         !self.is_closing() && self.tx.send(frame).await.is_ok()
+    }
+}
+
+/// The close code and reason a read error deserves, when the peer broke a rule the engine can
+/// name: a frame over the size limit (1009) or a text frame that is not UTF-8 (1007). The
+/// socket library reports these before the frame reaches the peer's handler; the close frame
+/// still goes out, since only reading has stopped.
+pub fn read_error_close(err: &axum::Error) -> Option<(u16, String)> {
+    use tokio_tungstenite::tungstenite::error::{CapacityError, Error};
+    match std::error::Error::source(err)?.downcast_ref::<Error>()? {
+        Error::Capacity(CapacityError::MessageTooLong { size, max_size }) => Some((
+            CLOSE_TOO_BIG,
+            format!("frame of {size} bytes is over the {max_size}-byte limit"),
+        )),
+        Error::Utf8(_) => Some((
+            CLOSE_NOT_UTF8,
+            "a text frame must be UTF-8; send other bytes in a binary frame".to_owned(),
+        )),
+        _ => None,
     }
 }

@@ -35,6 +35,11 @@ impl WorkerHandle {
         self.outbox.push(Utf8Bytes::from(frame));
     }
 
+    /// Asks the socket's task to close the socket with this code and reason.
+    pub fn close(&self, code: u16, reason: impl Into<String>) {
+        self.outbox.close(code, reason);
+    }
+
     /// Queues a frame for the worker, waiting for room rather than dropping it.
     pub async fn send(&self, frame: String) -> bool {
         self.outbox.send(Utf8Bytes::from(frame)).await
@@ -42,18 +47,34 @@ impl WorkerHandle {
 
     /// Calls one of this worker's functions and waits for its answer.
     pub async fn invoke(&self, function_id: &str, data: Value, timeout: Duration) -> FnResult {
+        self.invoke_with_metadata(function_id, data, None, timeout)
+            .await
+    }
+
+    /// As `invoke`, passing the caller's (or the trigger's) `metadata` on unchanged; it is
+    /// left out of the frame when there is none, as iii does.
+    pub async fn invoke_with_metadata(
+        &self,
+        function_id: &str,
+        data: Value,
+        metadata: Option<Value>,
+        timeout: Duration,
+    ) -> FnResult {
         let invocation_id = uuid::Uuid::new_v4().to_string();
         let (tx, rx) = oneshot::channel();
         match self.pending.lock().unwrap().as_mut() {
             Some(pending) => pending.insert(invocation_id.clone(), tx),
             None => return Err(self.disconnected(function_id)),
         };
-        let frame = json!({
+        let mut frame = json!({
             "type": "invokefunction",
             "invocation_id": invocation_id,
             "function_id": function_id,
             "data": data,
         });
+        if let Some(metadata) = metadata.filter(|m| !m.is_null()) {
+            frame["metadata"] = metadata;
+        }
         let call = async {
             if !self.send(frame.to_string()).await {
                 return Err(self.disconnected(function_id));

@@ -4,6 +4,9 @@
 //!   and a condition function; run in the background so the writer's reply never waits.
 //! - `stream:join`: before a client subscribes; `{"unauthorized": true}` rejects the join.
 //! - `stream:leave`: after a leave or a close; the result is ignored.
+//!
+//! A trigger's `metadata`, when it was registered with one, goes with every call of its
+//! function, as iii passes it; a condition function is called without it, as in iii.
 
 use crate::engine::Engine;
 use crate::error::FnError;
@@ -44,6 +47,8 @@ pub struct Trigger {
     pub function_id: String,
     pub filter: StreamFilter,
     pub worker_id: String,
+    /// Sent with every call of `function_id` (absent when None).
+    pub metadata: Option<Value>,
 }
 
 #[derive(Default)]
@@ -59,6 +64,7 @@ impl Triggers {
         trigger_type: &str,
         function_id: &str,
         config: Value,
+        metadata: Option<Value>,
         worker_id: &str,
     ) -> Result<(), FnError> {
         let filter = match trigger_type {
@@ -89,6 +95,7 @@ impl Triggers {
             function_id: function_id.to_owned(),
             filter,
             worker_id: worker_id.to_owned(),
+            metadata: metadata.filter(|m| !m.is_null()),
         };
         let mut list = self.list.write().unwrap();
         list.retain(|t| t.id != id);
@@ -146,7 +153,11 @@ impl Triggers {
                         }
                     }
                 }
-                if let Err(e) = engine.call(&trigger.function_id, payload).await {
+                let metadata = trigger.metadata.clone();
+                if let Err(e) = engine
+                    .call_with_metadata(&trigger.function_id, payload, metadata)
+                    .await
+                {
                     tracing::warn!(trigger = %trigger.id, function_id = %trigger.function_id, error = %e, "stream trigger failed");
                 }
             });
@@ -157,7 +168,11 @@ impl Triggers {
     /// A trigger that fails rejects too: an access check that cannot run must not let anyone in.
     pub async fn join_rejected(&self, engine: &Arc<Engine>, payload: &Value) -> bool {
         for trigger in self.of_type(JOIN) {
-            match engine.call(&trigger.function_id, payload.clone()).await {
+            let metadata = trigger.metadata.clone();
+            match engine
+                .call_with_metadata(&trigger.function_id, payload.clone(), metadata)
+                .await
+            {
                 Ok(Some(result)) if result.get("unauthorized") == Some(&Value::Bool(true)) => {
                     return true;
                 }
@@ -177,7 +192,11 @@ impl Triggers {
             let engine = engine.clone();
             let payload = payload.clone();
             tokio::spawn(async move {
-                if let Err(e) = engine.call(&trigger.function_id, payload).await {
+                let metadata = trigger.metadata.clone();
+                if let Err(e) = engine
+                    .call_with_metadata(&trigger.function_id, payload, metadata)
+                    .await
+                {
                     tracing::warn!(function_id = %trigger.function_id, error = %e, "stream:leave trigger failed");
                 }
             });

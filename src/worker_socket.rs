@@ -4,10 +4,16 @@
 //! Every path upgrades, so an SDK's telemetry socket (`/otel`) is accepted and its binary
 //! frames ignored. Calls from a worker run concurrently, each in its own task, so that a
 //! worker's burst of writes shares the store's group commit.
+//!
+//! Every call that carries an `invocation_id` is answered, a malformed one too: its caller
+//! gets an `invocationresult` error saying what was wrong rather than waiting out its
+//! timeout. A frame serde cannot read at all goes through `scan` to find the id.
+
+mod scan;
 
 use crate::engine::Engine;
 use crate::error::{FnError, FnResult};
-use crate::outbox::{self, Flow, Outbox, Peer};
+use crate::outbox::{self, CLOSE_TOO_BIG, Flow, Outbox, Peer};
 use crate::router::WorkerHandle;
 use axum::Router;
 use axum::extract::State;
@@ -45,6 +51,9 @@ struct RegisterTrigger {
     function_id: String,
     #[serde(default)]
     config: Value,
+    /// Passed to every call the trigger makes.
+    #[serde(default)]
+    metadata: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -53,6 +62,9 @@ struct Invoke {
     function_id: String,
     #[serde(default)]
     data: Value,
+    /// Forwarded unchanged to the worker that serves the call.
+    #[serde(default)]
+    metadata: Option<Value>,
 }
 
 #[derive(Deserialize)]
@@ -110,7 +122,20 @@ impl Peer for WorkerPeer {
             // Telemetry (OTLP, MTRC, LOGS) and any other binary frame: not ours to read.
             Ok(_) => {}
             Err(e) => {
-                tracing::debug!(worker = %self.worker.id, error = %e, "worker socket error");
+                match outbox::read_error_close(&e) {
+                    Some((code, detail)) => {
+                        let reason = if code == CLOSE_TOO_BIG {
+                            format!("{detail} (a worker frame may be 64 MiB)")
+                        } else {
+                            detail
+                        };
+                        tracing::warn!(worker = %self.worker.id, code, %reason, "closing a worker socket");
+                        self.worker.close(code, reason);
+                    }
+                    None => {
+                        tracing::debug!(worker = %self.worker.id, error = %e, "worker socket error")
+                    }
+                }
                 return Flow::Stop;
             }
         }
@@ -118,20 +143,30 @@ impl Peer for WorkerPeer {
     }
 }
 
-/// Takes the message apart (moving, not copying, its payload).
-fn parse<T: for<'de> Deserialize<'de>>(msg: Value) -> Result<T, String> {
-    serde_json::from_value(msg).map_err(|e| e.to_string())
+/// Takes the message apart (moving, not copying, its payload); errors name the field.
+fn parse<T: for<'de> Deserialize<'de>>(msg: Value, text: &str) -> Result<T, String> {
+    serde_json::from_value(msg).map_err(|e| explain::<T>(text).unwrap_or_else(|| e.to_string()))
 }
+
+/// Why a frame does not fit `T`, with the path of the field at fault. The frame is read again
+/// for this: tracking the path on every frame would cost an allocation per key.
+fn explain<T: for<'de> Deserialize<'de>>(text: &str) -> Option<String> {
+    let mut frame = serde_json::Deserializer::from_str(text);
+    let e = serde_path_to_error::deserialize::<_, T>(&mut frame).err()?;
+    Some(match e.path().to_string().as_str() {
+        "." => e.inner().to_string(),
+        path => format!("{path}: {}", e.inner()),
+    })
+}
+
+const INVOKE_SHAPE: &str = r#"expected {"type":"invokefunction","invocation_id"?:string,"function_id":string,"data":any,"metadata"?:any}"#;
 
 /// Handles one frame from a worker. It never waits: calls run in tasks of their own, so the
 /// socket's own task keeps writing (a worker's queue is drained by the task reading it).
 fn handle(engine: &Arc<Engine>, worker: &Arc<WorkerHandle>, text: &str) {
     let msg: Value = match serde_json::from_str(text) {
         Ok(v) => v,
-        Err(e) => {
-            tracing::warn!(worker = %worker.id, error = %e, "worker sent a frame that is not JSON; ignored");
-            return;
-        }
+        Err(e) => return unreadable(worker, text, &e),
     };
     let kind = msg
         .get("type")
@@ -141,20 +176,34 @@ fn handle(engine: &Arc<Engine>, worker: &Arc<WorkerHandle>, text: &str) {
     let kind = kind.as_str();
     let outcome = match kind {
         "registerfunction" => {
-            parse::<RegisterFunction>(msg).map(|f| engine.router.register(&f.id, worker))
+            parse::<RegisterFunction>(msg, text).map(|f| engine.router.register(&f.id, worker))
         }
-        "unregisterfunction" => {
-            parse::<RegisterFunction>(msg).map(|f| engine.router.unregister(&f.id, &worker.id))
-        }
+        "unregisterfunction" => parse::<RegisterFunction>(msg, text)
+            .map(|f| engine.router.unregister(&f.id, &worker.id)),
         "registertrigger" => {
-            parse::<RegisterTrigger>(msg).map(|t| register_trigger(engine, worker, t))
+            parse::<RegisterTrigger>(msg, text).map(|t| register_trigger(engine, worker, t))
         }
         "unregistertrigger" => {
-            parse::<RegisterFunction>(msg).map(|t| engine.triggers.unregister(&t.id))
+            parse::<RegisterFunction>(msg, text).map(|t| engine.triggers.unregister(&t.id))
         }
-        "invokefunction" => parse::<Invoke>(msg).map(|call| invoke(engine, worker, call)),
-        "invocationresult" => parse::<InvocationResult>(msg)
-            .map(|r| worker.complete(&r.invocation_id, to_result(r.result, r.error))),
+        "invokefunction" => {
+            let (id, function_id) = (msg.get("invocation_id").cloned(), function_of(&msg));
+            parse::<Invoke>(msg, text)
+                .map(|call| invoke(engine, worker, call))
+                .inspect_err(|e| {
+                    let message = format!("malformed invokefunction: {e}; {INVOKE_SHAPE}");
+                    refuse_call(worker, id, &function_id, "invalid_message", message);
+                })
+        }
+        "invocationresult" => {
+            let id = msg.get("invocation_id").cloned();
+            parse::<InvocationResult>(msg, text)
+                .map(|r| worker.complete(&r.invocation_id, to_result(r.result, r.error)))
+                .inspect_err(|e| {
+                    let message = format!("the worker's invocationresult is malformed: {e}");
+                    fail_pending(worker, id.as_ref().and_then(Value::as_str), message);
+                })
+        }
         "ping" => {
             worker.push(json!({"type": "pong"}).to_string());
             Ok(())
@@ -174,12 +223,77 @@ fn handle(engine: &Arc<Engine>, worker: &Arc<WorkerHandle>, text: &str) {
     }
 }
 
+fn function_of(msg: &Value) -> String {
+    let id = msg.get("function_id").and_then(Value::as_str);
+    id.unwrap_or_default().to_owned()
+}
+
+/// A frame serde_json cannot read: a call in it is still answered, and a worker's answer
+/// still ends the wait of the call it answers.
+fn unreadable(worker: &Arc<WorkerHandle>, text: &str, err: &serde_json::Error) {
+    let found = scan::envelope(text);
+    let detail = err.to_string();
+    let hint = if detail.contains("recursion limit") {
+        "; a frame may nest at most 127 levels, its own object included (serde_json's limit, as in iii): flatten the data"
+    } else if detail.contains("surrogate") || detail.contains("end of hex escape") {
+        // serde_json says "unexpected end of hex escape" for `"\ud83d"` on its own.
+        "; a string holds a lone UTF-16 surrogate escape such as \\ud83d, what JavaScript writes for a string cut inside an emoji or other pair: cut strings on whole characters"
+    } else {
+        ""
+    };
+    let message = format!("the frame is not valid JSON: {detail}{hint}");
+    tracing::warn!(worker = %worker.id, message_type = found.kind.as_deref().unwrap_or("?"), invocation_id = found.invocation_id.as_deref().unwrap_or(""), error = %message, "unreadable worker frame");
+    match found.kind.as_deref() {
+        Some("invokefunction") => {
+            let id = found.invocation_id.map(Value::String);
+            let function_id = found.function_id.unwrap_or_default();
+            refuse_call(worker, id, &function_id, "deserialization_error", message);
+        }
+        Some("invocationresult") => {
+            let message = format!("the worker's invocationresult is unreadable: {message}");
+            fail_pending(worker, found.invocation_id.as_deref(), message);
+        }
+        _ => {}
+    }
+}
+
+/// Answers a call that cannot run; one without an id (fire and forget) is only logged.
+fn refuse_call(
+    worker: &WorkerHandle,
+    invocation_id: Option<Value>,
+    function_id: &str,
+    code: &str,
+    message: String,
+) {
+    let Some(invocation_id) = invocation_id.filter(|id| !id.is_null()) else {
+        return;
+    };
+    // The id goes back as it came, so a caller that sent a number can still match it.
+    let reply = json!({
+        "type": "invocationresult",
+        "invocation_id": invocation_id,
+        "function_id": function_id,
+        "error": FnError::new(code, message),
+    });
+    worker.push(reply.to_string());
+}
+
+/// Ends the wait of the engine's call that a malformed answer was meant for.
+fn fail_pending(worker: &WorkerHandle, invocation_id: Option<&str>, message: String) {
+    if let Some(id) = invocation_id {
+        worker.complete(id, Err(FnError::new("invalid_message", message)));
+    }
+}
+
 fn register_trigger(engine: &Arc<Engine>, worker: &Arc<WorkerHandle>, t: RegisterTrigger) {
-    if let Err(e) =
-        engine
-            .triggers
-            .register(&t.id, &t.trigger_type, &t.function_id, t.config, &worker.id)
-    {
+    if let Err(e) = engine.triggers.register(
+        &t.id,
+        &t.trigger_type,
+        &t.function_id,
+        t.config,
+        t.metadata,
+        &worker.id,
+    ) {
         tracing::warn!(worker = %worker.id, trigger = %t.id, error = %e, "trigger refused");
         let reply = json!({
             "type": "triggerregistrationresult",
@@ -202,7 +316,9 @@ fn invoke(engine: &Arc<Engine>, worker: &Arc<WorkerHandle>, call: Invoke) {
             tracing::debug!(worker = %worker.id, metadata = %call.data, "worker metadata");
             Ok(None)
         } else {
-            engine.call(&call.function_id, call.data).await
+            engine
+                .call_with_metadata(&call.function_id, call.data, call.metadata)
+                .await
         };
         let Some(invocation_id) = call.invocation_id else {
             if let Err(e) = result {

@@ -185,10 +185,14 @@ impl Client {
 
 type Handler = Arc<dyn Fn(Value) -> Result<Option<Value>, Value> + Send + Sync>;
 
+/// Calls waiting for an answer; None once the socket has closed, so that a call made after
+/// that fails at once instead of waiting for an answer that cannot come.
+type Pending = Arc<Mutex<Option<HashMap<String, oneshot::Sender<Value>>>>>;
+
 /// A worker speaking the raw worker protocol, so tests see every frame exactly.
 pub struct RawWorker {
     out: mpsc::UnboundedSender<Message>,
-    pending: Arc<Mutex<HashMap<String, oneshot::Sender<Value>>>>,
+    pending: Pending,
     handlers: Arc<Mutex<HashMap<String, Handler>>>,
     pub worker_id: String,
     pub frames: mpsc::UnboundedReceiver<Value>,
@@ -213,7 +217,7 @@ impl RawWorker {
         let (mut sink, mut stream) = ws.split();
         let (out, mut out_rx) = mpsc::unbounded_channel::<Message>();
         let (frames_tx, frames) = mpsc::unbounded_channel();
-        let pending: Arc<Mutex<HashMap<String, oneshot::Sender<Value>>>> = Arc::default();
+        let pending: Pending = Arc::new(Mutex::new(Some(HashMap::new())));
         let handlers: Arc<Mutex<HashMap<String, Handler>>> = Arc::default();
         let writer = tokio::spawn(async move {
             while let Some(m) = out_rx.recv().await {
@@ -237,8 +241,15 @@ impl RawWorker {
                     }
                     Some("invocationresult") => {
                         let id = v["invocation_id"].as_str().unwrap_or_default().to_owned();
-                        if let Some(tx) = p.lock().unwrap().remove(&id) {
-                            let _ = tx.send(v);
+                        let waiter = p.lock().unwrap().as_mut().and_then(|p| p.remove(&id));
+                        match waiter {
+                            Some(tx) => {
+                                let _ = tx.send(v);
+                            }
+                            // An answer to no call of ours: the test may want to see it.
+                            None => {
+                                let _ = frames_tx.send(v);
+                            }
                         }
                     }
                     Some("invokefunction") => {
@@ -275,8 +286,8 @@ impl RawWorker {
                     }
                 }
             }
-            // The socket is gone: calls still waiting fail now rather than time out.
-            p.lock().unwrap().clear();
+            // The socket is gone: calls still waiting fail now, and later ones at once.
+            p.lock().unwrap().take();
         });
         let worker_id = tokio::time::timeout(WAIT, registered_rx)
             .await
@@ -310,14 +321,43 @@ impl RawWorker {
 
     /// Like `call_raw`, but None when the socket closes first.
     pub async fn try_call_raw(&self, function_id: &str, data: Value) -> Option<Value> {
+        self.try_call_frame(
+            json!({"type": "invokefunction", "function_id": function_id, "data": data}),
+        )
+        .await
+    }
+
+    /// Sends `frame` with a fresh `invocation_id` and returns the `invocationresult` frame.
+    pub async fn call_frame(&self, frame: Value) -> Value {
+        self.try_call_frame(frame)
+            .await
+            .expect("the worker socket closed before the answer")
+    }
+
+    pub async fn try_call_frame(&self, mut frame: Value) -> Option<Value> {
+        self.try_call_text(|id| {
+            frame["invocation_id"] = json!(id);
+            frame.to_string()
+        })
+        .await
+    }
+
+    /// Sends the text `make(id)` for a fresh invocation id and waits for the answer to that
+    /// id: for frames that are not JSON a test could build with serde.
+    pub async fn try_call_text(&self, make: impl FnOnce(&str) -> String) -> Option<Value> {
         let id = format!(
             "call-{}",
             self.next_id
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
         );
         let (tx, rx) = oneshot::channel();
-        self.pending.lock().unwrap().insert(id.clone(), tx);
-        let _ = self.out.send(Message::text(json!({"type": "invokefunction", "invocation_id": id, "function_id": function_id, "data": data}).to_string()));
+        // Checked under the lock the reader takes to close, so no call slips in after it.
+        self.pending
+            .lock()
+            .unwrap()
+            .as_mut()?
+            .insert(id.clone(), tx);
+        let _ = self.out.send(Message::text(make(&id)));
         // Only a guard against a hang: compiling a large component on a busy machine is slow.
         tokio::time::timeout(Duration::from_secs(120), rx)
             .await

@@ -1,11 +1,13 @@
-//! template: the adapter to copy. It keeps items in the store the host lends it, unchanged,
-//! so it behaves exactly like a native stream; put your own logic in the function you need.
+//! template: the adapter to copy; `streamhost adapter new NAME` writes a crate of its own
+//! from it. It keeps items in the store the host lends it, unchanged, so it behaves exactly
+//! like a native stream; put your own logic in the function you need.
 //!
 //! Build:  cargo build --release --target wasm32-wasip2 --manifest-path adapters/Cargo.toml
 //! Check:  streamhost adapter check adapters/target/wasm32-wasip2/release/template.wasm
 
-// Generates the Rust bindings of the `adapter` world from ../wit. Use the `fanout-adapter`
-// world to also take part in fan-out (see drafts/ and capped-history/).
+// Generates the Rust bindings of the `adapter` world from the WIT file at `path`. Use the
+// `fanout-adapter` world to also take part in fan-out (see "The fan-out hook" in the
+// adapter guide, adapters/README.md in the streamhost repository).
 wit_bindgen::generate!({ path: "../../wit", world: "adapter" });
 
 use exports::streamhost::adapter::stream_adapter::Guest as StreamAdapter;

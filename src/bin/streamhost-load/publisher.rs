@@ -53,6 +53,8 @@ async fn worker(
             out.fetch_sub(1, Ordering::Relaxed);
             win.add_permits(1);
         }
+        // The socket is gone: a send waiting for room in the window fails now, not never.
+        win.close();
     });
     let function = if o.set { "stream::set" } else { "stream::send" };
     let pad = "x".repeat(o.size);
@@ -71,7 +73,11 @@ async fn worker(
         if window.available_permits() == 0 {
             sink.flush().await?;
         }
-        window.acquire().await?.forget();
+        window
+            .acquire()
+            .await
+            .map_err(|_| anyhow::anyhow!("worker {w}: the engine closed the worker socket"))?
+            .forget();
         let group = format!("g{}", o.group_of(seq));
         let t = epoch.elapsed().as_nanos() as u64;
         let event = json!({"seq": seq, "t": t, "p": pad});
@@ -93,7 +99,10 @@ async fn worker(
     sink.flush().await?;
     // Wait for the answers to every call.
     let deadline = Instant::now() + Duration::from_secs(o.drain_seconds);
-    while outstanding.load(Ordering::Relaxed) > 0 && Instant::now() < deadline {
+    while outstanding.load(Ordering::Relaxed) > 0
+        && Instant::now() < deadline
+        && !reader.is_finished()
+    {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     reader.abort();
