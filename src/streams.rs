@@ -10,7 +10,7 @@ use crate::emit_order;
 use crate::engine::Engine;
 use crate::error::{FnError, FnResult};
 use crate::frame::{EventKind, StreamEvent};
-use crate::update_ops::{self, ParsedOp};
+use crate::update_ops::{self, UpdateOps};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -300,7 +300,7 @@ async fn send(engine: &Arc<Engine>, p: SendPayload) -> FnResult {
 
 async fn update(engine: &Arc<Engine>, p: UpdatePayload) -> FnResult {
     const CODE: &str = "STREAM_UPDATE_ERROR";
-    let ops = update_ops::parse_ops(&p.ops);
+    let ops = UpdateOps::parse(&p.ops, &engine.config.value_limits)?;
     let (old, new, errors, mut turn) = if let Some(id) = custom(engine, "update", &p.stream_name) {
         let held = emit_order::lock(&p.stream_name, &p.group_id, &p.item_id).await;
         let result = call_custom(engine, &id, json!(p), CODE).await?;
@@ -353,7 +353,7 @@ async fn update(engine: &Arc<Engine>, p: UpdatePayload) -> FnResult {
 async fn update_via_get_set(
     engine: &Arc<Engine>,
     p: &UpdatePayload,
-    ops: &[ParsedOp],
+    ops: &UpdateOps,
 ) -> Result<(Option<Value>, Value, Vec<Value>), FnError> {
     const CODE: &str = "STREAM_UPDATE_ERROR";
     let item = json!({"stream_name": p.stream_name, "group_id": p.group_id, "item_id": p.item_id});
@@ -365,7 +365,7 @@ async fn update_via_get_set(
     )
     .await?
     .filter(|v| !v.is_null());
-    let (new, errors) = update_ops::apply(current.as_ref(), ops);
+    let (new, errors) = update_ops::apply(current.as_ref(), ops)?;
     let mut set_payload = item;
     set_payload["data"] = new.clone();
     call_custom(

@@ -19,7 +19,7 @@ use crate::adapter::{StreamAdapter, UpdateOutcome};
 use crate::error::FnError;
 use crate::frame::{EventKind, StreamEvent};
 use crate::item_lock::ItemLock;
-use crate::update_ops::{self, ParsedOp};
+use crate::update_ops::{self, UpdateOps};
 use async_trait::async_trait;
 use serde_json::Value;
 use std::sync::Arc;
@@ -447,10 +447,9 @@ impl StreamAdapter for WasmAdapter {
         s: &str,
         g: &str,
         i: &str,
-        ops: &[ParsedOp],
+        ops: &UpdateOps,
     ) -> anyhow::Result<UpdateOutcome> {
-        let raw: Vec<Value> = ops.iter().map(ParsedOp::raw).collect();
-        let ops_json = Value::Array(raw).to_string();
+        let ops_json = serde_json::to_string(ops.raw())?;
         let r = self
             .call("update", async |l| {
                 l.guest.call_update(&mut l.store, s, g, i, &ops_json).await
@@ -472,7 +471,7 @@ impl StreamAdapter for WasmAdapter {
                 // The host's read-modify-write, one at a time per item.
                 let _held = ItemLock::acquire(s, g, i).await;
                 let current = self.get(s, g, i).await?;
-                let (new_value, errors) = update_ops::apply(current.as_ref(), ops);
+                let (new_value, errors) = update_ops::apply(current.as_ref(), ops)?;
                 self.set(s, g, i, new_value.clone()).await?;
                 Ok(UpdateOutcome {
                     old_value: current,
