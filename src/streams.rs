@@ -4,7 +4,9 @@
 //! goes to the stream's storage, and emits the change to subscribers and triggers. A stream
 //! that a worker created with `createStream` is served by that worker's
 //! `stream::<op>(<name>)` functions instead of the adapter; the engine still emits. A write
-//! emits only after the earlier writes to its item have (see `emit_order`).
+//! emits only after the earlier writes to its item have (see `emit_order`). Every value bound
+//! for a store or for subscribers (set data, send data, update ops and results) is held to
+//! the engine's value limits first (see `limits`), whichever storage serves the stream.
 
 use crate::emit_order;
 use crate::engine::Engine;
@@ -167,6 +169,10 @@ async fn emit_write(
 
 async fn set(engine: &Arc<Engine>, p: SetPayload) -> FnResult {
     const CODE: &str = "STREAM_SET_ERROR";
+    engine
+        .config
+        .value_limits
+        .check("stream::set data", &p.data)?;
     let (old, new, mut turn) = match custom(engine, "set", &p.stream_name) {
         Some(id) => {
             let held = emit_order::lock(&p.stream_name, &p.group_id, &p.item_id).await;
@@ -283,6 +289,10 @@ async fn list_all(engine: &Arc<Engine>) -> FnResult {
 }
 
 async fn send(engine: &Arc<Engine>, p: SendPayload) -> FnResult {
+    engine
+        .config
+        .value_limits
+        .check("stream::send data", &p.data)?;
     let kind = EventKind::Custom {
         name: p.event_type,
         data: p.data,
