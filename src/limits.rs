@@ -12,7 +12,7 @@
 //! it refuses does it walk the whole value again, to put the real figure in the message.
 
 use crate::error::FnError;
-use serde_json::Value;
+use serde_json::{Number, Value};
 use std::fmt::Write as _;
 
 /// The highest `max_value_depth` the config accepts: with the few levels a log record or a
@@ -73,11 +73,7 @@ impl Meter {
         match v {
             Value::Null | Value::Bool(true) => self.add(4),
             Value::Bool(false) => self.add(5),
-            Value::Number(n) => {
-                let mut count = Count(0);
-                let _ = write!(count, "{n}");
-                self.add(count.0)
-            }
+            Value::Number(n) => self.add(number_bytes(n)),
             Value::String(s) => self.add(string_bytes(s)),
             Value::Array(items) => {
                 self.enter(depth + 1)?;
@@ -103,6 +99,20 @@ impl Meter {
             return Err(Over::Depth);
         }
         Ok(())
+    }
+}
+
+/// A number's size as serde_json writes it: integers by their digits, floats as formatted.
+fn number_bytes(n: &Number) -> usize {
+    let digits = |u: u64| u.checked_ilog10().map_or(1, |d| d as usize + 1);
+    match (n.as_u64(), n.as_i64()) {
+        (Some(u), _) => digits(u),
+        (None, Some(i)) => 1 + digits(i.unsigned_abs()),
+        (None, None) => {
+            let mut count = Count(0);
+            let _ = write!(count, "{n}");
+            count.0
+        }
     }
 }
 
@@ -232,6 +242,10 @@ mod tests {
             json!(0),
             json!(-17),
             json!(u64::MAX),
+            json!(i64::MIN),
+            json!(10),
+            json!(-1),
+            json!(99),
             json!(1.5e300),
             json!(-0.000123),
             json!(""),
