@@ -63,7 +63,8 @@ struct StreamRef {
 struct SendPayload {
     stream_name: String,
     group_id: String,
-    #[serde(rename = "type")]
+    /// The iii skill writes `event_type`; the SDKs and the spec write `type`.
+    #[serde(rename = "type", alias = "event_type")]
     event_type: String,
     #[serde(default)]
     data: Value,
