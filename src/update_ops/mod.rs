@@ -146,10 +146,6 @@ impl UpdateOps {
     pub fn raw(&self) -> &[Value] {
         &self.raw
     }
-
-    pub fn limits(&self) -> &ValueLimits {
-        &self.limits
-    }
 }
 
 const KEY_PATH_OPS: [&str; 4] = ["set", "increment", "decrement", "remove"];

@@ -101,6 +101,7 @@ pub async fn value_limits(
         "value_too_deep",
     )
     .await;
+    w.ok("stream::send", send(sized(bytes))).await;
     refused(&w, "stream::send", send(sized(bytes + 1)), "item_too_large").await;
 
     // stream::update: the op count.
@@ -184,7 +185,8 @@ pub async fn value_limits(
             if event["event"]["type"] == "end" {
                 break;
             }
-            seen.push(format!("event {}", measure(&event["event"]["data"]).0));
+            let (d, b) = measure(&event["event"]["data"]);
+            seen.push(format!("event {d} levels {b} bytes"));
         } else {
             seen.push(format!(
                 "{} {}",
@@ -198,7 +200,8 @@ pub async fn value_limits(
         [
             "create deep",
             "create big",
-            &format!("event {depth}"),
+            &format!("event {depth} levels {} bytes", measure(&nested(depth)).1),
+            &format!("event 1 levels {bytes} bytes"),
             "create count",
             "create u",
             "update u",
