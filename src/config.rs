@@ -67,6 +67,8 @@ pub struct Config {
     pub invocation_timeout: Duration,
     /// Streams bound to WebAssembly adapters at start-up.
     pub custom_streams: Vec<CustomStreamConfig>,
+    /// Depth, size and op-count limits on every value that enters a store.
+    pub value_limits: crate::limits::ValueLimits,
     /// Where compiled adapters are cached (None: compile at every start).
     pub wasm_cache_dir: Option<PathBuf>,
     /// What the loader skipped, reported once at start-up.
@@ -90,6 +92,7 @@ impl Default for Config {
             max_subscriptions: 1000,
             invocation_timeout: Duration::from_secs(30),
             custom_streams: Vec::new(),
+            value_limits: Default::default(),
             wasm_cache_dir: Some(PathBuf::from("./data/wasm-cache")),
             warnings: Vec::new(),
         }
@@ -168,6 +171,9 @@ impl Config {
                         self.close_grace = Duration::from_millis(number(value, key)?)
                     }
                     "max_subscriptions" => self.max_subscriptions = number(value, key)? as usize,
+                    "max_value_depth" | "max_item_bytes" | "max_update_ops" => {
+                        self.value_limits.configure(key, number(value, key)?)?
+                    }
                     "wasm_cache_dir" => self.wasm_cache_dir = Some(base.join(string(value, key)?)),
                     "custom_streams" => {
                         for entry in value.as_sequence().map(Vec::as_slice).unwrap_or_default() {
@@ -372,6 +378,27 @@ mod tests {
             new.warnings,
             vec!["unknown key `bogus` in iii-stream ignored"]
         );
+    }
+
+    #[test]
+    fn value_limits_load_and_the_depth_ceiling_holds() {
+        let stream =
+            |keys: &str| format!("workers:\n  - name: iii-stream\n    config: {{ {keys} }}\n");
+        let c = Config::parse(&stream(
+            "max_value_depth: 100, max_item_bytes: 2048, max_update_ops: 10",
+        ))
+        .unwrap();
+        let expected = crate::limits::ValueLimits {
+            max_value_depth: 100,
+            max_item_bytes: 2048,
+            max_update_ops: 10,
+        };
+        assert_eq!((c.value_limits, c.warnings.len()), (expected, 0));
+        assert_eq!(Config::default().value_limits.max_value_depth, 64);
+        let err = Config::parse(&stream("max_value_depth: 101")).unwrap_err();
+        assert!(format!("{err:#}").contains("at most 100"), "{err:#}");
+        let err = Config::parse(&stream("max_update_ops: 0")).unwrap_err();
+        assert!(format!("{err:#}").contains("at least 1"), "{err:#}");
     }
 
     #[test]

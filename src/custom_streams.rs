@@ -66,6 +66,10 @@ impl CustomStreams {
         limits: Limits,
     ) -> anyhow::Result<Arc<WasmAdapter>> {
         let host = self.host()?;
+        let limits = Limits {
+            values: engine.config.value_limits,
+            ..limits
+        };
         let adapter =
             WasmAdapter::new(host, stream, wasm, config, limits, engine.adapter.clone()).await?;
         let previous = self
@@ -133,6 +137,7 @@ impl LimitsSpec {
             fuel: self.fuel.or(d.fuel),
             max_payload_bytes: self.max_payload_bytes.unwrap_or(d.max_payload_bytes),
             env,
+            ..d
         }
     }
 }

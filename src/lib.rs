@@ -9,6 +9,7 @@
 //! - `hub` and `outbox`: fan-out to subscribed sockets, encoded once, bounded per socket;
 //! - `emit_order`: events for one item leave in the order the store applied the writes;
 //! - `adapter`: one trait for storage, one module per backend;
+//! - `limits`: the depth, size and op-count limits on every value that enters a store;
 //! - `wasm` and `custom_streams`: streams served by sandboxed WebAssembly adapters.
 
 pub mod adapter;
@@ -21,6 +22,7 @@ pub mod error;
 pub mod frame;
 pub mod hub;
 pub mod item_lock;
+pub mod limits;
 pub mod metrics;
 pub mod outbox;
 pub mod router;

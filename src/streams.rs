@@ -4,13 +4,15 @@
 //! goes to the stream's storage, and emits the change to subscribers and triggers. A stream
 //! that a worker created with `createStream` is served by that worker's
 //! `stream::<op>(<name>)` functions instead of the adapter; the engine still emits. A write
-//! emits only after the earlier writes to its item have (see `emit_order`).
+//! emits only after the earlier writes to its item have (see `emit_order`). Every value bound
+//! for a store or for subscribers (set data, send data, update ops and results) is held to
+//! the engine's value limits first (see `limits`), whichever storage serves the stream.
 
 use crate::emit_order;
 use crate::engine::Engine;
 use crate::error::{FnError, FnResult};
 use crate::frame::{EventKind, StreamEvent};
-use crate::update_ops::{self, ParsedOp};
+use crate::update_ops::{self, UpdateOps};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -61,7 +63,8 @@ struct StreamRef {
 struct SendPayload {
     stream_name: String,
     group_id: String,
-    #[serde(rename = "type")]
+    /// The iii skill writes `event_type`; the SDKs and the spec write `type`.
+    #[serde(rename = "type", alias = "event_type")]
     event_type: String,
     #[serde(default)]
     data: Value,
@@ -167,6 +170,10 @@ async fn emit_write(
 
 async fn set(engine: &Arc<Engine>, p: SetPayload) -> FnResult {
     const CODE: &str = "STREAM_SET_ERROR";
+    engine
+        .config
+        .value_limits
+        .check("stream::set data", &p.data)?;
     let (old, new, mut turn) = match custom(engine, "set", &p.stream_name) {
         Some(id) => {
             let held = emit_order::lock(&p.stream_name, &p.group_id, &p.item_id).await;
@@ -283,6 +290,10 @@ async fn list_all(engine: &Arc<Engine>) -> FnResult {
 }
 
 async fn send(engine: &Arc<Engine>, p: SendPayload) -> FnResult {
+    engine
+        .config
+        .value_limits
+        .check("stream::send data", &p.data)?;
     let kind = EventKind::Custom {
         name: p.event_type,
         data: p.data,
@@ -300,7 +311,7 @@ async fn send(engine: &Arc<Engine>, p: SendPayload) -> FnResult {
 
 async fn update(engine: &Arc<Engine>, p: UpdatePayload) -> FnResult {
     const CODE: &str = "STREAM_UPDATE_ERROR";
-    let ops = update_ops::parse_ops(&p.ops);
+    let ops = UpdateOps::parse(&p.ops, &engine.config.value_limits)?;
     let (old, new, errors, mut turn) = if let Some(id) = custom(engine, "update", &p.stream_name) {
         let held = emit_order::lock(&p.stream_name, &p.group_id, &p.item_id).await;
         let result = call_custom(engine, &id, json!(p), CODE).await?;
@@ -353,7 +364,7 @@ async fn update(engine: &Arc<Engine>, p: UpdatePayload) -> FnResult {
 async fn update_via_get_set(
     engine: &Arc<Engine>,
     p: &UpdatePayload,
-    ops: &[ParsedOp],
+    ops: &UpdateOps,
 ) -> Result<(Option<Value>, Value, Vec<Value>), FnError> {
     const CODE: &str = "STREAM_UPDATE_ERROR";
     let item = json!({"stream_name": p.stream_name, "group_id": p.group_id, "item_id": p.item_id});
@@ -365,7 +376,7 @@ async fn update_via_get_set(
     )
     .await?
     .filter(|v| !v.is_null());
-    let (new, errors) = update_ops::apply(current.as_ref(), ops);
+    let (new, errors) = update_ops::apply(current.as_ref(), ops)?;
     let mut set_payload = item;
     set_payload["data"] = new.clone();
     call_custom(

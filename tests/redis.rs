@@ -3,6 +3,8 @@
 //! recovery when Redis dies and comes back, and TLS with a password.
 
 mod common;
+#[path = "common/limits_helpers.rs"]
+mod limits_helpers;
 
 use common::conformance::{at, with};
 use common::*;
@@ -214,6 +216,40 @@ async fn functions_behave_as_with_the_kv_store() {
         .unwrap();
     assert_eq!(exists, 0);
 
+    engine.shutdown().await.unwrap();
+}
+
+/// The value limits and iii's update paths hold as on the KvStore, and a refused value never
+/// reaches Redis: the group's hash holds exactly the accepted items.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_and_update_paths_hold_and_refused_values_never_reach_redis() {
+    let redis = RedisServer::start();
+    let engine = start(redis_config(&redis.url())).await;
+    let stored = limits_helpers::value_limits(engine.worker_addr, engine.client_addr, "lim").await;
+    limits_helpers::update_paths(engine.worker_addr, engine.client_addr, "paths").await;
+    let mut raw = redis.raw().await;
+    let mut fields: Vec<String> = redis::cmd("HKEYS")
+        .arg("stream:lim:g")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    fields.sort();
+    let mut accepted: Vec<String> = stored.iter().map(|(id, _)| id.clone()).collect();
+    accepted.sort();
+    assert_eq!(fields, accepted);
+    for (id, value) in &stored {
+        let text: String = redis::cmd("HGET")
+            .arg("stream:lim:g")
+            .arg(id)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        assert_eq!(
+            &serde_json::from_str::<Value>(&text).unwrap(),
+            value,
+            "{id}"
+        );
+    }
     engine.shutdown().await.unwrap();
 }
 

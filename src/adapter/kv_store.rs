@@ -8,7 +8,7 @@ use super::wal::disk::{Disk, RealDisk};
 use super::wal::{self, Record, RecordRef, Ticket, Wal};
 use super::{StreamAdapter, UpdateOutcome};
 use crate::emit_order::Turns;
-use crate::update_ops::{self, ParsedOp};
+use crate::update_ops::{self, UpdateOps};
 use async_trait::async_trait;
 use indexmap::IndexMap;
 use serde_json::Value;
@@ -289,18 +289,20 @@ impl StreamAdapter for KvStore {
         s: &str,
         g: &str,
         i: &str,
-        ops: &[ParsedOp],
+        ops: &UpdateOps,
     ) -> anyhow::Result<UpdateOutcome> {
         self.write(|state, log| {
-            let old_value = state.group(s, g).and_then(|items| items.get(i)).cloned();
-            let (new_value, errors) = update_ops::apply(old_value.as_ref(), ops);
+            let current = state.group(s, g).and_then(|items| items.get(i));
+            // A result past the limits is refused here, before it is logged or stored.
+            let (new_value, errors) = update_ops::apply(current, ops)?;
             let ticket = log(&RecordRef::Set {
                 s,
                 g,
                 i,
                 d: &new_value,
             })?;
-            state.put(s, g, i, new_value.clone());
+            // The stored value moves out as the old one: one copy of the item fewer.
+            let old_value = state.put(s, g, i, new_value.clone());
             Ok((
                 UpdateOutcome {
                     old_value,

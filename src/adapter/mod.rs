@@ -9,7 +9,7 @@ pub mod wal;
 
 use crate::config::AdapterConfig;
 use crate::frame::StreamEvent;
-use crate::update_ops::{OpError, ParsedOp};
+use crate::update_ops::{OpError, UpdateOps};
 use async_trait::async_trait;
 use serde_json::Value;
 use std::sync::Arc;
@@ -48,12 +48,13 @@ pub trait StreamAdapter: Send + Sync {
     /// Every stream with its groups.
     async fn list_all(&self) -> anyhow::Result<Vec<(String, Vec<String>)>>;
     /// Applies update ops to the current value atomically (no write from elsewhere in between).
+    /// A result past the ops' value limits is refused and nothing is stored.
     async fn update(
         &self,
         stream: &str,
         group: &str,
         item: &str,
-        ops: &[ParsedOp],
+        ops: &UpdateOps,
     ) -> anyhow::Result<UpdateOutcome>;
     /// Makes everything acknowledged durable before the engine exits.
     async fn shutdown(&self) -> anyhow::Result<()> {

@@ -6,7 +6,8 @@
 //! trapped instance may be left in any state. Every failure carries its own error code:
 //! `adapter_timeout`, `adapter_memory_limit`, `adapter_fuel_exhausted`, `adapter_trap`,
 //! `adapter_payload_too_large`, `adapter_invalid` (the adapter refused the input) and
-//! `adapter_error`.
+//! `adapter_error`. A value the adapter returns is held to the engine's value limits (see
+//! `limits`) before it is returned or emitted, as are values it writes through `store`.
 
 use super::bindings::exports::streamhost::adapter::stream_adapter;
 use super::bindings::streamhost::adapter::types::{
@@ -19,7 +20,8 @@ use crate::adapter::{StreamAdapter, UpdateOutcome};
 use crate::error::FnError;
 use crate::frame::{EventKind, StreamEvent};
 use crate::item_lock::ItemLock;
-use crate::update_ops::{self, ParsedOp};
+use crate::limits::ValueLimits;
+use crate::update_ops::{self, UpdateOps};
 use async_trait::async_trait;
 use serde_json::Value;
 use std::sync::Arc;
@@ -42,6 +44,8 @@ pub struct Limits {
     pub max_payload_bytes: usize,
     /// Environment variables the guest may read (none by default).
     pub env: Vec<(String, String)>,
+    /// The engine's limits on values, for what the adapter returns and stores.
+    pub values: ValueLimits,
 }
 
 impl Default for Limits {
@@ -52,6 +56,7 @@ impl Default for Limits {
             fuel: None,
             max_payload_bytes: 1 << 20,
             env: Vec::new(),
+            values: ValueLimits::default(),
         }
     }
 }
@@ -138,6 +143,7 @@ impl WasmAdapter {
                 stream: self.stream.clone(),
                 storage: self.storage.clone(),
                 max_payload_bytes: self.limits.max_payload_bytes,
+                values: self.limits.values,
             }),
         };
         let mut store = Store::new(&self.host.engine, state);
@@ -264,7 +270,7 @@ impl WasmAdapter {
 
     fn parse(&self, json: &str, what: &str) -> anyhow::Result<Value> {
         self.check_size(json.len(), what)?;
-        serde_json::from_str(json).map_err(|e| {
+        let value = serde_json::from_str(json).map_err(|e| {
             fail(
                 "adapter_error",
                 format!(
@@ -272,7 +278,10 @@ impl WasmAdapter {
                     self.stream
                 ),
             )
-        })
+        })?;
+        let what = format_args!("{what} from the adapter of stream {:?}", self.stream);
+        self.limits.values.check(what, &value)?;
+        Ok(value)
     }
 
     /// Runs one call on the live instance (starting one if needed); any trap discards it.
@@ -447,10 +456,9 @@ impl StreamAdapter for WasmAdapter {
         s: &str,
         g: &str,
         i: &str,
-        ops: &[ParsedOp],
+        ops: &UpdateOps,
     ) -> anyhow::Result<UpdateOutcome> {
-        let raw: Vec<Value> = ops.iter().map(ParsedOp::raw).collect();
-        let ops_json = Value::Array(raw).to_string();
+        let ops_json = serde_json::to_string(ops.raw())?;
         let r = self
             .call("update", async |l| {
                 l.guest.call_update(&mut l.store, s, g, i, &ops_json).await
@@ -472,7 +480,7 @@ impl StreamAdapter for WasmAdapter {
                 // The host's read-modify-write, one at a time per item.
                 let _held = ItemLock::acquire(s, g, i).await;
                 let current = self.get(s, g, i).await?;
-                let (new_value, errors) = update_ops::apply(current.as_ref(), ops);
+                let (new_value, errors) = update_ops::apply(current.as_ref(), ops)?;
                 self.set(s, g, i, new_value.clone()).await?;
                 Ok(UpdateOutcome {
                     old_value: current,

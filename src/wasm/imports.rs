@@ -21,6 +21,8 @@ pub struct Scope {
     pub storage: Arc<dyn StreamAdapter>,
     /// Largest JSON document accepted across the boundary.
     pub max_payload_bytes: usize,
+    /// The engine's limits on values: what the guest stores must respect them.
+    pub values: crate::limits::ValueLimits,
 }
 
 /// Caps a guest's linear memory and remembers that it tried to pass the cap.
@@ -95,7 +97,13 @@ impl HostState {
                 self.scope.max_payload_bytes
             )));
         }
-        serde_json::from_str(data).map_err(|e| AdapterError::Invalid(format!("not JSON: {e}")))
+        let value = serde_json::from_str(data)
+            .map_err(|e| AdapterError::Invalid(format!("not JSON: {e}")))?;
+        self.scope
+            .values
+            .check("the value", &value)
+            .map_err(|e| AdapterError::Invalid(format!("{}: {}", e.code, e.message)))?;
+        Ok(value)
     }
 }
 

@@ -28,7 +28,7 @@ pub use bus::{CHANNEL, RedisBus};
 use super::{EventBus, StreamAdapter, UpdateOutcome};
 use crate::emit_order::Turns;
 use crate::item_lock::{ItemLock, ItemLocks};
-use crate::update_ops::{self, ParsedOp};
+use crate::update_ops::{self, UpdateOps};
 use anyhow::{Context, anyhow};
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
@@ -378,7 +378,7 @@ impl StreamAdapter for RedisAdapter {
         stream: &str,
         group: &str,
         item: &str,
-        ops: &[ParsedOp],
+        ops: &UpdateOps,
     ) -> anyhow::Result<UpdateOutcome> {
         let _writing = self.writing(stream, group, item).await;
         let mut conn = self.conn.clone();
@@ -393,7 +393,8 @@ impl StreamAdapter for RedisAdapter {
             .await?;
         for _ in 0..UPDATE_ATTEMPTS {
             let old_value = parse_opt(stream, group, item, current.clone())?;
-            let (new_value, errors) = update_ops::apply(old_value.as_ref(), ops);
+            // A result past the limits is refused before it reaches Redis.
+            let (new_value, errors) = update_ops::apply(old_value.as_ref(), ops)?;
             let mut call = scripts::COMPARE_AND_SET.key(group_key(stream, group));
             call.key(order_key(stream, group))
                 .arg(item)

@@ -66,11 +66,12 @@ fn options(disk: &SimDisk) -> Options {
 }
 
 /// The update each writer makes: `v` counts up, `u` names the op.
-fn update_ops(n: u64) -> Vec<update_ops::ParsedOp> {
-    update_ops::parse_ops(&[
+fn update_ops(n: u64) -> update_ops::UpdateOps {
+    let ops = [
         json!({"type": "increment", "path": "v", "by": 1}),
         json!({"type": "set", "path": "u", "value": n}),
-    ])
+    ];
+    update_ops::UpdateOps::parse(&ops, &crate::limits::ValueLimits::default()).unwrap()
 }
 
 fn updated(base: &Option<Value>, n: u64) -> Value {

@@ -155,13 +155,16 @@ async function builtins() {
       { type: 'merge', value: { tags: ['a'], meta: { x: 1 } } },
       { type: 'append', path: 'tags', value: 'b' },
       { type: 'increment', path: 'name', by: 1 }, // fails: name is a string
-      { type: 'set', path: ['meta', 'y'], value: 2 },
-      { type: 'remove', path: 'meta.x' },
+      // iii paths: a string is one literal key (dots included); arrays are for merge/append.
+      { type: 'merge', path: ['meta'], value: { y: 2 } },
+      { type: 'set', path: 'meta.x', value: true },
+      { type: 'append', path: ['meta', 'log'], value: 's' },
+      { type: 'remove', path: 'meta.y' }, // the literal key `meta.y`: there is none
     ],
   })
   assert.deepEqual(Object.keys(upd).sort(), ['errors', 'new_value', 'old_value'], `stream::update result keys in ${JSON.stringify(upd)}`)
   assert.equal(upd.old_value, null, 'stream::update of a new item: old_value null')
-  assert.deepEqual(upd.new_value, { name: 'c', n: 3, tags: ['a', 'b'], meta: { y: 2 } }, 'stream::update new_value')
+  assert.deepEqual(upd.new_value, { name: 'c', n: 3, tags: ['a', 'b'], 'meta.x': true, meta: { x: 1, y: 2, log: ['s'] } }, 'stream::update new_value')
   assert.equal(upd.errors.length, 1, `one failed op in ${JSON.stringify(upd.errors)}`)
   assert.equal(upd.errors[0].op_index, 5, 'the failed op index')
   assert.equal(upd.errors[0].code, 'increment.not_number', 'the failed op code')

@@ -183,14 +183,17 @@ def builtins() -> None:
             {"type": "merge", "value": {"tags": ["a"], "meta": {"x": 1}}},
             {"type": "append", "path": "tags", "value": "b"},
             {"type": "increment", "path": "name", "by": 1},  # fails: name is a string
-            {"type": "set", "path": ["meta", "y"], "value": 2},
-            {"type": "remove", "path": "meta.x"},
+            # iii paths: a string is one literal key (dots included); arrays are for merge/append.
+            {"type": "merge", "path": ["meta"], "value": {"y": 2}},
+            {"type": "set", "path": "meta.x", "value": True},
+            {"type": "append", "path": ["meta", "log"], "value": "s"},
+            {"type": "remove", "path": "meta.y"},  # the literal key `meta.y`: there is none
         ],
     })
     check(isinstance(upd, dict), f"stream::update result is an object: {upd!r}")
     eq(sorted(upd), ["errors", "new_value", "old_value"], f"stream::update result keys in {upd}")
     eq(upd["old_value"], None, "stream::update of a new item: old_value null")
-    eq(upd["new_value"], {"name": "c", "n": 3, "tags": ["a", "b"], "meta": {"y": 2}}, "stream::update new_value")
+    eq(upd["new_value"], {"name": "c", "n": 3, "tags": ["a", "b"], "meta.x": True, "meta": {"x": 1, "y": 2, "log": ["s"]}}, "stream::update new_value")
     eq(len(upd["errors"]), 1, f"one failed op in {upd['errors']}")
     eq(upd["errors"][0]["op_index"], 5, "the failed op index")
     eq(upd["errors"][0]["code"], "increment.not_number", "the failed op code")
