@@ -9,8 +9,8 @@
 //!
 //! The turn travels from the store back to the engine in a task-local slot opened by
 //! [`scope`], so the adapter trait stays as it is; a write made outside a scope takes no turn.
-//! A stream served by a worker's functions takes no turns: [`lock`] orders its writes by
-//! holding the engine's item lock from before the write until its event is out.
+//! A stream served by a worker's functions takes no turns: its adapter [`hold`]s the engine's
+//! item lock from before the write until its event is out, which orders its writes.
 
 use crate::item_lock::ItemLock;
 use std::cell::RefCell;
@@ -21,7 +21,14 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 
 tokio::task_local! {
-    static CLAIMED: RefCell<Vec<Turn>>;
+    static CLAIMED: RefCell<Claimed>;
+}
+
+/// What a write in a [`scope`] took: turns, or an item lock.
+#[derive(Default)]
+struct Claimed {
+    turns: Vec<Turn>,
+    lock: Option<ItemLock>,
 }
 
 /// The keys are hashes of item addresses already: use them as they are. Two items whose hashes
@@ -74,6 +81,7 @@ impl Turns {
             let key = self.hasher.hash_one((stream, group, item));
             let mut claimed = claimed.borrow_mut();
             if claimed
+                .turns
                 .iter()
                 .any(|t| t.key == key && Arc::ptr_eq(&t.line, &self.line))
             {
@@ -89,7 +97,7 @@ impl Turns {
                 released
             });
             drop(line);
-            claimed.push(Turn {
+            claimed.turns.push(Turn {
                 line: self.line.clone(),
                 key,
                 id,
@@ -158,28 +166,22 @@ impl Held {
     }
 }
 
-/// Runs a store write, collecting the turns it takes.
+/// Runs a store write, collecting the turns (or the item lock) it takes.
 pub async fn scope<T>(write: impl Future<Output = T>) -> (T, Held) {
     CLAIMED
-        .scope(RefCell::new(Vec::new()), async {
+        .scope(RefCell::default(), async {
             let out = write.await;
-            (
-                out,
-                Held {
-                    turns: CLAIMED.with(|c| c.take()),
-                    _lock: None,
-                },
-            )
+            let Claimed { turns, lock } = CLAIMED.with(|c| c.take());
+            (out, Held { turns, _lock: lock })
         })
         .await
 }
 
-/// Locks an item for a write that takes no turns; keep the result until the event is out.
-pub async fn lock(stream: &str, group: &str, item: &str) -> Held {
-    Held {
-        turns: Vec::new(),
-        _lock: Some(ItemLock::acquire(stream, group, item).await),
-    }
+/// Keeps an item lock, taken by storage that takes no turns before it writes, until the
+/// scope's event is out. Outside a [`scope`] the lock is released at once.
+pub fn hold(lock: ItemLock) {
+    let mut lock = Some(lock);
+    let _ = CLAIMED.try_with(|c| c.borrow_mut().lock = lock.take());
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! The engine: what every socket and function shares.
 
+use crate::adapter::worker::WorkerAdapter;
 use crate::adapter::{BusMessage, EventBus, StreamAdapter};
 use crate::config::Config;
 use crate::custom_streams::{self, CustomStreams};
@@ -109,11 +110,18 @@ impl Engine {
         }
     }
 
-    /// The storage that serves a stream: its WebAssembly adapter, or the engine's adapter.
-    pub fn storage(&self, stream: &str) -> Arc<dyn StreamAdapter> {
-        match self.custom_streams.get(stream) {
+    /// The storage that serves a stream, first match wins: the worker that created it with
+    /// `createStream` (for the operations it registered), its WebAssembly binding, the
+    /// engine's own adapter.
+    pub fn storage(self: &Arc<Self>, stream: &str) -> Arc<dyn StreamAdapter> {
+        let own: Arc<dyn StreamAdapter> = match self.custom_streams.get(stream) {
             Some(wasm) => wasm,
             None => self.adapter.clone(),
+        };
+        if WorkerAdapter::serves(self, stream) {
+            Arc::new(WorkerAdapter::new(self.clone(), stream, own))
+        } else {
+            own
         }
     }
 

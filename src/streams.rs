@@ -12,7 +12,7 @@ use crate::emit_order;
 use crate::engine::Engine;
 use crate::error::{FnError, FnResult};
 use crate::frame::{EventKind, StreamEvent};
-use crate::update_ops::{self, UpdateOps};
+use crate::update_ops::UpdateOps;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -111,45 +111,6 @@ pub async fn call(engine: &Arc<Engine>, function_id: &str, data: Value) -> FnRes
     }
 }
 
-/// The worker function that serves `op` for a stream created with `createStream`, if any.
-fn custom(engine: &Engine, op: &str, stream: &str) -> Option<String> {
-    let id = format!("stream::{op}({stream})");
-    engine.router.contains(&id).then_some(id)
-}
-
-/// Calls a custom stream's function; its storage errors keep the built-in's error code.
-async fn call_custom(engine: &Arc<Engine>, id: &str, data: Value, code: &str) -> FnResult {
-    match engine.router.lookup(id) {
-        Some(worker) => worker
-            .invoke(id, data, engine.config.invocation_timeout)
-            .await
-            .map_err(|e| {
-                if e.code == "timeout" || e.code == "worker_disconnected" {
-                    e
-                } else {
-                    FnError::new(code, format!("{id}: {}", e.message))
-                }
-            }),
-        None => Err(FnError::new(
-            code,
-            format!("{id} was unregistered during the call"),
-        )),
-    }
-}
-
-fn old_and_new(result: &Option<Value>) -> (Option<Value>, Value) {
-    let r = result.as_ref();
-    let old = r
-        .and_then(|v| v.get("old_value"))
-        .filter(|v| !v.is_null())
-        .cloned();
-    let new = r
-        .and_then(|v| v.get("new_value"))
-        .cloned()
-        .unwrap_or(Value::Null);
-    (old, new)
-}
-
 async fn emit_write(
     engine: &Arc<Engine>,
     stream: &str,
@@ -169,28 +130,18 @@ async fn emit_write(
 }
 
 async fn set(engine: &Arc<Engine>, p: SetPayload) -> FnResult {
-    const CODE: &str = "STREAM_SET_ERROR";
     engine
         .config
         .value_limits
         .check("stream::set data", &p.data)?;
-    let (old, new, mut turn) = match custom(engine, "set", &p.stream_name) {
-        Some(id) => {
-            let held = emit_order::lock(&p.stream_name, &p.group_id, &p.item_id).await;
-            let (old, new) = old_and_new(&call_custom(engine, &id, json!(p), CODE).await?);
-            (old, new, held)
-        }
-        None => {
-            let (old, turn) = emit_order::scope(engine.storage(&p.stream_name).set(
-                &p.stream_name,
-                &p.group_id,
-                &p.item_id,
-                p.data.clone(),
-            ))
-            .await;
-            (old.map_err(|e| FnError::storage(CODE, e))?, p.data, turn)
-        }
-    };
+    let (stored, mut turn) = emit_order::scope(engine.storage(&p.stream_name).write(
+        &p.stream_name,
+        &p.group_id,
+        &p.item_id,
+        p.data,
+    ))
+    .await;
+    let (old, new) = stored.map_err(|e| FnError::storage("STREAM_SET_ERROR", e))?;
     turn.ready().await;
     emit_write(
         engine,
@@ -205,37 +156,21 @@ async fn set(engine: &Arc<Engine>, p: SetPayload) -> FnResult {
 }
 
 async fn get(engine: &Arc<Engine>, p: ItemRef) -> FnResult {
-    const CODE: &str = "STREAM_GET_ERROR";
-    match custom(engine, "get", &p.stream_name) {
-        Some(id) => call_custom(engine, &id, json!(p), CODE).await,
-        None => engine
-            .storage(&p.stream_name)
-            .get(&p.stream_name, &p.group_id, &p.item_id)
-            .await
-            .map_err(|e| FnError::storage(CODE, e)),
-    }
+    engine
+        .storage(&p.stream_name)
+        .get(&p.stream_name, &p.group_id, &p.item_id)
+        .await
+        .map_err(|e| FnError::storage("STREAM_GET_ERROR", e))
 }
 
 async fn delete(engine: &Arc<Engine>, p: ItemRef) -> FnResult {
-    const CODE: &str = "STREAM_DELETE_ERROR";
-    let (old, mut turn) = match custom(engine, "delete", &p.stream_name) {
-        Some(id) => {
-            let held = emit_order::lock(&p.stream_name, &p.group_id, &p.item_id).await;
-            (
-                old_and_new(&call_custom(engine, &id, json!(p), CODE).await?).0,
-                held,
-            )
-        }
-        None => {
-            let (old, turn) = emit_order::scope(engine.storage(&p.stream_name).delete(
-                &p.stream_name,
-                &p.group_id,
-                &p.item_id,
-            ))
-            .await;
-            (old.map_err(|e| FnError::storage(CODE, e))?, turn)
-        }
-    };
+    let (old, mut turn) = emit_order::scope(engine.storage(&p.stream_name).delete(
+        &p.stream_name,
+        &p.group_id,
+        &p.item_id,
+    ))
+    .await;
+    let old = old.map_err(|e| FnError::storage("STREAM_DELETE_ERROR", e))?;
     turn.ready().await;
     if let Some(old) = &old {
         engine
@@ -251,31 +186,26 @@ async fn delete(engine: &Arc<Engine>, p: ItemRef) -> FnResult {
 }
 
 async fn list(engine: &Arc<Engine>, p: GroupRef) -> FnResult {
-    const CODE: &str = "STREAM_GET_GROUP_ERROR";
-    match custom(engine, "list", &p.stream_name) {
-        Some(id) => call_custom(engine, &id, json!(p), CODE).await,
-        None => engine
-            .storage(&p.stream_name)
-            .list(&p.stream_name, &p.group_id)
-            .await
-            .map(|v| Some(Value::Array(v)))
-            .map_err(|e| FnError::storage(CODE, e)),
-    }
+    engine
+        .storage(&p.stream_name)
+        .list(&p.stream_name, &p.group_id)
+        .await
+        .map(|v| Some(Value::Array(v)))
+        .map_err(|e| FnError::storage("STREAM_GET_GROUP_ERROR", e))
 }
 
 async fn list_groups(engine: &Arc<Engine>, p: StreamRef) -> FnResult {
-    const CODE: &str = "STREAM_LIST_GROUPS_ERROR";
-    match custom(engine, "list_groups", &p.stream_name) {
-        Some(id) => call_custom(engine, &id, json!(p), CODE).await,
-        None => engine
-            .storage(&p.stream_name)
-            .list_groups(&p.stream_name)
-            .await
-            .map(|g| Some(json!(g)))
-            .map_err(|e| FnError::storage(CODE, e)),
-    }
+    engine
+        .storage(&p.stream_name)
+        .list_groups(&p.stream_name)
+        .await
+        .map(|g| Some(json!(g)))
+        .map_err(|e| FnError::storage("STREAM_LIST_GROUPS_ERROR", e))
 }
 
+/// Lists the engine's own store only: streams served by a worker's `createStream` functions
+/// cannot be enumerated, and WebAssembly adapters keep their items in the engine's store, so
+/// their streams are listed from there.
 async fn list_all(engine: &Arc<Engine>) -> FnResult {
     let all = engine
         .adapter
@@ -310,81 +240,28 @@ async fn send(engine: &Arc<Engine>, p: SendPayload) -> FnResult {
 }
 
 async fn update(engine: &Arc<Engine>, p: UpdatePayload) -> FnResult {
-    const CODE: &str = "STREAM_UPDATE_ERROR";
     let ops = UpdateOps::parse(&p.ops, &engine.config.value_limits)?;
-    let (old, new, errors, mut turn) = if let Some(id) = custom(engine, "update", &p.stream_name) {
-        let held = emit_order::lock(&p.stream_name, &p.group_id, &p.item_id).await;
-        let result = call_custom(engine, &id, json!(p), CODE).await?;
-        let (old, new) = old_and_new(&result);
-        let errors = result
-            .as_ref()
-            .and_then(|r| r.get("errors"))
-            .and_then(Value::as_array)
-            .cloned()
-            .unwrap_or_default();
-        (old, new, errors, held)
-    } else if custom(engine, "get", &p.stream_name).is_some()
-        && custom(engine, "set", &p.stream_name).is_some()
-    {
-        // The item lock also makes the read-modify-write atomic against other writes.
-        let held = emit_order::lock(&p.stream_name, &p.group_id, &p.item_id).await;
-        let (old, new, errors) = update_via_get_set(engine, &p, &ops).await?;
-        (old, new, errors, held)
-    } else {
-        let (outcome, held) = emit_order::scope(engine.storage(&p.stream_name).update(
-            &p.stream_name,
-            &p.group_id,
-            &p.item_id,
-            &ops,
-        ))
-        .await;
-        let outcome = outcome.map_err(|e| FnError::storage(CODE, e))?;
-        let errors = outcome.errors.iter().map(|e| json!(e)).collect();
-        (outcome.old_value, outcome.new_value, errors, held)
-    };
+    let (outcome, mut turn) = emit_order::scope(engine.storage(&p.stream_name).update(
+        &p.stream_name,
+        &p.group_id,
+        &p.item_id,
+        &ops,
+    ))
+    .await;
+    let outcome = outcome.map_err(|e| FnError::storage("STREAM_UPDATE_ERROR", e))?;
     turn.ready().await;
     emit_write(
         engine,
         &p.stream_name,
         &p.group_id,
         &p.item_id,
-        &old,
-        new.clone(),
+        &outcome.old_value,
+        outcome.new_value.clone(),
     )
     .await;
-    let mut result = json!({"old_value": old, "new_value": new});
-    if !errors.is_empty() {
-        result["errors"] = Value::Array(errors);
+    let mut result = json!({"old_value": outcome.old_value, "new_value": outcome.new_value});
+    if !outcome.errors.is_empty() {
+        result["errors"] = json!(outcome.errors);
     }
     Ok(Some(result))
-}
-
-/// A custom stream without `stream::update(name)`: read, apply, write; the caller holds the
-/// item's lock.
-async fn update_via_get_set(
-    engine: &Arc<Engine>,
-    p: &UpdatePayload,
-    ops: &UpdateOps,
-) -> Result<(Option<Value>, Value, Vec<Value>), FnError> {
-    const CODE: &str = "STREAM_UPDATE_ERROR";
-    let item = json!({"stream_name": p.stream_name, "group_id": p.group_id, "item_id": p.item_id});
-    let current = call_custom(
-        engine,
-        &format!("stream::get({})", p.stream_name),
-        item.clone(),
-        CODE,
-    )
-    .await?
-    .filter(|v| !v.is_null());
-    let (new, errors) = update_ops::apply(current.as_ref(), ops)?;
-    let mut set_payload = item;
-    set_payload["data"] = new.clone();
-    call_custom(
-        engine,
-        &format!("stream::set({})", p.stream_name),
-        set_payload,
-        CODE,
-    )
-    .await?;
-    Ok((current, new, errors.iter().map(|e| json!(e)).collect()))
 }

@@ -6,6 +6,7 @@
 pub mod kv_store;
 pub mod redis;
 pub mod wal;
+pub mod worker;
 
 use crate::config::AdapterConfig;
 use crate::frame::StreamEvent;
@@ -35,6 +36,18 @@ pub trait StreamAdapter: Send + Sync {
         item: &str,
         data: Value,
     ) -> anyhow::Result<Option<Value>>;
+    /// Stores `data`; returns the value it replaced and the value now stored. Only storage
+    /// that may store something other than `data` (a worker's `stream::set(name)`) overrides it.
+    async fn write(
+        &self,
+        stream: &str,
+        group: &str,
+        item: &str,
+        data: Value,
+    ) -> anyhow::Result<(Option<Value>, Value)> {
+        let old = self.set(stream, group, item, data.clone()).await?;
+        Ok((old, data))
+    }
     /// Removes an item and returns it; removing a missing item is not an error.
     async fn delete(&self, stream: &str, group: &str, item: &str) -> anyhow::Result<Option<Value>>;
     /// The group's values in insertion order.
