@@ -3,7 +3,6 @@
 use crate::adapter::worker::WorkerAdapter;
 use crate::adapter::{BusMessage, EventBus, StreamAdapter};
 use crate::config::Config;
-use crate::custom_streams::{self, CustomStreams};
 use crate::error::{FnError, FnResult};
 use crate::frame::{EventKind, StreamEvent};
 use crate::hub::Hub;
@@ -12,6 +11,7 @@ use crate::outbox::Outbox;
 use crate::router::Router;
 use crate::streams;
 use crate::triggers::Triggers;
+use crate::wasm_bindings::{self, WasmBindings};
 use axum::extract::ws::Utf8Bytes;
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -33,8 +33,9 @@ pub struct Engine {
     pub hub: Hub,
     pub router: Router,
     pub triggers: Triggers,
-    /// Streams served by WebAssembly adapters.
-    pub custom_streams: CustomStreams,
+    /// Streams bound to WebAssembly adapters (the WebAssembly bindings; the field keeps its
+    /// old name, which `metrics` reads).
+    pub custom_streams: WasmBindings,
     pub stats: Stats,
     pub metrics: Metrics,
     /// Carries events to and from other nodes when the adapter is shared (Redis).
@@ -52,7 +53,7 @@ impl Engine {
             adapter,
             hub: Hub::new(),
             triggers: Triggers::default(),
-            custom_streams: CustomStreams::new(cache_dir),
+            custom_streams: WasmBindings::new(cache_dir),
             stats: Stats::default(),
             metrics: Metrics::default(),
             shutdown: watch::channel(false).0,
@@ -89,8 +90,8 @@ impl Engine {
         if streams::is_builtin(function_id) {
             return streams::call(self, function_id, data).await;
         }
-        if custom_streams::is_function(function_id) {
-            return custom_streams::call(self, function_id, data).await;
+        if wasm_bindings::is_function(function_id) {
+            return wasm_bindings::call(self, function_id, data).await;
         }
         match self.router.lookup(function_id) {
             Some(worker) => {

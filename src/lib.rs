@@ -10,12 +10,11 @@
 //! - `emit_order`: events for one item leave in the order the store applied the writes;
 //! - `adapter`: one trait for storage, one module per backend;
 //! - `limits`: the depth, size and op-count limits on every value that enters a store;
-//! - `wasm` and `custom_streams`: streams served by sandboxed WebAssembly adapters.
+//! - `wasm` and `wasm_bindings`: streams served by sandboxed WebAssembly adapters.
 
 pub mod adapter;
 pub mod client_socket;
 pub mod config;
-pub mod custom_streams;
 pub mod emit_order;
 pub mod engine;
 pub mod error;
@@ -31,6 +30,7 @@ pub mod streams;
 pub mod triggers;
 pub mod update_ops;
 pub mod wasm;
+pub mod wasm_bindings;
 pub mod worker_socket;
 
 pub use config::Config;

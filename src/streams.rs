@@ -1,9 +1,9 @@
 //! The built-in `stream::*` functions (spec sections 3, 4 and 7).
 //!
 //! Each parses its payload (a bad one fails with `deserialization_error` naming the field),
-//! goes to the stream's storage, and emits the change to subscribers and triggers. A stream
-//! that a worker created with `createStream` is served by that worker's
-//! `stream::<op>(<name>)` functions instead of the adapter; the engine still emits. A write
+//! goes to the stream's storage (`Engine::storage`: a worker stream's functions, a
+//! WebAssembly binding or the engine's store), and emits the change to subscribers and
+//! triggers. A write
 //! emits only after the earlier writes to its item have (see `emit_order`). Every value bound
 //! for a store or for subscribers (set data, send data, update ops and results) is held to
 //! the engine's value limits first (see `limits`), whichever storage serves the stream.

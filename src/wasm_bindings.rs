@@ -1,4 +1,6 @@
-//! Streams bound to WebAssembly adapters (`createStream` for components).
+//! WebAssembly bindings: streams served by WebAssembly adapters (`createStream` for
+//! components). Not to be confused with worker streams, which a worker serves with its own
+//! `stream::<op>(name)` functions (see `adapter::worker`).
 //!
 //! A stream is bound in the config file or at runtime by a worker calling
 //! `streamhost::create_stream` with the component; `streamhost::delete_stream` removes the
@@ -24,15 +26,15 @@ pub const FUNCTIONS: [&str; 3] = [
     "streamhost::list_streams",
 ];
 
-pub struct CustomStreams {
+pub struct WasmBindings {
     host: OnceLock<Arc<WasmHost>>,
     cache_dir: Option<PathBuf>,
     bound: RwLock<HashMap<String, Arc<WasmAdapter>>>,
 }
 
-impl CustomStreams {
+impl WasmBindings {
     pub fn new(cache_dir: Option<PathBuf>) -> Self {
-        CustomStreams {
+        WasmBindings {
             host: OnceLock::new(),
             cache_dir,
             bound: RwLock::default(),
