@@ -20,7 +20,7 @@ mkdir -p "$work"
 cd "$work"
 
 help=$(bash -c "$cmd --help")
-grep -q "usage: streamhost" <<<"$help" || { echo "\`$cmd --help\` printed no usage:" >&2; echo "$help" >&2; exit 1; }
+grep -qi "usage: streamhost" <<<"$help" || { echo "\`$cmd --help\` printed no usage:" >&2; echo "$help" >&2; exit 1; }
 
 # `cargo run` replaces itself with the engine, so $! is the engine's pid.
 bash -c "exec $cmd --port 0 --worker-port 0" >stdout.log 2>stderr.log &

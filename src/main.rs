@@ -1,36 +1,18 @@
 //! The `streamhost` command: `serve` (the default) runs the engine; `adapter new` and
 //! `adapter check` help write WebAssembly adapters; `store check|repair` look after a durable
-//! store whose log is damaged.
+//! store whose log is damaged. The grammar and its help text are in `cli`.
 
+mod cli;
 mod new_adapter;
 
 use anyhow::Context;
-use std::path::PathBuf;
+use clap::Parser;
+use cli::{AdapterCommand, Cli, Command, StoreCommand};
 use streamhost::{Config, Server};
 use tracing_subscriber::EnvFilter;
 
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-const USAGE: &str =
-    "usage: streamhost [serve] [--config iii-config.yaml] [--port N] [--worker-port N]
-       streamhost adapter new NAME [DIR]
-       streamhost adapter check FILE.wasm
-       streamhost store check|repair DIR
-
-  serve                 run the engine (the default)
-  --config FILE         an iii config file; without one the engine listens on 3112 (clients)
-                        and 49134 (workers) and keeps streams durably under ./data/stream_store
-  --port N              the client socket's port, over the config's (0: any free port)
-  --worker-port N       the worker socket's port, over the config's (0: any free port)
-  adapter new NAME      write a new adapter crate, ready to build, in DIR (default ./NAME)
-  adapter check FILE    check that a WebAssembly component implements wit/adapter.wit and
-                        report what it imports and exports
-  store check DIR       read a durable store's log (the KvStore's file_path) and report
-                        whether the engine can start on it, and any damage
-  store repair DIR      back the log up, then keep every intact record of a damaged log
-
-Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=streamhost=debug) for more.";
 
 fn main() -> std::process::ExitCode {
     match run_command() {
@@ -43,6 +25,8 @@ fn main() -> std::process::ExitCode {
 }
 
 fn run_command() -> anyhow::Result<()> {
+    // Usage errors, --help and --version print and exit here (status 2, 0, 0).
+    let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -50,56 +34,24 @@ fn run_command() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    if args.first().map(String::as_str) == Some("adapter") {
-        return match args.get(1..).unwrap_or_default() {
-            [check, file] if check == "check" => check_adapter(file),
-            [new, name, dir @ ..] if new == "new" && dir.len() <= 1 => {
-                new_adapter(name, dir.first().map(String::as_str))
-            }
-            _ => anyhow::bail!(
-                "usage: streamhost adapter new NAME [DIR]\n       streamhost adapter check FILE.wasm"
-            ),
-        };
-    }
-    if args.first().map(String::as_str) == Some("store") {
-        return match args.get(1..).unwrap_or_default() {
-            [cmd, dir] if cmd == "check" => check_store(dir.as_ref()),
-            [cmd, dir] if cmd == "repair" => {
-                print!("{}", streamhost::adapter::wal::tool::repair(dir.as_ref())?);
-                Ok(())
-            }
-            _ => anyhow::bail!("usage: streamhost store check|repair DIR"),
-        };
-    }
-    let mut config_path: Option<PathBuf> = None;
-    let (mut port, mut worker_port): (Option<u16>, Option<u16>) = (None, None);
-    let mut args = args.into_iter();
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "serve" => {}
-            "--config" | "-c" => {
-                config_path = Some(args.next().context("--config needs a file name")?.into())
-            }
-            "--port" => port = Some(port_arg("--port", args.next())?),
-            "--worker-port" => worker_port = Some(port_arg("--worker-port", args.next())?),
-            "--help" | "-h" => {
-                println!("{USAGE}");
-                return Ok(());
-            }
-            "--version" | "-V" => {
-                println!("streamhost {}", env!("CARGO_PKG_VERSION"));
-                return Ok(());
-            }
-            other => anyhow::bail!("unknown argument {other:?}\n\n{USAGE}"),
+    let serve = match cli.into_command() {
+        Command::Serve(serve) => serve,
+        Command::Adapter(AdapterCommand::Check { file }) => return check_adapter(&file),
+        Command::Adapter(AdapterCommand::New { name, dir }) => {
+            return new_adapter(&name, dir.as_deref());
         }
-    }
-    let mut config = match &config_path {
+        Command::Store(StoreCommand::Check { dir }) => return check_store(&dir),
+        Command::Store(StoreCommand::Repair { dir }) => {
+            print!("{}", streamhost::adapter::wal::tool::repair(&dir)?);
+            return Ok(());
+        }
+    };
+    let mut config = match &serve.config {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
-    config.port = port.unwrap_or(config.port);
-    config.worker_port = worker_port.unwrap_or(config.worker_port);
+    config.port = serve.port.unwrap_or(config.port);
+    config.worker_port = serve.worker_port.unwrap_or(config.worker_port);
     // On one core a work-stealing scheduler only adds cross-thread wake-ups.
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
@@ -114,13 +66,6 @@ fn run_command() -> anyhow::Result<()> {
             .build()?
     };
     runtime.block_on(run(config))
-}
-
-fn port_arg(flag: &str, value: Option<String>) -> anyhow::Result<u16> {
-    let value = value.with_context(|| format!("{flag} needs a port number"))?;
-    value
-        .parse()
-        .with_context(|| format!("{flag} must be a port number (0-65535), not {value:?}"))
 }
 
 async fn run(config: Config) -> anyhow::Result<()> {
@@ -229,26 +174,4 @@ fn new_adapter(name: &str, dir: Option<&str>) -> anyhow::Result<()> {
         "  bind:   give {wasm} to `component:` in the config, or to streamhost::create_stream"
     );
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn port_flags_take_a_port_number() {
-        assert_eq!(super::port_arg("--port", Some("0".into())).unwrap(), 0);
-        assert_eq!(
-            super::port_arg("--port", Some("65535".into())).unwrap(),
-            65535
-        );
-        let err = super::port_arg("--port", Some("65536".into())).unwrap_err();
-        assert!(
-            format!("{err:#}").contains("--port must be a port number"),
-            "{err:#}"
-        );
-        let err = super::port_arg("--worker-port", None).unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("--worker-port needs a port number")
-        );
-    }
 }

@@ -6,8 +6,9 @@
 
 use crate::error::{FnError, FnResult};
 use crate::outbox::Outbox;
+use crate::worker_socket::messages::EngineMessage;
 use axum::extract::ws::Utf8Bytes;
-use serde_json::{Value, json};
+use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -66,17 +67,15 @@ impl WorkerHandle {
             Some(pending) => pending.insert(invocation_id.clone(), tx),
             None => return Err(self.disconnected(function_id)),
         };
-        let mut frame = json!({
-            "type": "invokefunction",
-            "invocation_id": invocation_id,
-            "function_id": function_id,
-            "data": data,
-        });
-        if let Some(metadata) = metadata.filter(|m| !m.is_null()) {
-            frame["metadata"] = metadata;
+        let frame = EngineMessage::InvokeFunction {
+            invocation_id: &invocation_id,
+            function_id,
+            data: &data,
+            metadata: metadata.as_ref().filter(|m| !m.is_null()),
         }
+        .encode();
         let call = async {
-            if !self.send(frame.to_string()).await {
+            if !self.send(frame).await {
                 return Err(self.disconnected(function_id));
             }
             rx.await

@@ -2,11 +2,18 @@
 //!
 //! - `stream`: after a stored change or a `stream::send`, optionally filtered by group, item
 //!   and a condition function; run in the background so the writer's reply never waits.
-//! - `stream:join`: before a client subscribes; `{"unauthorized": true}` rejects the join.
+//! - `stream:join`: before a client subscribes; `{"unauthorized": true}` rejects the join, and
+//!   so does a call that fails (the function is not registered, errors, times out, or its worker
+//!   leaves during the call).
 //! - `stream:leave`: after a leave or a close; the result is ignored.
 //!
 //! A trigger's `metadata`, when it was registered with one, goes with every call of its
 //! function, as iii passes it; a condition function is called without it, as in iii.
+//!
+//! A trigger lives as long as the worker that registered it: when that worker disconnects,
+//! `remove_worker` drops its triggers. For `stream:join` this means that once the worker behind
+//! the access check is gone, no check is left and joins go through unchecked until a worker
+//! registers one again; only a check that is still registered fails closed.
 
 use crate::engine::Engine;
 use crate::error::FnError;
@@ -165,7 +172,9 @@ impl Triggers {
     }
 
     /// Runs the `stream:join` triggers in turn; true when one of them rejects the join.
-    /// A trigger that fails rejects too: an access check that cannot run must not let anyone in.
+    /// A registered trigger whose call fails rejects too: an access check that cannot run must
+    /// not let anyone in. A trigger of a disconnected worker is no longer here (see the module
+    /// comment), so it rejects nothing.
     pub async fn join_rejected(&self, engine: &Arc<Engine>, payload: &Value) -> bool {
         for trigger in self.of_type(JOIN) {
             let metadata = trigger.metadata.clone();

@@ -7,8 +7,10 @@
 //!
 //! Every call that carries an `invocation_id` is answered, a malformed one too: its caller
 //! gets an `invocationresult` error saying what was wrong rather than waiting out its
-//! timeout. A frame serde cannot read at all goes through `scan` to find the id.
+//! timeout. `messages` reads each frame once into a typed message (a frame serde cannot read
+//! at all goes through `scan` to find the id) and encodes every frame the engine writes.
 
+pub mod messages;
 mod scan;
 
 use crate::engine::Engine;
@@ -19,8 +21,10 @@ use axum::Router;
 use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
-use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use messages::{
+    EngineMessage, INVOKE_SHAPE, Invoke, Malformed, Problem, RegisterTrigger, WorkerMessage,
+};
+use serde_json::Value;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -39,43 +43,6 @@ async fn upgrade(State(engine): State<Arc<Engine>>, ws: WebSocketUpgrade) -> Res
         .on_upgrade(move |socket| serve(engine, socket))
 }
 
-#[derive(Deserialize)]
-struct RegisterFunction {
-    id: String,
-}
-
-#[derive(Deserialize)]
-struct RegisterTrigger {
-    id: String,
-    trigger_type: String,
-    function_id: String,
-    #[serde(default)]
-    config: Value,
-    /// Passed to every call the trigger makes.
-    #[serde(default)]
-    metadata: Option<Value>,
-}
-
-#[derive(Deserialize)]
-struct Invoke {
-    invocation_id: Option<String>,
-    function_id: String,
-    #[serde(default)]
-    data: Value,
-    /// Forwarded unchanged to the worker that serves the call.
-    #[serde(default)]
-    metadata: Option<Value>,
-}
-
-#[derive(Deserialize)]
-struct InvocationResult {
-    invocation_id: String,
-    #[serde(default)]
-    result: Option<Value>,
-    #[serde(default)]
-    error: Option<Value>,
-}
-
 async fn serve(engine: Arc<Engine>, socket: WebSocket) {
     let worker_id = uuid::Uuid::new_v4().to_string();
     let (outbox, rx) = Outbox::new(WORKER_QUEUE, engine.stats.slow_disconnects.clone());
@@ -84,7 +51,12 @@ async fn serve(engine: Arc<Engine>, socket: WebSocket) {
         .stats
         .worker_connections
         .fetch_add(1, Ordering::Relaxed);
-    worker.push(json!({"type": "workerregistered", "worker_id": worker_id}).to_string());
+    worker.push(
+        EngineMessage::WorkerRegistered {
+            worker_id: &worker_id,
+        }
+        .encode(),
+    );
     tracing::debug!(worker = %worker_id, "worker connected");
 
     let mut peer = WorkerPeer {
@@ -143,117 +115,62 @@ impl Peer for WorkerPeer {
     }
 }
 
-/// Takes the message apart (moving, not copying, its payload); errors name the field.
-fn parse<T: for<'de> Deserialize<'de>>(msg: Value, text: &str) -> Result<T, String> {
-    serde_json::from_value(msg).map_err(|e| explain::<T>(text).unwrap_or_else(|| e.to_string()))
-}
-
-/// Why a frame does not fit `T`, with the path of the field at fault. The frame is read again
-/// for this: tracking the path on every frame would cost an allocation per key.
-fn explain<T: for<'de> Deserialize<'de>>(text: &str) -> Option<String> {
-    let mut frame = serde_json::Deserializer::from_str(text);
-    let e = serde_path_to_error::deserialize::<_, T>(&mut frame).err()?;
-    Some(match e.path().to_string().as_str() {
-        "." => e.inner().to_string(),
-        path => format!("{path}: {}", e.inner()),
-    })
-}
-
-const INVOKE_SHAPE: &str = r#"expected {"type":"invokefunction","invocation_id"?:string,"function_id":string,"data":any,"metadata"?:any}"#;
-
 /// Handles one frame from a worker. It never waits: calls run in tasks of their own, so the
 /// socket's own task keeps writing (a worker's queue is drained by the task reading it).
 fn handle(engine: &Arc<Engine>, worker: &Arc<WorkerHandle>, text: &str) {
-    let msg: Value = match serde_json::from_str(text) {
-        Ok(v) => v,
-        Err(e) => return unreadable(worker, text, &e),
-    };
-    let kind = msg
-        .get("type")
-        .and_then(Value::as_str)
-        .unwrap_or("")
-        .to_owned();
-    let kind = kind.as_str();
-    let outcome = match kind {
-        "registerfunction" => {
-            parse::<RegisterFunction>(msg, text).map(|f| engine.router.register(&f.id, worker))
+    match WorkerMessage::parse(text) {
+        WorkerMessage::RegisterFunction(f) => engine.router.register(&f.id, worker),
+        WorkerMessage::UnregisterFunction(f) => engine.router.unregister(&f.id, &worker.id),
+        WorkerMessage::RegisterTrigger(t) => register_trigger(engine, worker, t),
+        WorkerMessage::UnregisterTrigger(t) => engine.triggers.unregister(&t.id),
+        WorkerMessage::InvokeFunction(call) => invoke(engine, worker, call),
+        WorkerMessage::InvocationResult(r) => {
+            worker.complete(&r.invocation_id, to_result(r.result, r.error))
         }
-        "unregisterfunction" => parse::<RegisterFunction>(msg, text)
-            .map(|f| engine.router.unregister(&f.id, &worker.id)),
-        "registertrigger" => {
-            parse::<RegisterTrigger>(msg, text).map(|t| register_trigger(engine, worker, t))
+        WorkerMessage::Ping => worker.push(EngineMessage::Pong.encode()),
+        WorkerMessage::Pong | WorkerMessage::Ignored => {}
+        WorkerMessage::Unknown { kind } => {
+            tracing::info!(worker = %worker.id, message_type = kind, "unknown worker message type; ignored")
         }
-        "unregistertrigger" => {
-            parse::<RegisterFunction>(msg, text).map(|t| engine.triggers.unregister(&t.id))
-        }
-        "invokefunction" => {
-            let (id, function_id) = (msg.get("invocation_id").cloned(), function_of(&msg));
-            parse::<Invoke>(msg, text)
-                .map(|call| invoke(engine, worker, call))
-                .inspect_err(|e| {
-                    let message = format!("malformed invokefunction: {e}; {INVOKE_SHAPE}");
-                    refuse_call(worker, id, &function_id, "invalid_message", message);
-                })
-        }
-        "invocationresult" => {
-            let id = msg.get("invocation_id").cloned();
-            parse::<InvocationResult>(msg, text)
-                .map(|r| worker.complete(&r.invocation_id, to_result(r.result, r.error)))
-                .inspect_err(|e| {
-                    let message = format!("the worker's invocationresult is malformed: {e}");
-                    fail_pending(worker, id.as_ref().and_then(Value::as_str), message);
-                })
-        }
-        "ping" => {
-            worker.push(json!({"type": "pong"}).to_string());
-            Ok(())
-        }
-        "pong"
-        | "registertriggertype"
-        | "unregistertriggertype"
-        | "registerservice"
-        | "reattach" => Ok(()),
-        other => {
-            tracing::info!(worker = %worker.id, message_type = other, "unknown worker message type; ignored");
-            Ok(())
-        }
-    };
-    if let Err(e) = outcome {
-        tracing::warn!(worker = %worker.id, message_type = kind, error = %e, "malformed worker message; ignored");
+        WorkerMessage::Malformed(m) => malformed(worker, m),
     }
 }
 
-fn function_of(msg: &Value) -> String {
-    let id = msg.get("function_id").and_then(Value::as_str);
-    id.unwrap_or_default().to_owned()
-}
-
-/// A frame serde_json cannot read: a call in it is still answered, and a worker's answer
-/// still ends the wait of the call it answers.
-fn unreadable(worker: &Arc<WorkerHandle>, text: &str, err: &serde_json::Error) {
-    let found = scan::envelope(text);
-    let detail = err.to_string();
-    let hint = if detail.contains("recursion limit") {
-        "; a frame may nest at most 127 levels, its own object included (serde_json's limit, as in iii): flatten the data"
-    } else if detail.contains("surrogate") || detail.contains("end of hex escape") {
-        // serde_json says "unexpected end of hex escape" for `"\ud83d"` on its own.
-        "; a string holds a lone UTF-16 surrogate escape such as \\ud83d, what JavaScript writes for a string cut inside an emoji or other pair: cut strings on whole characters"
-    } else {
-        ""
-    };
-    let message = format!("the frame is not valid JSON: {detail}{hint}");
-    tracing::warn!(worker = %worker.id, message_type = found.kind.as_deref().unwrap_or("?"), invocation_id = found.invocation_id.as_deref().unwrap_or(""), error = %message, "unreadable worker frame");
-    match found.kind.as_deref() {
-        Some("invokefunction") => {
-            let id = found.invocation_id.map(Value::String);
-            let function_id = found.function_id.unwrap_or_default();
-            refuse_call(worker, id, &function_id, "deserialization_error", message);
+/// A frame that is not the message it says it is: a call in it is still answered, and a
+/// worker's answer still ends the wait of the call it answers.
+fn malformed(worker: &WorkerHandle, m: Malformed) {
+    let kind = m.kind.as_deref();
+    let id = m.invocation_id;
+    let function_id = m.function_id.unwrap_or_default();
+    match m.problem {
+        Problem::Shape(e) => {
+            tracing::warn!(worker = %worker.id, message_type = kind.unwrap_or_default(), error = %e, "malformed worker message; ignored");
+            match kind {
+                Some("invokefunction") => {
+                    let message = format!("malformed invokefunction: {e}; {INVOKE_SHAPE}");
+                    refuse_call(worker, id, &function_id, "invalid_message", message);
+                }
+                Some("invocationresult") => {
+                    let message = format!("the worker's invocationresult is malformed: {e}");
+                    fail_pending(worker, id, message);
+                }
+                _ => {}
+            }
         }
-        Some("invocationresult") => {
-            let message = format!("the worker's invocationresult is unreadable: {message}");
-            fail_pending(worker, found.invocation_id.as_deref(), message);
+        Problem::NotJson(message) => {
+            let shown = id.as_ref().and_then(Value::as_str).unwrap_or_default();
+            tracing::warn!(worker = %worker.id, message_type = kind.unwrap_or("?"), invocation_id = shown, error = %message, "unreadable worker frame");
+            match kind {
+                Some("invokefunction") => {
+                    refuse_call(worker, id, &function_id, "deserialization_error", message)
+                }
+                Some("invocationresult") => {
+                    let message = format!("the worker's invocationresult is unreadable: {message}");
+                    fail_pending(worker, id, message);
+                }
+                _ => {}
+            }
         }
-        _ => {}
     }
 }
 
@@ -268,20 +185,20 @@ fn refuse_call(
     let Some(invocation_id) = invocation_id.filter(|id| !id.is_null()) else {
         return;
     };
-    // The id goes back as it came, so a caller that sent a number can still match it.
-    let reply = json!({
-        "type": "invocationresult",
-        "invocation_id": invocation_id,
-        "function_id": function_id,
-        "error": FnError::new(code, message),
-    });
-    worker.push(reply.to_string());
+    let error = FnError::new(code, message);
+    let reply = EngineMessage::InvocationResult {
+        invocation_id: &invocation_id,
+        function_id,
+        result: None,
+        error: Some(&error),
+    };
+    worker.push(reply.encode());
 }
 
 /// Ends the wait of the engine's call that a malformed answer was meant for.
-fn fail_pending(worker: &WorkerHandle, invocation_id: Option<&str>, message: String) {
-    if let Some(id) = invocation_id {
-        worker.complete(id, Err(FnError::new("invalid_message", message)));
+fn fail_pending(worker: &WorkerHandle, invocation_id: Option<Value>, message: String) {
+    if let Some(Value::String(id)) = invocation_id {
+        worker.complete(&id, Err(FnError::new("invalid_message", message)));
     }
 }
 
@@ -295,14 +212,13 @@ fn register_trigger(engine: &Arc<Engine>, worker: &Arc<WorkerHandle>, t: Registe
         &worker.id,
     ) {
         tracing::warn!(worker = %worker.id, trigger = %t.id, error = %e, "trigger refused");
-        let reply = json!({
-            "type": "triggerregistrationresult",
-            "id": t.id,
-            "trigger_type": t.trigger_type,
-            "function_id": t.function_id,
-            "error": e,
-        });
-        worker.push(reply.to_string());
+        let reply = EngineMessage::TriggerRegistrationResult {
+            id: &t.id,
+            trigger_type: &t.trigger_type,
+            function_id: &t.function_id,
+            error: &e,
+        };
+        worker.push(reply.encode());
     }
 }
 
@@ -326,34 +242,20 @@ fn invoke(engine: &Arc<Engine>, worker: &Arc<WorkerHandle>, call: Invoke) {
             }
             return;
         };
+        // Moves the id into a Value, without copying it.
+        let invocation_id = Value::String(invocation_id);
         let (result, error) = match &result {
             Ok(value) => (value.as_ref(), None),
             Err(e) => (None, Some(e)),
         };
-        let reply = Reply {
-            kind: "invocationresult",
+        let reply = EngineMessage::InvocationResult {
             invocation_id: &invocation_id,
             function_id: &call.function_id,
             result,
             error,
         };
-        worker
-            .send(serde_json::to_string(&reply).expect("a reply serializes"))
-            .await;
+        worker.send(reply.encode()).await;
     });
-}
-
-/// The answer to a worker's call; `result` is left out when the function gave none.
-#[derive(Serialize)]
-struct Reply<'a> {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    invocation_id: &'a str,
-    function_id: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    result: Option<&'a Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<&'a FnError>,
 }
 
 /// A worker's answer as a function result.

@@ -3,7 +3,8 @@
 //! The `store` import is the engine's own storage, limited to the stream the adapter is bound
 //! to: an adapter can add logic to its stream without bringing storage of its own, and cannot
 //! reach another tenant's data. WASI is linked so that ordinary guest toolchains work, with
-//! nothing granted: no files, no network, no environment unless configured.
+//! wasmtime's defaults (see `new_store` in adapter.rs): the real clocks and random numbers are
+//! granted; no files, no network, no environment unless the binding sets `limits.env`.
 
 use super::bindings::streamhost::adapter::{log, store, types};
 use crate::adapter::StreamAdapter;

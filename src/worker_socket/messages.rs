@@ -1,0 +1,378 @@
+//! The worker protocol's messages (spec section 6), typed at the socket's edge.
+//!
+//! `WorkerMessage::parse` reads a frame once, straight into its variant (serde's internally
+//! tagged enum, as iii reads it), so the socket matches on a type instead of on strings.
+//! Only a frame that fails that pass is read again: as a plain `Value`, which tells an unknown
+//! `type` from a malformed message and keeps the last of two equal keys as serde_json's map
+//! does; and when even that fails, through `scan`, which recovers the `invocation_id` of a
+//! call that must still be answered.
+//!
+//! `EngineMessage` is every frame the engine writes to a worker; `encode` serializes it once,
+//! from borrowed parts, with no `Value` built on the way.
+
+use super::scan;
+use crate::error::FnError;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// A frame from a worker.
+#[derive(Debug, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum WorkerMessage {
+    RegisterFunction(FunctionRef),
+    UnregisterFunction(FunctionRef),
+    RegisterTrigger(RegisterTrigger),
+    UnregisterTrigger(TriggerRef),
+    InvokeFunction(Invoke),
+    InvocationResult(InvocationResult),
+    Ping,
+    Pong,
+    /// Messages the SDKs send that streamhost has no use for (spec section 6).
+    #[serde(
+        rename = "registertriggertype",
+        alias = "unregistertriggertype",
+        alias = "registerservice",
+        alias = "reattach"
+    )]
+    Ignored,
+    /// A `type` streamhost does not know, or none: logged and ignored.
+    #[serde(skip)]
+    Unknown {
+        kind: String,
+    },
+    /// A frame that could not be read as the message its `type` names.
+    #[serde(skip)]
+    Malformed(Malformed),
+}
+
+#[derive(Debug, Deserialize)]
+pub struct FunctionRef {
+    pub id: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct TriggerRef {
+    pub id: String,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct RegisterTrigger {
+    pub id: String,
+    pub trigger_type: String,
+    pub function_id: String,
+    #[serde(default)]
+    pub config: Value,
+    /// Passed to every call the trigger makes.
+    #[serde(default)]
+    pub metadata: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct Invoke {
+    /// None for a fire-and-forget call.
+    pub invocation_id: Option<String>,
+    pub function_id: String,
+    #[serde(default)]
+    pub data: Value,
+    /// Forwarded unchanged to the worker that serves the call.
+    #[serde(default)]
+    pub metadata: Option<Value>,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct InvocationResult {
+    pub invocation_id: String,
+    #[serde(default)]
+    pub result: Option<Value>,
+    #[serde(default)]
+    pub error: Option<Value>,
+}
+
+/// What could still be read of a malformed frame, so that a call in it is answered.
+#[derive(Debug)]
+pub struct Malformed {
+    /// The frame's top-level `type`, when it is a string.
+    pub kind: Option<String>,
+    /// As sent: a caller that used a number still gets its number back.
+    pub invocation_id: Option<Value>,
+    pub function_id: Option<String>,
+    pub problem: Problem,
+}
+
+#[derive(Debug, PartialEq)]
+pub enum Problem {
+    /// Valid JSON that does not fit the message; says which field is at fault.
+    Shape(String),
+    /// Not JSON serde_json can read; says why and how to fix the most likely causes.
+    NotJson(String),
+}
+
+/// How an `invokefunction` must look, for the answer to a malformed one.
+pub const INVOKE_SHAPE: &str = r#"expected {"type":"invokefunction","invocation_id"?:string,"function_id":string,"data":any,"metadata"?:any}"#;
+
+impl WorkerMessage {
+    pub fn parse(text: &str) -> WorkerMessage {
+        serde_json::from_str(text).unwrap_or_else(|_| Self::reparse(text))
+    }
+
+    /// The slow path, for a frame the typed pass refused.
+    fn reparse(text: &str) -> WorkerMessage {
+        let value: Value = match serde_json::from_str(text) {
+            Ok(v) => v,
+            Err(e) => return Self::unreadable(text, &e),
+        };
+        let field = |name: &str| value.get(name).and_then(Value::as_str).map(str::to_owned);
+        let (kind, function_id) = (field("type"), field("function_id"));
+        let invocation_id = value.get("invocation_id").cloned();
+        let err = match Self::deserialize(value) {
+            Ok(msg) => return msg,
+            Err(e) => e,
+        };
+        let kind_str = kind.as_deref().unwrap_or_default();
+        let Some(explained) = explain_kind(kind_str, text) else {
+            return WorkerMessage::Unknown {
+                kind: kind_str.to_owned(),
+            };
+        };
+        WorkerMessage::Malformed(Malformed {
+            kind,
+            invocation_id,
+            function_id,
+            problem: Problem::Shape(explained.unwrap_or_else(|| err.to_string())),
+        })
+    }
+
+    fn unreadable(text: &str, err: &serde_json::Error) -> WorkerMessage {
+        let found = scan::envelope(text);
+        let detail = err.to_string();
+        let hint = if detail.contains("recursion limit") {
+            "; a frame may nest at most 127 levels, its own object included (serde_json's limit, as in iii): flatten the data"
+        } else if detail.contains("surrogate") || detail.contains("end of hex escape") {
+            // serde_json says "unexpected end of hex escape" for `"\ud83d"` on its own.
+            "; a string holds a lone UTF-16 surrogate escape such as \\ud83d, what JavaScript writes for a string cut inside an emoji or other pair: cut strings on whole characters"
+        } else {
+            ""
+        };
+        WorkerMessage::Malformed(Malformed {
+            kind: found.kind,
+            invocation_id: found.invocation_id.map(Value::String),
+            function_id: found.function_id,
+            problem: Problem::NotJson(format!("the frame is not valid JSON: {detail}{hint}")),
+        })
+    }
+}
+
+/// Why a frame does not fit the message `kind` names, with the path of the field at fault;
+/// None when `kind` names no message with fields. The frame is read again for this: tracking
+/// the path on every frame would cost an allocation per key.
+fn explain_kind(kind: &str, text: &str) -> Option<Option<String>> {
+    Some(match kind {
+        "registerfunction" | "unregisterfunction" => explain::<FunctionRef>(text),
+        "registertrigger" => explain::<RegisterTrigger>(text),
+        "unregistertrigger" => explain::<TriggerRef>(text),
+        "invokefunction" => explain::<Invoke>(text),
+        "invocationresult" => explain::<InvocationResult>(text),
+        _ => return None,
+    })
+}
+
+fn explain<T: for<'de> Deserialize<'de>>(text: &str) -> Option<String> {
+    let mut frame = serde_json::Deserializer::from_str(text);
+    let e = serde_path_to_error::deserialize::<_, T>(&mut frame).err()?;
+    Some(match e.path().to_string().as_str() {
+        "." => e.inner().to_string(),
+        path => format!("{path}: {}", e.inner()),
+    })
+}
+
+/// A frame from the engine to a worker. Optional fields are left out when absent, as iii
+/// leaves them out.
+#[derive(Debug, Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum EngineMessage<'a> {
+    /// The first frame on every worker connection.
+    WorkerRegistered {
+        worker_id: &'a str,
+    },
+    Pong,
+    /// A call of one of the worker's functions.
+    InvokeFunction {
+        invocation_id: &'a str,
+        function_id: &'a str,
+        data: &'a Value,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        metadata: Option<&'a Value>,
+    },
+    /// The answer to the worker's call; the id goes back as it came.
+    InvocationResult {
+        invocation_id: &'a Value,
+        function_id: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        result: Option<&'a Value>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<&'a FnError>,
+    },
+    /// Sent only when a trigger is refused.
+    TriggerRegistrationResult {
+        id: &'a str,
+        trigger_type: &'a str,
+        function_id: &'a str,
+        error: &'a FnError,
+    },
+}
+
+impl EngineMessage<'_> {
+    pub fn encode(&self) -> String {
+        // Strings, `Value`s and `FnError`s: nothing here can fail to serialize.
+        serde_json::to_string(self).expect("an engine message serializes")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn shape_of(text: &str) -> (Option<String>, Option<Value>, Problem) {
+        match WorkerMessage::parse(text) {
+            WorkerMessage::Malformed(m) => (m.kind, m.invocation_id, m.problem),
+            other => panic!("not malformed: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn messages_read_in_one_pass_and_extra_fields_are_ignored() {
+        let text = r#"{"type":"invokefunction","invocation_id":"c-1","function_id":"f","data":{"a":[1,2.5,null]},"traceparent":"x"}"#;
+        assert!(serde_json::from_str::<WorkerMessage>(text).is_ok());
+        let WorkerMessage::InvokeFunction(call) = WorkerMessage::parse(text) else {
+            panic!("not a call")
+        };
+        assert_eq!(call.invocation_id.as_deref(), Some("c-1"));
+        assert_eq!(call.data, json!({"a": [1, 2.5, null]}));
+        assert_eq!(call.metadata, None);
+        // A unit message may carry anything (a padded ping, say).
+        assert!(serde_json::from_str::<WorkerMessage>(r#"{"type":"ping","pad":"xx"}"#).is_ok());
+        assert!(matches!(
+            WorkerMessage::parse(r#"{"type":"ping","pad":"xx"}"#),
+            WorkerMessage::Ping
+        ));
+        for kind in [
+            "registertriggertype",
+            "unregistertriggertype",
+            "registerservice",
+            "reattach",
+        ] {
+            let text = format!(r#"{{"id":"x","type":"{kind}","name":1}}"#);
+            assert!(
+                matches!(WorkerMessage::parse(&text), WorkerMessage::Ignored),
+                "{kind}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_or_missing_types_are_unknown() {
+        for (text, kind) in [
+            (r#"{"type":"nonsense","id":1}"#, "nonsense"),
+            (r#"{"id":"x"}"#, ""),
+            (r#"{"type":5}"#, ""),
+            ("[]", ""),
+        ] {
+            match WorkerMessage::parse(text) {
+                WorkerMessage::Unknown { kind: k } => assert_eq!(k, kind, "{text}"),
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_last_of_two_equal_keys_wins_as_in_a_json_map() {
+        let text = r#"{"type":"invokefunction","function_id":"a","function_id":"b"}"#;
+        // The typed pass refuses it; the slow path reads it as before.
+        assert!(serde_json::from_str::<WorkerMessage>(text).is_err());
+        let WorkerMessage::InvokeFunction(call) = WorkerMessage::parse(text) else {
+            panic!("not a call")
+        };
+        assert_eq!(call.function_id, "b");
+    }
+
+    #[test]
+    fn a_malformed_call_keeps_its_id_and_names_the_field_at_fault() {
+        let (kind, id, problem) =
+            shape_of(r#"{"type":"invokefunction","invocation_id":42,"function_id":"f","data":{}}"#);
+        assert_eq!(kind.as_deref(), Some("invokefunction"));
+        assert_eq!(id, Some(json!(42)));
+        let Problem::Shape(why) = problem else {
+            panic!("{problem:?}")
+        };
+        assert!(why.starts_with("invocation_id: invalid type"), "{why}");
+
+        let (_, id, problem) = shape_of(
+            r#"{"type":"invokefunction","invocation_id":"c-2","function_id":"f","data":"\ud83d"}"#,
+        );
+        assert_eq!(id, Some(json!("c-2")));
+        let Problem::NotJson(why) = problem else {
+            panic!("{problem:?}")
+        };
+        assert!(why.contains("surrogate"), "{why}");
+    }
+
+    #[test]
+    fn engine_frames_keep_their_wire_bytes() {
+        let cases = [
+            (
+                EngineMessage::WorkerRegistered { worker_id: "w-1" },
+                r#"{"type":"workerregistered","worker_id":"w-1"}"#,
+            ),
+            (EngineMessage::Pong, r#"{"type":"pong"}"#),
+            (
+                EngineMessage::InvokeFunction {
+                    invocation_id: "i-1",
+                    function_id: "f",
+                    data: &json!({"b": 1, "a": 2}),
+                    metadata: None,
+                },
+                r#"{"type":"invokefunction","invocation_id":"i-1","function_id":"f","data":{"b":1,"a":2}}"#,
+            ),
+            (
+                EngineMessage::InvokeFunction {
+                    invocation_id: "i-1",
+                    function_id: "f",
+                    data: &Value::Null,
+                    metadata: Some(&json!({"t": "x"})),
+                },
+                r#"{"type":"invokefunction","invocation_id":"i-1","function_id":"f","data":null,"metadata":{"t":"x"}}"#,
+            ),
+            (
+                EngineMessage::InvocationResult {
+                    invocation_id: &json!(7),
+                    function_id: "f",
+                    result: None,
+                    error: Some(&FnError::new("c", "m")),
+                },
+                r#"{"type":"invocationresult","invocation_id":7,"function_id":"f","error":{"code":"c","message":"m"}}"#,
+            ),
+            (
+                EngineMessage::InvocationResult {
+                    invocation_id: &json!("i-2"),
+                    function_id: "f",
+                    result: Some(&json!([1])),
+                    error: None,
+                },
+                r#"{"type":"invocationresult","invocation_id":"i-2","function_id":"f","result":[1]}"#,
+            ),
+            (
+                EngineMessage::TriggerRegistrationResult {
+                    id: "t",
+                    trigger_type: "cron",
+                    function_id: "f",
+                    error: &FnError::new("trigger_type_not_found", "m"),
+                },
+                r#"{"type":"triggerregistrationresult","id":"t","trigger_type":"cron","function_id":"f","error":{"code":"trigger_type_not_found","message":"m"}}"#,
+            ),
+        ];
+        for (message, wire) in cases {
+            assert_eq!(message.encode(), wire);
+        }
+    }
+}
