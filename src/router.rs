@@ -10,6 +10,7 @@ use crate::worker_socket::messages::EngineMessage;
 use axum::extract::ws::Utf8Bytes;
 use serde_json::Value;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -139,6 +140,14 @@ impl WorkerHandle {
 #[derive(Default)]
 pub struct Router {
     functions: RwLock<HashMap<String, Arc<WorkerHandle>>>,
+    /// How many registered ids serve a worker stream (`stream::set(NAME)` and the rest), so
+    /// that the common case, none, costs the storage router one load.
+    stream_functions: AtomicUsize,
+}
+
+/// Whether an id is one of a worker stream's functions, `stream::<op>(<name>)`.
+fn is_stream_function(function_id: &str) -> bool {
+    function_id.starts_with("stream::") && function_id.ends_with(')')
 }
 
 impl Router {
@@ -149,6 +158,9 @@ impl Router {
             .write()
             .unwrap()
             .insert(function_id.to_owned(), worker.clone());
+        if previous.is_none() && is_stream_function(function_id) {
+            self.stream_functions.fetch_add(1, Ordering::Relaxed);
+        }
         if let Some(prev) = previous.filter(|p| p.id != worker.id) {
             tracing::warn!(function_id, from = %prev.id, to = %worker.id, "function re-registered by another worker");
         }
@@ -161,14 +173,25 @@ impl Router {
             .is_some_and(|w| w.id == worker_id)
         {
             functions.remove(function_id);
+            if is_stream_function(function_id) {
+                self.stream_functions.fetch_sub(1, Ordering::Relaxed);
+            }
         }
     }
 
     pub fn remove_worker(&self, worker_id: &str) {
-        self.functions
-            .write()
-            .unwrap()
-            .retain(|_, w| w.id != worker_id);
+        let mut removed = 0;
+        self.functions.write().unwrap().retain(|id, w| {
+            let keep = w.id != worker_id;
+            removed += usize::from(!keep && is_stream_function(id));
+            keep
+        });
+        self.stream_functions.fetch_sub(removed, Ordering::Relaxed);
+    }
+
+    /// Whether any worker serves a stream of its own (createStream).
+    pub fn has_worker_streams(&self) -> bool {
+        self.stream_functions.load(Ordering::Relaxed) > 0
     }
 
     pub fn lookup(&self, function_id: &str) -> Option<Arc<WorkerHandle>> {

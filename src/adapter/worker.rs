@@ -31,8 +31,10 @@ pub struct WorkerAdapter {
 impl WorkerAdapter {
     /// Whether a worker serves any of the stream's operations.
     pub fn serves(engine: &Engine, stream: &str) -> bool {
-        OPS.iter()
-            .any(|op| engine.router.contains(&function_id(op, stream)))
+        engine.router.has_worker_streams()
+            && OPS
+                .iter()
+                .any(|op| engine.router.contains(&function_id(op, stream)))
     }
 
     pub fn new(engine: Arc<Engine>, stream: &str, fallback: Arc<dyn StreamAdapter>) -> Self {
