@@ -105,6 +105,24 @@ impl RedisAdapter {
         held
     }
 
+    /// An item's stored JSON text, as Redis holds it.
+    async fn item_text(
+        &self,
+        stream: &str,
+        group: &str,
+        item: &str,
+    ) -> anyhow::Result<Option<String>> {
+        let mut conn = self.conn.clone();
+        self.run(
+            "HGET",
+            redis::cmd("HGET")
+                .arg(group_key(stream, group))
+                .arg(item)
+                .query_async(&mut conn),
+        )
+        .await
+    }
+
     /// A group's (item id, JSON text) pairs in insertion order.
     async fn entries(&self, stream: &str, group: &str) -> anyhow::Result<Vec<(String, String)>> {
         let mut conn = self.conn.clone();
@@ -286,16 +304,7 @@ impl StreamAdapter for RedisAdapter {
     }
 
     async fn get(&self, stream: &str, group: &str, item: &str) -> anyhow::Result<Option<Value>> {
-        let mut conn = self.conn.clone();
-        let text: Option<String> = self
-            .run(
-                "HGET",
-                redis::cmd("HGET")
-                    .arg(group_key(stream, group))
-                    .arg(item)
-                    .query_async(&mut conn),
-            )
-            .await?;
+        let text = self.item_text(stream, group, item).await?;
         parse_opt(stream, group, item, text)
     }
 
@@ -382,15 +391,7 @@ impl StreamAdapter for RedisAdapter {
     ) -> anyhow::Result<UpdateOutcome> {
         let _writing = self.writing(stream, group, item).await;
         let mut conn = self.conn.clone();
-        let mut current: Option<String> = self
-            .run(
-                "HGET",
-                redis::cmd("HGET")
-                    .arg(group_key(stream, group))
-                    .arg(item)
-                    .query_async(&mut conn),
-            )
-            .await?;
+        let mut current = self.item_text(stream, group, item).await?;
         for _ in 0..UPDATE_ATTEMPTS {
             let old_value = parse_opt(stream, group, item, current.clone())?;
             // A result past the limits is refused before it reaches Redis.
