@@ -6,8 +6,8 @@
 
 use std::sync::Arc;
 use std::time::Instant;
-use streamhost::adapter::StreamAdapter;
-use streamhost::adapter::kv_store::KvStore;
+use streamhost::storage::StreamAdapter;
+use streamhost::storage::kv_store::KvStore;
 
 mod common;
 

@@ -7,10 +7,10 @@
 
 use serde_json::{Map, Value, json};
 use std::time::{Duration, Instant};
-use streamhost::adapter::StreamAdapter;
-use streamhost::adapter::kv_store::KvStore;
 use streamhost::limits::{ValueLimits, measure};
-use streamhost::update_ops::{self, UpdateOps};
+use streamhost::storage::StreamAdapter;
+use streamhost::storage::kv_store::KvStore;
+use streamhost::storage::update_ops::{self, UpdateOps};
 
 /// The engine's allocator (see src/main.rs), so that copies cost what they cost there.
 #[global_allocator]

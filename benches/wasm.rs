@@ -10,9 +10,9 @@ mod build_adapters;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use streamhost::adapter::StreamAdapter;
-use streamhost::adapter::kv_store::KvStore;
-use streamhost::wasm::{Limits, WasmAdapter, WasmHost};
+use streamhost::storage::StreamAdapter;
+use streamhost::storage::kv_store::KvStore;
+use streamhost::storage::wasm::{Limits, WasmAdapter, WasmHost};
 
 /// Mean time per call of `op` over `n` calls, after a warm-up.
 async fn per_op<F: AsyncFnMut(usize)>(n: usize, mut op: F) -> Duration {

@@ -1,17 +1,17 @@
 //! The engine: what every socket and function shares.
 
-use crate::adapter::worker::WorkerAdapter;
-use crate::adapter::{BusMessage, EventBus, StreamAdapter};
 use crate::config::Config;
 use crate::error::{FnError, FnResult};
-use crate::frame::{EventKind, StreamEvent};
-use crate::hub::Hub;
+use crate::fanout::frame::{EventKind, StreamEvent};
+use crate::fanout::hub::Hub;
+use crate::fanout::outbox::Outbox;
+use crate::functions::streams;
+use crate::functions::triggers::Triggers;
+use crate::functions::wasm_bindings::{self, WasmBindings};
 use crate::metrics::Metrics;
-use crate::outbox::Outbox;
-use crate::router::Router;
-use crate::streams;
-use crate::triggers::Triggers;
-use crate::wasm_bindings::{self, WasmBindings};
+use crate::storage::worker::WorkerAdapter;
+use crate::storage::{BusMessage, EventBus, StreamAdapter};
+use crate::workers::router::Router;
 use axum::extract::ws::Utf8Bytes;
 use serde_json::{Value, json};
 use std::collections::HashMap;

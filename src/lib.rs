@@ -1,37 +1,27 @@
 //! streamhost: a realtime streams engine that speaks the iii stream protocol.
 //!
-//! The module tree is the architecture:
-//! - `client_socket`: browsers and apps on port 3112 (join/leave, path subscriptions, auth);
-//! - `worker_socket`: SDK workers on port 49134 (functions, triggers, invocations);
-//! - `router`: the function registry that both sockets and the engine call through;
-//! - `streams`: the built-in `stream::*` functions;
-//! - `triggers`: `stream`, `stream:join` and `stream:leave` triggers;
-//! - `hub` and `outbox`: fan-out to subscribed sockets, encoded once, bounded per socket;
-//! - `emit_order`: events for one item leave in the order the store applied the writes;
-//! - `adapter`: one trait for storage, one module per backend;
-//! - `limits`: the depth, size and op-count limits on every value that enters a store;
-//! - `wasm` and `wasm_bindings`: streams served by sandboxed WebAssembly adapters.
+//! The folders are the architecture; dependencies point down this list, never up:
+//! - `sockets`: clients on port 3112 (join/leave, path subscriptions, auth) and SDK workers on
+//!   port 49134 (functions, triggers, invocations);
+//! - `server` and `engine`: the listeners, and what every socket shares;
+//! - `functions`: the built-in `stream::*` functions, triggers, WebAssembly bindings;
+//! - `workers`: which connected worker serves which function, and the messages to and from it;
+//! - `storage`: one trait for storage, one module per backend (the native store and its log,
+//!   Redis, worker-served streams, WebAssembly adapters), and the update ops they apply;
+//! - `fanout`: events encoded once and queued per socket, one item's events in write order;
+//! - `limits`, `config`, `error`, `metrics`: the leaves everything else uses.
 
-pub mod adapter;
-pub mod client_socket;
 pub mod config;
-pub mod emit_order;
 pub mod engine;
 pub mod error;
-pub mod frame;
-pub mod hub;
-pub mod item_lock;
+pub mod fanout;
+pub mod functions;
 pub mod limits;
 pub mod metrics;
-pub mod outbox;
-pub mod router;
 pub mod server;
-pub mod streams;
-pub mod triggers;
-pub mod update_ops;
-pub mod wasm;
-pub mod wasm_bindings;
-pub mod worker_socket;
+pub mod sockets;
+pub mod storage;
+pub mod workers;
 
 pub use config::Config;
 pub use server::{Server, ServerHandle};

@@ -3,7 +3,6 @@
 //! store whose log is damaged. The grammar and its help text are in `cli`.
 
 mod cli;
-mod new_adapter;
 
 use anyhow::Context;
 use clap::Parser;
@@ -42,7 +41,7 @@ fn run_command() -> anyhow::Result<()> {
         }
         Command::Store(StoreCommand::Check { dir }) => return check_store(&dir),
         Command::Store(StoreCommand::Repair { dir }) => {
-            print!("{}", streamhost::adapter::wal::tool::repair(&dir)?);
+            print!("{}", streamhost::storage::wal::tool::repair(&dir)?);
             return Ok(());
         }
     };
@@ -94,7 +93,7 @@ async fn wait_for_signal() {
 /// `streamhost adapter check FILE.wasm`: compile, type-check against the WIT, report.
 fn check_adapter(file: &str) -> anyhow::Result<()> {
     let wasm = std::fs::read(file).with_context(|| format!("cannot read {file}"))?;
-    let host = streamhost::wasm::WasmHost::new(None)?;
+    let host = streamhost::storage::wasm::WasmHost::new(None)?;
     let prepared = host
         .prepare(&wasm)
         .with_context(|| format!("{file} is not a streamhost adapter"))?;
@@ -122,7 +121,7 @@ fn check_adapter(file: &str) -> anyhow::Result<()> {
 
 /// `streamhost store check DIR`: fails (exit status 1) when the log is damaged.
 fn check_store(dir: &std::path::Path) -> anyhow::Result<()> {
-    let report = streamhost::adapter::wal::tool::check(dir)?;
+    let report = streamhost::storage::wal::tool::check(dir)?;
     print!("{}", report.text);
     if report.damaged {
         anyhow::bail!("the store's log is damaged; see above");
@@ -130,8 +129,8 @@ fn check_store(dir: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What the host gives an adapter behind one import (see src/wasm/imports.rs and the
-/// `WasiCtxBuilder` in src/wasm/adapter.rs: nothing is granted beyond the defaults).
+/// What the host gives an adapter behind one import (see src/storage/wasm/imports.rs and the
+/// `WasiCtxBuilder` in src/storage/wasm/adapter.rs: nothing is granted beyond the defaults).
 fn import_note(import: &str) -> &'static str {
     let interface = import.split('@').next().unwrap_or(import);
     match interface {
@@ -162,8 +161,8 @@ fn import_note(import: &str) -> &'static str {
 
 /// `streamhost adapter new NAME [DIR]`: a standalone crate, with the next steps.
 fn new_adapter(name: &str, dir: Option<&str>) -> anyhow::Result<()> {
-    let dir = new_adapter::create(name, dir)?;
-    let wasm = new_adapter::wasm_file(name);
+    let dir = cli::new_adapter::create(name, dir)?;
+    let wasm = cli::new_adapter::wasm_file(name);
     println!("created the adapter crate {name} in {}", dir.display());
     println!(
         "  build:  cd {} && cargo build --release --target wasm32-wasip2",

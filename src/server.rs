@@ -1,10 +1,10 @@
 //! Starting and stopping the engine: the two listeners, the adapter, graceful shutdown.
 
-use crate::adapter;
-use crate::client_socket;
 use crate::config::Config;
 use crate::engine::Engine;
-use crate::worker_socket;
+use crate::sockets::client;
+use crate::sockets::worker;
+use crate::storage;
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,7 +28,7 @@ impl Server {
         for warning in &config.warnings {
             tracing::warn!("config: {warning}");
         }
-        let adapter = adapter::from_config(&config.adapter).await?;
+        let adapter = storage::from_config(&config.adapter).await?;
         let client_listener = bind(&config.host, config.port, "client").await?;
         let worker_listener = bind(&config.worker_host, config.worker_port, "worker").await?;
         let client_addr = client_listener.local_addr()?;
@@ -63,9 +63,9 @@ impl Server {
                 })?;
         }
 
-        let clients = client_socket::routes(engine.clone())
-            .into_make_service_with_connect_info::<SocketAddr>();
-        let workers = worker_socket::routes(engine.clone()).into_make_service();
+        let clients =
+            client::routes(engine.clone()).into_make_service_with_connect_info::<SocketAddr>();
+        let workers = worker::routes(engine.clone()).into_make_service();
         let stop = engine.shutdown_signal();
         let client_task = tokio::spawn(async move {
             if let Err(e) = axum::serve(client_listener, clients)

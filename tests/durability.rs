@@ -8,8 +8,8 @@ use serde_json::json;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use streamhost::adapter::StreamAdapter;
-use streamhost::adapter::kv_store::KvStore;
+use streamhost::storage::StreamAdapter;
+use streamhost::storage::kv_store::KvStore;
 
 fn file_adapter(dir: &std::path::Path) -> String {
     format!(

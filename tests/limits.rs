@@ -12,7 +12,7 @@ use limits_helpers::{nested, value_limits};
 use serde_json::{Value, json};
 use streamhost::config::{AdapterConfig, CustomStreamConfig};
 use streamhost::limits::{MAX_DEPTH_SETTING, measure};
-use streamhost::wasm::Limits;
+use streamhost::storage::wasm::Limits;
 
 fn durable(dir: &std::path::Path) -> streamhost::Config {
     let mut config = test_config();

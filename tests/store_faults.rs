@@ -8,8 +8,8 @@ use serde_json::json;
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
-use streamhost::adapter::StreamAdapter;
-use streamhost::adapter::kv_store::KvStore;
+use streamhost::storage::StreamAdapter;
+use streamhost::storage::kv_store::KvStore;
 
 fn streamhost(args: &[&str]) -> (bool, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_streamhost"))

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use streamhost::config::CustomStreamConfig;
-use streamhost::wasm::Limits;
+use streamhost::storage::wasm::Limits;
 
 fn b64(bytes: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(bytes)

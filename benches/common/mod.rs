@@ -5,7 +5,7 @@ use serde_json::json;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
-use streamhost::adapter::StreamAdapter;
+use streamhost::storage::StreamAdapter;
 
 /// Runs `total` sets of 100-byte values from `concurrency` tasks; returns sets per second.
 pub async fn sets_per_second(

@@ -12,7 +12,7 @@
 //!
 //! One node applies one item's writes one at a time (a per-item lock held for the round
 //! trip) and takes the item's turn as it sends each, so its clients get that item's events in
-//! the order Redis applied them (see `emit_order`); writes to different items stay pipelined.
+//! the order Redis applied them (see `fanout::order`); writes to different items stay pipelined.
 //! Between nodes, events travel by pub/sub after the write, so two nodes writing one item at
 //! the same moment may each deliver the other's event last.
 //!
@@ -26,9 +26,9 @@ mod scripts;
 pub use bus::{CHANNEL, RedisBus};
 
 use super::{EventBus, StreamAdapter, UpdateOutcome};
-use crate::emit_order::Turns;
-use crate::item_lock::{ItemLock, ItemLocks};
-use crate::update_ops::{self, UpdateOps};
+use crate::fanout::item_lock::{ItemLock, ItemLocks};
+use crate::fanout::order::Turns;
+use crate::storage::update_ops::{self, UpdateOps};
 use anyhow::{Context, anyhow};
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};

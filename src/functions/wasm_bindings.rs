@@ -1,6 +1,6 @@
 //! WebAssembly bindings: streams served by WebAssembly adapters (`createStream` for
 //! components). Not to be confused with worker streams, which a worker serves with its own
-//! `stream::<op>(name)` functions (see `adapter::worker`).
+//! `stream::<op>(name)` functions (see `storage::worker`).
 //!
 //! A stream is bound in the config file or at runtime by a worker calling
 //! `streamhost::create_stream` with the component; `streamhost::delete_stream` removes the
@@ -11,7 +11,7 @@
 
 use crate::engine::Engine;
 use crate::error::{FnError, FnResult};
-use crate::wasm::{Limits, WasmAdapter, WasmHost};
+use crate::storage::wasm::{Limits, WasmAdapter, WasmHost};
 use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{Value, json};

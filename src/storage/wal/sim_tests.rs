@@ -13,10 +13,10 @@
 
 use super::LOG_NAME;
 use super::sim::{Errno, Op, SimDisk};
-use crate::adapter::StreamAdapter;
-use crate::adapter::kv_store::KvStore;
-use crate::adapter::wal::{Options, WriteError};
-use crate::update_ops;
+use crate::storage::StreamAdapter;
+use crate::storage::kv_store::KvStore;
+use crate::storage::update_ops;
+use crate::storage::wal::{Options, WriteError};
 use serde_json::{Value, json};
 use std::cell::RefCell;
 use std::collections::HashMap;

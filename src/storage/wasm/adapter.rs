@@ -16,12 +16,12 @@ use super::bindings::streamhost::adapter::types::{
 use super::fanout_bindings::exports::streamhost::adapter::fanout;
 use super::host::{EPOCH_TICK, Prepared, WasmHost};
 use super::imports::{HostState, MemoryLimiter, Scope};
-use crate::adapter::{StreamAdapter, UpdateOutcome};
 use crate::error::FnError;
-use crate::frame::{EventKind, StreamEvent};
-use crate::item_lock::ItemLock;
+use crate::fanout::frame::{EventKind, StreamEvent};
+use crate::fanout::item_lock::ItemLock;
 use crate::limits::ValueLimits;
-use crate::update_ops::{self, UpdateOps};
+use crate::storage::update_ops::{self, UpdateOps};
+use crate::storage::{StreamAdapter, UpdateOutcome};
 use async_trait::async_trait;
 use serde_json::Value;
 use std::sync::Arc;

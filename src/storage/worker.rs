@@ -3,18 +3,18 @@
 //!
 //! A worker may register only some of the functions; an operation it does not serve goes to
 //! the storage the stream would have without it (`fallback`). The worker's writes take no
-//! turns (see `emit_order`), so each write holds the engine's item lock from before the call
-//! until its event is out, handed to the caller's scope with `emit_order::hold`. Without
+//! turns (see `fanout::order`), so each write holds the engine's item lock from before the call
+//! until its event is out, handed to the caller's scope with `order::hold`. Without
 //! `stream::update(name)` but with get and set, an update reads, applies the ops and writes
 //! back under that same lock, so it is atomic against the engine's other writes.
 //! A worker's `timeout` and `worker_disconnected` errors keep their codes; its other errors
 //! take the calling built-in's code (`FnError::storage`).
 
 use super::{StreamAdapter, UpdateOutcome};
-use crate::emit_order;
 use crate::engine::Engine;
-use crate::item_lock::ItemLock;
-use crate::update_ops::{self, OpError, UpdateOps};
+use crate::fanout::item_lock::ItemLock;
+use crate::fanout::order;
+use crate::storage::update_ops::{self, OpError, UpdateOps};
 use async_trait::async_trait;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -68,7 +68,7 @@ impl WorkerAdapter {
     }
 
     async fn lock(&self, group: &str, item: &str) {
-        emit_order::hold(ItemLock::acquire(&self.stream, group, item).await);
+        order::hold(ItemLock::acquire(&self.stream, group, item).await);
     }
 
     /// Read, apply, write through the worker; the caller holds the item's lock.

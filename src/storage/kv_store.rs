@@ -7,8 +7,8 @@
 use super::wal::disk::{Disk, RealDisk};
 use super::wal::{self, Record, RecordRef, Ticket, Wal};
 use super::{StreamAdapter, UpdateOutcome};
-use crate::emit_order::Turns;
-use crate::update_ops::{self, UpdateOps};
+use crate::fanout::order::Turns;
+use crate::storage::update_ops::{self, UpdateOps};
 use async_trait::async_trait;
 use indexmap::IndexMap;
 use serde_json::Value;

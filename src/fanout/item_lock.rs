@@ -1,6 +1,6 @@
 //! Per-item locks: for read-modify-writes that the engine does on behalf of an adapter that
 //! cannot do them atomically itself (createStream workers, WebAssembly adapters), and for
-//! adapters that must apply one item's writes one at a time (see `emit_order`).
+//! adapters that must apply one item's writes one at a time (see `fanout::order`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

@@ -17,7 +17,7 @@
 
 use crate::engine::Engine;
 use crate::error::FnError;
-use crate::frame::{EventKind, StreamEvent};
+use crate::fanout::frame::{EventKind, StreamEvent};
 use serde::Deserialize;
 use serde_json::Value;
 use std::sync::{Arc, RwLock};

@@ -139,7 +139,7 @@ pub fn salvage(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::adapter::wal::record::{RecordRef, encode};
+    use crate::storage::wal::record::{RecordRef, encode};
     use serde_json::json;
 
     fn log(n: usize) -> (Vec<u8>, Vec<usize>) {

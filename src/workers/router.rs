@@ -5,8 +5,8 @@
 //! configured limit, and with `worker_disconnected` when the worker goes away first.
 
 use crate::error::{FnError, FnResult};
-use crate::outbox::Outbox;
-use crate::worker_socket::messages::EngineMessage;
+use crate::fanout::outbox::Outbox;
+use crate::workers::messages::EngineMessage;
 use axum::extract::ws::Utf8Bytes;
 use serde_json::Value;
 use std::collections::HashMap;

@@ -5,12 +5,15 @@
 
 pub mod kv_store;
 pub mod redis;
+
+pub mod update_ops;
 pub mod wal;
+pub mod wasm;
 pub mod worker;
 
 use crate::config::AdapterConfig;
-use crate::frame::StreamEvent;
-use crate::update_ops::{OpError, UpdateOps};
+use crate::fanout::frame::StreamEvent;
+use crate::storage::update_ops::{OpError, UpdateOps};
 use async_trait::async_trait;
 use serde_json::Value;
 use std::sync::Arc;

@@ -9,10 +9,10 @@
 use anyhow::{Context, bail};
 use std::path::{Path, PathBuf};
 
-const WIT: &str = include_str!("../wit/adapter.wit");
-const TEMPLATE: &str = include_str!("../adapters/template/src/lib.rs");
-const WORKSPACE: &str = include_str!("../adapters/Cargo.toml");
-const LOCK: &str = include_str!("../adapters/Cargo.lock");
+const WIT: &str = include_str!("../../wit/adapter.wit");
+const TEMPLATE: &str = include_str!("../../adapters/template/src/lib.rs");
+const WORKSPACE: &str = include_str!("../../adapters/Cargo.toml");
+const LOCK: &str = include_str!("../../adapters/Cargo.lock");
 
 /// Creates the crate in `dir` (default `./NAME`); returns the directory.
 pub fn create(name: &str, dir: Option<&str>) -> anyhow::Result<PathBuf> {
@@ -127,7 +127,7 @@ fn lib_rs(name: &str) -> anyhow::Result<String> {
         .context("adapters/template/src/lib.rs should start with a //! header")?;
     if !body.contains(from) {
         bail!(
-            "adapters/template/src/lib.rs no longer contains {from:?}; update src/new_adapter.rs"
+            "adapters/template/src/lib.rs no longer contains {from:?}; update src/cli/new_adapter.rs"
         );
     }
     let header = format!(

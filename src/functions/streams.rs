@@ -4,15 +4,15 @@
 //! goes to the stream's storage (`Engine::storage`: a worker stream's functions, a
 //! WebAssembly binding or the engine's store), and emits the change to subscribers and
 //! triggers. A write
-//! emits only after the earlier writes to its item have (see `emit_order`). Every value bound
+//! emits only after the earlier writes to its item have (see `fanout::order`). Every value bound
 //! for a store or for subscribers (set data, send data, update ops and results) is held to
 //! the engine's value limits first (see `limits`), whichever storage serves the stream.
 
-use crate::emit_order;
 use crate::engine::Engine;
 use crate::error::{FnError, FnResult};
-use crate::frame::{EventKind, StreamEvent};
-use crate::update_ops::UpdateOps;
+use crate::fanout::frame::{EventKind, StreamEvent};
+use crate::fanout::order;
+use crate::storage::update_ops::UpdateOps;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -134,7 +134,7 @@ async fn set(engine: &Arc<Engine>, p: SetPayload) -> FnResult {
         .config
         .value_limits
         .check("stream::set data", &p.data)?;
-    let (stored, mut turn) = emit_order::scope(engine.storage(&p.stream_name).write(
+    let (stored, mut turn) = order::scope(engine.storage(&p.stream_name).write(
         &p.stream_name,
         &p.group_id,
         &p.item_id,
@@ -164,7 +164,7 @@ async fn get(engine: &Arc<Engine>, p: ItemRef) -> FnResult {
 }
 
 async fn delete(engine: &Arc<Engine>, p: ItemRef) -> FnResult {
-    let (old, mut turn) = emit_order::scope(engine.storage(&p.stream_name).delete(
+    let (old, mut turn) = order::scope(engine.storage(&p.stream_name).delete(
         &p.stream_name,
         &p.group_id,
         &p.item_id,
@@ -241,7 +241,7 @@ async fn send(engine: &Arc<Engine>, p: SendPayload) -> FnResult {
 
 async fn update(engine: &Arc<Engine>, p: UpdatePayload) -> FnResult {
     let ops = UpdateOps::parse(&p.ops, &engine.config.value_limits)?;
-    let (outcome, mut turn) = emit_order::scope(engine.storage(&p.stream_name).update(
+    let (outcome, mut turn) = order::scope(engine.storage(&p.stream_name).update(
         &p.stream_name,
         &p.group_id,
         &p.item_id,

@@ -5,10 +5,10 @@
 //! socket receives the group's (or item's) events through its outbox.
 
 use crate::engine::Engine;
-use crate::frame::{EventKind, StreamEvent, error_frame};
-use crate::hub::ConnId;
+use crate::fanout::frame::{EventKind, StreamEvent, error_frame};
+use crate::fanout::hub::ConnId;
+use crate::fanout::outbox::{self, CLOSE_TOO_BIG, Flow, Outbox, Peer};
 use crate::metrics;
-use crate::outbox::{self, CLOSE_TOO_BIG, Flow, Outbox, Peer};
 use axum::Router;
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Path, RawQuery, State};

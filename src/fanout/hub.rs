@@ -7,8 +7,8 @@
 //! (`release`): an event that raced the read is then in the snapshot or follows the `sync`.
 //! Were it to go first, the older `sync` would take the client back.
 
-use crate::frame::StreamEvent;
-use crate::outbox::Outbox;
+use crate::fanout::frame::StreamEvent;
+use crate::fanout::outbox::Outbox;
 use axum::extract::ws::Utf8Bytes;
 use std::collections::HashMap;
 use std::sync::{

@@ -7,7 +7,7 @@
 //! granted; no files, no network, no environment unless the binding sets `limits.env`.
 
 use super::bindings::streamhost::adapter::{log, store, types};
-use crate::adapter::StreamAdapter;
+use crate::storage::StreamAdapter;
 use serde_json::Value;
 use std::sync::Arc;
 use types::AdapterError;

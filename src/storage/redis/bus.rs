@@ -13,8 +13,8 @@
 //! `BusMessage::Gap` so the engine sends its subscribers a fresh `sync`.
 
 use super::RedisTarget;
-use crate::adapter::{BusMessage, EventBus};
-use crate::frame::StreamEvent;
+use crate::fanout::frame::StreamEvent;
+use crate::storage::{BusMessage, EventBus};
 use futures_util::StreamExt;
 use redis::aio::ConnectionManager;
 use serde_json::Value;
@@ -309,7 +309,7 @@ fn backoff(attempt: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::EventKind;
+    use crate::fanout::frame::EventKind;
     use serde_json::json;
 
     #[test]

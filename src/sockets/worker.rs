@@ -10,20 +10,17 @@
 //! timeout. `messages` reads each frame once into a typed message (a frame serde cannot read
 //! at all goes through `scan` to find the id) and encodes every frame the engine writes.
 
-pub mod messages;
-mod scan;
-
 use crate::engine::Engine;
 use crate::error::{FnError, FnResult};
-use crate::outbox::{self, CLOSE_TOO_BIG, Flow, Outbox, Peer};
-use crate::router::WorkerHandle;
+use crate::fanout::outbox::{self, CLOSE_TOO_BIG, Flow, Outbox, Peer};
+use crate::workers::messages::{
+    EngineMessage, INVOKE_SHAPE, Invoke, Malformed, Problem, RegisterTrigger, WorkerMessage,
+};
+use crate::workers::router::WorkerHandle;
 use axum::Router;
 use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
-use messages::{
-    EngineMessage, INVOKE_SHAPE, Invoke, Malformed, Problem, RegisterTrigger, WorkerMessage,
-};
 use serde_json::Value;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;

@@ -12,7 +12,7 @@
 //! A stream served by a worker's functions takes no turns: its adapter [`hold`]s the engine's
 //! item lock from before the write until its event is out, which orders its writes.
 
-use crate::item_lock::ItemLock;
+use crate::fanout::item_lock::ItemLock;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;

@@ -8,6 +8,8 @@
 use clap::{Args, Parser, Subcommand};
 use std::path::PathBuf;
 
+pub mod new_adapter;
+
 const LOGS: &str = "Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=streamhost=debug) for more.";
 
 /// A realtime streams engine that speaks the iii stream protocol.

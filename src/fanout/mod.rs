@@ -1,0 +1,14 @@
+//! Fan-out: getting each stream event to the sockets that subscribe to it, in order.
+//!
+//! - `frame`: the events and the client frames they encode to, encoded once per event;
+//! - `hub`: who subscribes to which group or item;
+//! - `outbox`: each socket's bounded send queue;
+//! - `order` and `item_lock`: one item's events leave in the order its writes were applied.
+//!
+//! It depends on nothing else in the engine, so storage and functions can both use it.
+
+pub mod frame;
+pub mod hub;
+pub mod item_lock;
+pub mod order;
+pub mod outbox;
