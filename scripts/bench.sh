@@ -29,7 +29,7 @@ done
 
 target_dir="${CARGO_TARGET_DIR:-target}"
 echo "== building (release)"
-cargo build --release --bin streamhost --bin streamhost-load
+cargo build --release -p streamhost -p streamhost-load --bins
 if [ "$floor" = 1 ]; then
   cargo build --release --manifest-path ../shared/tools/raw-floor/Cargo.toml --target-dir /tmp/raw-floor
 fi

@@ -17,4 +17,4 @@ if [ ! -x "$venv/bin/python" ] || [ tests/sdk/python/requirements.txt -nt "$venv
 fi
 
 echo "== cargo test"
-cargo test --no-fail-fast "$@"
+cargo test --workspace --no-fail-fast "$@"

@@ -278,7 +278,7 @@ fn custom_stream(entry: &Value, base: &Path) -> anyhow::Result<CustomStreamConfi
             .with_context(|| format!("custom stream {stream_name}: `config` cannot be JSON"))?,
         None => serde_json::Value::Object(Default::default()),
     };
-    let limits: crate::functions::wasm_bindings::LimitsSpec = match entry.get("limits") {
+    let limits: crate::storage::wasm::registry::LimitsSpec = match entry.get("limits") {
         Some(v) => serde_yaml_ng::from_value(v.clone())
             .with_context(|| format!("custom stream {stream_name}: bad `limits`"))?,
         None => Default::default(),

@@ -1,15 +1,16 @@
-//! The engine: what every socket and function shares.
+//! The engine: what the sockets share. It builds the parts below it (the storage router,
+//! the function registry, the hub) and hands each the narrow handle it needs; nothing below
+//! the sockets holds the engine.
 
 use crate::config::Config;
-use crate::error::{FnError, FnResult};
+use crate::error::FnResult;
 use crate::fanout::frame::{EventKind, StreamEvent};
 use crate::fanout::hub::Hub;
 use crate::fanout::outbox::Outbox;
-use crate::functions::streams;
-use crate::functions::triggers::Triggers;
-use crate::functions::wasm_bindings::{self, WasmBindings};
+use crate::functions::{Functions, Parts};
 use crate::metrics::Metrics;
-use crate::storage::worker::WorkerAdapter;
+use crate::storage::router::StorageRouter;
+use crate::storage::wasm::registry::WasmBindings;
 use crate::storage::{BusMessage, EventBus, StreamAdapter};
 use crate::workers::router::Router;
 use axum::extract::ws::Utf8Bytes;
@@ -29,15 +30,11 @@ pub struct Stats {
 
 pub struct Engine {
     pub config: Config,
-    pub adapter: Arc<dyn StreamAdapter>,
-    pub hub: Hub,
-    pub router: Router,
-    pub triggers: Triggers,
-    /// Streams bound to WebAssembly adapters (the WebAssembly bindings; the field keeps its
-    /// old name, which `metrics` reads).
-    pub custom_streams: WasmBindings,
+    /// Calls, storage and emission: everything a function needs.
+    pub functions: Arc<Functions>,
+    pub hub: Arc<Hub>,
     pub stats: Stats,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     /// Carries events to and from other nodes when the adapter is shared (Redis).
     bus: Option<Arc<dyn EventBus>>,
     shutdown: watch::Sender<bool>,
@@ -45,123 +42,44 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(config: Config, adapter: Arc<dyn StreamAdapter>) -> Arc<Engine> {
-        let cache_dir = config.wasm_cache_dir.clone();
-        Arc::new(Engine {
-            router: Router::default(),
-            config,
-            bus: adapter.event_bus(),
+        let hub = Arc::new(Hub::new());
+        let metrics = Arc::new(Metrics::default());
+        let bus = adapter.event_bus();
+        let workers = Arc::new(Router::default());
+        let storage = StorageRouter::new(
             adapter,
-            hub: Hub::new(),
-            triggers: Triggers::default(),
-            custom_streams: WasmBindings::new(cache_dir),
+            WasmBindings::new(config.wasm_cache_dir.clone()),
+            workers.clone(),
+            config.invocation_timeout,
+        );
+        let functions = Functions::new(Parts {
+            storage,
+            workers,
+            hub: hub.clone(),
+            bus: bus.clone(),
+            metrics: metrics.clone(),
+            value_limits: config.value_limits,
+            invocation_timeout: config.invocation_timeout,
+        });
+        Arc::new(Engine {
+            config,
+            functions,
+            hub,
             stats: Stats::default(),
-            metrics: Metrics::default(),
+            metrics,
+            bus,
             shutdown: watch::channel(false).0,
         })
     }
 
     /// Calls a function by id: a built-in `stream::*` function or one a worker registered.
-    pub async fn call(self: &Arc<Self>, function_id: &str, data: Value) -> FnResult {
-        self.call_with_metadata(function_id, data, None).await
+    pub async fn call(&self, function_id: &str, data: Value) -> FnResult {
+        self.functions.call(function_id, data).await
     }
 
-    /// As `call`, with the invocation's `metadata`: a worker that serves the function gets it
-    /// unchanged (spec section 6); the built-in functions have no use for it.
-    pub async fn call_with_metadata(
-        self: &Arc<Self>,
-        function_id: &str,
-        data: Value,
-        metadata: Option<Value>,
-    ) -> FnResult {
-        let started = std::time::Instant::now();
-        let result = self.dispatch(function_id, data, metadata).await;
-        let code = result.as_ref().err().map(|e| e.code.as_str());
-        self.metrics
-            .record_call(function_id, started.elapsed(), code);
-        result
-    }
-
-    async fn dispatch(
-        self: &Arc<Self>,
-        function_id: &str,
-        data: Value,
-        metadata: Option<Value>,
-    ) -> FnResult {
-        if streams::is_builtin(function_id) {
-            return streams::call(self, function_id, data).await;
-        }
-        if wasm_bindings::is_function(function_id) {
-            return wasm_bindings::call(self, function_id, data).await;
-        }
-        match self.router.lookup(function_id) {
-            Some(worker) => {
-                worker
-                    .invoke_with_metadata(
-                        function_id,
-                        data,
-                        metadata,
-                        self.config.invocation_timeout,
-                    )
-                    .await
-            }
-            None => Err(FnError::new(
-                "function_not_found",
-                format!("function {function_id} is not registered by any worker"),
-            )),
-        }
-    }
-
-    /// The storage that serves a stream, first match wins: the worker that created it with
-    /// `createStream` (for the operations it registered), its WebAssembly binding, the
-    /// engine's own adapter.
-    pub fn storage(self: &Arc<Self>, stream: &str) -> Arc<dyn StreamAdapter> {
-        let own: Arc<dyn StreamAdapter> = match self.custom_streams.get(stream) {
-            Some(wasm) => wasm,
-            None => self.adapter.clone(),
-        };
-        if WorkerAdapter::serves(self, stream) {
-            Arc::new(WorkerAdapter::new(self.clone(), stream, own))
-        } else {
-            own
-        }
-    }
-
-    /// Sends a stored change or an ephemeral event to subscribers, `stream` triggers and the
-    /// other engine nodes. Triggers fire only on the node where the change was made, and see
-    /// the change itself; clients see what the stream's fan-out hook, if any, makes of it.
-    pub async fn emit(self: &Arc<Self>, event: StreamEvent) {
-        self.triggers.fire_stream(self, &event);
-        for event in self.fan_out(event).await {
-            self.hub.publish(&event);
-            if let Some(bus) = &self.bus {
-                bus.publish(&event);
-            }
-        }
-    }
-
-    /// Runs an event through its stream's fan-out hook. A failing hook delivers nothing: a
-    /// hook may exist to keep data from clients, so failing open could leak it.
-    async fn fan_out(&self, event: StreamEvent) -> Vec<StreamEvent> {
-        let Some(adapter) = self.custom_streams.get(&event.stream_name) else {
-            return vec![event];
-        };
-        match adapter.fanout(&event).await {
-            None => vec![event],
-            Some(Ok(events)) => events
-                .into_iter()
-                .filter(|e| {
-                    let same = e.stream_name == event.stream_name;
-                    if !same {
-                        tracing::warn!(stream = %event.stream_name, to = %e.stream_name, "a fan-out hook may route only within its own stream; event dropped");
-                    }
-                    same
-                })
-                .collect(),
-            Some(Err(e)) => {
-                tracing::error!(stream = %event.stream_name, error = %format!("{e:#}"), "fan-out hook failed; the event was not delivered");
-                Vec::new()
-            }
-        }
+    /// The engine's own store (the configured adapter).
+    pub fn store(&self) -> &Arc<dyn StreamAdapter> {
+        self.functions.storage.native()
     }
 
     /// Delivers what other nodes emit; on a gap, gives every subscriber a fresh snapshot.

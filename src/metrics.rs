@@ -139,7 +139,7 @@ pub fn render(engine: &Engine) -> String {
         "streamhost_custom_streams",
         "Streams bound to WebAssembly adapters.",
         "gauge",
-        engine.custom_streams.list().len() as u64,
+        engine.functions.storage.wasm().list().len() as u64,
     );
 
     let calls = engine.metrics.calls.read().unwrap();
@@ -215,14 +215,14 @@ pub async fn health(State(engine): State<Arc<Engine>>) -> impl IntoResponse {
     let body = |status: &str, problem: Option<String>| {
         json!({
             "status": status,
-            "adapter": engine.adapter.name(),
+            "adapter": engine.store().name(),
             "problem": problem,
             "client_connections": engine.stats.client_connections.load(Ordering::Relaxed),
             "worker_connections": engine.stats.worker_connections.load(Ordering::Relaxed),
         })
         .to_string()
     };
-    let (code, text) = match engine.adapter.health() {
+    let (code, text) = match engine.store().health() {
         Ok(()) => (StatusCode::OK, body("ok", None)),
         Err(problem) => (
             StatusCode::SERVICE_UNAVAILABLE,

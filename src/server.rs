@@ -1,10 +1,13 @@
 //! Starting and stopping the engine: the two listeners, the adapter, graceful shutdown.
 
+use crate::config::AdapterConfig;
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::sockets::client;
 use crate::sockets::worker;
-use crate::storage;
+use crate::storage::StreamAdapter;
+use crate::storage::kv_store::KvStore;
+use crate::storage::redis::RedisAdapter;
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,7 +31,7 @@ impl Server {
         for warning in &config.warnings {
             tracing::warn!("config: {warning}");
         }
-        let adapter = storage::from_config(&config.adapter).await?;
+        let adapter = open_store(&config.adapter).await?;
         let client_listener = bind(&config.host, config.port, "client").await?;
         let worker_listener = bind(&config.worker_host, config.worker_port, "worker").await?;
         let client_addr = client_listener.local_addr()?;
@@ -44,14 +47,16 @@ impl Server {
                     stream.stream_name
                 )
             })?;
-            engine
-                .custom_streams
+            let storage = &engine.functions.storage;
+            storage
+                .wasm()
                 .bind(
-                    &engine,
                     &stream.stream_name,
                     &wasm,
                     stream.config,
                     stream.limits,
+                    engine.config.value_limits,
+                    storage.native().clone(),
                 )
                 .await
                 .with_context(|| {
@@ -84,7 +89,7 @@ impl Server {
                 tracing::error!(error = %e, "worker socket stopped");
             }
         });
-        tracing::info!(%client_addr, %worker_addr, adapter = engine.adapter.name(), "streamhost is serving");
+        tracing::info!(%client_addr, %worker_addr, adapter = engine.store().name(), "streamhost is serving");
         Ok(ServerHandle {
             client_addr,
             worker_addr,
@@ -95,24 +100,12 @@ impl Server {
 }
 
 /// Every client is a socket: raises the soft open-files limit to the hard one, so that a
-/// process holds thousands of sockets without `ulimit -n` first. Also used by the load generator.
-pub fn raise_open_files_limit() {
-    // SAFETY: plain libc calls on a local struct.
-    unsafe {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
-            let soft = lim.rlim_cur;
-            lim.rlim_cur = lim.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0 {
-                tracing::debug!(
-                    from = soft,
-                    to = lim.rlim_max,
-                    "raised the open-files limit"
-                );
-            }
+/// process holds thousands of sockets without `ulimit -n` first.
+fn raise_open_files_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open-files limit"),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot raise the open-files limit; `ulimit -n` caps the number of clients")
         }
     }
 }
@@ -130,7 +123,7 @@ impl ServerHandle {
         for task in self.tasks {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
         }
-        let adapter = self.engine.adapter.clone();
+        let adapter = self.engine.store().clone();
         tokio::task::spawn_blocking(move || {
             futures_util::FutureExt::now_or_never(adapter.shutdown())
         })
@@ -138,4 +131,13 @@ impl ServerHandle {
         .context("store shutdown")?;
         Ok(())
     }
+}
+
+/// Opens the store the configuration names: the engine's own adapter.
+async fn open_store(config: &AdapterConfig) -> anyhow::Result<Arc<dyn StreamAdapter>> {
+    Ok(match config {
+        AdapterConfig::KvMemory => Arc::new(KvStore::in_memory()),
+        AdapterConfig::KvFile { path } => Arc::new(KvStore::open(path)?),
+        AdapterConfig::Redis { url } => Arc::new(RedisAdapter::connect(url).await?),
+    })
 }

@@ -369,9 +369,150 @@ async fn create_stream_functions_serve_their_stream() {
         json!({"type": "delete", "data": {"v": 5}})
     );
     // The engine's own store was never touched.
-    assert_eq!(engine.engine.adapter.list_all().await.unwrap(), vec![]);
+    assert_eq!(engine.engine.store().list_all().await.unwrap(), vec![]);
     // A worker's stream keeps one item's events in write order too.
     conformance::one_item_event_order(&engine, "custom").await;
+    engine.shutdown().await.unwrap();
+}
+
+/// A worker may serve only some of its stream's operations: the others go to the storage the
+/// stream would have without it (here the engine's store), and the storage router decides
+/// that per operation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_stream_serves_only_the_operations_it_registers() {
+    let engine = start(test_config()).await;
+    let w = RawWorker::connect(engine.worker_addr).await;
+    let item = json!({"stream_name": "half", "group_id": "g", "item_id": "k"});
+    let mut with = item.clone();
+    with["data"] = json!({"v": 1});
+    // Before any worker serves `half`, everything is the engine's store.
+    w.ok("stream::set", with.clone()).await;
+    assert_eq!(w.ok("stream::get", item.clone()).await, json!({"v": 1}));
+
+    // Now a worker serves get only.
+    w.register("stream::get(half)", |p| {
+        Ok(Some(json!({"from": "worker", "item": p["item_id"]})))
+    })
+    .await;
+    assert_eq!(
+        w.ok("stream::get", item.clone()).await,
+        json!({"from": "worker", "item": "k"}),
+        "get goes to the worker"
+    );
+    with["data"] = json!({"v": 2});
+    assert_eq!(
+        w.ok("stream::set", with).await,
+        json!({"old_value": {"v": 1}, "new_value": {"v": 2}}),
+        "set still goes to the engine's store, which has the old value"
+    );
+    let group = json!({"stream_name": "half", "group_id": "g"});
+    assert_eq!(w.ok("stream::list", group.clone()).await, json!([{"v": 2}]));
+    assert_eq!(
+        w.ok("stream::list_groups", json!({"stream_name": "half"}))
+            .await,
+        json!(["g"])
+    );
+    // Without the worker's set, an update is the engine store's own.
+    let mut upd = item.clone();
+    upd["ops"] = json!([{"type": "increment", "path": "v", "by": 3}]);
+    assert_eq!(
+        w.ok("stream::update", upd).await,
+        json!({"old_value": {"v": 2}, "new_value": {"v": 5}})
+    );
+    assert_eq!(
+        w.ok("stream::delete", item.clone()).await,
+        json!({"old_value": {"v": 5}})
+    );
+
+    // The worker unregisters: get is the store's again.
+    w.send_json(json!({"type": "unregisterfunction", "id": "stream::get(half)"}));
+    w.sync().await;
+    assert_eq!(w.ok("stream::get", item).await, Value::Null);
+    engine.shutdown().await.unwrap();
+}
+
+/// What a worker stream's functions answer is checked before it is used: an answer of the
+/// wrong shape is an error with the calling built-in's code that names the function and
+/// says what it should have answered; an empty answer is an empty result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_streams_malformed_answers_are_errors_that_name_the_function() {
+    let engine = start(test_config()).await;
+    let w = RawWorker::connect(engine.worker_addr).await;
+    w.register("stream::list(bad)", |p| {
+        Ok(match p["group_id"].as_str() {
+            Some("empty") => None,
+            Some("null") => Some(Value::Null),
+            _ => Some(json!({"not": "an array"})),
+        })
+    })
+    .await;
+    w.register("stream::list_groups(bad)", |_| Ok(Some(json!("g"))))
+        .await;
+    w.register("stream::update(bad)", |_| {
+        Ok(Some(
+            json!({"old_value": null, "new_value": 1, "errors": [{"no": "shape"}]}),
+        ))
+    })
+    .await;
+    w.register("stream::get(bad)", |_| {
+        Err(json!({"code": "BOOM", "message": "disk on fire"}))
+    })
+    .await;
+
+    let list = |group: &str| json!({"stream_name": "bad", "group_id": group});
+    for group in ["empty", "null"] {
+        assert_eq!(
+            w.ok("stream::list", list(group)).await,
+            json!([]),
+            "{group}"
+        );
+    }
+    let e = w.call("stream::list", list("g")).await.unwrap_err();
+    assert_eq!(e["code"], "STREAM_GET_GROUP_ERROR", "{e}");
+    let message = e["message"].as_str().unwrap();
+    assert!(
+        message.contains("stream::list(bad)") && message.contains("must answer an array of items"),
+        "{message}"
+    );
+
+    let e = w
+        .call("stream::list_groups", json!({"stream_name": "bad"}))
+        .await
+        .unwrap_err();
+    assert_eq!(e["code"], "STREAM_LIST_GROUPS_ERROR", "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("stream::list_groups(bad) must answer an array of group ids"),
+        "{e}"
+    );
+
+    let item = json!({"stream_name": "bad", "group_id": "g", "item_id": "k"});
+    let mut upd = item.clone();
+    upd["ops"] = json!([{"type": "set", "path": "", "value": 1}]);
+    let e = w.call("stream::update", upd).await.unwrap_err();
+    assert_eq!(e["code"], "STREAM_UPDATE_ERROR", "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("answered `errors` not as"),
+        "{e}"
+    );
+
+    // A worker's own error keeps its message and takes the built-in's code.
+    let e = w.call("stream::get", item).await.unwrap_err();
+    assert_eq!(e["code"], "STREAM_GET_ERROR", "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("stream::get(bad): disk on fire"),
+        "{e}"
+    );
+    // Nothing reached the engine's store.
+    assert_eq!(engine.engine.store().list_all().await.unwrap(), vec![]);
     engine.shutdown().await.unwrap();
 }
 

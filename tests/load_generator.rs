@@ -7,10 +7,23 @@ use common::*;
 use serde_json::Value;
 use std::process::Command;
 
+/// The load generator is a package of its own (load/), built beside the engine by
+/// `cargo test --workspace` (scripts/test.sh).
+fn load_generator() -> std::path::PathBuf {
+    let engine = std::path::Path::new(env!("CARGO_BIN_EXE_streamhost"));
+    let load = engine.with_file_name(format!("streamhost-load{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        load.exists(),
+        "{} is missing: build it with `cargo build -p streamhost-load`, or run the tests with `cargo test --workspace`",
+        load.display()
+    );
+    load
+}
+
 fn run_load(engine: &EngineProcess, args: &[&str]) -> Value {
     let dir = tempfile::tempdir().unwrap();
     let report = dir.path().join("report.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_streamhost-load"))
+    let out = Command::new(load_generator())
         .args([
             "--client",
             &format!("ws://{}", engine.client_addr),

@@ -203,7 +203,7 @@ async fn exactly(client: &mut Client, n: usize) -> Vec<Value> {
 async fn functions_behave_as_with_the_kv_store() {
     let redis = RedisServer::start();
     let engine = start(redis_config(&redis.url())).await;
-    assert_eq!(engine.engine.adapter.name(), "redis");
+    assert_eq!(engine.engine.store().name(), "redis");
     conformance::stream_functions(engine.worker_addr).await;
     conformance::one_item_event_order(&engine, "hot").await;
     // The emptied group took its hash and its order set with it.

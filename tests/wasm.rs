@@ -358,7 +358,9 @@ async fn hostile_adapters_fail_alone_and_serve_again() {
     );
     let started = engine
         .engine
-        .custom_streams
+        .functions
+        .storage
+        .wasm()
         .get("evil")
         .unwrap()
         .instances_started

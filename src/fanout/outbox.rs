@@ -228,7 +228,7 @@ impl Outbox {
 /// socket library reports these before the frame reaches the peer's handler; the close frame
 /// still goes out, since only reading has stopped.
 pub fn read_error_close(err: &axum::Error) -> Option<(u16, String)> {
-    use tokio_tungstenite::tungstenite::error::{CapacityError, Error};
+    use tungstenite::error::{CapacityError, Error};
     match std::error::Error::source(err)?.downcast_ref::<Error>()? {
         Error::Capacity(CapacityError::MessageTooLong { size, max_size }) => Some((
             CLOSE_TOO_BIG,

@@ -1,7 +1,154 @@
-//! The functions the engine serves itself: the `stream::*` functions, triggers, and the
-//! `streamhost::*` functions that bind WebAssembly adapters to streams. Workers' own
-//! functions are called through `workers::router`.
+//! Calling a function by id, and emitting what a call changed.
+//!
+//! `Functions` is what a call needs and nothing more: the storage router, the registry of
+//! workers' functions, the triggers, and the way out to subscribers (the hub, and the bus to
+//! other nodes). The sockets reach it through the engine; nothing in here knows about sockets.
+//!
+//! - `streams`: the built-in `stream::*` functions;
+//! - `triggers`: `stream`, `stream:join` and `stream:leave` triggers;
+//! - `wasm_bindings`: the `streamhost::*` functions that bind WebAssembly adapters to streams.
 
 pub mod streams;
 pub mod triggers;
 pub mod wasm_bindings;
+
+use crate::error::{FnError, FnResult};
+use crate::fanout::frame::StreamEvent;
+use crate::fanout::hub::Hub;
+use crate::limits::ValueLimits;
+use crate::metrics::Metrics;
+use crate::storage::EventBus;
+use crate::storage::router::StorageRouter;
+use crate::workers::router::Router;
+use serde_json::Value;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use triggers::Triggers;
+
+pub struct Functions {
+    pub storage: StorageRouter,
+    /// Which worker serves which function id.
+    pub workers: Arc<Router>,
+    pub triggers: Triggers,
+    hub: Arc<Hub>,
+    /// Carries events to other nodes when the store is shared (Redis).
+    bus: Option<Arc<dyn EventBus>>,
+    metrics: Arc<Metrics>,
+    value_limits: ValueLimits,
+    invocation_timeout: Duration,
+}
+
+/// What `Functions` is built from.
+pub struct Parts {
+    pub storage: StorageRouter,
+    pub workers: Arc<Router>,
+    pub hub: Arc<Hub>,
+    pub bus: Option<Arc<dyn EventBus>>,
+    pub metrics: Arc<Metrics>,
+    pub value_limits: ValueLimits,
+    pub invocation_timeout: Duration,
+}
+
+impl Functions {
+    pub fn new(parts: Parts) -> Arc<Functions> {
+        Arc::new(Functions {
+            storage: parts.storage,
+            workers: parts.workers,
+            triggers: Triggers::default(),
+            hub: parts.hub,
+            bus: parts.bus,
+            metrics: parts.metrics,
+            value_limits: parts.value_limits,
+            invocation_timeout: parts.invocation_timeout,
+        })
+    }
+
+    /// Calls a function by id: a built-in `stream::*` function or one a worker registered.
+    pub async fn call(self: &Arc<Self>, function_id: &str, data: Value) -> FnResult {
+        self.call_with_metadata(function_id, data, None).await
+    }
+
+    /// As `call`, with the invocation's `metadata`: a worker that serves the function gets it
+    /// unchanged (spec section 6); the built-in functions have no use for it.
+    pub async fn call_with_metadata(
+        self: &Arc<Self>,
+        function_id: &str,
+        data: Value,
+        metadata: Option<Value>,
+    ) -> FnResult {
+        let started = Instant::now();
+        let result = self.dispatch(function_id, data, metadata).await;
+        let code = result.as_ref().err().map(|e| e.code.as_str());
+        self.metrics
+            .record_call(function_id, started.elapsed(), code);
+        result
+    }
+
+    async fn dispatch(
+        self: &Arc<Self>,
+        function_id: &str,
+        data: Value,
+        metadata: Option<Value>,
+    ) -> FnResult {
+        if streams::is_builtin(function_id) {
+            return streams::call(self, function_id, data).await;
+        }
+        if wasm_bindings::is_function(function_id) {
+            return wasm_bindings::call(self, function_id, data).await;
+        }
+        match self.workers.lookup(function_id) {
+            Some(worker) => {
+                worker
+                    .invoke_with_metadata(function_id, data, metadata, self.invocation_timeout)
+                    .await
+            }
+            None => Err(FnError::new(
+                "function_not_found",
+                format!("function {function_id} is not registered by any worker"),
+            )),
+        }
+    }
+
+    /// Sends a stored change or an ephemeral event to subscribers, `stream` triggers and the
+    /// other engine nodes. Triggers fire only on the node where the change was made, and see
+    /// the change itself; clients see what the stream's fan-out hook, if any, makes of it.
+    pub async fn emit(self: &Arc<Self>, event: StreamEvent) {
+        self.triggers.fire_stream(self, &event);
+        for event in self.fan_out(event).await {
+            self.hub.publish(&event);
+            if let Some(bus) = &self.bus {
+                bus.publish(&event);
+            }
+        }
+    }
+
+    /// Runs an event through its stream's fan-out hook. A failing hook delivers nothing: a
+    /// hook may exist to keep data from clients, so failing open could leak it.
+    async fn fan_out(&self, event: StreamEvent) -> Vec<StreamEvent> {
+        let Some(adapter) = self.storage.wasm().get(&event.stream_name) else {
+            return vec![event];
+        };
+        match adapter.fanout(&event).await {
+            None => vec![event],
+            Some(Ok(events)) => events
+                .into_iter()
+                .filter(|e| {
+                    let same = e.stream_name == event.stream_name;
+                    if !same {
+                        tracing::warn!(stream = %event.stream_name, to = %e.stream_name, "a fan-out hook may route only within its own stream; event dropped");
+                    }
+                    same
+                })
+                .collect(),
+            Some(Err(e)) => {
+                tracing::error!(stream = %event.stream_name, error = %format!("{e:#}"), "fan-out hook failed; the event was not delivered");
+                Vec::new()
+            }
+        }
+    }
+
+    /// The limits every value entering a store is held to.
+    pub fn value_limits(&self) -> &ValueLimits {
+        &self.value_limits
+    }
+}

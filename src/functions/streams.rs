@@ -1,14 +1,14 @@
 //! The built-in `stream::*` functions (spec sections 3, 4 and 7).
 //!
 //! Each parses its payload (a bad one fails with `deserialization_error` naming the field),
-//! goes to the stream's storage (`Engine::storage`: a worker stream's functions, a
+//! goes to the stream's storage (`storage::router`: a worker stream's functions, a
 //! WebAssembly binding or the engine's store), and emits the change to subscribers and
 //! triggers. A write
 //! emits only after the earlier writes to its item have (see `fanout::order`). Every value bound
 //! for a store or for subscribers (set data, send data, update ops and results) is held to
 //! the engine's value limits first (see `limits`), whichever storage serves the stream.
 
-use crate::engine::Engine;
+use super::Functions;
 use crate::error::{FnError, FnResult};
 use crate::fanout::frame::{EventKind, StreamEvent};
 use crate::fanout::order;
@@ -94,16 +94,16 @@ fn parse<T: DeserializeOwned>(function_id: &str, data: Value) -> Result<T, FnErr
 }
 
 /// Runs a built-in function; the caller has checked `is_builtin`.
-pub async fn call(engine: &Arc<Engine>, function_id: &str, data: Value) -> FnResult {
+pub async fn call(functions: &Arc<Functions>, function_id: &str, data: Value) -> FnResult {
     match function_id {
-        "stream::set" => set(engine, parse(function_id, data)?).await,
-        "stream::get" => get(engine, parse(function_id, data)?).await,
-        "stream::delete" => delete(engine, parse(function_id, data)?).await,
-        "stream::list" => list(engine, parse(function_id, data)?).await,
-        "stream::list_groups" => list_groups(engine, parse(function_id, data)?).await,
-        "stream::list_all" => list_all(engine).await,
-        "stream::send" => send(engine, parse(function_id, data)?).await,
-        "stream::update" => update(engine, parse(function_id, data)?).await,
+        "stream::set" => set(functions, parse(function_id, data)?).await,
+        "stream::get" => get(functions, parse(function_id, data)?).await,
+        "stream::delete" => delete(functions, parse(function_id, data)?).await,
+        "stream::list" => list(functions, parse(function_id, data)?).await,
+        "stream::list_groups" => list_groups(functions, parse(function_id, data)?).await,
+        "stream::list_all" => list_all(functions).await,
+        "stream::send" => send(functions, parse(function_id, data)?).await,
+        "stream::update" => update(functions, parse(function_id, data)?).await,
         _ => Err(FnError::new(
             "function_not_found",
             format!("function {function_id} is not registered"),
@@ -112,7 +112,7 @@ pub async fn call(engine: &Arc<Engine>, function_id: &str, data: Value) -> FnRes
 }
 
 async fn emit_write(
-    engine: &Arc<Engine>,
+    functions: &Arc<Functions>,
     stream: &str,
     group: &str,
     item: &str,
@@ -124,17 +124,16 @@ async fn emit_write(
     } else {
         EventKind::Create(new)
     };
-    engine
+    functions
         .emit(StreamEvent::new(stream, group, Some(item), kind))
         .await;
 }
 
-async fn set(engine: &Arc<Engine>, p: SetPayload) -> FnResult {
-    engine
-        .config
-        .value_limits
+async fn set(functions: &Arc<Functions>, p: SetPayload) -> FnResult {
+    functions
+        .value_limits()
         .check("stream::set data", &p.data)?;
-    let (stored, mut turn) = order::scope(engine.storage(&p.stream_name).write(
+    let (stored, mut turn) = order::scope(functions.storage.for_stream(&p.stream_name).write(
         &p.stream_name,
         &p.group_id,
         &p.item_id,
@@ -144,7 +143,7 @@ async fn set(engine: &Arc<Engine>, p: SetPayload) -> FnResult {
     let (old, new) = stored.map_err(|e| FnError::storage("STREAM_SET_ERROR", e))?;
     turn.ready().await;
     emit_write(
-        engine,
+        functions,
         &p.stream_name,
         &p.group_id,
         &p.item_id,
@@ -155,16 +154,17 @@ async fn set(engine: &Arc<Engine>, p: SetPayload) -> FnResult {
     Ok(Some(json!({"old_value": old, "new_value": new})))
 }
 
-async fn get(engine: &Arc<Engine>, p: ItemRef) -> FnResult {
-    engine
-        .storage(&p.stream_name)
+async fn get(functions: &Arc<Functions>, p: ItemRef) -> FnResult {
+    functions
+        .storage
+        .for_stream(&p.stream_name)
         .get(&p.stream_name, &p.group_id, &p.item_id)
         .await
         .map_err(|e| FnError::storage("STREAM_GET_ERROR", e))
 }
 
-async fn delete(engine: &Arc<Engine>, p: ItemRef) -> FnResult {
-    let (old, mut turn) = order::scope(engine.storage(&p.stream_name).delete(
+async fn delete(functions: &Arc<Functions>, p: ItemRef) -> FnResult {
+    let (old, mut turn) = order::scope(functions.storage.for_stream(&p.stream_name).delete(
         &p.stream_name,
         &p.group_id,
         &p.item_id,
@@ -173,7 +173,7 @@ async fn delete(engine: &Arc<Engine>, p: ItemRef) -> FnResult {
     let old = old.map_err(|e| FnError::storage("STREAM_DELETE_ERROR", e))?;
     turn.ready().await;
     if let Some(old) = &old {
-        engine
+        functions
             .emit(StreamEvent::new(
                 &p.stream_name,
                 &p.group_id,
@@ -185,18 +185,20 @@ async fn delete(engine: &Arc<Engine>, p: ItemRef) -> FnResult {
     Ok(Some(json!({"old_value": old})))
 }
 
-async fn list(engine: &Arc<Engine>, p: GroupRef) -> FnResult {
-    engine
-        .storage(&p.stream_name)
+async fn list(functions: &Arc<Functions>, p: GroupRef) -> FnResult {
+    functions
+        .storage
+        .for_stream(&p.stream_name)
         .list(&p.stream_name, &p.group_id)
         .await
         .map(|v| Some(Value::Array(v)))
         .map_err(|e| FnError::storage("STREAM_GET_GROUP_ERROR", e))
 }
 
-async fn list_groups(engine: &Arc<Engine>, p: StreamRef) -> FnResult {
-    engine
-        .storage(&p.stream_name)
+async fn list_groups(functions: &Arc<Functions>, p: StreamRef) -> FnResult {
+    functions
+        .storage
+        .for_stream(&p.stream_name)
         .list_groups(&p.stream_name)
         .await
         .map(|g| Some(json!(g)))
@@ -206,9 +208,10 @@ async fn list_groups(engine: &Arc<Engine>, p: StreamRef) -> FnResult {
 /// Lists the engine's own store only: streams served by a worker's `createStream` functions
 /// cannot be enumerated, and WebAssembly adapters keep their items in the engine's store, so
 /// their streams are listed from there.
-async fn list_all(engine: &Arc<Engine>) -> FnResult {
-    let all = engine
-        .adapter
+async fn list_all(functions: &Arc<Functions>) -> FnResult {
+    let all = functions
+        .storage
+        .native()
         .list_all()
         .await
         .map_err(|e| FnError::storage("STREAM_LIST_ALL_ERROR", e))?;
@@ -219,16 +222,15 @@ async fn list_all(engine: &Arc<Engine>) -> FnResult {
     Ok(Some(json!({"count": streams.len(), "stream": streams})))
 }
 
-async fn send(engine: &Arc<Engine>, p: SendPayload) -> FnResult {
-    engine
-        .config
-        .value_limits
+async fn send(functions: &Arc<Functions>, p: SendPayload) -> FnResult {
+    functions
+        .value_limits()
         .check("stream::send data", &p.data)?;
     let kind = EventKind::Custom {
         name: p.event_type,
         data: p.data,
     };
-    engine
+    functions
         .emit(StreamEvent::new(
             &p.stream_name,
             &p.group_id,
@@ -239,9 +241,9 @@ async fn send(engine: &Arc<Engine>, p: SendPayload) -> FnResult {
     Ok(Some(Value::Null))
 }
 
-async fn update(engine: &Arc<Engine>, p: UpdatePayload) -> FnResult {
-    let ops = UpdateOps::parse(&p.ops, &engine.config.value_limits)?;
-    let (outcome, mut turn) = order::scope(engine.storage(&p.stream_name).update(
+async fn update(functions: &Arc<Functions>, p: UpdatePayload) -> FnResult {
+    let ops = UpdateOps::parse(&p.ops, functions.value_limits())?;
+    let (outcome, mut turn) = order::scope(functions.storage.for_stream(&p.stream_name).update(
         &p.stream_name,
         &p.group_id,
         &p.item_id,
@@ -251,7 +253,7 @@ async fn update(engine: &Arc<Engine>, p: UpdatePayload) -> FnResult {
     let outcome = outcome.map_err(|e| FnError::storage("STREAM_UPDATE_ERROR", e))?;
     turn.ready().await;
     emit_write(
-        engine,
+        functions,
         &p.stream_name,
         &p.group_id,
         &p.item_id,

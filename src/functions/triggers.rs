@@ -15,7 +15,7 @@
 //! the access check is gone, no check is left and joins go through unchecked until a worker
 //! registers one again; only a check that is still registered fails closed.
 
-use crate::engine::Engine;
+use super::Functions;
 use crate::error::FnError;
 use crate::fanout::frame::{EventKind, StreamEvent};
 use serde::Deserialize;
@@ -132,7 +132,7 @@ impl Triggers {
     }
 
     /// Fires the `stream` triggers that match a change or an event, in the background.
-    pub fn fire_stream(&self, engine: &Arc<Engine>, event: &StreamEvent) {
+    pub fn fire_stream(&self, functions: &Arc<Functions>, event: &StreamEvent) {
         if matches!(event.kind, EventKind::Sync(_) | EventKind::Unauthorized) {
             return;
         }
@@ -148,11 +148,11 @@ impl Triggers {
         }
         let payload = event.to_value();
         for trigger in matching {
-            let engine = engine.clone();
+            let functions = functions.clone();
             let payload = payload.clone();
             tokio::spawn(async move {
                 if let Some(condition) = &trigger.filter.condition_function_id {
-                    match engine.call(condition, payload.clone()).await {
+                    match functions.call(condition, payload.clone()).await {
                         Ok(Some(Value::Bool(false))) => return,
                         Ok(_) => {}
                         Err(e) => {
@@ -161,7 +161,7 @@ impl Triggers {
                     }
                 }
                 let metadata = trigger.metadata.clone();
-                if let Err(e) = engine
+                if let Err(e) = functions
                     .call_with_metadata(&trigger.function_id, payload, metadata)
                     .await
                 {
@@ -175,10 +175,10 @@ impl Triggers {
     /// A registered trigger whose call fails rejects too: an access check that cannot run must
     /// not let anyone in. A trigger of a disconnected worker is no longer here (see the module
     /// comment), so it rejects nothing.
-    pub async fn join_rejected(&self, engine: &Arc<Engine>, payload: &Value) -> bool {
+    pub async fn join_rejected(&self, functions: &Arc<Functions>, payload: &Value) -> bool {
         for trigger in self.of_type(JOIN) {
             let metadata = trigger.metadata.clone();
-            match engine
+            match functions
                 .call_with_metadata(&trigger.function_id, payload.clone(), metadata)
                 .await
             {
@@ -196,13 +196,13 @@ impl Triggers {
     }
 
     /// Runs the `stream:leave` triggers in the background.
-    pub fn fire_leave(&self, engine: &Arc<Engine>, payload: Value) {
+    pub fn fire_leave(&self, functions: &Arc<Functions>, payload: Value) {
         for trigger in self.of_type(LEAVE) {
-            let engine = engine.clone();
+            let functions = functions.clone();
             let payload = payload.clone();
             tokio::spawn(async move {
                 let metadata = trigger.metadata.clone();
-                if let Err(e) = engine
+                if let Err(e) = functions
                     .call_with_metadata(&trigger.function_id, payload, metadata)
                     .await
                 {

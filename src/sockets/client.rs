@@ -336,10 +336,11 @@ impl Client {
             )));
             return;
         }
-        if engine.triggers.has_join_triggers()
+        if engine.functions.triggers.has_join_triggers()
             && engine
+                .functions
                 .triggers
-                .join_rejected(&engine, &self.trigger_payload(&sub))
+                .join_rejected(&engine.functions, &self.trigger_payload(&sub))
                 .await
         {
             let event = StreamEvent::new(
@@ -420,8 +421,9 @@ impl Client {
                 &sub.subscription_id,
             );
             self.engine
+                .functions
                 .triggers
-                .fire_leave(&self.engine, self.trigger_payload(&sub));
+                .fire_leave(&self.engine.functions, self.trigger_payload(&sub));
         }
     }
 

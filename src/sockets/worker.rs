@@ -69,8 +69,8 @@ async fn serve(engine: Arc<Engine>, socket: WebSocket) {
         &mut peer,
     )
     .await;
-    engine.router.remove_worker(&worker_id);
-    engine.triggers.remove_worker(&worker_id);
+    engine.functions.workers.remove_worker(&worker_id);
+    engine.functions.triggers.remove_worker(&worker_id);
     worker.disconnect();
     engine
         .stats
@@ -116,10 +116,12 @@ impl Peer for WorkerPeer {
 /// socket's own task keeps writing (a worker's queue is drained by the task reading it).
 fn handle(engine: &Arc<Engine>, worker: &Arc<WorkerHandle>, text: &str) {
     match WorkerMessage::parse(text) {
-        WorkerMessage::RegisterFunction(f) => engine.router.register(&f.id, worker),
-        WorkerMessage::UnregisterFunction(f) => engine.router.unregister(&f.id, &worker.id),
+        WorkerMessage::RegisterFunction(f) => engine.functions.workers.register(&f.id, worker),
+        WorkerMessage::UnregisterFunction(f) => {
+            engine.functions.workers.unregister(&f.id, &worker.id)
+        }
         WorkerMessage::RegisterTrigger(t) => register_trigger(engine, worker, t),
-        WorkerMessage::UnregisterTrigger(t) => engine.triggers.unregister(&t.id),
+        WorkerMessage::UnregisterTrigger(t) => engine.functions.triggers.unregister(&t.id),
         WorkerMessage::InvokeFunction(call) => invoke(engine, worker, call),
         WorkerMessage::InvocationResult(r) => {
             worker.complete(&r.invocation_id, to_result(r.result, r.error))
@@ -200,7 +202,7 @@ fn fail_pending(worker: &WorkerHandle, invocation_id: Option<Value>, message: St
 }
 
 fn register_trigger(engine: &Arc<Engine>, worker: &Arc<WorkerHandle>, t: RegisterTrigger) {
-    if let Err(e) = engine.triggers.register(
+    if let Err(e) = engine.functions.triggers.register(
         &t.id,
         &t.trigger_type,
         &t.function_id,
@@ -230,6 +232,7 @@ fn invoke(engine: &Arc<Engine>, worker: &Arc<WorkerHandle>, call: Invoke) {
             Ok(None)
         } else {
             engine
+                .functions
                 .call_with_metadata(&call.function_id, call.data, call.metadata)
                 .await
         };

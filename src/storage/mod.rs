@@ -5,13 +5,13 @@
 
 pub mod kv_store;
 pub mod redis;
+pub mod router;
 
 pub mod update_ops;
 pub mod wal;
 pub mod wasm;
 pub mod worker;
 
-use crate::config::AdapterConfig;
 use crate::fanout::frame::StreamEvent;
 use crate::storage::update_ops::{OpError, UpdateOps};
 use async_trait::async_trait;
@@ -104,13 +104,4 @@ pub trait EventBus: Send + Sync {
     fn publish(&self, event: &StreamEvent);
     /// The events of the other nodes (never this node's own), and gaps. Called once.
     fn subscribe(&self) -> tokio::sync::mpsc::Receiver<BusMessage>;
-}
-
-/// Builds the adapter the configuration names.
-pub async fn from_config(config: &AdapterConfig) -> anyhow::Result<Arc<dyn StreamAdapter>> {
-    match config {
-        AdapterConfig::KvMemory => Ok(Arc::new(kv_store::KvStore::in_memory())),
-        AdapterConfig::KvFile { path } => Ok(Arc::new(kv_store::KvStore::open(path)?)),
-        AdapterConfig::Redis { url } => Ok(Arc::new(redis::RedisAdapter::connect(url).await?)),
-    }
 }

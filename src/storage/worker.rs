@@ -11,35 +11,44 @@
 //! take the calling built-in's code (`FnError::storage`).
 
 use super::{StreamAdapter, UpdateOutcome};
-use crate::engine::Engine;
 use crate::fanout::item_lock::ItemLock;
 use crate::fanout::order;
 use crate::storage::update_ops::{self, OpError, UpdateOps};
+use crate::workers::router::Router;
 use async_trait::async_trait;
 use serde_json::{Value, json};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// The operations a worker can serve for its stream.
 pub const OPS: [&str; 6] = ["set", "get", "delete", "list", "list_groups", "update"];
 
 pub struct WorkerAdapter {
-    engine: Arc<Engine>,
+    workers: Arc<Router>,
+    timeout: Duration,
     stream: String,
     fallback: Arc<dyn StreamAdapter>,
 }
 
 impl WorkerAdapter {
     /// Whether a worker serves any of the stream's operations.
-    pub fn serves(engine: &Engine, stream: &str) -> bool {
-        engine.router.has_worker_streams()
+    pub fn serves(workers: &Router, stream: &str) -> bool {
+        workers.has_worker_streams()
             && OPS
                 .iter()
-                .any(|op| engine.router.contains(&function_id(op, stream)))
+                .any(|op| workers.contains(&function_id(op, stream)))
     }
 
-    pub fn new(engine: Arc<Engine>, stream: &str, fallback: Arc<dyn StreamAdapter>) -> Self {
+    /// Calls to the worker wait at most `timeout`.
+    pub fn new(
+        workers: Arc<Router>,
+        timeout: Duration,
+        stream: &str,
+        fallback: Arc<dyn StreamAdapter>,
+    ) -> Self {
         WorkerAdapter {
-            engine,
+            workers,
+            timeout,
             stream: stream.to_owned(),
             fallback,
         }
@@ -48,23 +57,20 @@ impl WorkerAdapter {
     /// The worker function that serves `op`, if one is registered.
     fn function(&self, op: &str) -> Option<String> {
         let id = function_id(op, &self.stream);
-        self.engine.router.contains(&id).then_some(id)
+        self.workers.contains(&id).then_some(id)
     }
 
     async fn call(&self, id: &str, data: Value) -> anyhow::Result<Option<Value>> {
-        let Some(worker) = self.engine.router.lookup(id) else {
+        let Some(worker) = self.workers.lookup(id) else {
             anyhow::bail!("{id} was unregistered during the call");
         };
-        worker
-            .invoke(id, data, self.engine.config.invocation_timeout)
-            .await
-            .map_err(|e| {
-                if e.code == "timeout" || e.code == "worker_disconnected" {
-                    anyhow::Error::new(e)
-                } else {
-                    anyhow::anyhow!("{id}: {}", e.message)
-                }
-            })
+        worker.invoke(id, data, self.timeout).await.map_err(|e| {
+            if e.code == "timeout" || e.code == "worker_disconnected" {
+                anyhow::Error::new(e)
+            } else {
+                anyhow::anyhow!("{id}: {}", e.message)
+            }
+        })
     }
 
     async fn lock(&self, group: &str, item: &str) {

@@ -5,11 +5,13 @@
 //! - `cache`: compiled components kept on disk, keyed by content and engine;
 //! - `imports`: what a guest may call (`log`, `store`), scoped to its own stream;
 //! - `adapter`: one bound component, serving the `StreamAdapter` trait within its limits.
+//! - `registry`: which streams are bound to which adapter.
 
 pub mod adapter;
 pub mod cache;
 pub mod host;
 pub mod imports;
+pub mod registry;
 
 pub use adapter::{Limits, WasmAdapter};
 pub use host::WasmHost;

@@ -37,7 +37,8 @@ fn main() {
             std::process::exit(2);
         }
     };
-    streamhost::server::raise_open_files_limit();
+    // One socket per subscriber: take the hard limit on open files, not the soft one.
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

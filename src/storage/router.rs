@@ -1,0 +1,65 @@
+//! Which storage serves a stream, decided in one place. First match wins:
+//! 1. a worker that created the stream with `createStream`, for the operations it registered
+//!    (`worker`); the others fall through to
+//! 2. the stream's WebAssembly binding (`wasm::bindings`), or
+//! 3. the engine's own store.
+//!
+//! Every `stream::*` function asks here, so no caller knows the order.
+
+use super::StreamAdapter;
+use super::wasm::registry::WasmBindings;
+use super::worker::WorkerAdapter;
+use crate::workers::router::Router;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct StorageRouter {
+    native: Arc<dyn StreamAdapter>,
+    wasm: WasmBindings,
+    workers: Arc<Router>,
+    invocation_timeout: Duration,
+}
+
+impl StorageRouter {
+    pub fn new(
+        native: Arc<dyn StreamAdapter>,
+        wasm: WasmBindings,
+        workers: Arc<Router>,
+        invocation_timeout: Duration,
+    ) -> Self {
+        StorageRouter {
+            native,
+            wasm,
+            workers,
+            invocation_timeout,
+        }
+    }
+
+    /// The storage that serves `stream`.
+    pub fn for_stream(&self, stream: &str) -> Arc<dyn StreamAdapter> {
+        let own: Arc<dyn StreamAdapter> = match self.wasm.get(stream) {
+            Some(wasm) => wasm,
+            None => self.native.clone(),
+        };
+        if WorkerAdapter::serves(&self.workers, stream) {
+            Arc::new(WorkerAdapter::new(
+                self.workers.clone(),
+                self.invocation_timeout,
+                stream,
+                own,
+            ))
+        } else {
+            own
+        }
+    }
+
+    /// The engine's own store (the configured adapter).
+    pub fn native(&self) -> &Arc<dyn StreamAdapter> {
+        &self.native
+    }
+
+    /// The streams bound to WebAssembly adapters.
+    pub fn wasm(&self) -> &WasmBindings {
+        &self.wasm
+    }
+}
