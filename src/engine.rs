@@ -16,16 +16,7 @@ use axum::extract::ws::Utf8Bytes;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::watch;
-
-/// Counters read by `/metrics` and the tests.
-#[derive(Default)]
-pub struct Stats {
-    pub client_connections: AtomicU64,
-    pub worker_connections: AtomicU64,
-    pub slow_disconnects: Arc<AtomicU64>,
-}
 
 pub struct Engine {
     pub config: Config,
@@ -36,7 +27,7 @@ pub struct Engine {
     /// Streams bound to WebAssembly adapters (the WebAssembly bindings; the field keeps its
     /// old name, which `metrics` reads).
     pub custom_streams: WasmBindings,
-    pub stats: Stats,
+    /// Every counter `/metrics` shows; the parts that count hold clones of theirs.
     pub metrics: Metrics,
     /// Carries events to and from other nodes when the adapter is shared (Redis).
     bus: Option<Arc<dyn EventBus>>,
@@ -46,16 +37,16 @@ pub struct Engine {
 impl Engine {
     pub fn new(config: Config, adapter: Arc<dyn StreamAdapter>) -> Arc<Engine> {
         let cache_dir = config.wasm_cache_dir.clone();
+        let metrics = Metrics::new();
         Arc::new(Engine {
             router: Router::default(),
             config,
             bus: adapter.event_bus(),
             adapter,
-            hub: Hub::new(),
+            hub: Hub::new(metrics.fanout()),
             triggers: Triggers::default(),
             custom_streams: WasmBindings::new(cache_dir),
-            stats: Stats::default(),
-            metrics: Metrics::default(),
+            metrics,
             shutdown: watch::channel(false).0,
         })
     }
@@ -77,7 +68,8 @@ impl Engine {
         let result = self.dispatch(function_id, data, metadata).await;
         let code = result.as_ref().err().map(|e| e.code.as_str());
         self.metrics
-            .record_call(function_id, started.elapsed(), code);
+            .calls
+            .record(function_id, started.elapsed(), code);
         result
     }
 
@@ -251,6 +243,6 @@ impl Engine {
     }
 
     pub fn client_count(&self) -> u64 {
-        self.stats.client_connections.load(Ordering::Relaxed)
+        self.metrics.connections.clients()
     }
 }

@@ -20,7 +20,6 @@ use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 /// Bytes read from a socket at a time.
 const READ_BUFFER: usize = 1024;
@@ -227,13 +226,10 @@ struct Client {
 }
 
 async fn serve(engine: Arc<Engine>, socket: WebSocket, context: Value, path_sub: Option<PathSub>) {
-    engine
-        .stats
-        .client_connections
-        .fetch_add(1, Ordering::Relaxed);
+    let _open = engine.metrics.connections.client_opened();
     let (outbox, rx) = Outbox::new(
         engine.config.send_queue_frames,
-        engine.stats.slow_disconnects.clone(),
+        engine.metrics.connections.slow_disconnects(),
     );
     let mut client = Client {
         conn: engine.hub.next_conn_id(),
@@ -261,10 +257,6 @@ async fn serve(engine: Arc<Engine>, socket: WebSocket, context: Value, path_sub:
     )
     .await;
     client.leave_all();
-    engine
-        .stats
-        .client_connections
-        .fetch_sub(1, Ordering::Relaxed);
 }
 
 impl Peer for Client {
