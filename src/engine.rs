@@ -37,7 +37,7 @@ pub struct Engine {
 impl Engine {
     pub fn new(config: Config, adapter: Arc<dyn StreamAdapter>) -> Arc<Engine> {
         let cache_dir = config.wasm_cache_dir.clone();
-        let metrics = Metrics::new();
+        let metrics = Metrics::new(adapter.clone());
         Arc::new(Engine {
             router: Router::default(),
             config,

@@ -204,3 +204,51 @@ async fn function_ids_past_the_bound_count_as_other() {
     assert_eq!(calls("f0"), 2.0);
     engine.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_cut_off_the_log_at_recovery_are_exported() {
+    use streamhost::storage::StreamAdapter;
+    use streamhost::storage::kv_store::KvStore;
+    const TRUNCATED: &str = "streamhost_wal_truncated_bytes_total";
+    let dir = tempfile::tempdir().unwrap();
+    let store_dir = dir.path().join("store");
+    {
+        let store = KvStore::open(&store_dir).unwrap();
+        store.set("s", "g", "i", json!(1)).await.unwrap();
+        store.shutdown().await.unwrap();
+    }
+    // A record cut short by a crash: a length, a CRC and part of a payload.
+    let wal = store_dir.join("streams.wal");
+    let mut bytes = std::fs::read(&wal).unwrap();
+    let torn: &[u8] = b"\xc8\0\0\0\x07\0\0\0{\"op\":\"set\",\"s\":";
+    bytes.extend_from_slice(torn);
+    std::fs::write(&wal, bytes).unwrap();
+
+    let mut config = test_config();
+    config.adapter = streamhost::config::AdapterConfig::KvFile {
+        path: store_dir.clone(),
+    };
+    let engine = start(config.clone()).await;
+    let (_, body) = http_get(engine.client_addr, "/metrics").await;
+    parse(&body);
+    assert_eq!(sample(&body, TRUNCATED), torn.len() as f64);
+    assert!(body.contains(&format!("# TYPE {TRUNCATED} counter")));
+    assert_eq!(
+        try_sample(&body, "streamhost_redis_publications_dropped_total"),
+        None,
+        "a store with no event bus drops no publications"
+    );
+    engine.shutdown().await.unwrap();
+
+    // The next start finds a clean log.
+    let engine = start(config).await;
+    let (_, body) = http_get(engine.client_addr, "/metrics").await;
+    assert_eq!(sample(&body, TRUNCATED), 0.0);
+    engine.shutdown().await.unwrap();
+
+    // A store in memory has no log.
+    let engine = start(test_config()).await;
+    let (_, body) = http_get(engine.client_addr, "/metrics").await;
+    assert_eq!(try_sample(&body, TRUNCATED), None);
+    engine.shutdown().await.unwrap();
+}

@@ -4,13 +4,16 @@
 //! One registry holds every family; prometheus-client renders it and escapes label values.
 //! The parts that count hold clones of their own few metrics (`families`), so counting is an
 //! atomic add where things happen. What is cheaper to compute than to track (subscriptions,
-//! streams bound to WebAssembly adapters) is set at each scrape.
+//! streams bound to WebAssembly adapters) is set at each scrape, and the storage backend's own
+//! counters are read from it then (`storage`).
 
 mod families;
+mod storage;
 
 pub use families::{Calls, Connections, FanoutCounters, MAX_FUNCTIONS, OTHER, Open};
 
 use crate::engine::Engine;
+use crate::storage::StreamAdapter;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
@@ -32,12 +35,6 @@ pub struct Metrics {
     wasm_streams: Gauge,
 }
 
-impl Default for Metrics {
-    fn default() -> Self {
-        Metrics::new()
-    }
-}
-
 /// What a scrape computes rather than tracks.
 pub struct Scrape {
     pub subscriptions: usize,
@@ -45,7 +42,8 @@ pub struct Scrape {
 }
 
 impl Metrics {
-    pub fn new() -> Metrics {
+    /// The metrics of an engine whose backend is `storage`.
+    pub fn new(storage: Arc<dyn StreamAdapter>) -> Metrics {
         let connections = Connections::default();
         let calls = Calls::default();
         let fanout = FanoutCounters::default();
@@ -67,6 +65,7 @@ impl Metrics {
             wasm_streams.clone(),
         );
         calls.register(&mut registry);
+        registry.register_collector(Box::new(storage::StorageCollector(storage)));
         Metrics {
             registry,
             connections,

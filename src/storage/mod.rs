@@ -87,6 +87,20 @@ pub trait StreamAdapter: Send + Sync {
     fn event_bus(&self) -> Option<Arc<dyn EventBus>> {
         None
     }
+
+    /// What the backend counted that `/metrics` exports, read at each scrape.
+    fn telemetry(&self) -> Telemetry {
+        Telemetry::default()
+    }
+}
+
+/// A backend's own counters; None where the backend has no such thing.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Telemetry {
+    /// Events this node could not send to the other nodes (Redis slow or away).
+    pub dropped_publications: Option<u64>,
+    /// Bytes of a torn last write cut off the log when the store was opened.
+    pub log_truncated_bytes: Option<u64>,
 }
 
 /// What a node hears from the other nodes.
