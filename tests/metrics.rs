@@ -252,3 +252,61 @@ async fn bytes_cut_off_the_log_at_recovery_are_exported() {
     assert_eq!(try_sample(&body, TRUNCATED), None);
     engine.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_labels_and_error_codes_past_their_bounds_count_as_other() {
+    use streamhost::metrics::{MAX_ERROR_CODES, MAX_LABEL_BYTES, OTHER};
+    let engine = start(test_config()).await;
+    let w = RawWorker::connect(engine.worker_addr).await;
+
+    // A function id of the longest length has its own series; one byte more counts as other.
+    let longest = "x".repeat(MAX_LABEL_BYTES);
+    w.call(&longest, json!({})).await.unwrap_err();
+    w.call(&"y".repeat(MAX_LABEL_BYTES + 1), json!({}))
+        .await
+        .unwrap_err();
+    let (_, body) = http_get(engine.client_addr, "/metrics").await;
+    let named = function_labels(&parse(&body));
+    assert!(named.contains(&longest), "{named:?}");
+    assert!(named.contains(OTHER), "{named:?}");
+    assert_eq!(named.len(), 2, "{named:?}");
+
+    // A worker's function fails with the code it is asked for.
+    w.register("fail", |data| {
+        Err(json!({"code": data["code"], "message": "failed on purpose"}))
+    })
+    .await;
+    let fail = |code: String| {
+        let w = &w;
+        async move {
+            let e = w.call("fail", json!({"code": code})).await.unwrap_err();
+            assert_eq!(e["code"], json!(code));
+        }
+    };
+    for i in 0..MAX_ERROR_CODES {
+        fail(format!("adapter_c{i}")).await;
+    }
+    let codes = |body: &str| {
+        parse(body)
+            .into_iter()
+            .filter(|s| s.name == "streamhost_adapter_errors_total")
+            .map(|s| (s.label("code").unwrap().to_owned(), s.value))
+            .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let (_, body) = http_get(engine.client_addr, "/metrics").await;
+    let counted = codes(&body);
+    assert_eq!(counted.len(), MAX_ERROR_CODES);
+    assert!(counted.values().all(|n| *n == 1.0), "{counted:?}");
+    assert!(!counted.contains_key(OTHER));
+
+    // One code past the bound, and an over-long one, count as other; known codes keep theirs.
+    fail("adapter_one_past".into()).await;
+    fail(format!("adapter_{}", "z".repeat(MAX_LABEL_BYTES))).await;
+    fail("adapter_c0".into()).await;
+    let (_, body) = http_get(engine.client_addr, "/metrics").await;
+    let counted = codes(&body);
+    assert_eq!(counted.len(), MAX_ERROR_CODES + 1);
+    assert_eq!(counted[OTHER], 2.0);
+    assert_eq!(counted["adapter_c0"], 2.0);
+    engine.shutdown().await.unwrap();
+}

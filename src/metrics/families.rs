@@ -3,8 +3,8 @@
 //! A prometheus-client metric is a shared value: a clone counts into the same series the
 //! registry renders. So each part keeps a clone of the few metrics it touches (the hub its
 //! two counters, a socket its gauge, the call path `Calls`) and needs neither the engine nor
-//! the registry. Function ids, which workers choose, are bounded here, since every series is
-//! kept for the life of the process.
+//! the registry. Label values that peers choose (function ids, error codes) are bounded
+//! here, since every series is kept for the life of the process.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -23,6 +23,10 @@ const BUCKETS: [f64; 16] = [
 ];
 /// Function ids are chosen by workers: past this many, a new id counts as [`OTHER`].
 pub const MAX_FUNCTIONS: usize = 500;
+/// Error codes too (a worker's function may fail with any code).
+pub const MAX_ERROR_CODES: usize = 100;
+/// A longer label value counts as [`OTHER`]: an id may be megabytes, and is kept forever.
+pub const MAX_LABEL_BYTES: usize = 256;
 /// The label value of everything past those bounds.
 pub const OTHER: &str = "other";
 
@@ -162,7 +166,7 @@ impl Default for Calls {
             latency: Family::new_with_constructor(latency_histogram),
             errors: Family::default(),
             functions: Bounded::new(MAX_FUNCTIONS),
-            codes: Bounded::new(usize::MAX),
+            codes: Bounded::new(MAX_ERROR_CODES),
         }))
     }
 }
@@ -223,7 +227,7 @@ impl Calls {
 }
 
 /// Label values chosen by peers, each with its metrics: at most `cap` of them by name, and
-/// the rest together as [`OTHER`].
+/// the rest (and any value over [`MAX_LABEL_BYTES`]) together as [`OTHER`].
 struct Bounded<T> {
     cap: usize,
     seen: RwLock<HashMap<String, T>>,
@@ -239,6 +243,11 @@ impl<T: Clone> Bounded<T> {
 
     /// The metrics of `value`, made by `make` (given the label value to use) the first time.
     fn get(&self, value: &str, make: impl FnOnce(&str) -> T) -> T {
+        let value = if value.len() > MAX_LABEL_BYTES {
+            OTHER
+        } else {
+            value
+        };
         if let Some(found) = self.seen.read().unwrap().get(value) {
             return found.clone();
         }

@@ -10,7 +10,10 @@
 mod families;
 mod storage;
 
-pub use families::{Calls, Connections, FanoutCounters, MAX_FUNCTIONS, OTHER, Open};
+pub use families::{
+    Calls, Connections, FanoutCounters, MAX_ERROR_CODES, MAX_FUNCTIONS, MAX_LABEL_BYTES, OTHER,
+    Open,
+};
 
 use crate::engine::Engine;
 use crate::storage::StreamAdapter;
