@@ -17,24 +17,15 @@ use axum::extract::ws::Utf8Bytes;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::watch;
-
-/// Counters read by `/metrics` and the tests.
-#[derive(Default)]
-pub struct Stats {
-    pub client_connections: AtomicU64,
-    pub worker_connections: AtomicU64,
-    pub slow_disconnects: Arc<AtomicU64>,
-}
 
 pub struct Engine {
     pub config: Config,
     /// Calls, storage and emission: everything a function needs.
     pub functions: Arc<Functions>,
     pub hub: Arc<Hub>,
-    pub stats: Stats,
-    pub metrics: Arc<Metrics>,
+    /// Every counter `/metrics` shows; the parts that count hold clones of theirs.
+    pub metrics: Metrics,
     /// Carries events to and from other nodes when the adapter is shared (Redis).
     bus: Option<Arc<dyn EventBus>>,
     shutdown: watch::Sender<bool>,
@@ -42,8 +33,12 @@ pub struct Engine {
 
 impl Engine {
     pub fn new(config: Config, adapter: Arc<dyn StreamAdapter>) -> Arc<Engine> {
-        let hub = Arc::new(Hub::new());
-        let metrics = Arc::new(Metrics::default());
+        let read_telemetry = {
+            let adapter = adapter.clone();
+            Arc::new(move || adapter.telemetry())
+        };
+        let metrics = Metrics::new(read_telemetry);
+        let hub = Arc::new(Hub::new(metrics.fanout()));
         let bus = adapter.event_bus();
         let workers = Arc::new(Router::default());
         let storage = StorageRouter::new(
@@ -57,7 +52,7 @@ impl Engine {
             workers,
             hub: hub.clone(),
             bus: bus.clone(),
-            metrics: metrics.clone(),
+            calls: metrics.calls.clone(),
             value_limits: config.value_limits,
             invocation_timeout: config.invocation_timeout,
         });
@@ -65,7 +60,6 @@ impl Engine {
             config,
             functions,
             hub,
-            stats: Stats::default(),
             metrics,
             bus,
             shutdown: watch::channel(false).0,
@@ -169,6 +163,6 @@ impl Engine {
     }
 
     pub fn client_count(&self) -> u64 {
-        self.stats.client_connections.load(Ordering::Relaxed)
+        self.metrics.connections.clients()
     }
 }

@@ -444,11 +444,7 @@ async fn a_slow_client_is_closed_and_told_while_others_get_everything() {
         "the healthy client gets every event, in order"
     );
     assert_eq!(
-        engine
-            .engine
-            .stats
-            .slow_disconnects
-            .load(std::sync::atomic::Ordering::Relaxed),
+        engine.engine.metrics.connections.slow_disconnects().get(),
         1
     );
     // The stalled client, once it reads, finds what it was sent and then the reason it was cut.

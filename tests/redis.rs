@@ -540,6 +540,44 @@ async fn nodes_survive_redis_dying_and_resync_their_clients() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publications_dropped_while_redis_is_away_are_exported() {
+    const DROPPED: &str = "streamhost_redis_publications_dropped_total";
+    let mut redis = RedisServer::start();
+    let engine = start(redis_config(&redis.url())).await;
+    let w = RawWorker::connect(engine.worker_addr).await;
+    let (_, body) = http_get(engine.client_addr, "/metrics").await;
+    assert!(
+        body.contains(&format!("# TYPE {DROPPED} counter")),
+        "{body}"
+    );
+    assert_eq!(sample(&body, DROPPED), 0.0);
+    assert_eq!(
+        try_sample(&body, "streamhost_wal_truncated_bytes_total"),
+        None,
+        "Redis keeps no log of ours"
+    );
+
+    // Redis goes away; an event emitted now cannot reach the other nodes.
+    redis.kill();
+    w.ok(
+        "stream::send",
+        json!({"stream_name": "chat", "group_id": "room", "type": "typing", "data": 1}),
+    )
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let dropped = loop {
+        let (_, body) = http_get(engine.client_addr, "/metrics").await;
+        let dropped = sample(&body, DROPPED);
+        if dropped > 0.0 || Instant::now() > deadline {
+            break dropped;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(dropped, 1.0, "the one event sent while Redis was away");
+    engine.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_engine_starts_without_redis_and_uses_it_once_it_is_up() {
     let port = free_port();
     let url = format!("redis://127.0.0.1:{port}");

@@ -9,6 +9,7 @@
 
 use crate::fanout::frame::StreamEvent;
 use crate::fanout::outbox::Outbox;
+use crate::metrics::FanoutCounters;
 use axum::extract::ws::Utf8Bytes;
 use std::collections::HashMap;
 use std::sync::{
@@ -56,13 +57,16 @@ type Groups = HashMap<String, HashMap<String, HashMap<ConnId, Subscriber>>>;
 pub struct Hub {
     groups: RwLock<Groups>,
     next_conn: AtomicU64,
-    pub published: AtomicU64,
-    pub delivered: AtomicU64,
+    counters: FanoutCounters,
 }
 
 impl Hub {
-    pub fn new() -> Self {
-        Self::default()
+    /// A hub that counts what it publishes and delivers into `counters`.
+    pub fn new(counters: FanoutCounters) -> Self {
+        Hub {
+            counters,
+            ..Hub::default()
+        }
     }
 
     pub fn next_conn_id(&self) -> ConnId {
@@ -155,7 +159,7 @@ impl Hub {
     /// Delivers an event to every socket subscribed to its group (or to its item).
     /// Returns how many sockets it was queued for.
     pub fn publish(&self, event: &StreamEvent) -> usize {
-        self.published.fetch_add(1, Ordering::Relaxed);
+        self.counters.published.inc();
         let groups = self.groups.read().unwrap();
         let Some(conns) = groups
             .get(&event.stream_name)
@@ -170,7 +174,7 @@ impl Hub {
                 n += 1;
             }
         }
-        self.delivered.fetch_add(n as u64, Ordering::Relaxed);
+        self.counters.delivered.inc_by(n as u64);
         n
     }
 

@@ -7,10 +7,8 @@
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
-use std::sync::{
-    Arc, Mutex,
-    atomic::{AtomicU64, Ordering},
-};
+use prometheus_client::metrics::counter::Counter;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
 
@@ -38,14 +36,11 @@ pub struct Outbox {
     wake: Notify,
     capacity: usize,
     /// Counts slow-client disconnects across the engine.
-    slow_counter: Arc<AtomicU64>,
+    slow_counter: Counter,
 }
 
 impl Outbox {
-    pub fn new(
-        capacity: usize,
-        slow_counter: Arc<AtomicU64>,
-    ) -> (Arc<Outbox>, mpsc::Receiver<Utf8Bytes>) {
+    pub fn new(capacity: usize, slow_counter: Counter) -> (Arc<Outbox>, mpsc::Receiver<Utf8Bytes>) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let outbox = Outbox {
             tx,
@@ -78,7 +73,7 @@ impl Outbox {
             self.capacity
         );
         if self.close(CLOSE_SLOW, reason) {
-            self.slow_counter.fetch_add(1, Ordering::Relaxed);
+            self.slow_counter.inc();
             tracing::warn!(
                 capacity = self.capacity,
                 "closing a client that cannot keep up"

@@ -16,7 +16,7 @@ use crate::error::{FnError, FnResult};
 use crate::fanout::frame::StreamEvent;
 use crate::fanout::hub::Hub;
 use crate::limits::ValueLimits;
-use crate::metrics::Metrics;
+use crate::metrics::Calls;
 use crate::storage::EventBus;
 use crate::storage::router::StorageRouter;
 use crate::workers::router::Router;
@@ -33,7 +33,7 @@ pub struct Functions {
     hub: Arc<Hub>,
     /// Carries events to other nodes when the store is shared (Redis).
     bus: Option<Arc<dyn EventBus>>,
-    metrics: Arc<Metrics>,
+    calls: Calls,
     value_limits: ValueLimits,
     invocation_timeout: Duration,
 }
@@ -44,7 +44,7 @@ pub struct Parts {
     pub workers: Arc<Router>,
     pub hub: Arc<Hub>,
     pub bus: Option<Arc<dyn EventBus>>,
-    pub metrics: Arc<Metrics>,
+    pub calls: Calls,
     pub value_limits: ValueLimits,
     pub invocation_timeout: Duration,
 }
@@ -57,7 +57,7 @@ impl Functions {
             triggers: Triggers::default(),
             hub: parts.hub,
             bus: parts.bus,
-            metrics: parts.metrics,
+            calls: parts.calls,
             value_limits: parts.value_limits,
             invocation_timeout: parts.invocation_timeout,
         })
@@ -79,8 +79,7 @@ impl Functions {
         let started = Instant::now();
         let result = self.dispatch(function_id, data, metadata).await;
         let code = result.as_ref().err().map(|e| e.code.as_str());
-        self.metrics
-            .record_call(function_id, started.elapsed(), code);
+        self.calls.record(function_id, started.elapsed(), code);
         result
     }
 

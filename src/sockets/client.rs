@@ -4,11 +4,11 @@
 //! `join`/`leave` frames. Every subscription is answered with a `sync` snapshot, then the
 //! socket receives the group's (or item's) events through its outbox.
 
+use super::http;
 use crate::engine::Engine;
 use crate::fanout::frame::{EventKind, StreamEvent, error_frame};
 use crate::fanout::hub::ConnId;
 use crate::fanout::outbox::{self, CLOSE_TOO_BIG, Flow, Outbox, Peer};
-use crate::metrics;
 use axum::Router;
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Path, RawQuery, State};
@@ -20,7 +20,6 @@ use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 /// Bytes read from a socket at a time.
 const READ_BUFFER: usize = 1024;
@@ -32,8 +31,8 @@ pub fn routes(engine: Arc<Engine>) -> Router {
         .route("/", any(root))
         .route("/stream/{stream}/{group}", any(group_path))
         .route("/stream/{stream}/{group}/{item}", any(item_path))
-        .route("/metrics", get(metrics::metrics))
-        .route("/health", get(metrics::health))
+        .route("/metrics", get(http::metrics))
+        .route("/health", get(http::health))
         .with_state(engine)
 }
 
@@ -227,13 +226,10 @@ struct Client {
 }
 
 async fn serve(engine: Arc<Engine>, socket: WebSocket, context: Value, path_sub: Option<PathSub>) {
-    engine
-        .stats
-        .client_connections
-        .fetch_add(1, Ordering::Relaxed);
+    let _open = engine.metrics.connections.client_opened();
     let (outbox, rx) = Outbox::new(
         engine.config.send_queue_frames,
-        engine.stats.slow_disconnects.clone(),
+        engine.metrics.connections.slow_disconnects(),
     );
     let mut client = Client {
         conn: engine.hub.next_conn_id(),
@@ -261,10 +257,6 @@ async fn serve(engine: Arc<Engine>, socket: WebSocket, context: Value, path_sub:
     )
     .await;
     client.leave_all();
-    engine
-        .stats
-        .client_connections
-        .fetch_sub(1, Ordering::Relaxed);
 }
 
 impl Peer for Client {

@@ -3,4 +3,5 @@
 //! writes what comes back; nothing below them knows about sockets.
 
 pub mod client;
+pub mod http;
 pub mod worker;

@@ -23,7 +23,6 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
 use serde_json::Value;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 /// Frames queued for one worker before senders wait.
 const WORKER_QUEUE: usize = 8192;
@@ -42,12 +41,9 @@ async fn upgrade(State(engine): State<Arc<Engine>>, ws: WebSocketUpgrade) -> Res
 
 async fn serve(engine: Arc<Engine>, socket: WebSocket) {
     let worker_id = uuid::Uuid::new_v4().to_string();
-    let (outbox, rx) = Outbox::new(WORKER_QUEUE, engine.stats.slow_disconnects.clone());
+    let _open = engine.metrics.connections.worker_opened();
+    let (outbox, rx) = Outbox::new(WORKER_QUEUE, engine.metrics.connections.slow_disconnects());
     let worker = Arc::new(WorkerHandle::new(worker_id.clone(), outbox.clone()));
-    engine
-        .stats
-        .worker_connections
-        .fetch_add(1, Ordering::Relaxed);
     worker.push(
         EngineMessage::WorkerRegistered {
             worker_id: &worker_id,
@@ -72,10 +68,6 @@ async fn serve(engine: Arc<Engine>, socket: WebSocket) {
     engine.functions.workers.remove_worker(&worker_id);
     engine.functions.triggers.remove_worker(&worker_id);
     worker.disconnect();
-    engine
-        .stats
-        .worker_connections
-        .fetch_sub(1, Ordering::Relaxed);
     tracing::debug!(worker = %worker_id, "worker disconnected");
 }
 

@@ -6,7 +6,7 @@
 
 use super::wal::disk::{Disk, RealDisk};
 use super::wal::{self, Record, RecordRef, Ticket, Wal};
-use super::{StreamAdapter, UpdateOutcome};
+use super::{StreamAdapter, Telemetry, UpdateOutcome};
 use crate::fanout::order::Turns;
 use crate::storage::update_ops::{self, UpdateOps};
 use async_trait::async_trait;
@@ -111,6 +111,8 @@ pub struct KvStore {
     wal: Option<Wal>,
     /// Each write's place in its item's event order, taken as it is applied.
     turns: Turns,
+    /// Bytes of a torn write cut off the log at recovery; None in memory.
+    truncated_bytes: Option<u64>,
 }
 
 impl KvStore {
@@ -119,6 +121,7 @@ impl KvStore {
             state: Arc::default(),
             wal: None,
             turns: Turns::default(),
+            truncated_bytes: None,
         }
     }
 
@@ -132,6 +135,7 @@ impl KvStore {
         let mut state = State::default();
         let opened = Wal::open_on(disk, dir, options, |record| state.apply(record))?;
         let recovery = &opened.recovery;
+        let truncated_bytes = Some(recovery.truncated_bytes);
         tracing::info!(
             dir = %dir.display(),
             items = state.item_count(),
@@ -156,6 +160,7 @@ impl KvStore {
             state,
             wal: Some(opened.start(snapshot, reload)),
             turns: Turns::default(),
+            truncated_bytes,
         })
     }
 
@@ -319,6 +324,13 @@ impl StreamAdapter for KvStore {
         match self.wal.as_ref().and_then(|w| w.failure()) {
             Some(failure) => Err(format!("the store's log cannot be written: {failure}")),
             None => Ok(()),
+        }
+    }
+
+    fn telemetry(&self) -> Telemetry {
+        Telemetry {
+            log_truncated_bytes: self.truncated_bytes,
+            ..Telemetry::default()
         }
     }
 

@@ -13,6 +13,7 @@ pub mod wasm;
 pub mod worker;
 
 use crate::fanout::frame::StreamEvent;
+use crate::metrics::Telemetry;
 use crate::storage::update_ops::{OpError, UpdateOps};
 use async_trait::async_trait;
 use serde_json::Value;
@@ -86,6 +87,11 @@ pub trait StreamAdapter: Send + Sync {
     /// nodes (Redis); None when this node is alone.
     fn event_bus(&self) -> Option<Arc<dyn EventBus>> {
         None
+    }
+
+    /// What the backend counted that `/metrics` exports, read at each scrape.
+    fn telemetry(&self) -> Telemetry {
+        Telemetry::default()
     }
 }
 

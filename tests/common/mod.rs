@@ -4,6 +4,7 @@
 
 pub mod build_adapters;
 pub mod conformance;
+pub mod exposition;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -412,4 +413,36 @@ impl RawWorker {
             .call("stream::list_groups", json!({"stream_name": "__sync__"}))
             .await;
     }
+}
+
+/// A plain HTTP/1.1 GET on the client port (`/metrics`, `/health`): the status and the body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut text = String::new();
+    tcp.read_to_string(&mut text).await.unwrap();
+    let status = text.split_whitespace().nth(1).unwrap().parse().unwrap();
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of one sample line of `/metrics`, e.g. `streamhost_subscriptions`; None if absent.
+pub fn try_sample(body: &str, series: &str) -> Option<f64> {
+    let line = body
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))?;
+    Some(line.rsplit(' ').next().unwrap().parse().unwrap())
+}
+
+/// As `try_sample`, for a sample that must be there.
+pub fn sample(body: &str, series: &str) -> f64 {
+    try_sample(body, series).unwrap_or_else(|| panic!("no {series} in\n{body}"))
 }

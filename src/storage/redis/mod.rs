@@ -25,7 +25,7 @@ mod scripts;
 
 pub use bus::{CHANNEL, RedisBus};
 
-use super::{EventBus, StreamAdapter, UpdateOutcome};
+use super::{EventBus, StreamAdapter, Telemetry, UpdateOutcome};
 use crate::fanout::item_lock::{ItemLock, ItemLocks};
 use crate::fanout::order::Turns;
 use crate::storage::update_ops::{self, UpdateOps};
@@ -427,6 +427,13 @@ impl StreamAdapter for RedisAdapter {
 
     fn event_bus(&self) -> Option<Arc<dyn EventBus>> {
         Some(self.bus.clone())
+    }
+
+    fn telemetry(&self) -> Telemetry {
+        Telemetry {
+            dropped_publications: Some(self.dropped_publications()),
+            ..Telemetry::default()
+        }
     }
 }
 
