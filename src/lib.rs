@@ -27,6 +27,7 @@ pub mod outbox;
 pub mod router;
 pub mod server;
 pub mod streams;
+pub mod tenants;
 pub mod triggers;
 pub mod update_ops;
 pub mod wasm;

@@ -1,0 +1,4 @@
+//! Tenants: isolated, authenticated namespaces on one engine (being built; see issue 11).
+
+pub mod error;
+pub mod patterns;
