@@ -471,3 +471,29 @@ fn keys_are_checked_when_compiled() {
     assert!(err.contains("at least 32"), "{err}");
     assert!(!err.contains("short"), "the secret is never echoed: {err}");
 }
+
+#[test]
+fn a_duplicated_claim_is_refused_not_read_two_ways() {
+    // If the tenant were read from the first `tenant` and verified against the last, a
+    // token for one tenant could be routed to another. serde refuses duplicate fields.
+    let t = registry();
+    let header = b64(br#"{"alg":"HS256","kid":"k1"}"#);
+    let exp = now() + 600;
+    for payload in [
+        format!(r#"{{"sub":"u","exp":{exp},"tenant":"b","tenant":"a","streams":["*"]}}"#),
+        format!(r#"{{"sub":"u","exp":{exp},"tenant":"a","streams":["*"],"streams":["x"]}}"#),
+    ] {
+        let message = format!("{header}.{}", b64(payload.as_bytes()));
+        let sig = jsonwebtoken::crypto::sign(message.as_bytes(), &hs(SECRET_A), Algorithm::HS256)
+            .unwrap();
+        let e = code(t.verify_client_token(&format!("{message}.{sig}")));
+        assert_eq!(e.code, AuthCode::InvalidToken, "{e}");
+        assert!(e.message.contains("duplicate field"), "{e}");
+    }
+    // The same bytes without the duplicate verify: the refusal above was the duplicate.
+    let payload = format!(r#"{{"sub":"u","exp":{exp},"tenant":"a","streams":["*"]}}"#);
+    let message = format!("{header}.{}", b64(payload.as_bytes()));
+    let sig =
+        jsonwebtoken::crypto::sign(message.as_bytes(), &hs(SECRET_A), Algorithm::HS256).unwrap();
+    assert!(t.verify_client_token(&format!("{message}.{sig}")).is_ok());
+}
