@@ -136,6 +136,14 @@ impl ClientKeys {
         tenant: &TenantId,
         kid: Option<&str>,
     ) -> Result<(&str, &VerifyKey), AuthError> {
+        if self.by_kid.is_empty() {
+            return Err(AuthError::new(
+                AuthCode::UnknownKid,
+                format!(
+                    "tenant `{tenant}` has no client keys, so it accepts no tokens: its operator must add one"
+                ),
+            ));
+        }
         match kid {
             Some(kid) => self
                 .by_kid

@@ -320,6 +320,10 @@ fn rotation_retires_the_old_kid() {
     assert!(t.verify_client_token(&b).is_ok());
 }
 
+fn one_key() -> Vec<ClientKeyConfig> {
+    vec![serde_json::from_value(json!({"kid": "k1", "alg": "HS256", "secret": SECRET_A})).unwrap()]
+}
+
 #[test]
 fn a_token_without_kid_needs_a_tenant_with_one_key() {
     let t = registry();
@@ -327,11 +331,15 @@ fn a_token_without_kid_needs_a_tenant_with_one_key() {
     let e = code(t.verify_client_token(&token));
     assert_eq!(e.code, AuthCode::UnknownKid);
     assert!(e.message.contains("has 3 client keys"), "{e}");
-    let one = vec![
-        serde_json::from_value(json!({"kid": "k1", "alg": "HS256", "secret": SECRET_A})).unwrap(),
-    ];
-    t.set_client_keys("a", one).unwrap();
+    t.set_client_keys("a", one_key()).unwrap();
     assert!(t.verify_client_token(&token).is_ok());
+    t.set_client_keys("a", vec![]).unwrap();
+    assert!(
+        code(t.verify_client_token(&token))
+            .message
+            .contains("no client keys")
+    );
+    t.set_client_keys("a", one_key()).unwrap();
     // Still only with that key's algorithm and secret.
     let other = sign(Algorithm::HS256, None, &claims("a"), &hs(SECRET_B));
     assert_eq!(
