@@ -9,6 +9,7 @@
 //! - `storage`: one trait for storage, one module per backend (the native store and its log,
 //!   Redis, worker-served streams, WebAssembly adapters), and the update ops they apply;
 //! - `fanout`: events encoded once and queued per socket, one item's events in write order;
+//! - `tenants`: tenant configs, worker keys, client tokens (not wired into the sockets yet);
 //! - `limits`, `config`, `error`, `metrics`: the leaves everything else uses.
 
 pub mod config;
@@ -21,6 +22,7 @@ pub mod metrics;
 pub mod server;
 pub mod sockets;
 pub mod storage;
+pub mod tenants;
 pub mod workers;
 
 pub use config::Config;
