@@ -42,8 +42,9 @@ pub struct RedisBus {
 }
 
 /// Publications that never reached Redis.
-#[derive(Default)]
 pub struct BusStats {
+    /// The tenant's channel, for logs.
+    channel: String,
     pub dropped: AtomicU64,
     /// Set while publications are being dropped, so a burst is logged once.
     dropping: AtomicBool,
@@ -52,14 +53,18 @@ pub struct BusStats {
 impl RedisBus {
     /// Starts publishing on `channel` over the shared command connection, and hears the
     /// channel through the node's subscriber. Each bus names itself with a node id of its own.
-    pub fn start(
+    pub(super) fn start(
         target: Arc<RedisTarget>,
         conn: ConnectionManager,
         subscriber: &Subscriber,
         channel: String,
     ) -> RedisBus {
         let node = uuid::Uuid::new_v4().to_string();
-        let stats = Arc::new(BusStats::default());
+        let stats = Arc::new(BusStats {
+            channel: channel.clone(),
+            dropped: AtomicU64::new(0),
+            dropping: AtomicBool::new(false),
+        });
         let (queue, queued) = mpsc::channel(PUBLISH_QUEUE);
         let (hearing, incoming) = subscriber.register(&channel, &node);
         let publisher = tokio::spawn(publish_loop(
@@ -124,6 +129,7 @@ impl BusStats {
         let total = self.dropped.fetch_add(n, Ordering::Relaxed) + n;
         if !self.dropping.swap(true, Ordering::Relaxed) {
             tracing::warn!(
+                channel = %self.channel,
                 dropped = total,
                 "events are not reaching the other nodes: {why}"
             );
@@ -135,6 +141,7 @@ impl BusStats {
         let recovered = self.dropping.swap(false, Ordering::Relaxed);
         if recovered {
             tracing::info!(
+                channel = %self.channel,
                 dropped = self.dropped.load(Ordering::Relaxed),
                 "events reach the other nodes again"
             );
