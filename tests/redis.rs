@@ -1,10 +1,12 @@
 //! The Redis adapter against a real `redis-server` that each test starts on a free port: the
 //! stream functions, the key layout shared with iii, fan-out between two engine processes,
-//! recovery when Redis dies and comes back, and TLS with a password.
+//! recovery when Redis dies and comes back, TLS with a password, and tenants (`tenants`).
 
 mod common;
 #[path = "common/limits_helpers.rs"]
 mod limits_helpers;
+#[path = "redis/tenants.rs"]
+mod tenants;
 
 use common::conformance::{at, with};
 use common::*;

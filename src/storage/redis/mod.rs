@@ -1,8 +1,10 @@
 //! The Redis adapter: items shared by every engine node, in the layout iii uses (spec §9).
 //!
-//! Commands go over one multiplexed `ConnectionManager` (concurrent calls are pipelined on
-//! one socket and it reconnects by itself); pub/sub between nodes has its own connection
-//! (see `bus`). set, delete and update are Lua scripts or compare-and-set loops, so each is
+//! Each tenant has an adapter of its own (`connect` gives the `default` tenant, `for_tenant`
+//! the others), with its own key space and channel (see `keys`), but a node's tenants share
+//! its connections: commands go over one multiplexed `ConnectionManager` (concurrent calls are
+//! pipelined on one socket and it reconnects by itself), and pub/sub between nodes has one
+//! connection of its own (see `subscriber`; each tenant's publishing is in `bus`). set, delete and update are Lua scripts or compare-and-set loops, so each is
 //! atomic and returns the value it replaced.
 //!
 //! Start-up does not wait for Redis: when it is down, the engine starts anyway, logs the
@@ -16,85 +18,53 @@
 //! Between nodes, events travel by pub/sub after the write, so two nodes writing one item at
 //! the same moment may each deliver the other's event last.
 //!
-//! Groups are found with SCAN (never KEYS) over `stream:{stream}:*`, so groups written by iii
-//! nodes are listed too. SCAN walks the keyspace in steps of `SCAN_COUNT` keys without
-//! blocking Redis; its cost grows with the size of the keyspace.
+//! Groups are found with SCAN (never KEYS) over `stream:{stream}:*` (under its own prefix for
+//! a tenant other than `default`), so groups written by iii nodes are listed too. SCAN walks
+//! the keyspace in steps of `SCAN_COUNT` keys without blocking Redis; its cost grows with the
+//! size of the whole keyspace, every tenant's keys included.
 
 mod bus;
+mod keys;
 mod scripts;
+mod subscriber;
+mod target;
 
-pub use bus::{CHANNEL, RedisBus};
+pub use bus::RedisBus;
+pub use keys::{CHANNEL, DEFAULT_TENANT, KeySpace};
+pub use target::{COMMAND_TIMEOUT, CONNECT_TIMEOUT, RedisTarget, redact};
 
 use super::{EventBus, StreamAdapter, Telemetry, UpdateOutcome};
 use crate::fanout::item_lock::{ItemLock, ItemLocks};
 use crate::fanout::order::Turns;
 use crate::storage::update_ops::{self, UpdateOps};
-use anyhow::{Context, anyhow};
+use anyhow::Context;
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
+use subscriber::Subscriber;
 
-/// The longest a call waits for Redis before failing.
-pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(3);
-/// The longest one connection attempt may take.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Keys examined per SCAN step.
 const SCAN_COUNT: usize = 1000;
 /// Compare-and-set rounds an update may lose to other writers before it gives up.
 const UPDATE_ATTEMPTS: usize = 200;
 
-/// Where Redis is, and how to word errors about it.
-pub struct RedisTarget {
-    pub client: redis::Client,
-    /// The URL with any password hidden, for logs and errors.
-    pub url: String,
-}
-
-impl RedisTarget {
-    /// Runs a Redis call with the command timeout, turning failures into errors that say what
-    /// was unreachable.
-    pub async fn run<T>(
-        &self,
-        what: &str,
-        call: impl Future<Output = redis::RedisResult<T>>,
-    ) -> anyhow::Result<T> {
-        match tokio::time::timeout(COMMAND_TIMEOUT, call).await {
-            Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) if e.to_string().contains("certificate") => Err(anyhow!(
-                "redis at {}: the TLS handshake failed: {e} ({what} was not done; trust the server's CA by pointing SSL_CERT_FILE at it, or fix the certificate)",
-                self.url
-            )),
-            Ok(Err(e))
-                if e.is_io_error()
-                    || e.is_timeout()
-                    || e.is_connection_refusal()
-                    || e.is_connection_dropped()
-                    || e.is_unrecoverable_error() =>
-            {
-                Err(anyhow!(
-                    "redis at {} is unreachable: {e} ({what} was not done or not confirmed; streamhost reconnects by itself once Redis is back)",
-                    self.url
-                ))
-            }
-            Ok(Err(e)) => Err(anyhow!("redis at {} refused {what}: {e}", self.url)),
-            Err(_) => Err(anyhow!(
-                "redis at {} is unreachable: no answer to {what} within {:?} (streamhost reconnects by itself once Redis is back)",
-                self.url,
-                COMMAND_TIMEOUT
-            )),
-        }
-    }
-}
-
+/// One tenant's view of Redis: its own key space and bus, over the node's shared connections.
 pub struct RedisAdapter {
-    target: Arc<RedisTarget>,
-    conn: ConnectionManager,
+    node: Arc<Node>,
+    keys: KeySpace,
     bus: Arc<RedisBus>,
     locks: ItemLocks,
     turns: Turns,
+}
+
+/// What every tenant of a node shares: the command connection and the pub/sub connection.
+struct Node {
+    target: Arc<RedisTarget>,
+    conn: ConnectionManager,
+    subscriber: Subscriber,
 }
 
 impl RedisAdapter {
@@ -112,11 +82,11 @@ impl RedisAdapter {
         group: &str,
         item: &str,
     ) -> anyhow::Result<Option<String>> {
-        let mut conn = self.conn.clone();
+        let mut conn = self.node.conn.clone();
         self.run(
             "HGET",
             redis::cmd("HGET")
-                .arg(group_key(stream, group))
+                .arg(self.keys.group_key(stream, group))
                 .arg(item)
                 .query_async(&mut conn),
         )
@@ -125,9 +95,9 @@ impl RedisAdapter {
 
     /// A group's (item id, JSON text) pairs in insertion order.
     async fn entries(&self, stream: &str, group: &str) -> anyhow::Result<Vec<(String, String)>> {
-        let mut conn = self.conn.clone();
-        let mut call = scripts::LIST.key(group_key(stream, group));
-        call.key(order_key(stream, group));
+        let mut conn = self.node.conn.clone();
+        let mut call = scripts::LIST.key(self.keys.group_key(stream, group));
+        call.key(self.keys.order_key(stream, group));
         let (order, flat): (Vec<String>, Vec<String>) = self
             .run("the list script", call.invoke_async(&mut conn))
             .await?;
@@ -179,15 +149,46 @@ impl RedisAdapter {
                 "{e:#}. streamhost starts anyway: calls that need Redis fail until it answers, and it keeps retrying with backoff"
             ),
         }
-        let node = uuid::Uuid::new_v4().to_string();
-        let bus = Arc::new(RedisBus::start(target.clone(), conn.clone(), node));
-        Ok(RedisAdapter {
+        let subscriber = Subscriber::start(target.clone(), conn.clone());
+        let node = Arc::new(Node {
             target,
             conn,
+            subscriber,
+        });
+        Ok(RedisAdapter::in_key_space(node, KeySpace::Default))
+    }
+
+    /// The adapter of `tenant` on this node's connections: its own keys (see `keys`), its own
+    /// channel and bus, which the node's one pub/sub connection subscribes to from now until
+    /// the adapter is shut down or dropped. `default` is the layout iii uses. Create one
+    /// adapter per tenant and share it: two adapters of one tenant on one node hear each
+    /// other like two nodes, but do not order each other's writes to one item.
+    pub fn for_tenant(&self, tenant: &str) -> anyhow::Result<RedisAdapter> {
+        Ok(RedisAdapter::in_key_space(
+            self.node.clone(),
+            KeySpace::of(tenant)?,
+        ))
+    }
+
+    fn in_key_space(node: Arc<Node>, keys: KeySpace) -> RedisAdapter {
+        let bus = Arc::new(RedisBus::start(
+            node.target.clone(),
+            node.conn.clone(),
+            &node.subscriber,
+            keys.channel(),
+        ));
+        RedisAdapter {
+            node,
+            keys,
             bus,
             locks: ItemLocks::default(),
             turns: Turns::default(),
-        })
+        }
+    }
+
+    /// The tenant whose key space this adapter reads and writes.
+    pub fn tenant(&self) -> &str {
+        self.keys.tenant()
     }
 
     /// Publications to other nodes that were dropped because Redis was slow or away.
@@ -203,13 +204,14 @@ impl RedisAdapter {
         what: &str,
         call: impl Future<Output = redis::RedisResult<T>>,
     ) -> anyhow::Result<T> {
-        self.target.run(what, call).await
+        self.node.target.run(what, call).await
     }
 
-    /// Scans `stream:{stream}:*` (or `stream:*`), returning each matching key without the prefix.
+    /// Scans for group hashes whose key starts with `prefix` (taken literally), returning
+    /// each key without it.
     async fn scan_groups(&self, prefix: &str) -> anyhow::Result<Vec<String>> {
         let pattern = format!("{}*", glob_escape(prefix));
-        let mut conn = self.conn.clone();
+        let mut conn = self.node.conn.clone();
         let mut cursor = 0u64;
         let mut found = Vec::new();
         loop {
@@ -237,34 +239,26 @@ impl RedisAdapter {
             cursor = next;
         }
     }
-}
 
-/// The hash holding a group's items, as iii names it.
-pub fn group_key(stream: &str, group: &str) -> String {
-    format!("stream:{stream}:{group}")
-}
+    fn parse(&self, stream: &str, group: &str, item: &str, text: &str) -> anyhow::Result<Value> {
+        serde_json::from_str(text).with_context(|| {
+            format!(
+                "the value of {stream}/{group}/{item} in Redis (hash {}) is not JSON",
+                self.keys.group_key(stream, group)
+            )
+        })
+    }
 
-/// The sorted set holding a group's insertion order; outside `stream:` so iii never lists it.
-pub fn order_key(stream: &str, group: &str) -> String {
-    format!("streamhost:order:{stream}:{group}")
-}
-
-fn parse(stream: &str, group: &str, item: &str, text: &str) -> anyhow::Result<Value> {
-    serde_json::from_str(text).with_context(|| {
-        format!(
-            "the value of {stream}/{group}/{item} in Redis (hash {}) is not JSON",
-            group_key(stream, group)
-        )
-    })
-}
-
-fn parse_opt(
-    stream: &str,
-    group: &str,
-    item: &str,
-    text: Option<String>,
-) -> anyhow::Result<Option<Value>> {
-    text.map(|t| parse(stream, group, item, &t)).transpose()
+    fn parse_opt(
+        &self,
+        stream: &str,
+        group: &str,
+        item: &str,
+        text: Option<String>,
+    ) -> anyhow::Result<Option<Value>> {
+        text.map(|t| self.parse(stream, group, item, &t))
+            .transpose()
+    }
 }
 
 /// Escapes the glob characters of a SCAN MATCH pattern.
@@ -279,24 +273,6 @@ fn glob_escape(s: &str) -> String {
     out
 }
 
-/// The URL with its password replaced by `***`.
-pub fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
-        return url.to_owned();
-    };
-    let userinfo = &rest[..at];
-    let user = match userinfo.split_once(':') {
-        Some((user, _)) => format!("{user}:***"),
-        None if userinfo.is_empty() => String::new(),
-        None => "***".to_owned(),
-    };
-    format!("{scheme}://{user}@{}", &rest[at + 1..])
-}
-
 #[async_trait]
 impl StreamAdapter for RedisAdapter {
     fn name(&self) -> &'static str {
@@ -305,7 +281,7 @@ impl StreamAdapter for RedisAdapter {
 
     async fn get(&self, stream: &str, group: &str, item: &str) -> anyhow::Result<Option<Value>> {
         let text = self.item_text(stream, group, item).await?;
-        parse_opt(stream, group, item, text)
+        self.parse_opt(stream, group, item, text)
     }
 
     async fn set(
@@ -316,33 +292,33 @@ impl StreamAdapter for RedisAdapter {
         data: Value,
     ) -> anyhow::Result<Option<Value>> {
         let _writing = self.writing(stream, group, item).await;
-        let mut conn = self.conn.clone();
-        let mut call = scripts::SET.key(group_key(stream, group));
-        call.key(order_key(stream, group))
+        let mut conn = self.node.conn.clone();
+        let mut call = scripts::SET.key(self.keys.group_key(stream, group));
+        call.key(self.keys.order_key(stream, group))
             .arg(item)
             .arg(data.to_string());
         let old: Option<String> = self
             .run("the set script", call.invoke_async(&mut conn))
             .await?;
-        parse_opt(stream, group, item, old)
+        self.parse_opt(stream, group, item, old)
     }
 
     async fn delete(&self, stream: &str, group: &str, item: &str) -> anyhow::Result<Option<Value>> {
         let _writing = self.writing(stream, group, item).await;
-        let mut conn = self.conn.clone();
-        let mut call = scripts::DELETE.key(group_key(stream, group));
-        call.key(order_key(stream, group)).arg(item);
+        let mut conn = self.node.conn.clone();
+        let mut call = scripts::DELETE.key(self.keys.group_key(stream, group));
+        call.key(self.keys.order_key(stream, group)).arg(item);
         let old: Option<String> = self
             .run("the delete script", call.invoke_async(&mut conn))
             .await?;
-        parse_opt(stream, group, item, old)
+        self.parse_opt(stream, group, item, old)
     }
 
     async fn list(&self, stream: &str, group: &str) -> anyhow::Result<Vec<Value>> {
         let entries = self.entries(stream, group).await?;
         entries
             .iter()
-            .map(|(id, text)| parse(stream, group, id, text))
+            .map(|(id, text)| self.parse(stream, group, id, text))
             .collect()
     }
 
@@ -356,7 +332,11 @@ impl StreamAdapter for RedisAdapter {
     }
 
     async fn list_groups(&self, stream: &str) -> anyhow::Result<Vec<String>> {
-        let mut groups = self.scan_groups(&format!("stream:{stream}:")).await?;
+        let found = self.scan_groups(&self.keys.stream_prefix(stream)).await?;
+        let mut groups: Vec<String> = found
+            .iter()
+            .filter_map(|rest| self.keys.group_of(rest))
+            .collect();
         groups.sort();
         groups.dedup();
         Ok(groups)
@@ -364,12 +344,11 @@ impl StreamAdapter for RedisAdapter {
 
     async fn list_all(&self) -> anyhow::Result<Vec<(String, Vec<String>)>> {
         let mut all: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for rest in self.scan_groups("stream:").await? {
-            // `stream:{stream}:{group}`: a stream name with `:` in it is ambiguous, as in iii.
-            if let Some((stream, group)) = rest.split_once(':') {
-                all.entry(stream.to_owned())
-                    .or_default()
-                    .push(group.to_owned());
+        for rest in self.scan_groups(&self.keys.groups_prefix()).await? {
+            // The default tenant's `stream:{stream}:{group}` is ambiguous when a stream name has
+            // a `:` in it, as in iii; other tenants' keys are not (see `keys`).
+            if let Some((stream, group)) = self.keys.split(&rest) {
+                all.entry(stream).or_default().push(group);
             }
         }
         Ok(all
@@ -390,14 +369,14 @@ impl StreamAdapter for RedisAdapter {
         ops: &UpdateOps,
     ) -> anyhow::Result<UpdateOutcome> {
         let _writing = self.writing(stream, group, item).await;
-        let mut conn = self.conn.clone();
+        let mut conn = self.node.conn.clone();
         let mut current = self.item_text(stream, group, item).await?;
         for _ in 0..UPDATE_ATTEMPTS {
-            let old_value = parse_opt(stream, group, item, current.clone())?;
+            let old_value = self.parse_opt(stream, group, item, current.clone())?;
             // A result past the limits is refused before it reaches Redis.
             let (new_value, errors) = update_ops::apply(old_value.as_ref(), ops)?;
-            let mut call = scripts::COMPARE_AND_SET.key(group_key(stream, group));
-            call.key(order_key(stream, group))
+            let mut call = scripts::COMPARE_AND_SET.key(self.keys.group_key(stream, group));
+            call.key(self.keys.order_key(stream, group))
                 .arg(item)
                 .arg(if current.is_some() { "1" } else { "0" })
                 .arg(current.as_deref().unwrap_or(""))
@@ -440,17 +419,6 @@ impl StreamAdapter for RedisAdapter {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn passwords_stay_out_of_messages() {
-        assert_eq!(
-            redact("redis://:secret@host:6379/1"),
-            "redis://:***@host:6379/1"
-        );
-        assert_eq!(redact("rediss://ann:secret@host"), "rediss://ann:***@host");
-        assert_eq!(redact("redis://token@host"), "redis://***@host");
-        assert_eq!(redact("redis://127.0.0.1:6379"), "redis://127.0.0.1:6379");
-    }
 
     #[test]
     fn scan_patterns_match_names_literally() {

@@ -4,7 +4,8 @@
 //! item id, value = JSON text. Redis hashes have no order, so each group also has a sorted set
 //! `streamhost:order:{stream}:{group}` that scores items by when they were first written. It is
 //! kept outside the `stream:` prefix so an iii node scanning `stream:*` never mistakes it for a
-//! group. Items an iii node writes are not in it; `list` puts them last.
+//! group. Items an iii node writes are not in it; `list` puts them last. That is the default
+//! tenant's layout; other tenants have the same two keys under their own prefix (see `keys`).
 //!
 //! Every script takes KEYS[1] = the hash and KEYS[2] = the order set. `redis::Script` sends
 //! them with EVALSHA, and loads them again after a restart of the server (NOSCRIPT).
