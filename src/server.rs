@@ -47,16 +47,15 @@ impl Server {
                     stream.stream_name
                 )
             })?;
-            let storage = &engine.functions.storage;
-            storage
-                .wasm()
-                .bind(
+            engine
+                .functions
+                .storage
+                .bind_wasm(
                     &stream.stream_name,
                     &wasm,
                     stream.config,
                     stream.limits,
                     engine.config.value_limits,
-                    storage.native().clone(),
                 )
                 .await
                 .with_context(|| {

@@ -67,16 +67,14 @@ pub async fn call(functions: &Arc<Functions>, function_id: &str, data: Value) ->
                         format!("`component` must be the .wasm file in base64: {e}"),
                     )
                 })?;
-            let storage = &functions.storage;
-            let adapter = storage
-                .wasm()
-                .bind(
+            let adapter = functions
+                .storage
+                .bind_wasm(
                     &p.stream_name,
                     &wasm,
                     p.config,
                     p.limits.to_limits(),
                     *functions.value_limits(),
-                    storage.native().clone(),
                 )
                 .await
                 .map_err(|e| FnError::new("invalid_component", format!("{e:#}")))?;

@@ -8,8 +8,11 @@
 
 use super::StreamAdapter;
 use super::wasm::registry::WasmBindings;
+use super::wasm::{Limits, WasmAdapter};
 use super::worker::WorkerAdapter;
+use crate::limits::ValueLimits;
 use crate::workers::router::Router;
+use serde_json::Value;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -56,6 +59,22 @@ impl StorageRouter {
     /// The engine's own store (the configured adapter).
     pub fn native(&self) -> &Arc<dyn StreamAdapter> {
         &self.native
+    }
+
+    /// Binds `stream` to a WebAssembly component (see `WasmBindings::bind`). Its items live in
+    /// the engine's own store, so a stream whose binding is removed keeps its data.
+    pub async fn bind_wasm(
+        &self,
+        stream: &str,
+        wasm: &[u8],
+        config: Value,
+        limits: Limits,
+        values: ValueLimits,
+    ) -> anyhow::Result<Arc<WasmAdapter>> {
+        let native = self.native.clone();
+        self.wasm
+            .bind(stream, wasm, config, limits, values, native)
+            .await
     }
 
     /// The streams bound to WebAssembly adapters.
