@@ -4,6 +4,7 @@ use crate::config::Config;
 use crate::error::{FnError, FnResult};
 use crate::fanout::frame::{EventKind, StreamEvent};
 use crate::fanout::hub::Hub;
+use crate::fanout::item_lock::ItemLocks;
 use crate::fanout::outbox::Outbox;
 use crate::functions::streams;
 use crate::functions::triggers::Triggers;
@@ -38,6 +39,9 @@ pub struct Engine {
     pub custom_streams: WasmBindings,
     pub stats: Stats,
     pub metrics: Metrics,
+    /// This engine's per-item locks, for the adapters that lock on its behalf (worker
+    /// streams, WebAssembly adapters' updates); never shared with another engine.
+    pub item_locks: Arc<ItemLocks>,
     /// Carries events to and from other nodes when the adapter is shared (Redis).
     bus: Option<Arc<dyn EventBus>>,
     shutdown: watch::Sender<bool>,
@@ -56,6 +60,7 @@ impl Engine {
             custom_streams: WasmBindings::new(cache_dir),
             stats: Stats::default(),
             metrics: Metrics::default(),
+            item_locks: Arc::default(),
             shutdown: watch::channel(false).0,
         })
     }
@@ -120,7 +125,8 @@ impl Engine {
             None => self.adapter.clone(),
         };
         if WorkerAdapter::serves(self, stream) {
-            Arc::new(WorkerAdapter::new(self.clone(), stream, own))
+            let locks = self.item_locks.clone();
+            Arc::new(WorkerAdapter::new(self.clone(), stream, own, locks))
         } else {
             own
         }

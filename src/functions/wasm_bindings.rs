@@ -72,8 +72,8 @@ impl WasmBindings {
             values: engine.config.value_limits,
             ..limits
         };
-        let adapter =
-            WasmAdapter::new(host, stream, wasm, config, limits, engine.adapter.clone()).await?;
+        let (storage, locks) = (engine.adapter.clone(), engine.item_locks.clone());
+        let adapter = WasmAdapter::new(host, stream, wasm, config, limits, storage, locks).await?;
         let previous = self
             .bound
             .write()

@@ -3,7 +3,8 @@
 //!
 //! A worker may register only some of the functions; an operation it does not serve goes to
 //! the storage the stream would have without it (`fallback`). The worker's writes take no
-//! turns (see `fanout::order`), so each write holds the engine's item lock from before the call
+//! turns (see `fanout::order`), so each write holds the engine's item lock (`locks`, given by
+//! the engine) from before the call
 //! until its event is out, handed to the caller's scope with `order::hold`. Without
 //! `stream::update(name)` but with get and set, an update reads, applies the ops and writes
 //! back under that same lock, so it is atomic against the engine's other writes.
@@ -12,7 +13,7 @@
 
 use super::{StreamAdapter, UpdateOutcome};
 use crate::engine::Engine;
-use crate::fanout::item_lock::ItemLock;
+use crate::fanout::item_lock::ItemLocks;
 use crate::fanout::order;
 use crate::storage::update_ops::{self, OpError, UpdateOps};
 use async_trait::async_trait;
@@ -26,6 +27,8 @@ pub struct WorkerAdapter {
     engine: Arc<Engine>,
     stream: String,
     fallback: Arc<dyn StreamAdapter>,
+    /// The engine's item locks.
+    locks: Arc<ItemLocks>,
 }
 
 impl WorkerAdapter {
@@ -37,11 +40,17 @@ impl WorkerAdapter {
                 .any(|op| engine.router.contains(&function_id(op, stream)))
     }
 
-    pub fn new(engine: Arc<Engine>, stream: &str, fallback: Arc<dyn StreamAdapter>) -> Self {
+    pub fn new(
+        engine: Arc<Engine>,
+        stream: &str,
+        fallback: Arc<dyn StreamAdapter>,
+        locks: Arc<ItemLocks>,
+    ) -> Self {
         WorkerAdapter {
             engine,
             stream: stream.to_owned(),
             fallback,
+            locks,
         }
     }
 
@@ -68,7 +77,7 @@ impl WorkerAdapter {
     }
 
     async fn lock(&self, group: &str, item: &str) {
-        order::hold(ItemLock::acquire(&self.stream, group, item).await);
+        order::hold(self.locks.acquire(&self.stream, group, item).await);
     }
 
     /// Read, apply, write through the worker; the caller holds the item's lock.

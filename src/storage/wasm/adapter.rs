@@ -18,7 +18,7 @@ use super::host::{EPOCH_TICK, Prepared, WasmHost};
 use super::imports::{HostState, MemoryLimiter, Scope};
 use crate::error::FnError;
 use crate::fanout::frame::{EventKind, StreamEvent};
-use crate::fanout::item_lock::ItemLock;
+use crate::fanout::item_lock::ItemLocks;
 use crate::limits::ValueLimits;
 use crate::storage::update_ops::{self, UpdateOps};
 use crate::storage::{StreamAdapter, UpdateOutcome};
@@ -74,6 +74,8 @@ pub struct WasmAdapter {
     config: String,
     limits: Limits,
     storage: Arc<dyn StreamAdapter>,
+    /// The engine's item locks, for the read-modify-write of an update the guest leaves to us.
+    locks: Arc<ItemLocks>,
     live: tokio::sync::Mutex<Option<Live>>,
     /// Instances started, the first included: more than one means some were discarded.
     pub instances_started: AtomicU64,
@@ -85,7 +87,9 @@ fn fail(code: &str, message: String) -> anyhow::Error {
 }
 
 impl WasmAdapter {
-    /// Prepares an adapter for `stream`; its first call starts an instance and runs `init`.
+    /// Prepares an adapter for `stream`, keeping its items in `storage` (the engine's store)
+    /// and locking items in `locks` (the engine's); its first call starts an instance and
+    /// runs `init`.
     pub async fn new(
         host: Arc<WasmHost>,
         stream: &str,
@@ -93,6 +97,7 @@ impl WasmAdapter {
         config: Value,
         limits: Limits,
         storage: Arc<dyn StreamAdapter>,
+        locks: Arc<ItemLocks>,
     ) -> anyhow::Result<Arc<WasmAdapter>> {
         let prepared = host.prepare(wasm)?;
         let adapter = Arc::new(WasmAdapter {
@@ -102,6 +107,7 @@ impl WasmAdapter {
             config: config.to_string(),
             limits,
             storage,
+            locks,
             live: tokio::sync::Mutex::new(None),
             instances_started: AtomicU64::new(0),
         });
@@ -477,8 +483,8 @@ impl StreamAdapter for WasmAdapter {
                 errors: serde_json::from_str(&errors).unwrap_or_default(),
             }),
             Err(AdapterError::Unsupported) => {
-                // The host's read-modify-write, one at a time per item.
-                let _held = ItemLock::acquire(s, g, i).await;
+                // The host's read-modify-write, one at a time per item (the engine's lock).
+                let _held = self.locks.acquire(s, g, i).await;
                 let current = self.get(s, g, i).await?;
                 let (new_value, errors) = update_ops::apply(current.as_ref(), ops)?;
                 self.set(s, g, i, new_value.clone()).await?;
