@@ -50,6 +50,7 @@ fn main() {
             json!({}),
             Limits::default(),
             Arc::new(KvStore::in_memory()),
+            Arc::default(),
         )
         .await
         .unwrap();

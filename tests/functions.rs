@@ -516,6 +516,45 @@ async fn a_worker_streams_malformed_answers_are_errors_that_name_the_function() 
     engine.shutdown().await.unwrap();
 }
 
+/// Each engine has its own item locks: while a worker-stream write holds an item on engine A,
+/// a write to the same item on engine B, in the same process, goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn engines_in_one_process_do_not_share_item_locks() {
+    let (a, b) = (start(test_config()).await, start(test_config()).await);
+    let wa = RawWorker::connect(a.worker_addr).await;
+    let wb = RawWorker::connect(b.worker_addr).await;
+    let (entered, entered_rx) = tokio::sync::oneshot::channel::<()>();
+    let entered = std::sync::Mutex::new(Some(entered));
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let released = std::sync::Mutex::new(released);
+    wa.register("stream::set(custom)", move |p| {
+        if let Some(entered) = entered.lock().unwrap().take() {
+            let _ = entered.send(());
+        }
+        // Engine A holds the item's lock until this answers.
+        let _ = released.lock().unwrap().recv();
+        Ok(Some(json!({"old_value": null, "new_value": p["data"]})))
+    })
+    .await;
+    wb.register("stream::set(custom)", |p| {
+        Ok(Some(json!({"old_value": null, "new_value": p["data"]})))
+    })
+    .await;
+    let item = |data: &str| json!({"stream_name": "custom", "group_id": "g", "item_id": "k", "data": data});
+    let on_a = wa.ok("stream::set", item("a"));
+    let on_b = async {
+        entered_rx.await.expect("engine A's worker was called");
+        let done = tokio::time::timeout(WAIT, wb.ok("stream::set", item("b"))).await;
+        release.send(()).unwrap();
+        done.expect("engine B waited for an item lock that engine A holds")
+    };
+    let (on_a, on_b) = tokio::join!(on_a, on_b);
+    assert_eq!(on_b["new_value"], "b");
+    assert_eq!(on_a["new_value"], "a");
+    a.shutdown().await.unwrap();
+    b.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_for_one_item_leave_in_the_order_the_writes_were_applied() {
     let engine = start(test_config()).await;

@@ -129,6 +129,37 @@ async fn validator_refuses_bad_items_with_the_field_named() {
     engine.shutdown().await.unwrap();
 }
 
+/// One item's events leave in write order through a WebAssembly adapter too: its sets, ordered
+/// by the turns its store writes take; and the updates it leaves to the host, a read-modify-write
+/// under the engine's item lock (handed to the adapter), so no increment is lost and the
+/// events count up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_webassembly_stream_keeps_one_items_events_in_write_order() {
+    let engine = start(test_config()).await;
+    let w = RawWorker::connect(engine.worker_addr).await;
+    create_stream(&w, "hot", "validator", json!({"schema": {}}), json!({}))
+        .await
+        .unwrap();
+    conformance::one_item_event_order(&engine, "hot").await;
+
+    let mut client = Client::connect(engine.client_addr, "/stream/hot/g/n").await;
+    client.next().await;
+    let increment = json!({"stream_name": "hot", "group_id": "g", "item_id": "n",
+        "ops": [{"type": "increment", "path": "n", "by": 1}]});
+    let updates = (0..40).map(|_| {
+        let (engine, increment) = (engine.engine.clone(), increment.clone());
+        tokio::spawn(async move { engine.call("stream::update", increment).await.unwrap() })
+    });
+    for update in futures_util::future::join_all(updates).await {
+        update.unwrap();
+    }
+    for n in 1..=40 {
+        let event = client.next().await;
+        assert_eq!(event["event"]["data"]["n"], n, "{event}");
+    }
+    engine.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capped_history_bound_in_config_evicts_and_tells_clients() {
     let mut config = test_config();

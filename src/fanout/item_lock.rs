@@ -1,6 +1,10 @@
 //! Per-item locks: for read-modify-writes that the engine does on behalf of an adapter that
 //! cannot do them atomically itself (createStream workers, WebAssembly adapters), and for
 //! adapters that must apply one item's writes one at a time (see `fanout::order`).
+//!
+//! There is no process-wide set: each engine owns one (its `StorageRouter`'s) and hands it to
+//! the adapters that lock on its behalf, so engines in one process (the tests run many) never
+//! wait for each other. An adapter that serialises its own writes (Redis) keeps its own set.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,6 +19,7 @@ pub struct ItemLocks {
 }
 
 impl ItemLocks {
+    /// Waits for the item's lock; it is held until the `ItemLock` is dropped.
     pub async fn acquire(&self, stream: &str, group: &str, item: &str) -> ItemLock {
         let key = format!("{stream}\u{0}{group}\u{0}{item}");
         let lock = self
@@ -42,17 +47,6 @@ pub struct ItemLock {
     _guard: tokio::sync::OwnedMutexGuard<()>,
 }
 
-impl ItemLock {
-    /// The engine's own per-item lock.
-    pub async fn acquire(stream: &str, group: &str, item: &str) -> ItemLock {
-        static ENGINE: std::sync::OnceLock<ItemLocks> = std::sync::OnceLock::new();
-        ENGINE
-            .get_or_init(Default::default)
-            .acquire(stream, group, item)
-            .await
-    }
-}
-
 impl Drop for ItemLock {
     fn drop(&mut self) {
         let mut map = self.map.lock().unwrap();
@@ -60,5 +54,34 @@ impl Drop for ItemLock {
         if Arc::strong_count(&self.lock) == 3 {
             map.remove(&self.key);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn one_set_serialises_an_item_and_separate_sets_do_not_share() {
+        let (mine, theirs) = (ItemLocks::default(), ItemLocks::default());
+        let held = mine.acquire("s", "g", "i").await;
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), mine.acquire("s", "g", "i"))
+                .await
+                .is_err(),
+            "the same set let two writers hold one item"
+        );
+        let _other_item = tokio::time::timeout(Duration::from_secs(5), mine.acquire("s", "g", "j"))
+            .await
+            .expect("another item is not locked");
+        let _elsewhere =
+            tokio::time::timeout(Duration::from_secs(5), theirs.acquire("s", "g", "i"))
+                .await
+                .expect("another set does not wait for this one");
+        drop(held);
+        let _again = tokio::time::timeout(Duration::from_secs(5), mine.acquire("s", "g", "i"))
+            .await
+            .expect("a released item can be locked again");
     }
 }

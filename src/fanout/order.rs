@@ -7,29 +7,19 @@
 //! before it has been released. Writes to different items never wait for each other, and
 //! durability waits still overlap: only the emission is put in order.
 //!
-//! The turn travels from the store back to the engine in a task-local slot opened by
-//! [`scope`], so the adapter trait stays as it is; a write made outside a scope takes no turn.
-//! A stream served by a worker's functions takes no turns: its adapter [`hold`]s the engine's
-//! item lock from before the write until its event is out, which orders its writes.
+//! A write's place comes back to the engine as an [`Order`] in the adapter's result
+//! (`storage::Stored`), and this module is the only place an `Order` comes from: a turn
+//! claimed from the store's [`Turns`], or an item lock held from before the write until its
+//! event is out ([`Order::locked`], for storage that takes no turns, such as a stream served
+//! by a worker's functions). So an adapter that does not order its writes does not compile.
+//! The engine waits on [`Order::ready`] before it emits and drops the `Order` once it has.
 
 use crate::fanout::item_lock::ItemLock;
-use std::cell::RefCell;
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
 use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
-
-tokio::task_local! {
-    static CLAIMED: RefCell<Claimed>;
-}
-
-/// What a write in a [`scope`] took: turns, or an item lock.
-#[derive(Default)]
-struct Claimed {
-    turns: Vec<Turn>,
-    lock: Option<ItemLock>,
-}
 
 /// The keys are hashes of item addresses already: use them as they are. Two items whose hashes
 /// collide merely share one order.
@@ -74,42 +64,34 @@ pub struct Turns {
 
 impl Turns {
     /// Takes the item's next turn for the write being applied now. Call it under the lock
-    /// that orders the store's writes. Does nothing outside a [`scope`], or when this scope
-    /// already holds a turn for the item (its first turn already orders it).
-    pub fn claim(&self, stream: &str, group: &str, item: &str) {
-        let _ = CLAIMED.try_with(|claimed| {
-            let key = self.hasher.hash_one((stream, group, item));
-            let mut claimed = claimed.borrow_mut();
-            if claimed
-                .turns
-                .iter()
-                .any(|t| t.key == key && Arc::ptr_eq(&t.line, &self.line))
-            {
-                return;
-            }
-            let mut line = self.line.lock().unwrap();
-            line.next_id += 1;
-            let id = line.next_id;
-            let earlier = line.latest.insert(key, id);
-            let before = earlier.map(|earlier| {
-                let (release, released) = oneshot::channel();
-                line.waiting.insert(earlier, release);
-                released
-            });
-            drop(line);
-            claimed.turns.push(Turn {
+    /// that orders the store's writes, so that turns follow the order writes are applied in.
+    pub fn claim(&self, stream: &str, group: &str, item: &str) -> Order {
+        let key = self.hasher.hash_one((stream, group, item));
+        let mut line = self.line.lock().unwrap();
+        line.next_id += 1;
+        let id = line.next_id;
+        let earlier = line.latest.insert(key, id);
+        let before = earlier.map(|earlier| {
+            let (release, released) = oneshot::channel();
+            line.waiting.insert(earlier, release);
+            released
+        });
+        drop(line);
+        Order {
+            turn: Some(Turn {
                 line: self.line.clone(),
                 key,
                 id,
                 earlier,
                 before,
-            });
-        });
+            }),
+            ..Order::nothing_written()
+        }
     }
 }
 
-/// A write's place in its item's order; released when dropped.
-pub struct Turn {
+/// One write's place in one item's order; released when dropped.
+struct Turn {
     line: Arc<Mutex<Line>>,
     key: u64,
     id: u64,
@@ -148,40 +130,82 @@ impl Drop for Turn {
     }
 }
 
-/// The turns one write took (or the item lock it holds), kept until its event is out.
-#[must_use = "the turns order emission only while they are held"]
-pub struct Held {
-    turns: Vec<Turn>,
-    _lock: Option<ItemLock>,
+impl Turn {
+    fn same_item(&self, other: &Turn) -> bool {
+        self.key == other.key && Arc::ptr_eq(&self.line, &other.line)
+    }
 }
 
-impl Held {
+/// A write's place in its items' order: the turns it took, or the item lock it holds. The
+/// engine keeps it until the write's event is out; dropping it lets the next write go.
+#[must_use = "an order holds the item's later events back only while it is kept"]
+pub struct Order {
+    /// The turn nearly every write takes: one, so ordering a write allocates nothing.
+    turn: Option<Turn>,
+    /// Turns for further items, when one write stored several (a WebAssembly adapter's).
+    more: Vec<Turn>,
+    locks: Vec<ItemLock>,
+}
+
+impl std::fmt::Debug for Order {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Order")
+            .field("turns", &self.turns().count())
+            .field("locks", &self.locks.len())
+            .finish()
+    }
+}
+
+impl Order {
+    /// The order of storage that takes no turns: `lock`, taken before the write and kept
+    /// until its event is out, keeps every other write to the item (and its event) waiting.
+    pub fn locked(lock: ItemLock) -> Order {
+        Order {
+            locks: vec![lock],
+            ..Order::nothing_written()
+        }
+    }
+
+    /// No place in any order, for a call that stored nothing and so has no event to put in
+    /// order: a delete of a missing item, or a WebAssembly adapter's call that made no store
+    /// write. A call that does store must return a claimed turn or a held lock instead, or its
+    /// event may overtake an earlier write's.
+    pub fn nothing_written() -> Order {
+        Order {
+            turn: None,
+            more: Vec::new(),
+            locks: Vec::new(),
+        }
+    }
+
+    /// Adds the places taken by another store write made for the same call. An item keeps its
+    /// first turn only: that one already orders it, and a later one would wait on it forever.
+    pub fn join(&mut self, other: Order) {
+        let Order { turn, more, locks } = other;
+        for turn in turn.into_iter().chain(more) {
+            if self.turns().any(|t| t.same_item(&turn)) {
+                continue;
+            }
+            match self.turn {
+                None => self.turn = Some(turn),
+                Some(_) => self.more.push(turn),
+            }
+        }
+        self.locks.extend(locks);
+    }
+
+    fn turns(&self) -> impl Iterator<Item = &Turn> {
+        self.turn.iter().chain(&self.more)
+    }
+
     /// Waits until every write applied before this one to the same items has emitted.
     pub async fn ready(&mut self) {
-        for turn in &mut self.turns {
+        for turn in self.turn.iter_mut().chain(&mut self.more) {
             if let Some(before) = turn.before.take() {
                 let _ = before.await;
             }
         }
     }
-}
-
-/// Runs a store write, collecting the turns (or the item lock) it takes.
-pub async fn scope<T>(write: impl Future<Output = T>) -> (T, Held) {
-    CLAIMED
-        .scope(RefCell::default(), async {
-            let out = write.await;
-            let Claimed { turns, lock } = CLAIMED.with(|c| c.take());
-            (out, Held { turns, _lock: lock })
-        })
-        .await
-}
-
-/// Keeps an item lock, taken by storage that takes no turns before it writes, until the
-/// scope's event is out. Outside a [`scope`] the lock is released at once.
-pub fn hold(lock: ItemLock) {
-    let mut lock = Some(lock);
-    let _ = CLAIMED.try_with(|c| c.borrow_mut().lock = lock.take());
 }
 
 #[cfg(test)]
@@ -192,9 +216,9 @@ mod tests {
     #[tokio::test]
     async fn a_later_turn_waits_for_the_earlier_one_and_others_do_not() {
         let turns = Arc::new(Turns::default());
-        let (_, mut first) = scope(async { turns.claim("s", "g", "x") }).await;
-        let (_, mut second) = scope(async { turns.claim("s", "g", "x") }).await;
-        let (_, mut other) = scope(async { turns.claim("s", "g", "y") }).await;
+        let mut first = turns.claim("s", "g", "x");
+        let mut second = turns.claim("s", "g", "x");
+        let mut other = turns.claim("s", "g", "y");
         first.ready().await;
         other.ready().await;
         assert!(
@@ -218,9 +242,9 @@ mod tests {
     #[tokio::test]
     async fn a_turn_dropped_early_passes_its_place_on() {
         let turns = Turns::default();
-        let (_, first) = scope(async { turns.claim("s", "g", "x") }).await;
-        let (_, second) = scope(async { turns.claim("s", "g", "x") }).await;
-        let (_, mut third) = scope(async { turns.claim("s", "g", "x") }).await;
+        let first = turns.claim("s", "g", "x");
+        let second = turns.claim("s", "g", "x");
+        let mut third = turns.claim("s", "g", "x");
         drop(second);
         assert!(
             tokio::time::timeout(Duration::from_millis(50), third.ready())
@@ -228,7 +252,7 @@ mod tests {
                 .is_err(),
             "the third went before the first"
         );
-        let (_, mut fourth) = scope(async { turns.claim("s", "g", "x") }).await;
+        let mut fourth = turns.claim("s", "g", "x");
         drop(first);
         tokio::time::timeout(Duration::from_secs(1), third.ready())
             .await
@@ -250,10 +274,10 @@ mod tests {
         }
 
         // The latest turn dropped early: a new turn still waits for the one before it.
-        let (_, first) = scope(async { turns.claim("s", "g", "y") }).await;
-        let (_, second) = scope(async { turns.claim("s", "g", "y") }).await;
+        let first = turns.claim("s", "g", "y");
+        let second = turns.claim("s", "g", "y");
         drop(second);
-        let (_, mut third) = scope(async { turns.claim("s", "g", "y") }).await;
+        let mut third = turns.claim("s", "g", "y");
         assert!(
             tokio::time::timeout(Duration::from_millis(50), third.ready())
                 .await
@@ -267,18 +291,29 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_scope_takes_one_turn_per_item_and_none_outside_a_scope() {
+    async fn joined_orders_keep_one_turn_per_item() {
         let turns = Turns::default();
-        turns.claim("s", "g", "x");
-        assert!(turns.line.lock().unwrap().latest.is_empty());
-        let (_, mut held) = scope(async {
-            turns.claim("s", "g", "x");
-            turns.claim("s", "g", "x");
-        })
-        .await;
-        assert_eq!(held.turns.len(), 1);
-        tokio::time::timeout(Duration::from_secs(1), held.ready())
+        let mut order = turns.claim("s", "g", "x");
+        order.join(turns.claim("s", "g", "x"));
+        order.join(turns.claim("s", "g", "y"));
+        order.join(Order::nothing_written());
+        assert_eq!(order.turns().count(), 2);
+        tokio::time::timeout(Duration::from_secs(1), order.ready())
             .await
             .expect("no wait on its own turn");
+        let mut next = turns.claim("s", "g", "x");
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), next.ready())
+                .await
+                .is_err(),
+            "a later write went before the joined order"
+        );
+        drop(order);
+        tokio::time::timeout(Duration::from_secs(1), next.ready())
+            .await
+            .expect("the joined order released the item");
+        drop(next);
+        let line = turns.line.lock().unwrap();
+        assert!(line.latest.is_empty() && line.waiting.is_empty());
     }
 }

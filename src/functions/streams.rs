@@ -3,15 +3,16 @@
 //! Each parses its payload (a bad one fails with `deserialization_error` naming the field),
 //! goes to the stream's storage (`storage::router`: a worker stream's functions, a
 //! WebAssembly binding or the engine's store), and emits the change to subscribers and
-//! triggers. A write
-//! emits only after the earlier writes to its item have (see `fanout::order`). Every value bound
-//! for a store or for subscribers (set data, send data, update ops and results) is held to
-//! the engine's value limits first (see `limits`), whichever storage serves the stream.
+//! triggers. A write emits only after the earlier writes to its item have: the storage returns
+//! the write's `Order`, waited on before the event and kept until it is out (see
+//! `fanout::order`). Every value bound for a store or for subscribers (set data, send data,
+//! update ops and results) is held to the engine's value limits first (see `limits`),
+//! whichever storage serves the stream.
 
 use super::Functions;
 use crate::error::{FnError, FnResult};
 use crate::fanout::frame::{EventKind, StreamEvent};
-use crate::fanout::order;
+use crate::storage::Stored;
 use crate::storage::update_ops::UpdateOps;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -133,15 +134,16 @@ async fn set(functions: &Arc<Functions>, p: SetPayload) -> FnResult {
     functions
         .value_limits()
         .check("stream::set data", &p.data)?;
-    let (stored, mut turn) = order::scope(functions.storage.for_stream(&p.stream_name).write(
-        &p.stream_name,
-        &p.group_id,
-        &p.item_id,
-        p.data,
-    ))
-    .await;
-    let (old, new) = stored.map_err(|e| FnError::storage("STREAM_SET_ERROR", e))?;
-    turn.ready().await;
+    let Stored {
+        value: (old, new),
+        mut order,
+    } = functions
+        .storage
+        .for_stream(&p.stream_name)
+        .write(&p.stream_name, &p.group_id, &p.item_id, p.data)
+        .await
+        .map_err(|e| FnError::storage("STREAM_SET_ERROR", e))?;
+    order.ready().await;
     emit_write(
         functions,
         &p.stream_name,
@@ -151,6 +153,7 @@ async fn set(functions: &Arc<Functions>, p: SetPayload) -> FnResult {
         new.clone(),
     )
     .await;
+    drop(order);
     Ok(Some(json!({"old_value": old, "new_value": new})))
 }
 
@@ -164,14 +167,16 @@ async fn get(functions: &Arc<Functions>, p: ItemRef) -> FnResult {
 }
 
 async fn delete(functions: &Arc<Functions>, p: ItemRef) -> FnResult {
-    let (old, mut turn) = order::scope(functions.storage.for_stream(&p.stream_name).delete(
-        &p.stream_name,
-        &p.group_id,
-        &p.item_id,
-    ))
-    .await;
-    let old = old.map_err(|e| FnError::storage("STREAM_DELETE_ERROR", e))?;
-    turn.ready().await;
+    let Stored {
+        value: old,
+        mut order,
+    } = functions
+        .storage
+        .for_stream(&p.stream_name)
+        .delete(&p.stream_name, &p.group_id, &p.item_id)
+        .await
+        .map_err(|e| FnError::storage("STREAM_DELETE_ERROR", e))?;
+    order.ready().await;
     if let Some(old) = &old {
         functions
             .emit(StreamEvent::new(
@@ -182,6 +187,7 @@ async fn delete(functions: &Arc<Functions>, p: ItemRef) -> FnResult {
             ))
             .await;
     }
+    drop(order);
     Ok(Some(json!({"old_value": old})))
 }
 
@@ -243,15 +249,16 @@ async fn send(functions: &Arc<Functions>, p: SendPayload) -> FnResult {
 
 async fn update(functions: &Arc<Functions>, p: UpdatePayload) -> FnResult {
     let ops = UpdateOps::parse(&p.ops, functions.value_limits())?;
-    let (outcome, mut turn) = order::scope(functions.storage.for_stream(&p.stream_name).update(
-        &p.stream_name,
-        &p.group_id,
-        &p.item_id,
-        &ops,
-    ))
-    .await;
-    let outcome = outcome.map_err(|e| FnError::storage("STREAM_UPDATE_ERROR", e))?;
-    turn.ready().await;
+    let Stored {
+        value: outcome,
+        mut order,
+    } = functions
+        .storage
+        .for_stream(&p.stream_name)
+        .update(&p.stream_name, &p.group_id, &p.item_id, &ops)
+        .await
+        .map_err(|e| FnError::storage("STREAM_UPDATE_ERROR", e))?;
+    order.ready().await;
     emit_write(
         functions,
         &p.stream_name,
@@ -261,6 +268,7 @@ async fn update(functions: &Arc<Functions>, p: UpdatePayload) -> FnResult {
         outcome.new_value.clone(),
     )
     .await;
+    drop(order);
     let mut result = json!({"old_value": outcome.old_value, "new_value": outcome.new_value});
     if !outcome.errors.is_empty() {
         result["errors"] = json!(outcome.errors);

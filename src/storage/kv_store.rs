@@ -6,8 +6,8 @@
 
 use super::wal::disk::{Disk, RealDisk};
 use super::wal::{self, Record, RecordRef, Ticket, Wal};
-use super::{StreamAdapter, Telemetry, UpdateOutcome};
-use crate::fanout::order::Turns;
+use super::{Stored, StreamAdapter, Telemetry, UpdateOutcome};
+use crate::fanout::order::{Order, Turns};
 use crate::storage::update_ops::{self, UpdateOps};
 use async_trait::async_trait;
 use indexmap::IndexMap;
@@ -179,19 +179,21 @@ impl KvStore {
     }
 
     /// Runs a change under the write lock, logs it (taking the item's turn to emit), and
-    /// waits for the log outside the lock.
+    /// waits for the log outside the lock. A change that logs nothing stored nothing, and
+    /// takes no turn.
     async fn write<R>(
         &self,
         change: impl FnOnce(
             &mut State,
             &mut dyn FnMut(&RecordRef<'_>) -> anyhow::Result<Option<Ticket>>,
         ) -> anyhow::Result<(R, Option<Ticket>)>,
-    ) -> anyhow::Result<R> {
+    ) -> anyhow::Result<Stored<R>> {
+        let mut order = Order::nothing_written();
         let (result, ticket) = {
             let mut state = self.state.write().unwrap();
             let mut log = |record: &RecordRef<'_>| {
                 if let RecordRef::Set { s, g, i, .. } | RecordRef::Del { s, g, i } = record {
-                    self.turns.claim(s, g, i);
+                    order.join(self.turns.claim(s, g, i));
                 }
                 match &self.wal {
                     Some(wal) => Ok(Some(wal.append(record)?)),
@@ -203,7 +205,10 @@ impl KvStore {
         if let (Some(wal), Some(ticket)) = (&self.wal, ticket) {
             wal.wait(ticket).await?;
         }
-        Ok(result)
+        Ok(Stored {
+            value: result,
+            order,
+        })
     }
 }
 
@@ -225,7 +230,13 @@ impl StreamAdapter for KvStore {
             .cloned())
     }
 
-    async fn set(&self, s: &str, g: &str, i: &str, data: Value) -> anyhow::Result<Option<Value>> {
+    async fn set(
+        &self,
+        s: &str,
+        g: &str,
+        i: &str,
+        data: Value,
+    ) -> anyhow::Result<Stored<Option<Value>>> {
         self.write(|state, log| {
             let ticket = log(&RecordRef::Set { s, g, i, d: &data })?;
             Ok((state.put(s, g, i, data), ticket))
@@ -233,7 +244,7 @@ impl StreamAdapter for KvStore {
         .await
     }
 
-    async fn delete(&self, s: &str, g: &str, i: &str) -> anyhow::Result<Option<Value>> {
+    async fn delete(&self, s: &str, g: &str, i: &str) -> anyhow::Result<Stored<Option<Value>>> {
         self.write(|state, log| {
             if state.group(s, g).is_none_or(|items| !items.contains_key(i)) {
                 if let Some(wal) = &self.wal {
@@ -295,7 +306,7 @@ impl StreamAdapter for KvStore {
         g: &str,
         i: &str,
         ops: &UpdateOps,
-    ) -> anyhow::Result<UpdateOutcome> {
+    ) -> anyhow::Result<Stored<UpdateOutcome>> {
         self.write(|state, log| {
             let current = state.group(s, g).and_then(|items| items.get(i));
             // A result past the limits is refused here, before it is logged or stored.

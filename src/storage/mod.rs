@@ -1,7 +1,11 @@
 //! Storage behind the streams: one trait, one backend per module, chosen by configuration.
 //!
 //! An adapter stores items addressed by `stream / group / item`. Write methods return only
-//! once the write is as durable as the backend promises; the engine emits events after that.
+//! once the write is as durable as the backend promises, and return the write's place in its
+//! item's event order with the result ([`Stored`]); the engine emits the write's event after
+//! that, in that order. The place comes only from `fanout::order`: a turn claimed from the
+//! adapter's `Turns` under the lock that orders its writes, or an engine item lock held from
+//! before the write. So an adapter cannot forget to order its writes.
 
 pub mod kv_store;
 pub mod redis;
@@ -13,6 +17,7 @@ pub mod wasm;
 pub mod worker;
 
 use crate::fanout::frame::StreamEvent;
+use crate::fanout::order::Order;
 use crate::metrics::Telemetry;
 use crate::storage::update_ops::{OpError, UpdateOps};
 use async_trait::async_trait;
@@ -27,6 +32,24 @@ pub struct UpdateOutcome {
     pub errors: Vec<OpError>,
 }
 
+/// What a write returns: its result, and its place in the item's event order, which the
+/// engine keeps until the write's event is out (see `fanout::order`).
+#[derive(Debug)]
+pub struct Stored<T> {
+    pub value: T,
+    pub order: Order,
+}
+
+impl<T> Stored<T> {
+    /// The same place in the order, with the result made into something else.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Stored<U> {
+        Stored {
+            value: f(self.value),
+            order: self.order,
+        }
+    }
+}
+
 #[async_trait]
 pub trait StreamAdapter: Send + Sync {
     /// A short name for logs and metrics.
@@ -39,7 +62,7 @@ pub trait StreamAdapter: Send + Sync {
         group: &str,
         item: &str,
         data: Value,
-    ) -> anyhow::Result<Option<Value>>;
+    ) -> anyhow::Result<Stored<Option<Value>>>;
     /// Stores `data`; returns the value it replaced and the value now stored. Only storage
     /// that may store something other than `data` (a worker's `stream::set(name)`) overrides it.
     async fn write(
@@ -48,12 +71,17 @@ pub trait StreamAdapter: Send + Sync {
         group: &str,
         item: &str,
         data: Value,
-    ) -> anyhow::Result<(Option<Value>, Value)> {
-        let old = self.set(stream, group, item, data.clone()).await?;
-        Ok((old, data))
+    ) -> anyhow::Result<Stored<(Option<Value>, Value)>> {
+        let stored = self.set(stream, group, item, data.clone()).await?;
+        Ok(stored.map(|old| (old, data)))
     }
     /// Removes an item and returns it; removing a missing item is not an error.
-    async fn delete(&self, stream: &str, group: &str, item: &str) -> anyhow::Result<Option<Value>>;
+    async fn delete(
+        &self,
+        stream: &str,
+        group: &str,
+        item: &str,
+    ) -> anyhow::Result<Stored<Option<Value>>>;
     /// The group's values in insertion order.
     async fn list(&self, stream: &str, group: &str) -> anyhow::Result<Vec<Value>>;
     async fn list_groups(&self, stream: &str) -> anyhow::Result<Vec<String>>;
@@ -72,7 +100,7 @@ pub trait StreamAdapter: Send + Sync {
         group: &str,
         item: &str,
         ops: &UpdateOps,
-    ) -> anyhow::Result<UpdateOutcome>;
+    ) -> anyhow::Result<Stored<UpdateOutcome>>;
     /// Makes everything acknowledged durable before the engine exits.
     async fn shutdown(&self) -> anyhow::Result<()> {
         Ok(())

@@ -10,6 +10,7 @@ use super::StreamAdapter;
 use super::wasm::registry::WasmBindings;
 use super::wasm::{Limits, WasmAdapter};
 use super::worker::WorkerAdapter;
+use crate::fanout::item_lock::ItemLocks;
 use crate::limits::ValueLimits;
 use crate::workers::router::Router;
 use serde_json::Value;
@@ -21,6 +22,9 @@ pub struct StorageRouter {
     wasm: WasmBindings,
     workers: Arc<Router>,
     invocation_timeout: Duration,
+    /// This router's per-item locks, for the storages that lock on the engine's behalf (worker
+    /// streams; WebAssembly adapters' updates). Never shared with another engine or tenant.
+    locks: Arc<ItemLocks>,
 }
 
 impl StorageRouter {
@@ -35,6 +39,7 @@ impl StorageRouter {
             wasm,
             workers,
             invocation_timeout,
+            locks: Arc::default(),
         }
     }
 
@@ -50,6 +55,7 @@ impl StorageRouter {
                 self.invocation_timeout,
                 stream,
                 own,
+                self.locks.clone(),
             ))
         } else {
             own
@@ -71,9 +77,10 @@ impl StorageRouter {
         limits: Limits,
         values: ValueLimits,
     ) -> anyhow::Result<Arc<WasmAdapter>> {
-        let native = self.native.clone();
+        let limits = Limits { values, ..limits };
+        let (native, locks) = (self.native.clone(), self.locks.clone());
         self.wasm
-            .bind(stream, wasm, config, limits, values, native)
+            .bind(stream, wasm, config, limits, native, locks)
             .await
     }
 

@@ -3,16 +3,17 @@
 //!
 //! A worker may register only some of the functions; an operation it does not serve goes to
 //! the storage the stream would have without it (`fallback`). The worker's writes take no
-//! turns (see `fanout::order`), so each write holds the engine's item lock from before the call
-//! until its event is out, handed to the caller's scope with `order::hold`. Without
-//! `stream::update(name)` but with get and set, an update reads, applies the ops and writes
-//! back under that same lock, so it is atomic against the engine's other writes.
+//! turns (see `fanout::order`), so each write holds the engine's item lock (`locks`, given by
+//! the engine) from before the call until its event is out: it returns the lock as its order
+//! (`Order::locked`). Without `stream::update(name)` but with get and set, an update reads,
+//! applies the ops and writes back under that same lock, so it is atomic against the engine's
+//! other writes.
 //! A worker's `timeout` and `worker_disconnected` errors keep their codes; its other errors
 //! take the calling built-in's code (`FnError::storage`).
 
-use super::{StreamAdapter, UpdateOutcome};
-use crate::fanout::item_lock::ItemLock;
-use crate::fanout::order;
+use super::{Stored, StreamAdapter, UpdateOutcome};
+use crate::fanout::item_lock::ItemLocks;
+use crate::fanout::order::Order;
 use crate::storage::update_ops::{self, OpError, UpdateOps};
 use crate::workers::router::Router;
 use async_trait::async_trait;
@@ -28,6 +29,8 @@ pub struct WorkerAdapter {
     timeout: Duration,
     stream: String,
     fallback: Arc<dyn StreamAdapter>,
+    /// The engine's item locks.
+    locks: Arc<ItemLocks>,
 }
 
 impl WorkerAdapter {
@@ -45,12 +48,14 @@ impl WorkerAdapter {
         timeout: Duration,
         stream: &str,
         fallback: Arc<dyn StreamAdapter>,
+        locks: Arc<ItemLocks>,
     ) -> Self {
         WorkerAdapter {
             workers,
             timeout,
             stream: stream.to_owned(),
             fallback,
+            locks,
         }
     }
 
@@ -73,8 +78,9 @@ impl WorkerAdapter {
         })
     }
 
-    async fn lock(&self, group: &str, item: &str) {
-        order::hold(ItemLock::acquire(&self.stream, group, item).await);
+    /// Takes the engine's lock on the item, to hold until the write's event is out.
+    async fn lock(&self, group: &str, item: &str) -> Order {
+        Order::locked(self.locks.acquire(&self.stream, group, item).await)
     }
 
     /// Read, apply, write through the worker; the caller holds the item's lock.
@@ -143,8 +149,11 @@ impl StreamAdapter for WorkerAdapter {
         group: &str,
         item: &str,
         data: Value,
-    ) -> anyhow::Result<Option<Value>> {
-        Ok(self.write(stream, group, item, data).await?.0)
+    ) -> anyhow::Result<Stored<Option<Value>>> {
+        Ok(self
+            .write(stream, group, item, data)
+            .await?
+            .map(|(old, _)| old))
     }
 
     async fn write(
@@ -153,23 +162,30 @@ impl StreamAdapter for WorkerAdapter {
         group: &str,
         item: &str,
         data: Value,
-    ) -> anyhow::Result<(Option<Value>, Value)> {
+    ) -> anyhow::Result<Stored<(Option<Value>, Value)>> {
         let Some(id) = self.function("set") else {
             return self.fallback.write(stream, group, item, data).await;
         };
-        self.lock(group, item).await;
+        let order = self.lock(group, item).await;
         let payload =
             json!({"stream_name": stream, "group_id": group, "item_id": item, "data": data});
-        Ok(old_and_new(self.call(&id, payload).await?))
+        let value = old_and_new(self.call(&id, payload).await?);
+        Ok(Stored { value, order })
     }
 
-    async fn delete(&self, stream: &str, group: &str, item: &str) -> anyhow::Result<Option<Value>> {
+    async fn delete(
+        &self,
+        stream: &str,
+        group: &str,
+        item: &str,
+    ) -> anyhow::Result<Stored<Option<Value>>> {
         let Some(id) = self.function("delete") else {
             return self.fallback.delete(stream, group, item).await;
         };
-        self.lock(group, item).await;
+        let order = self.lock(group, item).await;
         let payload = json!({"stream_name": stream, "group_id": group, "item_id": item});
-        Ok(old_and_new(self.call(&id, payload).await?).0)
+        let value = old_and_new(self.call(&id, payload).await?).0;
+        Ok(Stored { value, order })
     }
 
     /// A worker answering nothing (or null) has an empty group; anything else but an array is
@@ -210,9 +226,9 @@ impl StreamAdapter for WorkerAdapter {
         group: &str,
         item: &str,
         ops: &UpdateOps,
-    ) -> anyhow::Result<UpdateOutcome> {
+    ) -> anyhow::Result<Stored<UpdateOutcome>> {
         if let Some(id) = self.function("update") {
-            self.lock(group, item).await;
+            let order = self.lock(group, item).await;
             let payload = json!({"stream_name": stream, "group_id": group, "item_id": item, "ops": ops.raw()});
             let mut result = self.call(&id, payload).await?;
             let errors = match result.as_mut().and_then(|r| r.get_mut("errors")) {
@@ -227,15 +243,19 @@ impl StreamAdapter for WorkerAdapter {
                 _ => Vec::new(),
             };
             let (old_value, new_value) = old_and_new(result);
-            return Ok(UpdateOutcome {
+            let value = UpdateOutcome {
                 old_value,
                 new_value,
                 errors,
-            });
+            };
+            return Ok(Stored { value, order });
         }
         if let (Some(get), Some(set)) = (self.function("get"), self.function("set")) {
-            self.lock(group, item).await;
-            return self.update_via_get_set(&get, &set, group, item, ops).await;
+            let order = self.lock(group, item).await;
+            let value = self
+                .update_via_get_set(&get, &set, group, item, ops)
+                .await?;
+            return Ok(Stored { value, order });
         }
         self.fallback.update(stream, group, item, ops).await
     }

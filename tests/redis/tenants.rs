@@ -347,7 +347,10 @@ async fn tenants_see_only_their_own_items_lists_and_events() {
             0..=5 => {
                 let value = json!({"tenant": TENANTS[t], "step": step});
                 assert_eq!(
-                    a.set(&stream, &group, &item, value.clone()).await.unwrap(),
+                    a.set(&stream, &group, &item, value.clone())
+                        .await
+                        .unwrap()
+                        .value,
                     old,
                     "{what}"
                 );
@@ -358,7 +361,7 @@ async fn tenants_see_only_their_own_items_lists_and_events() {
             }
             6..=7 => {
                 assert_eq!(
-                    a.delete(&stream, &group, &item).await.unwrap(),
+                    a.delete(&stream, &group, &item).await.unwrap().value,
                     old,
                     "{what}"
                 );
@@ -367,7 +370,11 @@ async fn tenants_see_only_their_own_items_lists_and_events() {
                 }
             }
             _ => {
-                let outcome = a.update(&stream, &group, &item, &increment).await.unwrap();
+                let outcome = a
+                    .update(&stream, &group, &item, &increment)
+                    .await
+                    .unwrap()
+                    .value;
                 assert_eq!(outcome.old_value, old, "{what}");
                 match at {
                     Some(i) => items[i].1 = outcome.new_value,

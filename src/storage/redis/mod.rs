@@ -33,9 +33,9 @@ pub use bus::RedisBus;
 pub use keys::{CHANNEL, DEFAULT_TENANT, KeySpace};
 pub use target::{COMMAND_TIMEOUT, CONNECT_TIMEOUT, RedisTarget, redact};
 
-use super::{EventBus, StreamAdapter, Telemetry, UpdateOutcome};
+use super::{EventBus, Stored, StreamAdapter, Telemetry, UpdateOutcome};
 use crate::fanout::item_lock::{ItemLock, ItemLocks};
-use crate::fanout::order::Turns;
+use crate::fanout::order::{Order, Turns};
 use crate::storage::update_ops::{self, UpdateOps};
 use anyhow::Context;
 use async_trait::async_trait;
@@ -68,11 +68,12 @@ struct Node {
 }
 
 impl RedisAdapter {
-    /// Locks the item for one write and takes its turn to emit.
-    async fn writing(&self, stream: &str, group: &str, item: &str) -> ItemLock {
+    /// Locks the item for one write (this adapter's own lock, held for the round trip) and
+    /// takes its turn to emit, which the write returns.
+    async fn writing(&self, stream: &str, group: &str, item: &str) -> (ItemLock, Order) {
         let held = self.locks.acquire(stream, group, item).await;
-        self.turns.claim(stream, group, item);
-        held
+        let order = self.turns.claim(stream, group, item);
+        (held, order)
     }
 
     /// An item's stored JSON text, as Redis holds it.
@@ -290,8 +291,8 @@ impl StreamAdapter for RedisAdapter {
         group: &str,
         item: &str,
         data: Value,
-    ) -> anyhow::Result<Option<Value>> {
-        let _writing = self.writing(stream, group, item).await;
+    ) -> anyhow::Result<Stored<Option<Value>>> {
+        let (_writing, order) = self.writing(stream, group, item).await;
         let mut conn = self.node.conn.clone();
         let mut call = scripts::SET.key(self.keys.group_key(stream, group));
         call.key(self.keys.order_key(stream, group))
@@ -300,18 +301,25 @@ impl StreamAdapter for RedisAdapter {
         let old: Option<String> = self
             .run("the set script", call.invoke_async(&mut conn))
             .await?;
-        self.parse_opt(stream, group, item, old)
+        let value = self.parse_opt(stream, group, item, old)?;
+        Ok(Stored { value, order })
     }
 
-    async fn delete(&self, stream: &str, group: &str, item: &str) -> anyhow::Result<Option<Value>> {
-        let _writing = self.writing(stream, group, item).await;
+    async fn delete(
+        &self,
+        stream: &str,
+        group: &str,
+        item: &str,
+    ) -> anyhow::Result<Stored<Option<Value>>> {
+        let (_writing, order) = self.writing(stream, group, item).await;
         let mut conn = self.node.conn.clone();
         let mut call = scripts::DELETE.key(self.keys.group_key(stream, group));
         call.key(self.keys.order_key(stream, group)).arg(item);
         let old: Option<String> = self
             .run("the delete script", call.invoke_async(&mut conn))
             .await?;
-        self.parse_opt(stream, group, item, old)
+        let value = self.parse_opt(stream, group, item, old)?;
+        Ok(Stored { value, order })
     }
 
     async fn list(&self, stream: &str, group: &str) -> anyhow::Result<Vec<Value>> {
@@ -367,8 +375,8 @@ impl StreamAdapter for RedisAdapter {
         group: &str,
         item: &str,
         ops: &UpdateOps,
-    ) -> anyhow::Result<UpdateOutcome> {
-        let _writing = self.writing(stream, group, item).await;
+    ) -> anyhow::Result<Stored<UpdateOutcome>> {
+        let (_writing, order) = self.writing(stream, group, item).await;
         let mut conn = self.node.conn.clone();
         let mut current = self.item_text(stream, group, item).await?;
         for _ in 0..UPDATE_ATTEMPTS {
@@ -385,10 +393,13 @@ impl StreamAdapter for RedisAdapter {
                 .run("the update script", call.invoke_async(&mut conn))
                 .await?;
             if written == 1 {
-                return Ok(UpdateOutcome {
-                    old_value,
-                    new_value,
-                    errors,
+                return Ok(Stored {
+                    value: UpdateOutcome {
+                        old_value,
+                        new_value,
+                        errors,
+                    },
+                    order,
                 });
             }
             // Another writer got in between: apply the ops again to what is there now.

@@ -182,14 +182,20 @@ async fn writer(
         let kind = disk.random(10);
         let (result, candidates): (Answer, Vec<Option<Value>>) = if kind < 5 {
             let value = json!({"n": n, "pad": "x".repeat(disk.random(300) as usize)});
-            let r = store.set("s", "g", &id, value.clone()).await;
+            let r = store
+                .set("s", "g", &id, value.clone())
+                .await
+                .map(|s| s.value);
             (r.map(|old| (old, Some(value.clone()))), vec![Some(value)])
         } else if kind < 8 {
-            let r = store.update("s", "g", &id, &update_ops(n)).await;
+            let r = store
+                .update("s", "g", &id, &update_ops(n))
+                .await
+                .map(|s| s.value);
             let candidates = allowed.iter().map(|base| Some(updated(base, n))).collect();
             (r.map(|o| (o.old_value, Some(o.new_value))), candidates)
         } else {
-            let r = store.delete("s", "g", &id).await;
+            let r = store.delete("s", "g", &id).await.map(|s| s.value);
             (r.map(|old| (old, None)), vec![None])
         };
         if std::env::var_os("WAL_FAULT_SEED").is_some() {

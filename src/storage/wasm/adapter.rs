@@ -18,10 +18,11 @@ use super::host::{EPOCH_TICK, Prepared, WasmHost};
 use super::imports::{HostState, MemoryLimiter, Scope};
 use crate::error::FnError;
 use crate::fanout::frame::{EventKind, StreamEvent};
-use crate::fanout::item_lock::ItemLock;
+use crate::fanout::item_lock::ItemLocks;
+use crate::fanout::order::Order;
 use crate::limits::ValueLimits;
 use crate::storage::update_ops::{self, UpdateOps};
-use crate::storage::{StreamAdapter, UpdateOutcome};
+use crate::storage::{Stored, StreamAdapter, UpdateOutcome};
 use async_trait::async_trait;
 use serde_json::Value;
 use std::sync::Arc;
@@ -74,6 +75,8 @@ pub struct WasmAdapter {
     config: String,
     limits: Limits,
     storage: Arc<dyn StreamAdapter>,
+    /// The engine's item locks, for the read-modify-write of an update the guest leaves to us.
+    locks: Arc<ItemLocks>,
     live: tokio::sync::Mutex<Option<Live>>,
     /// Instances started, the first included: more than one means some were discarded.
     pub instances_started: AtomicU64,
@@ -85,7 +88,9 @@ fn fail(code: &str, message: String) -> anyhow::Error {
 }
 
 impl WasmAdapter {
-    /// Prepares an adapter for `stream`; its first call starts an instance and runs `init`.
+    /// Prepares an adapter for `stream`, keeping its items in `storage` (the engine's store)
+    /// and locking items in `locks` (the engine's); its first call starts an instance and
+    /// runs `init`.
     pub async fn new(
         host: Arc<WasmHost>,
         stream: &str,
@@ -93,6 +98,7 @@ impl WasmAdapter {
         config: Value,
         limits: Limits,
         storage: Arc<dyn StreamAdapter>,
+        locks: Arc<ItemLocks>,
     ) -> anyhow::Result<Arc<WasmAdapter>> {
         let prepared = host.prepare(wasm)?;
         let adapter = Arc::new(WasmAdapter {
@@ -102,6 +108,7 @@ impl WasmAdapter {
             config: config.to_string(),
             limits,
             storage,
+            locks,
             live: tokio::sync::Mutex::new(None),
             instances_started: AtomicU64::new(0),
         });
@@ -145,6 +152,7 @@ impl WasmAdapter {
                 max_payload_bytes: self.limits.max_payload_bytes,
                 values: self.limits.values,
             }),
+            writes: None,
         };
         let mut store = Store::new(&self.host.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -320,6 +328,22 @@ impl WasmAdapter {
         }
     }
 
+    /// Runs a write call, returning with its result the order of the store writes the guest
+    /// made during it: the turns those writes took in the engine's store.
+    async fn call_write<R>(
+        &self,
+        what: &str,
+        f: impl AsyncFnOnce(&mut Live) -> wasmtime::Result<R>,
+    ) -> anyhow::Result<(R, Order)> {
+        self.call(what, async move |live| {
+            live.store.data_mut().writes = Some(Order::nothing_written());
+            let result = f(live).await;
+            let order = live.store.data_mut().writes.take();
+            result.map(|r| (r, order.unwrap_or_else(Order::nothing_written)))
+        })
+        .await
+    }
+
     /// Runs an event through the adapter's fan-out hook; None when it has no hook.
     pub async fn fanout(&self, event: &StreamEvent) -> Option<anyhow::Result<Vec<StreamEvent>>> {
         if !self.prepared.fanout {
@@ -394,30 +418,38 @@ impl StreamAdapter for WasmAdapter {
         }
     }
 
-    async fn set(&self, s: &str, g: &str, i: &str, data: Value) -> anyhow::Result<Option<Value>> {
+    async fn set(
+        &self,
+        s: &str,
+        g: &str,
+        i: &str,
+        data: Value,
+    ) -> anyhow::Result<Stored<Option<Value>>> {
         let json = data.to_string();
         self.check_size(json.len(), "the item")?;
-        let r = self
-            .call("set", async |l| {
+        let (r, order) = self
+            .call_write("set", async |l| {
                 l.guest.call_set(&mut l.store, s, g, i, &json).await
             })
             .await?;
-        match r.map_err(|e| self.guest_error(e, "set"))? {
-            Some(old) => Ok(Some(self.parse(&old, "the old value")?)),
-            None => Ok(None),
-        }
+        let value = match r.map_err(|e| self.guest_error(e, "set"))? {
+            Some(old) => Some(self.parse(&old, "the old value")?),
+            None => None,
+        };
+        Ok(Stored { value, order })
     }
 
-    async fn delete(&self, s: &str, g: &str, i: &str) -> anyhow::Result<Option<Value>> {
-        let r = self
-            .call("delete", async |l| {
+    async fn delete(&self, s: &str, g: &str, i: &str) -> anyhow::Result<Stored<Option<Value>>> {
+        let (r, order) = self
+            .call_write("delete", async |l| {
                 l.guest.call_delete(&mut l.store, s, g, i).await
             })
             .await?;
-        match r.map_err(|e| self.guest_error(e, "delete"))? {
-            Some(old) => Ok(Some(self.parse(&old, "the old value")?)),
-            None => Ok(None),
-        }
+        let value = match r.map_err(|e| self.guest_error(e, "delete"))? {
+            Some(old) => Some(self.parse(&old, "the old value")?),
+            None => None,
+        };
+        Ok(Stored { value, order })
     }
 
     async fn list(&self, s: &str, g: &str) -> anyhow::Result<Vec<Value>> {
@@ -457,10 +489,10 @@ impl StreamAdapter for WasmAdapter {
         g: &str,
         i: &str,
         ops: &UpdateOps,
-    ) -> anyhow::Result<UpdateOutcome> {
+    ) -> anyhow::Result<Stored<UpdateOutcome>> {
         let ops_json = serde_json::to_string(ops.raw())?;
-        let r = self
-            .call("update", async |l| {
+        let (r, mut order) = self
+            .call_write("update", async |l| {
                 l.guest.call_update(&mut l.store, s, g, i, &ops_json).await
             })
             .await?;
@@ -469,24 +501,28 @@ impl StreamAdapter for WasmAdapter {
                 old_value,
                 new_value,
                 errors,
-            }) => Ok(UpdateOutcome {
-                old_value: old_value
-                    .map(|o| self.parse(&o, "the old value"))
-                    .transpose()?,
-                new_value: self.parse(&new_value, "the new value")?,
-                errors: serde_json::from_str(&errors).unwrap_or_default(),
-            }),
+            }) => {
+                let value = UpdateOutcome {
+                    old_value: old_value
+                        .map(|o| self.parse(&o, "the old value"))
+                        .transpose()?,
+                    new_value: self.parse(&new_value, "the new value")?,
+                    errors: serde_json::from_str(&errors).unwrap_or_default(),
+                };
+                Ok(Stored { value, order })
+            }
             Err(AdapterError::Unsupported) => {
-                // The host's read-modify-write, one at a time per item.
-                let _held = ItemLock::acquire(s, g, i).await;
+                // The host's read-modify-write, one at a time per item (the engine's lock).
+                let _held = self.locks.acquire(s, g, i).await;
                 let current = self.get(s, g, i).await?;
                 let (new_value, errors) = update_ops::apply(current.as_ref(), ops)?;
-                self.set(s, g, i, new_value.clone()).await?;
-                Ok(UpdateOutcome {
+                order.join(self.set(s, g, i, new_value.clone()).await?.order);
+                let value = UpdateOutcome {
                     old_value: current,
                     new_value,
                     errors,
-                })
+                };
+                Ok(Stored { value, order })
             }
             Err(e) => Err(self.guest_error(e, "update")),
         }

@@ -7,7 +7,8 @@
 //! granted; no files, no network, no environment unless the binding sets `limits.env`.
 
 use super::bindings::streamhost::adapter::{log, store, types};
-use crate::storage::StreamAdapter;
+use crate::fanout::order::Order;
+use crate::storage::{Stored, StreamAdapter};
 use serde_json::Value;
 use std::sync::Arc;
 use types::AdapterError;
@@ -66,6 +67,10 @@ pub struct HostState {
     pub table: ResourceTable,
     pub limiter: MemoryLimiter,
     pub scope: Arc<Scope>,
+    /// The order of the store writes made during the adapter's current write call, which that
+    /// call returns (see `WasmAdapter::call_write`). None during other calls (get, list, init,
+    /// a fan-out hook): no event follows their writes, so their turns are released at once.
+    pub writes: Option<Order>,
 }
 
 impl WasiView for HostState {
@@ -88,6 +93,15 @@ impl HostState {
                 self.scope.stream
             )))
         }
+    }
+
+    /// Keeps a store write's order for the current write call, if there is one.
+    fn keep<T>(&mut self, stored: anyhow::Result<Stored<T>>) -> anyhow::Result<T> {
+        let stored = stored?;
+        if let Some(writes) = &mut self.writes {
+            writes.join(stored.order);
+        }
+        Ok(stored.value)
     }
 
     fn parse(&self, data: &str) -> Result<Value, AdapterError> {
@@ -167,26 +181,16 @@ impl store::Host for HostState {
             Ok(v) => v,
             Err(e) => return Ok(Err(e)),
         };
-        Ok(self
-            .scope
-            .storage
-            .set(&stream, &group, &item, value)
-            .await
-            .map(|v| v.map(text))
-            .map_err(internal))
+        let stored = self.scope.storage.set(&stream, &group, &item, value).await;
+        Ok(self.keep(stored).map(|v| v.map(text)).map_err(internal))
     }
 
     async fn delete(&mut self, stream: String, group: String, item: String) -> Res<Option<String>> {
         if let Err(e) = self.check_stream(&stream) {
             return Ok(Err(e));
         }
-        Ok(self
-            .scope
-            .storage
-            .delete(&stream, &group, &item)
-            .await
-            .map(|v| v.map(text))
-            .map_err(internal))
+        let stored = self.scope.storage.delete(&stream, &group, &item).await;
+        Ok(self.keep(stored).map(|v| v.map(text)).map_err(internal))
     }
 
     async fn list_items(&mut self, stream: String, group: String) -> Res<Vec<String>> {

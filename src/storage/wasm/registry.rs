@@ -5,7 +5,7 @@
 //! own store under their stream's name, so a stream whose binding is removed keeps its data.
 
 use super::{Limits, WasmAdapter, WasmHost};
-use crate::limits::ValueLimits;
+use crate::fanout::item_lock::ItemLocks;
 use crate::storage::StreamAdapter;
 use serde::Deserialize;
 use serde_json::Value;
@@ -46,20 +46,19 @@ impl WasmBindings {
         bound.get(stream).cloned()
     }
 
-    /// Compiles, initialises and binds a component that keeps its items in `store`;
-    /// replaces an earlier binding.
+    /// Compiles, initialises and binds a component that keeps its items in `store` and locks
+    /// items with `locks`; replaces an earlier binding.
     pub async fn bind(
         &self,
         stream: &str,
         wasm: &[u8],
         config: Value,
         limits: Limits,
-        values: ValueLimits,
         store: Arc<dyn StreamAdapter>,
+        locks: Arc<ItemLocks>,
     ) -> anyhow::Result<Arc<WasmAdapter>> {
         let host = self.host()?;
-        let limits = Limits { values, ..limits };
-        let adapter = WasmAdapter::new(host, stream, wasm, config, limits, store).await?;
+        let adapter = WasmAdapter::new(host, stream, wasm, config, limits, store, locks).await?;
         let previous = self
             .bound
             .write()
