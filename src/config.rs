@@ -73,6 +73,12 @@ pub struct Config {
     pub wasm_cache_dir: Option<PathBuf>,
     /// What the loader skipped, reported once at start-up.
     pub warnings: Vec<String>,
+    /// The tenants (`tenants:`); `default` is added when not listed (see `tenants`).
+    pub tenants: Vec<crate::tenants::TenantConfig>,
+    /// Accept workers without a key from any address, not only from this machine.
+    pub allow_anonymous_workers: bool,
+    /// The config file's folder: what relative key files are relative to.
+    pub base_dir: PathBuf,
 }
 
 impl Default for Config {
@@ -95,6 +101,9 @@ impl Default for Config {
             value_limits: Default::default(),
             wasm_cache_dir: Some(PathBuf::from("./data/wasm-cache")),
             warnings: Vec::new(),
+            tenants: Vec::new(),
+            allow_anonymous_workers: false,
+            base_dir: PathBuf::new(),
         }
     }
 }
@@ -121,7 +130,10 @@ impl Config {
         let expanded = expand_env(text, |name| std::env::var(name).ok())?;
         let root: Value =
             serde_yaml_ng::from_str(&expanded).context("the file is not valid YAML")?;
-        let mut config = Config::default();
+        let mut config = Config {
+            base_dir: base.to_path_buf(),
+            ..Config::default()
+        };
         let Some(root) = root.as_mapping() else {
             if root.is_null() {
                 return Ok(config);
@@ -131,6 +143,10 @@ impl Config {
         for (key, value) in root {
             match key.as_str().unwrap_or_default() {
                 "port" => config.worker_port = port(value, "port")?,
+                "tenants" => {
+                    config.tenants =
+                        crate::tenants::parse_tenants(value.clone()).context("in `tenants:`")?
+                }
                 "modules" | "workers" => {
                     for entry in value.as_sequence().map(Vec::as_slice).unwrap_or_default() {
                         config.load_module(entry, base)?;
@@ -191,6 +207,11 @@ impl Config {
                 match key {
                     "port" => self.worker_port = port(value, "worker port")?,
                     "host" => self.worker_host = string(value, "worker host")?,
+                    "allow_anonymous_workers" => {
+                        self.allow_anonymous_workers = value.as_bool().with_context(|| {
+                            format!("`{key}` must be true or false, not {value:?}")
+                        })?
+                    }
                     "invocation_timeout_ms" => {
                         self.invocation_timeout = Duration::from_millis(number(value, key)?)
                     }

@@ -1,13 +1,10 @@
 //! Starting and stopping the engine: the two listeners, the adapter, graceful shutdown.
 
-use crate::config::AdapterConfig;
 use crate::config::Config;
 use crate::engine::Engine;
+use crate::engine::stores::Stores;
 use crate::sockets::client;
 use crate::sockets::worker;
-use crate::storage::StreamAdapter;
-use crate::storage::kv_store::KvStore;
-use crate::storage::redis::RedisAdapter;
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -31,14 +28,16 @@ impl Server {
         for warning in &config.warnings {
             tracing::warn!("config: {warning}");
         }
-        let adapter = open_store(&config.adapter).await?;
+        let (adapter, stores) = Stores::open_default(&config.adapter).await?;
+        let custom = config.custom_streams.clone();
+        let engine = Engine::new(config, adapter, stores)?;
+        let config = &engine.config;
         let client_listener = bind(&config.host, config.port, "client").await?;
-        let worker_listener = bind(&config.worker_host, config.worker_port, "worker").await?;
+        let worker_host = worker_host(&engine);
+        let worker_listener = bind(worker_host, config.worker_port, "worker").await?;
         let client_addr = client_listener.local_addr()?;
         let worker_addr = worker_listener.local_addr()?;
-        let custom = config.custom_streams.clone();
-        let engine = Engine::new(config, adapter);
-        engine.listen_to_bus();
+        let default = engine.default_space();
         for stream in custom {
             let wasm = std::fs::read(&stream.component).with_context(|| {
                 format!(
@@ -47,7 +46,7 @@ impl Server {
                     stream.stream_name
                 )
             })?;
-            engine
+            default
                 .functions
                 .storage
                 .bind_wasm(
@@ -69,7 +68,8 @@ impl Server {
 
         let clients =
             client::routes(engine.clone()).into_make_service_with_connect_info::<SocketAddr>();
-        let workers = worker::routes(engine.clone()).into_make_service();
+        let workers =
+            worker::routes(engine.clone()).into_make_service_with_connect_info::<SocketAddr>();
         let stop = engine.shutdown_signal();
         let client_task = tokio::spawn(async move {
             if let Err(e) = axum::serve(client_listener, clients)
@@ -98,6 +98,32 @@ impl Server {
     }
 }
 
+/// Where the worker socket listens. Without any worker key, a worker is trusted with
+/// everything the `default` tenant holds, so the socket stays on this machine unless the
+/// config says `allow_anonymous_workers: true`.
+fn worker_host(engine: &Engine) -> &str {
+    let host = engine.config.worker_host.as_str();
+    let loopback = host
+        .parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback())
+        || host == "localhost";
+    if engine.tenants.has_worker_keys() || loopback {
+        return host;
+    }
+    if engine.config.allow_anonymous_workers {
+        tracing::warn!(
+            host,
+            "the worker socket accepts workers without a key from any address (allow_anonymous_workers: true): anyone who reaches it can read and change every stream of the default tenant"
+        );
+        return host;
+    }
+    tracing::warn!(
+        configured = host,
+        "no worker keys are configured, so the worker socket listens on 127.0.0.1 only; give a tenant a worker key (see \"Hosting tenants\" in the README), or set allow_anonymous_workers: true to listen on {host}"
+    );
+    "127.0.0.1"
+}
+
 /// Every client is a socket: raises the soft open-files limit to the hard one, so that a
 /// process holds thousands of sockets without `ulimit -n` first.
 fn raise_open_files_limit() {
@@ -122,21 +148,14 @@ impl ServerHandle {
         for task in self.tasks {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
         }
-        let adapter = self.engine.store().clone();
-        tokio::task::spawn_blocking(move || {
-            futures_util::FutureExt::now_or_never(adapter.shutdown())
-        })
-        .await
-        .context("store shutdown")?;
+        for space in self.engine.spaces() {
+            let adapter = space.store().clone();
+            tokio::task::spawn_blocking(move || {
+                futures_util::FutureExt::now_or_never(adapter.shutdown())
+            })
+            .await
+            .context("store shutdown")?;
+        }
         Ok(())
     }
-}
-
-/// Opens the store the configuration names: the engine's own adapter.
-async fn open_store(config: &AdapterConfig) -> anyhow::Result<Arc<dyn StreamAdapter>> {
-    Ok(match config {
-        AdapterConfig::KvMemory => Arc::new(KvStore::in_memory()),
-        AdapterConfig::KvFile { path } => Arc::new(KvStore::open(path)?),
-        AdapterConfig::Redis { url } => Arc::new(RedisAdapter::connect(url).await?),
-    })
 }

@@ -102,7 +102,7 @@ async fn join_gets_sync_then_every_kind_of_event() {
     )
     .await;
     assert_eq!(c.try_next(Duration::from_millis(300)).await, None);
-    assert_eq!(engine.engine.hub.subscription_count(), 0);
+    assert_eq!(engine.engine.default_space().hub.subscription_count(), 0);
     engine.shutdown().await.unwrap();
 }
 
@@ -514,7 +514,9 @@ async fn a_client_close_is_answered_and_nothing_lingers() {
     gone.next().await;
     drop(gone);
     let deadline = std::time::Instant::now() + WAIT;
-    while engine.engine.client_count() > 0 || engine.engine.hub.subscription_count() > 0 {
+    while engine.engine.client_count() > 0
+        || engine.engine.default_space().hub.subscription_count() > 0
+    {
         assert!(
             std::time::Instant::now() < deadline,
             "{} connections still held",

@@ -3,6 +3,8 @@
 //! recovery when Redis dies and comes back, TLS with a password, and tenants (`tenants`).
 
 mod common;
+#[path = "redis/engine_tenants.rs"]
+mod engine_tenants;
 #[path = "common/limits_helpers.rs"]
 mod limits_helpers;
 #[path = "redis/tenants.rs"]

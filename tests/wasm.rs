@@ -389,6 +389,7 @@ async fn hostile_adapters_fail_alone_and_serve_again() {
     );
     let started = engine
         .engine
+        .default_space()
         .functions
         .storage
         .wasm()

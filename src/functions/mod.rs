@@ -19,9 +19,10 @@ use crate::limits::ValueLimits;
 use crate::metrics::Calls;
 use crate::storage::EventBus;
 use crate::storage::router::StorageRouter;
+use crate::tenants::AdapterCeilings;
 use crate::workers::router::Router;
 use serde_json::Value;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use triggers::Triggers;
 
@@ -36,6 +37,9 @@ pub struct Functions {
     calls: Calls,
     value_limits: ValueLimits,
     invocation_timeout: Duration,
+    /// The most a WebAssembly adapter bound at runtime may ask for (the tenant's ceilings,
+    /// changed live by the admin API).
+    ceilings: RwLock<AdapterCeilings>,
 }
 
 /// What `Functions` is built from.
@@ -60,7 +64,16 @@ impl Functions {
             calls: parts.calls,
             value_limits: parts.value_limits,
             invocation_timeout: parts.invocation_timeout,
+            ceilings: RwLock::new(AdapterCeilings::default()),
         })
+    }
+
+    pub fn ceilings(&self) -> AdapterCeilings {
+        *self.ceilings.read().unwrap()
+    }
+
+    pub fn set_ceilings(&self, ceilings: AdapterCeilings) {
+        *self.ceilings.write().unwrap() = ceilings;
     }
 
     /// Calls a function by id: a built-in `stream::*` function or one a worker registered.

@@ -4,7 +4,8 @@
 //!
 //! A stream is bound in the config file or at runtime by a worker calling
 //! `streamhost::create_stream` with the component; `streamhost::delete_stream` removes the
-//! binding and `streamhost::list_streams` lists them. The bindings themselves live in the
+//! binding and `streamhost::list_streams` lists them. A worker's adapter gets the limits it
+//! asks for only up to its tenant's `adapter_ceilings`. The bindings themselves live in the
 //! storage router (`storage::wasm::registry`).
 
 use super::Functions;
@@ -67,13 +68,19 @@ pub async fn call(functions: &Arc<Functions>, function_id: &str, data: Value) ->
                         format!("`component` must be the .wasm file in base64: {e}"),
                     )
                 })?;
+            // A worker's adapter asks for its limits; the tenant's ceilings cap them.
+            let mut limits = p.limits.to_limits();
+            functions
+                .ceilings()
+                .enforce(&mut limits)
+                .map_err(|e| FnError::new("limits_over_ceiling", e))?;
             let adapter = functions
                 .storage
                 .bind_wasm(
                     &p.stream_name,
                     &wasm,
                     p.config,
-                    p.limits.to_limits(),
+                    limits,
                     *functions.value_limits(),
                 )
                 .await

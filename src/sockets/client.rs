@@ -1,14 +1,22 @@
 //! The client socket (port 3112): browsers and apps subscribe to groups and items.
 //!
+//! A client is admitted to one tenant at the upgrade (`engine::admission`: the tenant its
+//! token names, checked with that tenant's keys), then runs its tenant's `auth_function`, if
+//! any, and holds only that tenant's space. A join outside the streams its token and its
+//! tenant allow is answered `unauthorized`; when the token expires the socket is closed with
+//! `CLOSE_TOKEN_EXPIRED`.
+//!
 //! `GET /stream/{stream}/{group}[/{item}]` subscribes at once; `GET /` waits for
 //! `join`/`leave` frames. Every subscription is answered with a `sync` snapshot, then the
 //! socket receives the group's (or item's) events through its outbox.
 
-use super::http;
+use super::{credentials, http};
 use crate::engine::Engine;
+use crate::engine::space::{Kind, Space};
 use crate::fanout::frame::{EventKind, StreamEvent, error_frame};
 use crate::fanout::hub::ConnId;
 use crate::fanout::outbox::{self, CLOSE_TOO_BIG, Flow, Outbox, Peer};
+use crate::tenants::ClientIdentity;
 use axum::Router;
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Path, RawQuery, State};
@@ -20,6 +28,9 @@ use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+
+/// The close code of a socket whose token expired: reconnect with a fresh one.
+pub const CLOSE_TOKEN_EXPIRED: u16 = 4401;
 
 /// Bytes read from a socket at a time.
 const READ_BUFFER: usize = 1024;
@@ -128,9 +139,22 @@ async fn item_path(
     .await
 }
 
-/// Runs the auth function, then upgrades with the configured limits and echoed protocol.
+/// Admits the client to a tenant, runs that tenant's auth function, then upgrades with the
+/// configured limits and echoed protocol.
 async fn accept(engine: Arc<Engine>, req: Upgrade, path_sub: Option<PathSub>) -> Response {
-    let context = match authenticate(&engine, &req).await {
+    let token = credentials::subprotocol_token(&req.headers)
+        .or_else(|| credentials::bearer(&req.headers))
+        .or_else(|| credentials::query_param(req.query.as_deref(), "token"));
+    let tenant = credentials::query_param(req.query.as_deref(), "tenant");
+    let (identity, admitted) = match engine.admit_client(token.as_deref(), tenant.as_deref()) {
+        Ok(admitted) => admitted,
+        Err(e) => {
+            tracing::debug!(addr = %req.addr, code = e.code.as_str(), "client refused: {}", e.message);
+            return credentials::refusal(&e);
+        }
+    };
+    let auth_function = admitted.tenant.config.clients.auth_function.clone();
+    let context = match authenticate(&admitted.space, auth_function.as_deref(), &req).await {
         Ok(context) => context,
         Err(refusal) => return refusal,
     };
@@ -155,12 +179,31 @@ async fn accept(engine: Arc<Engine>, req: Upgrade, path_sub: Option<PathSub>) ->
     if let Some(first) = offered.and_then(|p| HeaderValue::from_str(p).ok()) {
         ws.set_selected_protocol(first);
     }
-    ws.on_upgrade(move |socket| serve(engine, socket, context, path_sub))
+    let admitted = Admission {
+        space: admitted.space,
+        identity,
+        context,
+        addr: req.addr,
+    };
+    ws.on_upgrade(move |socket| serve(engine, socket, admitted, path_sub))
         .into_response()
 }
 
-async fn authenticate(engine: &Arc<Engine>, req: &Upgrade) -> Result<Value, Response> {
-    let Some(auth) = &engine.config.auth_function else {
+/// Who a client is, once admitted.
+struct Admission {
+    space: Arc<Space>,
+    identity: ClientIdentity,
+    /// What the auth function returned as `context`.
+    context: Value,
+    addr: SocketAddr,
+}
+
+async fn authenticate(
+    space: &Space,
+    auth_function: Option<&str>,
+    req: &Upgrade,
+) -> Result<Value, Response> {
+    let Some(auth) = auth_function else {
         return Ok(Value::Null);
     };
     let headers: serde_json::Map<String, Value> = req
@@ -181,7 +224,7 @@ async fn authenticate(engine: &Arc<Engine>, req: &Upgrade) -> Result<Value, Resp
             .push(v.into_owned());
     }
     let payload = json!({"headers": headers, "path": req.uri.path(), "query_params": query_params, "addr": req.addr.to_string()});
-    match engine.call(auth, payload).await {
+    match space.functions.call(auth, payload).await {
         Ok(Some(result)) if result.get("allowed") == Some(&Value::Bool(false)) => {
             let reason = result
                 .get("reason")
@@ -219,21 +262,39 @@ struct JoinData {
 /// One client connection: its subscriptions and the context its auth function returned.
 struct Client {
     engine: Arc<Engine>,
+    /// The client's tenant's share of the engine: all it can reach.
+    space: Arc<Space>,
+    identity: ClientIdentity,
     conn: ConnId,
     outbox: Arc<Outbox>,
     context: Value,
     subs: HashMap<String, JoinData>,
 }
 
-async fn serve(engine: Arc<Engine>, socket: WebSocket, context: Value, path_sub: Option<PathSub>) {
+async fn serve(
+    engine: Arc<Engine>,
+    socket: WebSocket,
+    admitted: Admission,
+    path_sub: Option<PathSub>,
+) {
+    let Admission {
+        space,
+        identity,
+        context,
+        addr,
+    } = admitted;
     let _open = engine.metrics.connections.client_opened();
     let (outbox, rx) = Outbox::new(
         engine.config.send_queue_frames,
         engine.metrics.connections.slow_disconnects(),
     );
+    let _listed = space.list(Kind::Client, Some(addr), &identity.sub, &outbox);
+    let _expiry = identity.exp.map(|exp| close_at_expiry(exp, outbox.clone()));
     let mut client = Client {
-        conn: engine.hub.next_conn_id(),
+        conn: space.hub.next_conn_id(),
         engine: engine.clone(),
+        space,
+        identity,
         outbox: outbox.clone(),
         context,
         subs: HashMap::new(),
@@ -257,6 +318,30 @@ async fn serve(engine: Arc<Engine>, socket: WebSocket, context: Value, path_sub:
     )
     .await;
     client.leave_all();
+}
+
+/// Closes the socket when its token expires; dropping the returned guard cancels that.
+fn close_at_expiry(exp: u64, outbox: Arc<Outbox>) -> AbortOnDrop {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    let left = std::time::Duration::from_secs(exp.saturating_sub(now));
+    AbortOnDrop(tokio::spawn(async move {
+        tokio::time::sleep(left).await;
+        outbox.close(
+            CLOSE_TOKEN_EXPIRED,
+            "the token expired: reconnect with a fresh token",
+        );
+    }))
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl Peer for Client {
@@ -328,12 +413,14 @@ impl Client {
             )));
             return;
         }
-        if engine.functions.triggers.has_join_triggers()
-            && engine
-                .functions
-                .triggers
-                .join_rejected(&engine.functions, &self.trigger_payload(&sub))
-                .await
+        let space = self.space.clone();
+        if !self.may_join(&sub.stream_name)
+            || space.functions.triggers.has_join_triggers()
+                && space
+                    .functions
+                    .triggers
+                    .join_rejected(&space.functions, &self.trigger_payload(&sub))
+                    .await
         {
             let event = StreamEvent::new(
                 &sub.stream_name,
@@ -345,7 +432,7 @@ impl Client {
             return;
         }
         if let Some(old) = self.subs.remove(&sub.subscription_id) {
-            engine.hub.unsubscribe(
+            space.hub.unsubscribe(
                 &old.stream_name,
                 &old.group_id,
                 self.conn,
@@ -354,7 +441,7 @@ impl Client {
         }
         // Subscribe first, then read; the hub holds this group's frames for the socket until
         // the `sync` is queued, so an event racing the snapshot never goes before it.
-        engine.hub.subscribe(
+        space.hub.subscribe(
             &sub.stream_name,
             &sub.group_id,
             self.conn,
@@ -363,8 +450,8 @@ impl Client {
             sub.id.as_deref(),
         );
         let snapshot = match &sub.id {
-            Some(item) => engine.call("stream::get", json!({"stream_name": sub.stream_name, "group_id": sub.group_id, "item_id": item})).await,
-            None => engine.call("stream::list", json!({"stream_name": sub.stream_name, "group_id": sub.group_id})).await,
+            Some(item) => space.functions.call("stream::get", json!({"stream_name": sub.stream_name, "group_id": sub.group_id, "item_id": item})).await,
+            None => space.functions.call("stream::list", json!({"stream_name": sub.stream_name, "group_id": sub.group_id})).await,
         };
         match snapshot {
             Ok(data) => {
@@ -379,7 +466,7 @@ impl Client {
                     sub.id.as_deref(),
                     EventKind::Sync(data),
                 );
-                engine.hub.release(
+                space.hub.release(
                     &sub.stream_name,
                     &sub.group_id,
                     self.conn,
@@ -392,7 +479,7 @@ impl Client {
                     "sync_failed",
                     &format!("snapshot of {}/{}: {e}", sub.stream_name, sub.group_id),
                 );
-                engine.hub.release(
+                space.hub.release(
                     &sub.stream_name,
                     &sub.group_id,
                     self.conn,
@@ -404,18 +491,27 @@ impl Client {
         self.subs.insert(sub.subscription_id.clone(), sub);
     }
 
+    /// Whether the client's token and its tenant, as the tenant is configured now, let it
+    /// join `stream`. A tenant that is gone or disabled lets nothing through.
+    fn may_join(&self, stream: &str) -> bool {
+        self.engine
+            .tenants
+            .get(self.space.tenant.as_str())
+            .is_some_and(|t| t.enabled() && self.identity.may_join(&t.config, stream))
+    }
+
     fn leave(&mut self, subscription_id: &str) {
         if let Some(sub) = self.subs.remove(subscription_id) {
-            self.engine.hub.unsubscribe(
+            self.space.hub.unsubscribe(
                 &sub.stream_name,
                 &sub.group_id,
                 self.conn,
                 &sub.subscription_id,
             );
-            self.engine
+            self.space
                 .functions
                 .triggers
-                .fire_leave(&self.engine.functions, self.trigger_payload(&sub));
+                .fire_leave(&self.space.functions, self.trigger_payload(&sub));
         }
     }
 

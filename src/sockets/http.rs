@@ -11,9 +11,13 @@ use std::sync::Arc;
 
 /// Renders every metric of `engine`.
 pub fn render(engine: &Engine) -> String {
+    let spaces = engine.spaces();
     engine.metrics.render(Scrape {
-        subscriptions: engine.hub.subscription_count(),
-        wasm_streams: engine.functions.storage.wasm().list().len(),
+        subscriptions: spaces.iter().map(|s| s.hub.subscription_count()).sum(),
+        wasm_streams: spaces
+            .iter()
+            .map(|s| s.functions.storage.wasm().list().len())
+            .sum(),
     })
 }
 

@@ -3,5 +3,6 @@
 //! writes what comes back; nothing below them knows about sockets.
 
 pub mod client;
+pub mod credentials;
 pub mod http;
 pub mod worker;

@@ -1,6 +1,10 @@
 //! The worker socket (port 49134): SDK workers register functions and triggers and call
 //! functions (spec section 6).
 //!
+//! A worker is admitted to one tenant at the upgrade, by its key (`engine::admission`), and
+//! from then on holds only that tenant's `Functions`: its registrations, triggers and calls
+//! cannot name anything of another tenant.
+//!
 //! Every path upgrades, so an SDK's telemetry socket (`/otel`) is accepted and its binary
 //! frames ignored. Calls from a worker run concurrently, each in its own task, so that a
 //! worker's burst of writes shares the store's group commit.
@@ -10,18 +14,24 @@
 //! timeout. `messages` reads each frame once into a typed message (a frame serde cannot read
 //! at all goes through `scan` to find the id) and encodes every frame the engine writes.
 
+use super::credentials;
 use crate::engine::Engine;
+use crate::engine::admission::Admitted;
+use crate::engine::space::Kind;
 use crate::error::{FnError, FnResult};
 use crate::fanout::outbox::{self, CLOSE_TOO_BIG, Flow, Outbox, Peer};
+use crate::functions::Functions;
 use crate::workers::messages::{
     EngineMessage, INVOKE_SHAPE, Invoke, Malformed, Problem, RegisterTrigger, WorkerMessage,
 };
 use crate::workers::router::WorkerHandle;
 use axum::Router;
-use axum::extract::State;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::http::HeaderMap;
 use axum::response::Response;
 use serde_json::Value;
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 /// Frames queued for one worker before senders wait.
@@ -33,16 +43,35 @@ pub fn routes(engine: Arc<Engine>) -> Router {
     Router::new().fallback(upgrade).with_state(engine)
 }
 
-async fn upgrade(State(engine): State<Arc<Engine>>, ws: WebSocketUpgrade) -> Response {
+/// Admits the worker to the tenant of its key (see `engine::admission`), or refuses the
+/// upgrade with what to fix.
+async fn upgrade(
+    State(engine): State<Arc<Engine>>,
+    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let key = credentials::bearer(&headers)
+        .or_else(|| credentials::query_param(query.as_deref(), "token"));
+    let admitted = match engine.admit_worker(key.as_deref(), addr.ip()) {
+        Ok(admitted) => admitted,
+        Err(e) => {
+            tracing::info!(%addr, code = e.code.as_str(), "worker refused: {}", e.message);
+            return credentials::refusal(&e);
+        }
+    };
     ws.max_message_size(MAX_WORKER_FRAME)
         .max_frame_size(MAX_WORKER_FRAME)
-        .on_upgrade(move |socket| serve(engine, socket))
+        .on_upgrade(move |socket| serve(engine, admitted, addr, socket))
 }
 
-async fn serve(engine: Arc<Engine>, socket: WebSocket) {
+async fn serve(engine: Arc<Engine>, admitted: Admitted, addr: SocketAddr, socket: WebSocket) {
+    let Admitted { space, tenant } = admitted;
     let worker_id = uuid::Uuid::new_v4().to_string();
     let _open = engine.metrics.connections.worker_opened();
     let (outbox, rx) = Outbox::new(WORKER_QUEUE, engine.metrics.connections.slow_disconnects());
+    let _listed = space.list(Kind::Worker, Some(addr), &worker_id, &outbox);
     let worker = Arc::new(WorkerHandle::new(worker_id.clone(), outbox.clone()));
     worker.push(
         EngineMessage::WorkerRegistered {
@@ -50,10 +79,10 @@ async fn serve(engine: Arc<Engine>, socket: WebSocket) {
         }
         .encode(),
     );
-    tracing::debug!(worker = %worker_id, "worker connected");
+    tracing::debug!(worker = %worker_id, tenant = %tenant.id(), "worker connected");
 
     let mut peer = WorkerPeer {
-        engine: engine.clone(),
+        functions: space.functions.clone(),
         worker: worker.clone(),
     };
     outbox::drive(
@@ -65,21 +94,22 @@ async fn serve(engine: Arc<Engine>, socket: WebSocket) {
         &mut peer,
     )
     .await;
-    engine.functions.workers.remove_worker(&worker_id);
-    engine.functions.triggers.remove_worker(&worker_id);
+    space.functions.workers.remove_worker(&worker_id);
+    space.functions.triggers.remove_worker(&worker_id);
     worker.disconnect();
     tracing::debug!(worker = %worker_id, "worker disconnected");
 }
 
 struct WorkerPeer {
-    engine: Arc<Engine>,
+    /// The worker's tenant's functions: all a worker can reach.
+    functions: Arc<Functions>,
     worker: Arc<WorkerHandle>,
 }
 
 impl Peer for WorkerPeer {
     async fn on_message(&mut self, msg: Result<Message, axum::Error>) -> Flow {
         match msg {
-            Ok(Message::Text(text)) => handle(&self.engine, &self.worker, text.as_str()),
+            Ok(Message::Text(text)) => handle(&self.functions, &self.worker, text.as_str()),
             // Telemetry (OTLP, MTRC, LOGS) and any other binary frame: not ours to read.
             Ok(_) => {}
             Err(e) => {
@@ -106,15 +136,13 @@ impl Peer for WorkerPeer {
 
 /// Handles one frame from a worker. It never waits: calls run in tasks of their own, so the
 /// socket's own task keeps writing (a worker's queue is drained by the task reading it).
-fn handle(engine: &Arc<Engine>, worker: &Arc<WorkerHandle>, text: &str) {
+fn handle(functions: &Arc<Functions>, worker: &Arc<WorkerHandle>, text: &str) {
     match WorkerMessage::parse(text) {
-        WorkerMessage::RegisterFunction(f) => engine.functions.workers.register(&f.id, worker),
-        WorkerMessage::UnregisterFunction(f) => {
-            engine.functions.workers.unregister(&f.id, &worker.id)
-        }
-        WorkerMessage::RegisterTrigger(t) => register_trigger(engine, worker, t),
-        WorkerMessage::UnregisterTrigger(t) => engine.functions.triggers.unregister(&t.id),
-        WorkerMessage::InvokeFunction(call) => invoke(engine, worker, call),
+        WorkerMessage::RegisterFunction(f) => functions.workers.register(&f.id, worker),
+        WorkerMessage::UnregisterFunction(f) => functions.workers.unregister(&f.id, &worker.id),
+        WorkerMessage::RegisterTrigger(t) => register_trigger(functions, worker, t),
+        WorkerMessage::UnregisterTrigger(t) => functions.triggers.unregister(&t.id),
+        WorkerMessage::InvokeFunction(call) => invoke(functions, worker, call),
         WorkerMessage::InvocationResult(r) => {
             worker.complete(&r.invocation_id, to_result(r.result, r.error))
         }
@@ -193,8 +221,8 @@ fn fail_pending(worker: &WorkerHandle, invocation_id: Option<Value>, message: St
     }
 }
 
-fn register_trigger(engine: &Arc<Engine>, worker: &Arc<WorkerHandle>, t: RegisterTrigger) {
-    if let Err(e) = engine.functions.triggers.register(
+fn register_trigger(functions: &Functions, worker: &Arc<WorkerHandle>, t: RegisterTrigger) {
+    if let Err(e) = functions.triggers.register(
         &t.id,
         &t.trigger_type,
         &t.function_id,
@@ -214,8 +242,8 @@ fn register_trigger(engine: &Arc<Engine>, worker: &Arc<WorkerHandle>, t: Registe
 }
 
 /// Runs a worker's call in its own task and answers it when it has an invocation id.
-fn invoke(engine: &Arc<Engine>, worker: &Arc<WorkerHandle>, call: Invoke) {
-    let engine = engine.clone();
+fn invoke(functions: &Arc<Functions>, worker: &Arc<WorkerHandle>, call: Invoke) {
+    let functions = functions.clone();
     let worker = worker.clone();
     tokio::spawn(async move {
         // The SDKs announce themselves with this call; it is for logs, and answers nothing.
@@ -223,8 +251,7 @@ fn invoke(engine: &Arc<Engine>, worker: &Arc<WorkerHandle>, call: Invoke) {
             tracing::debug!(worker = %worker.id, metadata = %call.data, "worker metadata");
             Ok(None)
         } else {
-            engine
-                .functions
+            functions
                 .call_with_metadata(&call.function_id, call.data, call.metadata)
                 .await
         };

@@ -26,8 +26,8 @@ pub mod patterns;
 pub mod tokens;
 
 pub use config::{
-    AdapterCeilings, ClientAuthConfig, ClientKeyConfig, KeyAlg, Quotas, TenantConfig, TenantId,
-    WorkerKeyConfig, parse_tenants,
+    AdapterCeilings, ClientAuthConfig, ClientKeyConfig, DEFAULT_TENANT, KeyAlg, Quotas,
+    TenantConfig, TenantId, WorkerKeyConfig, parse_tenants,
 };
 pub use error::{AuthCode, AuthError};
 pub use keys::{WorkerKeys, generate_key, hash_key};

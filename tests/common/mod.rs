@@ -5,6 +5,7 @@
 pub mod build_adapters;
 pub mod conformance;
 pub mod exposition;
+pub mod tenants;
 
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -19,6 +20,8 @@ use streamhost::{Config, Server, ServerHandle};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::client::Request;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
 
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -139,9 +142,16 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(addr: SocketAddr, path: &str) -> Client {
-        let (ws, _) = connect_async(format!("ws://{addr}{path}"))
-            .await
-            .expect("client connects");
+        Client::connect_request(ws_request(addr, path, None)).await
+    }
+
+    /// Connects with a token, sent as `Authorization: Bearer <token>`.
+    pub async fn connect_with_token(addr: SocketAddr, path: &str, token: &str) -> Client {
+        Client::connect_request(ws_request(addr, path, Some(token))).await
+    }
+
+    pub async fn connect_request(req: Request) -> Client {
+        let (ws, _) = connect_async(req).await.expect("client connects");
         Client { ws }
     }
 
@@ -212,9 +222,17 @@ impl Drop for RawWorker {
 
 impl RawWorker {
     pub async fn connect(addr: SocketAddr) -> RawWorker {
-        let (ws, _) = connect_async(format!("ws://{addr}"))
-            .await
-            .expect("worker connects");
+        RawWorker::connect_request(ws_request(addr, "/", None)).await
+    }
+
+    /// Connects with a worker key, sent as `Authorization: Bearer <key>` (as the SDKs send
+    /// III_TOKEN).
+    pub async fn connect_with_key(addr: SocketAddr, key: &str) -> RawWorker {
+        RawWorker::connect_request(ws_request(addr, "/", Some(key))).await
+    }
+
+    pub async fn connect_request(req: Request) -> RawWorker {
+        let (ws, _) = connect_async(req).await.expect("worker connects");
         let (mut sink, mut stream) = ws.split();
         let (out, mut out_rx) = mpsc::unbounded_channel::<Message>();
         let (frames_tx, frames) = mpsc::unbounded_channel();
@@ -412,6 +430,29 @@ impl RawWorker {
         let _ = self
             .call("stream::list_groups", json!({"stream_name": "__sync__"}))
             .await;
+    }
+}
+
+/// A WebSocket request for `path`, with `Authorization: Bearer <token>` when given.
+pub fn ws_request(addr: SocketAddr, path: &str, token: Option<&str>) -> Request {
+    let mut req = format!("ws://{addr}{path}").into_client_request().unwrap();
+    if let Some(token) = token {
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+    }
+    req
+}
+
+/// The HTTP status and JSON body of an upgrade the engine refuses; panics if it upgrades.
+pub async fn refused(req: Request) -> (u16, Value) {
+    match connect_async(req).await {
+        Ok(_) => panic!("the upgrade was expected to be refused"),
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            let body = resp.body().as_deref().unwrap_or_default();
+            let body = serde_json::from_slice(body).unwrap_or(Value::Null);
+            (resp.status().as_u16(), body)
+        }
+        Err(e) => panic!("the upgrade failed, not with an HTTP refusal: {e}"),
     }
 }
 

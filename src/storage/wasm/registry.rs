@@ -111,7 +111,9 @@ impl LimitsSpec {
         Limits {
             memory_bytes: self
                 .memory_mb
-                .map(|m| (m << 20) as usize)
+                // Saturates: a huge ask must stay huge (and be refused by a ceiling), not
+                // wrap round to a small one.
+                .map(|m| usize::try_from(m.saturating_mul(1 << 20)).unwrap_or(usize::MAX))
                 .unwrap_or(d.memory_bytes),
             timeout: self
                 .timeout_ms

@@ -1,0 +1,269 @@
+//! A space: one tenant's share of the engine. Its own functions (worker registry, triggers,
+//! storage router with its own WebAssembly bindings and its own store), its own hub of
+//! subscribers, its own bus channel, and the list of its open sockets.
+//!
+//! Isolation is by construction: a socket is admitted to exactly one space and holds only
+//! that space's handles, so no name a worker or client sends can reach another space's
+//! functions, triggers, streams or subscribers. Nothing in a space knows another exists.
+
+use crate::fanout::frame::{EventKind, StreamEvent};
+use crate::fanout::hub::Hub;
+use crate::fanout::outbox::Outbox;
+use crate::functions::{Functions, Parts};
+use crate::limits::ValueLimits;
+use crate::metrics::Metrics;
+use crate::storage::router::StorageRouter;
+use crate::storage::wasm::registry::WasmBindings;
+use crate::storage::{BusMessage, EventBus, StreamAdapter};
+use crate::tenants::TenantId;
+use crate::workers::router::Router;
+use axum::extract::ws::Utf8Bytes;
+use serde::Serialize;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// What a space is built from, beside its store.
+pub struct Settings {
+    pub value_limits: ValueLimits,
+    pub invocation_timeout: Duration,
+    pub wasm_cache_dir: Option<PathBuf>,
+}
+
+pub struct Space {
+    pub tenant: TenantId,
+    pub functions: Arc<Functions>,
+    pub hub: Arc<Hub>,
+    bus: Option<Arc<dyn EventBus>>,
+    sockets: Mutex<HashMap<u64, Socket>>,
+    next_socket: AtomicU64,
+}
+
+/// Which socket a connection came in on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Client,
+    Worker,
+}
+
+struct Socket {
+    kind: Kind,
+    addr: Option<SocketAddr>,
+    /// The token's `sub` for a client, the worker id for a worker.
+    who: String,
+    since: SystemTime,
+    outbox: Arc<Outbox>,
+}
+
+/// One open socket, as the admin API lists it.
+#[derive(Debug, Clone, Serialize)]
+pub struct SocketInfo {
+    pub id: u64,
+    pub kind: Kind,
+    pub addr: Option<String>,
+    pub who: String,
+    /// Seconds since the epoch.
+    pub since: u64,
+}
+
+/// Keeps a socket on its space's list; dropping it takes it off.
+pub struct Listed {
+    space: Arc<Space>,
+    id: u64,
+}
+
+impl Drop for Listed {
+    fn drop(&mut self) {
+        self.space.sockets.lock().unwrap().remove(&self.id);
+    }
+}
+
+impl Space {
+    pub fn new(
+        tenant: TenantId,
+        store: Arc<dyn StreamAdapter>,
+        settings: &Settings,
+        metrics: &Metrics,
+    ) -> Arc<Space> {
+        let hub = Arc::new(Hub::new(metrics.fanout()));
+        let bus = store.event_bus();
+        let workers = Arc::new(Router::default());
+        let storage = StorageRouter::new(
+            store,
+            WasmBindings::new(settings.wasm_cache_dir.clone()),
+            workers.clone(),
+            settings.invocation_timeout,
+        );
+        let functions = Functions::new(Parts {
+            storage,
+            workers,
+            hub: hub.clone(),
+            bus: bus.clone(),
+            calls: metrics.calls.clone(),
+            value_limits: settings.value_limits,
+            invocation_timeout: settings.invocation_timeout,
+        });
+        let space = Arc::new(Space {
+            tenant,
+            functions,
+            hub,
+            bus,
+            sockets: Mutex::default(),
+            next_socket: AtomicU64::new(1),
+        });
+        space.listen_to_bus();
+        space
+    }
+
+    /// Applies what of its tenant's config the space itself enforces.
+    pub fn set_ceilings(&self, tenant: &crate::tenants::TenantConfig) {
+        self.functions.set_ceilings(tenant.adapter_ceilings);
+    }
+
+    /// The space's own store.
+    pub fn store(&self) -> &Arc<dyn StreamAdapter> {
+        self.functions.storage.native()
+    }
+
+    /// Puts a socket on the list, for as long as the returned guard lives.
+    pub fn list(
+        self: &Arc<Self>,
+        kind: Kind,
+        addr: Option<SocketAddr>,
+        who: &str,
+        outbox: &Arc<Outbox>,
+    ) -> Listed {
+        let id = self.next_socket.fetch_add(1, Ordering::Relaxed);
+        self.sockets.lock().unwrap().insert(
+            id,
+            Socket {
+                kind,
+                addr,
+                who: who.to_owned(),
+                since: SystemTime::now(),
+                outbox: outbox.clone(),
+            },
+        );
+        Listed {
+            space: self.clone(),
+            id,
+        }
+    }
+
+    /// Every open socket of this space.
+    pub fn sockets(&self) -> Vec<SocketInfo> {
+        let mut all: Vec<SocketInfo> = self
+            .sockets
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(id, s)| SocketInfo {
+                id: *id,
+                kind: s.kind,
+                addr: s.addr.map(|a| a.to_string()),
+                who: s.who.clone(),
+                since: s
+                    .since
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+            })
+            .collect();
+        all.sort_by_key(|s| s.id);
+        all
+    }
+
+    /// Closes one socket (`Some(id)`) or all of them, of one kind or both; returns how many.
+    pub fn close(&self, id: Option<u64>, kind: Option<Kind>, code: u16, reason: &str) -> usize {
+        let sockets = self.sockets.lock().unwrap();
+        let mut closed = 0;
+        for (sid, s) in sockets.iter() {
+            if id.is_none_or(|id| id == *sid) && kind.is_none_or(|k| k == s.kind) {
+                s.outbox.close(code, reason);
+                closed += 1;
+            }
+        }
+        closed
+    }
+
+    /// Delivers what other nodes emit for this tenant; on a gap, resends every snapshot.
+    fn listen_to_bus(self: &Arc<Self>) {
+        let Some(bus) = &self.bus else { return };
+        let mut rx = bus.subscribe();
+        let space = Arc::downgrade(self);
+        tokio::spawn(async move {
+            while let Some(msg) = rx.recv().await {
+                let Some(space) = space.upgrade() else {
+                    return;
+                };
+                match msg {
+                    BusMessage::Event(event) => {
+                        space.hub.publish(&event);
+                    }
+                    BusMessage::Gap => space.resync_subscribers().await,
+                }
+            }
+        });
+    }
+
+    /// Sends every subscription a new `sync` snapshot, after events may have been missed.
+    /// Each group (or item) is read once, however many sockets subscribe to it.
+    pub async fn resync_subscribers(&self) {
+        let mut by_target: HashMap<(String, String, Option<String>), Vec<Arc<Outbox>>> =
+            HashMap::new();
+        for (stream, group, item, outbox) in self.hub.subscriptions() {
+            by_target
+                .entry((stream, group, item))
+                .or_default()
+                .push(outbox);
+        }
+        tracing::info!(
+            tenant = %self.tenant,
+            targets = by_target.len(),
+            "resynchronising subscribers after a gap in events from other nodes"
+        );
+        for ((stream, group, item), outboxes) in by_target {
+            let snapshot = match &item {
+                Some(item) => {
+                    self.functions
+                        .call(
+                            "stream::get",
+                            json!({"stream_name": stream, "group_id": group, "item_id": item}),
+                        )
+                        .await
+                }
+                None => {
+                    self.functions
+                        .call(
+                            "stream::list",
+                            json!({"stream_name": stream, "group_id": group}),
+                        )
+                        .await
+                }
+            };
+            match snapshot {
+                Ok(data) => {
+                    let data = data.unwrap_or(if item.is_some() {
+                        Value::Null
+                    } else {
+                        json!([])
+                    });
+                    let frame: Utf8Bytes =
+                        StreamEvent::new(&stream, &group, item.as_deref(), EventKind::Sync(data))
+                            .encode()
+                            .into();
+                    for outbox in outboxes {
+                        outbox.push(frame.clone());
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(tenant = %self.tenant, %stream, %group, error = %e, "cannot resynchronise a subscription")
+                }
+            }
+        }
+    }
+}
