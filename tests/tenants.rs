@@ -13,6 +13,19 @@ use streamhost::engine::CLOSE_TENANT_GONE;
 use streamhost::sockets::client::CLOSE_TOKEN_EXPIRED;
 use streamhost::tenants::hash_key;
 
+/// `chat/room`'s items, in the order they were written.
+async fn sorted_list(w: &RawWorker) -> Vec<Value> {
+    let list = w
+        .ok(
+            "stream::list",
+            json!({"stream_name": "chat", "group_id": "room"}),
+        )
+        .await;
+    let mut v = list.as_array().unwrap().clone();
+    v.sort_by_key(|x| x["step"].as_u64());
+    v
+}
+
 fn item(stream: &str, group: &str, id: &str) -> Value {
     json!({"stream_name": stream, "group_id": group, "item_id": id})
 }
@@ -182,23 +195,12 @@ async fn two_tenants_with_the_same_names_never_see_each_other() {
             expect.insert(id, data);
         }
     }
-    let list = |w: &RawWorker| {
-        let call = w.ok(
-            "stream::list",
-            json!({"stream_name": "chat", "group_id": "room"}),
-        );
-        async move {
-            let mut v: Vec<Value> = call.await.as_array().unwrap().clone();
-            v.sort_by_key(|x| x["step"].as_u64());
-            v
-        }
-    };
     let mut want_a: Vec<Value> = expect_a.values().cloned().collect();
     want_a.sort_by_key(|x| x["step"].as_u64());
     let mut want_b: Vec<Value> = expect_b.values().cloned().collect();
     want_b.sort_by_key(|x| x["step"].as_u64());
-    assert_eq!(list(&wa).await, want_a);
-    assert_eq!(list(&wb).await, want_b);
+    assert_eq!(sorted_list(&wa).await, want_a);
+    assert_eq!(sorted_list(&wb).await, want_b);
     assert_eq!(
         wa.ok("stream::list_groups", json!({"stream_name": "chat"}))
             .await,

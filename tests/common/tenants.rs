@@ -51,7 +51,7 @@ pub fn token(tenant: &str, secret: &str, streams: &[&str], ttl: i64) -> String {
     encode(
         &header,
         &claims,
-        &EncodingKey::from_secret(secret.as_bytes()),
+        &EncodingKey::from_secret(secret.as_bytes()).unwrap(),
     )
     .unwrap()
 }
