@@ -13,8 +13,10 @@
 use crate::engine::Engine;
 use crate::error::{FnError, FnResult};
 use crate::fanout::outbox::{self, CLOSE_TOO_BIG, Flow, Outbox, Peer};
+use crate::tenants::config::DEFAULT_TENANT;
 use crate::workers::messages::{
-    EngineMessage, INVOKE_SHAPE, Invoke, Malformed, Problem, RegisterTrigger, WorkerMessage,
+    EngineMessage, FUNCTION_NAMESPACE_CONFLICT, INVOKE_SHAPE, Invoke, Malformed, Problem,
+    RegisterTrigger, WorkerMessage,
 };
 use crate::workers::router::WorkerHandle;
 use axum::Router;
@@ -108,7 +110,7 @@ impl Peer for WorkerPeer {
 /// socket's own task keeps writing (a worker's queue is drained by the task reading it).
 fn handle(engine: &Arc<Engine>, worker: &Arc<WorkerHandle>, text: &str) {
     match WorkerMessage::parse(text) {
-        WorkerMessage::RegisterFunction(f) => engine.functions.workers.register(&f.id, worker),
+        WorkerMessage::RegisterFunction(f) => register_function(engine, worker, &f.id),
         WorkerMessage::UnregisterFunction(f) => {
             engine.functions.workers.unregister(&f.id, &worker.id)
         }
@@ -191,6 +193,28 @@ fn fail_pending(worker: &WorkerHandle, invocation_id: Option<Value>, message: St
     if let Some(Value::String(id)) = invocation_id {
         worker.complete(&id, Err(FnError::new("invalid_message", message)));
     }
+}
+
+/// Registers a function id, unless another live worker serves it: then only this one
+/// registration is refused, with iii's frame, and the worker carries on serving the rest.
+fn register_function(engine: &Arc<Engine>, worker: &Arc<WorkerHandle>, function_id: &str) {
+    let Err(conflict) = engine.functions.workers.register(function_id, worker) else {
+        return;
+    };
+    let owner = conflict.owner_worker_id.as_str();
+    tracing::warn!(
+        function_id,
+        owner,
+        refused = %worker.id,
+        "function id served by another live worker; registration refused ({FUNCTION_NAMESPACE_CONFLICT}): use another id, or stop the owner first"
+    );
+    let reply = EngineMessage::RegistrationRejected {
+        code: FUNCTION_NAMESPACE_CONFLICT,
+        namespace: DEFAULT_TENANT,
+        function_id,
+        owner_worker_id: owner,
+    };
+    worker.push(reply.encode());
 }
 
 fn register_trigger(engine: &Arc<Engine>, worker: &Arc<WorkerHandle>, t: RegisterTrigger) {

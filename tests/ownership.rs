@@ -1,0 +1,130 @@
+//! Who owns what among workers (issue 11, item 3): a live worker's function id cannot be
+//! taken, only a trigger's owner removes it, and a `stream:join` check whose worker is gone
+//! refuses joins instead of letting them through. Raw workers on real sockets.
+
+mod common;
+
+use common::*;
+use serde_json::{Value, json};
+use streamhost::ServerHandle;
+
+/// Waits until the engine has finished tearing down every worker socket but `n`: the gauge
+/// drops only after the worker's functions and triggers have been dealt with.
+async fn wait_for_workers(engine: &ServerHandle, n: u64) {
+    let connections = &engine.engine.metrics.connections;
+    tokio::time::timeout(WAIT, async {
+        while connections.workers() != n {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{} workers still connected, not {n}", connections.workers()));
+}
+
+/// The frames a worker has been sent so far, other than answers to its own calls and calls of
+/// its functions. Frames from one socket arrive in order, so after a `sync` this holds every
+/// reply to what was sent before it.
+fn drain(w: &mut RawWorker) -> Vec<Value> {
+    std::iter::from_fn(|| w.frames.try_recv().ok())
+        .filter(|f| f["type"] != "invokefunction")
+        .collect()
+}
+
+fn rejected(function_id: &str, owner: &str) -> Value {
+    json!({
+        "type": "registrationrejected",
+        "code": "FUNCTION_NAMESPACE_CONFLICT",
+        "namespace": "default",
+        "function_id": function_id,
+        "owner_worker_id": owner,
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_workers_function_id_cannot_be_taken() {
+    let engine = start(test_config()).await;
+    let mut a = RawWorker::connect(engine.worker_addr).await;
+    a.register("shared::fn", |_| Ok(Some(json!("a")))).await;
+    a.register("stream::get(owned)", |_| Ok(Some(json!({"from": "a"}))))
+        .await;
+    let mut b = RawWorker::connect(engine.worker_addr).await;
+
+    b.register("shared::fn", |_| Ok(Some(json!("b")))).await;
+    assert_eq!(drain(&mut b), vec![rejected("shared::fn", &a.worker_id)]);
+    // A worker stream's functions (createStream) are function ids like any other.
+    b.register("stream::get(owned)", |_| Ok(Some(json!({"from": "b"}))))
+        .await;
+    assert_eq!(
+        drain(&mut b),
+        vec![rejected("stream::get(owned)", &a.worker_id)]
+    );
+    // Nor can B remove A's function.
+    b.send_json(json!({"type": "unregisterfunction", "id": "shared::fn"}));
+    b.sync().await;
+
+    // Calls still reach A, and the refused worker stays connected, serving its other ids.
+    assert_eq!(b.ok("shared::fn", json!({})).await, json!("a"));
+    let get = json!({"stream_name": "owned", "group_id": "g", "item_id": "i"});
+    assert_eq!(b.ok("stream::get", get.clone()).await, json!({"from": "a"}));
+    b.register("b::own", |_| Ok(Some(json!("mine")))).await;
+    assert_eq!(a.ok("b::own", json!({})).await, json!("mine"));
+
+    // The owner registering its own id again is no conflict.
+    a.register("shared::fn", |_| Ok(Some(json!("a again"))))
+        .await;
+    assert!(drain(&mut a).is_empty());
+    assert_eq!(b.ok("shared::fn", json!({})).await, json!("a again"));
+
+    // Once A is gone, the ids are free.
+    drop(a);
+    wait_for_workers(&engine, 1).await;
+    b.register("shared::fn", |_| Ok(Some(json!("b")))).await;
+    b.register("stream::get(owned)", |_| Ok(Some(json!({"from": "b"}))))
+        .await;
+    assert!(drain(&mut b).is_empty());
+    assert_eq!(b.ok("shared::fn", json!({})).await, json!("b"));
+    assert_eq!(b.ok("stream::get", get).await, json!({"from": "b"}));
+    engine.shutdown().await.unwrap();
+}
+
+/// The HTTP status (and body) of a refused client upgrade.
+async fn refused_upgrade(url: String) -> (u16, String) {
+    match tokio_tungstenite::connect_async(url).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => (
+            resp.status().as_u16(),
+            String::from_utf8_lossy(resp.body().as_deref().unwrap_or_default()).into_owned(),
+        ),
+        other => panic!("expected a refusal, got {:?}", other.map(|r| r.1.status())),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_auth_function_cannot_be_taken_over() {
+    let mut config = test_config();
+    config.auth_function = Some("auth".into());
+    let engine = start(config).await;
+    let a = RawWorker::connect(engine.worker_addr).await;
+    a.register("auth", |req| {
+        match req["query_params"]["token"][0].as_str() {
+            Some("good") => Ok(Some(json!({"context": {}}))),
+            _ => Err(json!({"code": "no_token", "message": "missing token"})),
+        }
+    })
+    .await;
+
+    let mut b = RawWorker::connect(engine.worker_addr).await;
+    b.register("auth", |_| Ok(Some(json!({"context": {"user": "anyone"}}))))
+        .await;
+    assert_eq!(drain(&mut b), vec![rejected("auth", &a.worker_id)]);
+
+    // A still decides: no token is refused, a good one admitted.
+    let (code, body) = refused_upgrade(format!("ws://{}/", engine.client_addr)).await;
+    assert_eq!(
+        (code, body.contains("missing token")),
+        (401, true),
+        "{body}"
+    );
+    let mut c = Client::connect(engine.client_addr, "/?token=good").await;
+    assert_eq!(c.join("s", "s", "g", None).await["event"]["type"], "sync");
+    engine.shutdown().await.unwrap();
+}
