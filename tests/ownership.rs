@@ -87,6 +87,65 @@ async fn a_live_workers_function_id_cannot_be_taken() {
     engine.shutdown().await.unwrap();
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_triggers_owner_removes_or_replaces_it() {
+    let engine = start(test_config()).await;
+    let a = RawWorker::connect(engine.worker_addr).await;
+    let (tx, rx) = std::sync::mpsc::channel::<(&str, Value)>();
+    let tx_a = std::sync::Mutex::new(tx.clone());
+    a.register("on_write_a", move |e| {
+        tx_a.lock().unwrap().send(("a", e)).unwrap();
+        Ok(None)
+    })
+    .await;
+    a.register_trigger("t-a", "stream", "on_write_a", json!({"stream_name": "own"}))
+        .await;
+    let mut b = RawWorker::connect(engine.worker_addr).await;
+    let tx_b = std::sync::Mutex::new(tx);
+    b.register("on_write_b", move |e| {
+        tx_b.lock().unwrap().send(("b", e)).unwrap();
+        Ok(None)
+    })
+    .await;
+
+    // B's unregister of A's trigger is ignored: A's trigger still fires.
+    b.send_json(json!({"type": "unregistertrigger", "id": "t-a"}));
+    b.sync().await;
+    let set =
+        |data: i64| json!({"stream_name": "own", "group_id": "g", "item_id": "i", "data": data});
+    b.ok("stream::set", set(1)).await;
+    let (by, event) = rx.recv_timeout(WAIT).expect("A's trigger fires");
+    assert_eq!((by, &event["event"]["data"]), ("a", &json!(1)), "{event}");
+
+    // B cannot register a trigger under A's id.
+    b.register_trigger("t-a", "stream", "on_write_b", json!({"stream_name": "own"}))
+        .await;
+    let frames = drain(&mut b);
+    assert_eq!(frames.len(), 1, "{frames:?}");
+    assert_eq!(frames[0]["type"], "triggerregistrationresult");
+    assert_eq!(frames[0]["id"], "t-a");
+    assert_eq!(frames[0]["error"]["code"], "trigger_id_conflict");
+    let message = frames[0]["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("t-a") && message.contains("another id"),
+        "{message}"
+    );
+    b.ok("stream::set", set(2)).await;
+    let (by, event) = rx.recv_timeout(WAIT).expect("A's trigger fires");
+    assert_eq!((by, &event["event"]["data"]), ("a", &json!(2)), "{event}");
+
+    // The owner removes its own trigger; then the id is free for B.
+    a.send_json(json!({"type": "unregistertrigger", "id": "t-a"}));
+    a.sync().await;
+    b.register_trigger("t-a", "stream", "on_write_b", json!({"stream_name": "own"}))
+        .await;
+    assert!(drain(&mut b).is_empty());
+    b.ok("stream::set", set(3)).await;
+    let (by, event) = rx.recv_timeout(WAIT).expect("B's trigger fires");
+    assert_eq!((by, &event["event"]["data"]), ("b", &json!(3)), "{event}");
+    engine.shutdown().await.unwrap();
+}
+
 /// The HTTP status (and body) of a refused client upgrade.
 async fn refused_upgrade(url: String) -> (u16, String) {
     match tokio_tungstenite::connect_async(url).await {

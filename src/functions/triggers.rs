@@ -10,6 +10,10 @@
 //! A trigger's `metadata`, when it was registered with one, goes with every call of its
 //! function, as iii passes it; a condition function is called without it, as in iii.
 //!
+//! A trigger belongs to the worker that registered it: only that worker replaces it (a
+//! registration under its id from another live worker is refused with `trigger_id_conflict`)
+//! or removes it (another worker's `unregistertrigger` is ignored and logged).
+//!
 //! A trigger lives as long as the worker that registered it: when that worker disconnects,
 //! `remove_worker` drops its triggers. For `stream:join` this means that once the worker behind
 //! the access check is gone, no check is left and joins go through unchecked until a worker
@@ -105,13 +109,40 @@ impl Triggers {
             metadata: metadata.filter(|m| !m.is_null()),
         };
         let mut list = self.list.write().unwrap();
+        let owner = list
+            .iter()
+            .find(|t| t.id == id)
+            .map(|t| t.worker_id.as_str());
+        if let Some(owner) = owner.filter(|owner| *owner != worker_id) {
+            return Err(FnError::new(
+                "trigger_id_conflict",
+                format!(
+                    "trigger id {id:?} is registered by another live worker ({owner}); only it can replace or remove it: register yours under another id"
+                ),
+            ));
+        }
         list.retain(|t| t.id != id);
         list.push(Arc::new(trigger));
         Ok(())
     }
 
-    pub fn unregister(&self, id: &str) {
-        self.list.write().unwrap().retain(|t| t.id != id);
+    /// Removes a trigger for the worker that registered it; anyone else's request is ignored.
+    pub fn unregister(&self, id: &str, worker_id: &str) {
+        let mut list = self.list.write().unwrap();
+        let Some(at) = list.iter().position(|t| t.id == id) else {
+            return;
+        };
+        if list[at].worker_id == worker_id {
+            list.remove(at);
+            return;
+        }
+        let owner = list[at].worker_id.as_str();
+        tracing::warn!(
+            trigger = id,
+            owner,
+            refused = worker_id,
+            "unregistertrigger of a trigger this worker does not own; ignored"
+        );
     }
 
     pub fn remove_worker(&self, worker_id: &str) {
@@ -218,5 +249,51 @@ impl Triggers {
             .unwrap()
             .iter()
             .any(|t| t.trigger_type == JOIN)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each trigger as `id type function owner`.
+    fn listed(triggers: &Triggers) -> Vec<String> {
+        let list = triggers.list.read().unwrap();
+        list.iter()
+            .map(|t| {
+                format!(
+                    "{} {} {} {}",
+                    t.id, t.trigger_type, t.function_id, t.worker_id
+                )
+            })
+            .collect()
+    }
+
+    fn register(
+        triggers: &Triggers,
+        id: &str,
+        kind: &str,
+        function: &str,
+        worker: &str,
+    ) -> Result<(), FnError> {
+        triggers.register(id, kind, function, Value::Null, None, worker)
+    }
+
+    #[test]
+    fn only_the_owner_replaces_or_removes_a_trigger() {
+        let triggers = Triggers::default();
+        register(&triggers, "t", STREAM, "f", "a").unwrap();
+        let e = register(&triggers, "t", STREAM, "g", "b").unwrap_err();
+        assert_eq!(e.code, "trigger_id_conflict");
+        assert!(
+            e.message.contains("\"t\"") && e.message.contains("(a)"),
+            "{e}"
+        );
+        triggers.unregister("t", "b");
+        assert_eq!(listed(&triggers), ["t stream f a"]);
+        register(&triggers, "t", STREAM, "g", "a").unwrap();
+        assert_eq!(listed(&triggers), ["t stream g a"]);
+        triggers.unregister("t", "a");
+        assert!(listed(&triggers).is_empty());
     }
 }

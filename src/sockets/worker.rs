@@ -115,7 +115,9 @@ fn handle(engine: &Arc<Engine>, worker: &Arc<WorkerHandle>, text: &str) {
             engine.functions.workers.unregister(&f.id, &worker.id)
         }
         WorkerMessage::RegisterTrigger(t) => register_trigger(engine, worker, t),
-        WorkerMessage::UnregisterTrigger(t) => engine.functions.triggers.unregister(&t.id),
+        WorkerMessage::UnregisterTrigger(t) => {
+            engine.functions.triggers.unregister(&t.id, &worker.id)
+        }
         WorkerMessage::InvokeFunction(call) => invoke(engine, worker, call),
         WorkerMessage::InvocationResult(r) => {
             worker.complete(&r.invocation_id, to_result(r.result, r.error))
