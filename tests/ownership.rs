@@ -6,6 +6,8 @@ mod common;
 
 use common::*;
 use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use streamhost::ServerHandle;
 
 /// Waits until the engine has finished tearing down every worker socket but `n`: the gauge
@@ -143,6 +145,62 @@ async fn only_a_triggers_owner_removes_or_replaces_it() {
     b.ok("stream::set", set(3)).await;
     let (by, event) = rx.recv_timeout(WAIT).expect("B's trigger fires");
     assert_eq!((by, &event["event"]["data"]), ("b", &json!(3)), "{event}");
+    engine.shutdown().await.unwrap();
+}
+
+/// A join check that allows everything and counts its calls.
+async fn allow_all(w: &RawWorker, function_id: &str) -> Arc<AtomicUsize> {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    w.register(function_id, move |_| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        Ok(Some(json!({"unauthorized": false})))
+    })
+    .await;
+    calls
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_fail_closed_when_the_checks_worker_is_gone() {
+    let engine = start(test_config()).await;
+    let mut c = Client::connect(engine.client_addr, "/").await;
+    let a = RawWorker::connect(engine.worker_addr).await;
+    allow_all(&a, "check").await;
+    a.register_trigger("j", "stream:join", "check", json!({}))
+        .await;
+    assert_eq!(c.join("s1", "s", "g", None).await["event"]["type"], "sync");
+
+    // The check's worker leaves: joins are refused, not let through.
+    drop(a);
+    wait_for_workers(&engine, 0).await;
+    let refused = c.join("s2", "s", "g", None).await;
+    assert_eq!(refused["event"]["type"], "unauthorized", "{refused}");
+    assert_eq!(refused["streamName"], "s", "{refused}");
+
+    // A worker serving the check's function again brings the check back.
+    let b = RawWorker::connect(engine.worker_addr).await;
+    let calls = allow_all(&b, "check").await;
+    assert_eq!(c.join("s3", "s", "g", None).await["event"]["type"], "sync");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // A join check it registers on that function replaces the orphan (a restarted worker
+    // comes back with new trigger ids): each join calls the check once, not once per restart.
+    b.register_trigger("j-b", "stream:join", "check", json!({}))
+        .await;
+    assert_eq!(c.join("s4", "s", "g", None).await["event"]["type"], "sync");
+    assert_eq!(calls.load(Ordering::SeqCst), 2);
+
+    drop(b);
+    wait_for_workers(&engine, 0).await;
+    let refused = c.join("s5", "s", "g", None).await;
+    assert_eq!(refused["event"]["type"], "unauthorized", "{refused}");
+
+    // A worker registering a trigger under the orphan's id takes it over, with its own check.
+    let w = RawWorker::connect(engine.worker_addr).await;
+    let calls = allow_all(&w, "check2").await;
+    w.register_trigger("j-b", "stream:join", "check2", json!({}))
+        .await;
+    assert_eq!(c.join("s6", "s", "g", None).await["event"]["type"], "sync");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
     engine.shutdown().await.unwrap();
 }
 
