@@ -10,10 +10,18 @@
 //! A trigger's `metadata`, when it was registered with one, goes with every call of its
 //! function, as iii passes it; a condition function is called without it, as in iii.
 //!
-//! A trigger lives as long as the worker that registered it: when that worker disconnects,
-//! `remove_worker` drops its triggers. For `stream:join` this means that once the worker behind
-//! the access check is gone, no check is left and joins go through unchecked until a worker
-//! registers one again; only a check that is still registered fails closed.
+//! A trigger belongs to the worker that registered it: only that worker replaces it (a
+//! registration under its id from another live worker is refused with `trigger_id_conflict`)
+//! or removes it (another worker's `unregistertrigger` is ignored and logged).
+//!
+//! When its worker disconnects, `remove_worker` drops its `stream` and `stream:leave`
+//! triggers, but keeps its `stream:join` triggers, with no owner: an access check must not
+//! vanish with the process that answered it. Such an orphan calls its function like any
+//! trigger, so while no worker serves that function the call fails and every join is refused
+//! (fail closed); once a worker registers the function again, the check runs again. A worker
+//! that registers a trigger under an orphan's id takes it over, and a `stream:join` trigger
+//! registered on an orphan's function replaces the orphan: a restarted SDK worker comes back
+//! with new trigger ids, and its checks must not pile up, once per restart.
 
 use super::Functions;
 use crate::error::FnError;
@@ -53,7 +61,8 @@ pub struct Trigger {
     pub trigger_type: String,
     pub function_id: String,
     pub filter: StreamFilter,
-    pub worker_id: String,
+    /// The worker that registered it; None for a `stream:join` check whose worker has gone.
+    pub worker_id: Option<String>,
     /// Sent with every call of `function_id` (absent when None).
     pub metadata: Option<Value>,
 }
@@ -101,24 +110,71 @@ impl Triggers {
             trigger_type: trigger_type.to_owned(),
             function_id: function_id.to_owned(),
             filter,
-            worker_id: worker_id.to_owned(),
+            worker_id: Some(worker_id.to_owned()),
             metadata: metadata.filter(|m| !m.is_null()),
         };
         let mut list = self.list.write().unwrap();
-        list.retain(|t| t.id != id);
+        let owner = list
+            .iter()
+            .find(|t| t.id == id)
+            .and_then(|t| t.worker_id.as_deref());
+        if let Some(owner) = owner.filter(|owner| *owner != worker_id) {
+            return Err(FnError::new(
+                "trigger_id_conflict",
+                format!(
+                    "trigger id {id:?} is registered by another live worker ({owner}); only it can replace or remove it: register yours under another id"
+                ),
+            ));
+        }
+        let replaces_orphan = |t: &Trigger| {
+            t.worker_id.is_none() && t.trigger_type == JOIN && t.function_id == function_id
+        };
+        let is_join = trigger_type == JOIN;
+        list.retain(|t| t.id != id && !(is_join && replaces_orphan(t)));
         list.push(Arc::new(trigger));
         Ok(())
     }
 
-    pub fn unregister(&self, id: &str) {
-        self.list.write().unwrap().retain(|t| t.id != id);
+    /// Removes a trigger for the worker that registered it; anyone else's request is ignored.
+    pub fn unregister(&self, id: &str, worker_id: &str) {
+        let mut list = self.list.write().unwrap();
+        let Some(at) = list.iter().position(|t| t.id == id) else {
+            return;
+        };
+        if list[at].worker_id.as_deref() == Some(worker_id) {
+            list.remove(at);
+            return;
+        }
+        let owner = list[at]
+            .worker_id
+            .as_deref()
+            .unwrap_or("none: its worker has gone");
+        tracing::warn!(
+            trigger = id,
+            owner,
+            refused = worker_id,
+            "unregistertrigger of a trigger this worker does not own; ignored"
+        );
     }
 
+    /// Drops a disconnected worker's triggers, but keeps its `stream:join` checks, orphaned,
+    /// so that joins fail closed (see the module comment).
     pub fn remove_worker(&self, worker_id: &str) {
-        self.list
-            .write()
-            .unwrap()
-            .retain(|t| t.worker_id != worker_id);
+        let mut list = self.list.write().unwrap();
+        list.retain_mut(|t| {
+            if t.worker_id.as_deref() != Some(worker_id) {
+                return true;
+            }
+            if t.trigger_type != JOIN {
+                return false;
+            }
+            tracing::warn!(trigger = %t.id, function_id = %t.function_id, worker = worker_id, "the worker of a stream:join check disconnected; joins are refused while no worker serves its function");
+            *t = Arc::new(Trigger {
+                worker_id: None,
+                ..Trigger::clone(t)
+            });
+            true
+        });
     }
 
     fn of_type(&self, trigger_type: &str) -> Vec<Arc<Trigger>> {
@@ -172,9 +228,8 @@ impl Triggers {
     }
 
     /// Runs the `stream:join` triggers in turn; true when one of them rejects the join.
-    /// A registered trigger whose call fails rejects too: an access check that cannot run must
-    /// not let anyone in. A trigger of a disconnected worker is no longer here (see the module
-    /// comment), so it rejects nothing.
+    /// A trigger whose call fails rejects too: an access check that cannot run must not let
+    /// anyone in, and that includes the orphaned check of a worker that has gone.
     pub async fn join_rejected(&self, functions: &Arc<Functions>, payload: &Value) -> bool {
         for trigger in self.of_type(JOIN) {
             let metadata = trigger.metadata.clone();
@@ -218,5 +273,77 @@ impl Triggers {
             .unwrap()
             .iter()
             .any(|t| t.trigger_type == JOIN)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each trigger as `id type function owner`.
+    fn listed(triggers: &Triggers) -> Vec<String> {
+        let list = triggers.list.read().unwrap();
+        list.iter()
+            .map(|t| {
+                let owner = t.worker_id.as_deref().unwrap_or("-");
+                format!("{} {} {} {owner}", t.id, t.trigger_type, t.function_id)
+            })
+            .collect()
+    }
+
+    fn register(
+        triggers: &Triggers,
+        id: &str,
+        kind: &str,
+        function: &str,
+        worker: &str,
+    ) -> Result<(), FnError> {
+        triggers.register(id, kind, function, Value::Null, None, worker)
+    }
+
+    #[test]
+    fn only_the_owner_replaces_or_removes_a_trigger() {
+        let triggers = Triggers::default();
+        register(&triggers, "t", STREAM, "f", "a").unwrap();
+        let e = register(&triggers, "t", STREAM, "g", "b").unwrap_err();
+        assert_eq!(e.code, "trigger_id_conflict");
+        assert!(
+            e.message.contains("\"t\"") && e.message.contains("(a)"),
+            "{e}"
+        );
+        triggers.unregister("t", "b");
+        assert_eq!(listed(&triggers), ["t stream f a"]);
+        register(&triggers, "t", STREAM, "g", "a").unwrap();
+        assert_eq!(listed(&triggers), ["t stream g a"]);
+        triggers.unregister("t", "a");
+        assert!(listed(&triggers).is_empty());
+    }
+
+    #[test]
+    fn join_checks_outlive_their_worker_until_replaced() {
+        let triggers = Triggers::default();
+        register(&triggers, "s", STREAM, "f", "a").unwrap();
+        register(&triggers, "l", LEAVE, "f", "a").unwrap();
+        register(&triggers, "j1", JOIN, "check", "a").unwrap();
+        register(&triggers, "j2", JOIN, "other", "a").unwrap();
+        triggers.remove_worker("a");
+        assert_eq!(
+            listed(&triggers),
+            ["j1 stream:join check -", "j2 stream:join other -"]
+        );
+        assert!(triggers.has_join_triggers());
+        // Nobody owns an orphan, so nobody removes it.
+        triggers.unregister("j1", "b");
+        assert_eq!(listed(&triggers).len(), 2);
+        // A join check on an orphan's function replaces it; the same id takes it over.
+        register(&triggers, "j3", JOIN, "check", "b").unwrap();
+        register(&triggers, "j2", JOIN, "mine", "c").unwrap();
+        assert_eq!(
+            listed(&triggers),
+            ["j3 stream:join check b", "j2 stream:join mine c"]
+        );
+        // A live worker's check on the same function is not replaced.
+        register(&triggers, "j4", JOIN, "check", "c").unwrap();
+        assert_eq!(listed(&triggers).len(), 3);
     }
 }

@@ -21,8 +21,10 @@ use crate::engine::space::Kind;
 use crate::error::{FnError, FnResult};
 use crate::fanout::outbox::{self, CLOSE_TOO_BIG, Flow, Outbox, Peer};
 use crate::functions::Functions;
+use crate::tenants::TenantId;
 use crate::workers::messages::{
-    EngineMessage, INVOKE_SHAPE, Invoke, Malformed, Problem, RegisterTrigger, WorkerMessage,
+    EngineMessage, FUNCTION_NAMESPACE_CONFLICT, INVOKE_SHAPE, Invoke, Malformed, Problem,
+    RegisterTrigger, WorkerMessage,
 };
 use crate::workers::router::WorkerHandle;
 use axum::Router;
@@ -83,6 +85,7 @@ async fn serve(engine: Arc<Engine>, admitted: Admitted, addr: SocketAddr, socket
 
     let mut peer = WorkerPeer {
         functions: space.functions.clone(),
+        tenant: tenant.id().clone(),
         worker: worker.clone(),
     };
     outbox::drive(
@@ -103,13 +106,14 @@ async fn serve(engine: Arc<Engine>, admitted: Admitted, addr: SocketAddr, socket
 struct WorkerPeer {
     /// The worker's tenant's functions: all a worker can reach.
     functions: Arc<Functions>,
+    tenant: TenantId,
     worker: Arc<WorkerHandle>,
 }
 
 impl Peer for WorkerPeer {
     async fn on_message(&mut self, msg: Result<Message, axum::Error>) -> Flow {
         match msg {
-            Ok(Message::Text(text)) => handle(&self.functions, &self.worker, text.as_str()),
+            Ok(Message::Text(text)) => handle(self, text.as_str()),
             // Telemetry (OTLP, MTRC, LOGS) and any other binary frame: not ours to read.
             Ok(_) => {}
             Err(e) => {
@@ -136,12 +140,13 @@ impl Peer for WorkerPeer {
 
 /// Handles one frame from a worker. It never waits: calls run in tasks of their own, so the
 /// socket's own task keeps writing (a worker's queue is drained by the task reading it).
-fn handle(functions: &Arc<Functions>, worker: &Arc<WorkerHandle>, text: &str) {
+fn handle(peer: &WorkerPeer, text: &str) {
+    let (functions, worker) = (&peer.functions, &peer.worker);
     match WorkerMessage::parse(text) {
-        WorkerMessage::RegisterFunction(f) => functions.workers.register(&f.id, worker),
+        WorkerMessage::RegisterFunction(f) => register_function(peer, &f.id),
         WorkerMessage::UnregisterFunction(f) => functions.workers.unregister(&f.id, &worker.id),
         WorkerMessage::RegisterTrigger(t) => register_trigger(functions, worker, t),
-        WorkerMessage::UnregisterTrigger(t) => functions.triggers.unregister(&t.id),
+        WorkerMessage::UnregisterTrigger(t) => functions.triggers.unregister(&t.id, &worker.id),
         WorkerMessage::InvokeFunction(call) => invoke(functions, worker, call),
         WorkerMessage::InvocationResult(r) => {
             worker.complete(&r.invocation_id, to_result(r.result, r.error))
@@ -219,6 +224,29 @@ fn fail_pending(worker: &WorkerHandle, invocation_id: Option<Value>, message: St
     if let Some(Value::String(id)) = invocation_id {
         worker.complete(&id, Err(FnError::new("invalid_message", message)));
     }
+}
+
+/// Registers a function id, unless another live worker serves it: then only this one
+/// registration is refused, with iii's frame, and the worker carries on serving the rest.
+fn register_function(peer: &WorkerPeer, function_id: &str) {
+    let worker = &peer.worker;
+    let Err(conflict) = peer.functions.workers.register(function_id, worker) else {
+        return;
+    };
+    let owner = conflict.owner_worker_id.as_str();
+    tracing::warn!(
+        function_id,
+        owner,
+        refused = %worker.id,
+        "function id served by another live worker; registration refused ({FUNCTION_NAMESPACE_CONFLICT}): use another id, or stop the owner first"
+    );
+    let reply = EngineMessage::RegistrationRejected {
+        code: FUNCTION_NAMESPACE_CONFLICT,
+        namespace: peer.tenant.as_str(),
+        function_id,
+        owner_worker_id: owner,
+    };
+    worker.push(reply.encode());
 }
 
 fn register_trigger(functions: &Functions, worker: &Arc<WorkerHandle>, t: RegisterTrigger) {

@@ -219,7 +219,19 @@ pub enum EngineMessage<'a> {
         function_id: &'a str,
         error: &'a FnError,
     },
+    /// A function id another live worker serves: only that registration is refused, and the
+    /// connection stays open. iii's frame, field for field (its `worker_name` is only for a
+    /// worker-name conflict, which streamhost does not have).
+    RegistrationRejected {
+        code: &'a str,
+        namespace: &'a str,
+        function_id: &'a str,
+        owner_worker_id: &'a str,
+    },
 }
+
+/// `RegistrationRejected`'s code for a function id that another live worker serves.
+pub const FUNCTION_NAMESPACE_CONFLICT: &str = "FUNCTION_NAMESPACE_CONFLICT";
 
 impl EngineMessage<'_> {
     pub fn encode(&self) -> String {
@@ -369,6 +381,15 @@ mod tests {
                     error: &FnError::new("trigger_type_not_found", "m"),
                 },
                 r#"{"type":"triggerregistrationresult","id":"t","trigger_type":"cron","function_id":"f","error":{"code":"trigger_type_not_found","message":"m"}}"#,
+            ),
+            (
+                EngineMessage::RegistrationRejected {
+                    code: FUNCTION_NAMESPACE_CONFLICT,
+                    namespace: "default",
+                    function_id: "auth",
+                    owner_worker_id: "w-1",
+                },
+                r#"{"type":"registrationrejected","code":"FUNCTION_NAMESPACE_CONFLICT","namespace":"default","function_id":"auth","owner_worker_id":"w-1"}"#,
             ),
         ];
         for (message, wire) in cases {

@@ -3,6 +3,11 @@
 //! A call to a worker gets a fresh invocation id and waits for the worker's
 //! `invocationresult`. It fails with `timeout` when the worker takes longer than the
 //! configured limit, and with `worker_disconnected` when the worker goes away first.
+//!
+//! A function id belongs to the live worker that registered it first: another worker's
+//! registration of it is refused (`Conflict`) until the owner unregisters it or disconnects,
+//! as iii refuses it. Letting a later registration win would let any worker take over a call
+//! it was never meant to answer, the configured `auth_function` included.
 
 use crate::error::{FnError, FnResult};
 use crate::fanout::outbox::Outbox;
@@ -150,20 +155,30 @@ fn is_stream_function(function_id: &str) -> bool {
     function_id.starts_with("stream::") && function_id.ends_with(')')
 }
 
+/// A registration refused because another live worker serves the function id.
+#[derive(Debug, PartialEq)]
+pub struct Conflict {
+    pub owner_worker_id: String,
+}
+
 impl Router {
-    /// Registers a worker's function; a later registration of the same id takes over.
-    pub fn register(&self, function_id: &str, worker: &Arc<WorkerHandle>) {
-        let previous = self
-            .functions
-            .write()
-            .unwrap()
-            .insert(function_id.to_owned(), worker.clone());
-        if previous.is_none() && is_stream_function(function_id) {
+    /// Registers a worker's function. An id another worker serves is refused; the same worker
+    /// registering its own id again is no change.
+    pub fn register(&self, function_id: &str, worker: &Arc<WorkerHandle>) -> Result<(), Conflict> {
+        let mut functions = self.functions.write().unwrap();
+        if let Some(owner) = functions.get(function_id) {
+            if owner.id != worker.id {
+                return Err(Conflict {
+                    owner_worker_id: owner.id.clone(),
+                });
+            }
+            return Ok(());
+        }
+        functions.insert(function_id.to_owned(), worker.clone());
+        if is_stream_function(function_id) {
             self.stream_functions.fetch_add(1, Ordering::Relaxed);
         }
-        if let Some(prev) = previous.filter(|p| p.id != worker.id) {
-            tracing::warn!(function_id, from = %prev.id, to = %worker.id, "function re-registered by another worker");
-        }
+        Ok(())
     }
 
     pub fn unregister(&self, function_id: &str, worker_id: &str) {
@@ -200,5 +215,38 @@ impl Router {
 
     pub fn contains(&self, function_id: &str) -> bool {
         self.functions.read().unwrap().contains_key(function_id)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::metrics::counter::Counter;
+
+    fn worker(id: &str) -> Arc<WorkerHandle> {
+        let (outbox, _rx) = Outbox::new(8, Counter::default());
+        Arc::new(WorkerHandle::new(id.to_owned(), outbox))
+    }
+
+    #[test]
+    fn an_id_belongs_to_its_first_live_worker() {
+        let router = Router::default();
+        let (a, b) = (worker("a"), worker("b"));
+        assert_eq!(router.register("stream::set(s)", &a), Ok(()));
+        assert_eq!(router.register("stream::set(s)", &a), Ok(()));
+        let conflict = Conflict {
+            owner_worker_id: "a".into(),
+        };
+        assert_eq!(router.register("stream::set(s)", &b), Err(conflict));
+        router.unregister("stream::set(s)", "b");
+        assert_eq!(router.lookup("stream::set(s)").unwrap().id, "a");
+        // Counted once, however often it was registered or refused.
+        assert!(router.has_worker_streams());
+        router.remove_worker("a");
+        assert!(!router.has_worker_streams());
+        assert_eq!(router.register("stream::set(s)", &b), Ok(()));
+        assert_eq!(router.lookup("stream::set(s)").unwrap().id, "b");
+        router.unregister("stream::set(s)", "b");
+        assert!(!router.has_worker_streams() && !router.contains("stream::set(s)"));
     }
 }
