@@ -424,3 +424,127 @@ async fn without_worker_keys_the_worker_socket_is_local() {
     );
     engine.shutdown().await.unwrap();
 }
+
+/// Each tenant's sockets, subscriptions, calls and deliveries are counted under its own label,
+/// and a deleted tenant's series go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_are_kept_per_tenant() {
+    let engine = start(two_tenants("")).await;
+    let wa = RawWorker::connect_with_key(engine.worker_addr, KEY_A).await;
+    let _wb = RawWorker::connect_with_key(engine.worker_addr, KEY_B).await;
+    let mut ca = Client::connect_with_token(
+        engine.client_addr,
+        "/stream/chat/g",
+        &token("alpha", SECRET_A, &["*"], 300),
+    )
+    .await;
+    assert_eq!(ca.next().await["event"]["type"], "sync");
+    for n in 0..3 {
+        wa.ok("stream::set", with_data(item("chat", "g", "i"), json!(n)))
+            .await;
+        ca.next().await;
+    }
+    assert!(wa.call("app::missing", json!({})).await.is_err());
+
+    let (_, body) = http_get(engine.client_addr, "/metrics").await;
+    let series = |name: &str, labels: &str| sample(&body, &format!("{name}{{{labels}}}"));
+    assert_eq!(
+        series(
+            "streamhost_tenant_connections",
+            "tenant=\"alpha\",kind=\"client\""
+        ),
+        1.0
+    );
+    assert_eq!(
+        series(
+            "streamhost_tenant_connections",
+            "tenant=\"alpha\",kind=\"worker\""
+        ),
+        1.0
+    );
+    assert_eq!(
+        series(
+            "streamhost_tenant_connections",
+            "tenant=\"beta\",kind=\"client\""
+        ),
+        0.0
+    );
+    assert_eq!(
+        series(
+            "streamhost_tenant_connections",
+            "tenant=\"beta\",kind=\"worker\""
+        ),
+        1.0
+    );
+    assert_eq!(
+        series("streamhost_tenant_subscriptions", "tenant=\"alpha\""),
+        1.0
+    );
+    assert_eq!(
+        series("streamhost_tenant_subscriptions", "tenant=\"beta\""),
+        0.0
+    );
+    // The client's join read a snapshot (stream::list), then three sets and one failed call.
+    assert_eq!(
+        series("streamhost_tenant_calls_total", "tenant=\"alpha\""),
+        5.0
+    );
+    assert_eq!(
+        series("streamhost_tenant_call_errors_total", "tenant=\"alpha\""),
+        1.0
+    );
+    assert_eq!(
+        series(
+            "streamhost_tenant_frames_delivered_total",
+            "tenant=\"alpha\""
+        ),
+        3.0
+    );
+    assert_eq!(
+        series(
+            "streamhost_tenant_frames_delivered_total",
+            "tenant=\"beta\""
+        ),
+        0.0
+    );
+
+    engine.engine.remove_tenant("beta").await.unwrap();
+    let (_, body) = http_get(engine.client_addr, "/metrics").await;
+    assert!(!body.contains("tenant=\"beta\""), "{body}");
+    engine.shutdown().await.unwrap();
+}
+
+/// On the durable store each tenant has a log of its own, next to the `default` tenant's,
+/// and finds its items again after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_tenant_has_its_own_durable_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = || streamhost::Config {
+        adapter: streamhost::config::AdapterConfig::KvFile {
+            path: dir.path().join("stream_store"),
+        },
+        ..two_tenants("")
+    };
+    let engine = start(config()).await;
+    let wa = RawWorker::connect_with_key(engine.worker_addr, KEY_A).await;
+    wa.ok(
+        "stream::set",
+        with_data(item("s", "g", "i"), json!("alpha's")),
+    )
+    .await;
+    drop(wa);
+    engine.shutdown().await.unwrap();
+    assert!(dir.path().join("tenants/alpha").is_dir());
+
+    let engine = start(config()).await;
+    let wa = RawWorker::connect_with_key(engine.worker_addr, KEY_A).await;
+    let wb = RawWorker::connect_with_key(engine.worker_addr, KEY_B).await;
+    let anonymous = RawWorker::connect(engine.worker_addr).await;
+    assert_eq!(wa.ok("stream::get", item("s", "g", "i")).await, "alpha's");
+    assert_eq!(wb.ok("stream::get", item("s", "g", "i")).await, Value::Null);
+    assert_eq!(
+        anonymous.ok("stream::get", item("s", "g", "i")).await,
+        Value::Null
+    );
+    engine.shutdown().await.unwrap();
+}

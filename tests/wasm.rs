@@ -639,3 +639,66 @@ async fn a_javascript_adapter_built_with_componentize_js_serves_its_stream() {
     assert!(status.success(), "componentize-js failed");
     serves_a_text_adapter(&wasm, "js").await;
 }
+
+/// Each tenant binds its own adapters: the same stream name in two tenants is two bindings,
+/// and a tenant's `adapter_ceilings` cap what its workers' adapters may ask for, at the
+/// ceiling and one past it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tenants_bind_their_own_adapters_within_their_ceilings() {
+    use common::tenants::*;
+    let mut config = two_tenants("");
+    let alpha = config.tenants.iter_mut().find(|t| t.id.as_str() == "alpha");
+    alpha.unwrap().adapter_ceilings.max_memory_bytes = 16 << 20;
+    let engine = start(config).await;
+    let wa = RawWorker::connect_with_key(engine.worker_addr, KEY_A).await;
+    let wb = RawWorker::connect_with_key(engine.worker_addr, KEY_B).await;
+
+    let e = create_stream(
+        &wa,
+        "posts",
+        "validator",
+        json!({"schema": {}}),
+        json!({"memory_mb": 17}),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e["code"], "limits_over_ceiling", "{e}");
+    assert!(
+        e["message"].as_str().unwrap().contains("adapter_ceilings"),
+        "{e}"
+    );
+    let schema = json!({"schema": {"type": "object", "required": ["title"]}});
+    create_stream(&wa, "posts", "validator", schema, json!({"memory_mb": 16}))
+        .await
+        .expect("at the ceiling");
+    // beta's `posts` is not bound: its items need no title, and alpha's binding is not listed.
+    wb.ok(
+        "stream::set",
+        set("posts", "g", "i", json!({"no": "title"})),
+    )
+    .await;
+    let e = wa
+        .call(
+            "stream::set",
+            set("posts", "g", "i", json!({"no": "title"})),
+        )
+        .await
+        .unwrap_err();
+    assert!(e["message"].as_str().unwrap().contains("title"), "{e}");
+    let listed = |v: Value| v.as_array().unwrap().len();
+    assert_eq!(
+        listed(wa.ok("streamhost::list_streams", json!({})).await),
+        1
+    );
+    assert_eq!(
+        listed(wb.ok("streamhost::list_streams", json!({})).await),
+        0
+    );
+    // beta cannot unbind alpha's adapter.
+    assert_eq!(
+        wb.ok("streamhost::delete_stream", json!({"stream_name": "posts"}))
+            .await["removed"],
+        false
+    );
+    engine.shutdown().await.unwrap();
+}

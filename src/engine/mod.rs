@@ -183,6 +183,7 @@ impl Engine {
                 &format!("tenant `{id}` was deleted"),
             );
             tracing::info!(tenant = id, closed, "tenant deleted");
+            self.metrics.tenants.forget(id);
             space
                 .store()
                 .shutdown()

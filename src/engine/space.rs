@@ -11,7 +11,7 @@ use crate::fanout::hub::Hub;
 use crate::fanout::outbox::Outbox;
 use crate::functions::{Functions, Parts};
 use crate::limits::ValueLimits;
-use crate::metrics::Metrics;
+use crate::metrics::{FanoutCounters, Metrics, TenantCounters};
 use crate::storage::router::StorageRouter;
 use crate::storage::wasm::registry::WasmBindings;
 use crate::storage::{BusMessage, EventBus, StreamAdapter};
@@ -41,6 +41,8 @@ pub struct Space {
     bus: Option<Arc<dyn EventBus>>,
     sockets: Mutex<HashMap<u64, Socket>>,
     next_socket: AtomicU64,
+    /// This tenant's own metric series.
+    counters: TenantCounters,
 }
 
 /// Which socket a connection came in on.
@@ -79,7 +81,9 @@ pub struct Listed {
 
 impl Drop for Listed {
     fn drop(&mut self) {
-        self.space.sockets.lock().unwrap().remove(&self.id);
+        if let Some(s) = self.space.sockets.lock().unwrap().remove(&self.id) {
+            self.space.gauge(s.kind).dec();
+        }
     }
 }
 
@@ -90,7 +94,11 @@ impl Space {
         settings: &Settings,
         metrics: &Metrics,
     ) -> Arc<Space> {
-        let hub = Arc::new(Hub::new(metrics.fanout()));
+        let counters = metrics.tenants.tenant(tenant.as_str());
+        let hub = Arc::new(Hub::new(FanoutCounters {
+            tenant_delivered: counters.delivered.clone(),
+            ..metrics.fanout()
+        }));
         let bus = store.event_bus();
         let workers = Arc::new(Router::default());
         let storage = StorageRouter::new(
@@ -104,7 +112,9 @@ impl Space {
             workers,
             hub: hub.clone(),
             bus: bus.clone(),
-            calls: metrics.calls.clone(),
+            calls: metrics
+                .calls
+                .for_tenant(counters.calls.clone(), counters.call_errors.clone()),
             value_limits: settings.value_limits,
             invocation_timeout: settings.invocation_timeout,
         });
@@ -115,6 +125,7 @@ impl Space {
             bus,
             sockets: Mutex::default(),
             next_socket: AtomicU64::new(1),
+            counters,
         });
         space.listen_to_bus();
         space
@@ -139,6 +150,7 @@ impl Space {
         outbox: &Arc<Outbox>,
     ) -> Listed {
         let id = self.next_socket.fetch_add(1, Ordering::Relaxed);
+        self.gauge(kind).inc();
         self.sockets.lock().unwrap().insert(
             id,
             Socket {
@@ -153,6 +165,20 @@ impl Space {
             space: self.clone(),
             id,
         }
+    }
+
+    fn gauge(&self, kind: Kind) -> &prometheus_client::metrics::gauge::Gauge {
+        match kind {
+            Kind::Client => &self.counters.clients,
+            Kind::Worker => &self.counters.workers,
+        }
+    }
+
+    /// Sets the gauges that are read rather than tracked; called at each scrape.
+    pub fn update_gauges(&self) {
+        self.counters
+            .subscriptions
+            .set(self.hub.subscription_count() as i64);
     }
 
     /// Every open socket of this space.

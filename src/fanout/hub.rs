@@ -175,6 +175,7 @@ impl Hub {
             }
         }
         self.counters.delivered.inc_by(n as u64);
+        self.counters.tenant_delivered.inc_by(n as u64);
         n
     }
 

@@ -102,6 +102,8 @@ pub struct FanoutCounters {
     pub published: Counter,
     /// Frames queued for sockets (one per socket an event reached).
     pub delivered: Counter,
+    /// The same, for the hub's tenant alone (`streamhost_tenant_frames_delivered`).
+    pub tenant_delivered: Counter,
 }
 
 impl FanoutCounters {
@@ -145,7 +147,14 @@ struct FunctionSeries {
 /// Calls by function id and outcome, their latency, and storage errors by code. Cloning it
 /// is cheap; every clone counts into the same series.
 #[derive(Clone)]
-pub struct Calls(Arc<CallsInner>);
+pub struct Calls(Arc<CallsInner>, Option<TenantCalls>);
+
+/// A tenant's own call counters: all calls, failed calls.
+#[derive(Clone)]
+struct TenantCalls {
+    calls: Counter,
+    errors: Counter,
+}
 
 struct CallsInner {
     count: Family<CallLabels, Counter>,
@@ -161,13 +170,16 @@ fn latency_histogram() -> Histogram {
 
 impl Default for Calls {
     fn default() -> Self {
-        Calls(Arc::new(CallsInner {
-            count: Family::default(),
-            latency: Family::new_with_constructor(latency_histogram),
-            errors: Family::default(),
-            functions: Bounded::new(MAX_FUNCTIONS),
-            codes: Bounded::new(MAX_ERROR_CODES),
-        }))
+        Calls(
+            Arc::new(CallsInner {
+                count: Family::default(),
+                latency: Family::new_with_constructor(latency_histogram),
+                errors: Family::default(),
+                functions: Bounded::new(MAX_FUNCTIONS),
+                codes: Bounded::new(MAX_ERROR_CODES),
+            }),
+            None,
+        )
     }
 }
 
@@ -190,8 +202,19 @@ impl Calls {
         );
     }
 
+    /// These counters, also counting into one tenant's `calls` and `errors`.
+    pub fn for_tenant(&self, calls: Counter, errors: Counter) -> Calls {
+        Calls(self.0.clone(), Some(TenantCalls { calls, errors }))
+    }
+
     /// Records one call: its function, how long it took, and the error code if it failed.
     pub fn record(&self, function_id: &str, took: Duration, error_code: Option<&str>) {
+        if let Some(tenant) = &self.1 {
+            tenant.calls.inc();
+            if error_code.is_some() {
+                tenant.errors.inc();
+            }
+        }
         let inner = &*self.0;
         let series = inner.functions.get(function_id, |function| {
             let labels = |outcome| CallLabels {

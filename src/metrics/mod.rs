@@ -9,8 +9,10 @@
 
 mod families;
 mod storage;
+mod tenants;
 
 pub use storage::{ReadTelemetry, Telemetry};
+pub use tenants::{MAX_TENANTS, TenantCounters, TenantFamilies};
 
 pub use families::{
     Calls, Connections, FanoutCounters, MAX_ERROR_CODES, MAX_FUNCTIONS, MAX_LABEL_BYTES, OTHER,
@@ -28,6 +30,8 @@ pub struct Metrics {
     pub connections: Connections,
     /// Calls by function and outcome, their latency, storage errors by code.
     pub calls: Calls,
+    /// Each tenant's own series.
+    pub tenants: TenantFamilies,
     fanout: FanoutCounters,
     subscriptions: Gauge,
     wasm_streams: Gauge,
@@ -47,6 +51,7 @@ impl Metrics {
         let fanout = FanoutCounters::default();
         let subscriptions = Gauge::default();
         let wasm_streams = Gauge::default();
+        let tenants = TenantFamilies::default();
         let mut registry = Registry::default();
         // In the order `/metrics` has always shown them.
         connections.register(&mut registry);
@@ -63,11 +68,13 @@ impl Metrics {
             wasm_streams.clone(),
         );
         calls.register(&mut registry);
+        tenants.register(&mut registry);
         registry.register_collector(Box::new(storage::StorageCollector(storage)));
         Metrics {
             registry,
             connections,
             calls,
+            tenants,
             fanout,
             subscriptions,
             wasm_streams,

@@ -12,6 +12,9 @@ use std::sync::Arc;
 /// Renders every metric of `engine`.
 pub fn render(engine: &Engine) -> String {
     let spaces = engine.spaces();
+    for space in &spaces {
+        space.update_gauges();
+    }
     engine.metrics.render(Scrape {
         subscriptions: spaces.iter().map(|s| s.hub.subscription_count()).sum(),
         wasm_streams: spaces

@@ -140,7 +140,7 @@ impl TenantConfig {
                 ..Default::default()
             },
             streams: StreamPatterns::all(),
-            adapter_ceilings: AdapterCeilings::default(),
+            adapter_ceilings: AdapterCeilings::HIGHEST,
             quotas: Quotas::default(),
         }
     }
@@ -393,12 +393,34 @@ impl Default for AdapterCeilings {
 }
 
 impl AdapterCeilings {
+    /// The highest ceilings a config may set: the `default` tenant's when the config does not
+    /// list it, so that an engine without tenants binds adapters as it always has. Fuel is
+    /// then not metered unless an adapter asks for it.
+    pub const HIGHEST: AdapterCeilings = AdapterCeilings {
+        max_memory_bytes: 4 << 30,
+        max_timeout_ms: 600_000,
+        max_fuel: u64::MAX,
+        max_payload_bytes: 64 << 20,
+    };
+
     fn validate(&self) -> anyhow::Result<()> {
         let fields = [
-            ("max_memory_bytes", self.max_memory_bytes, 4u64 << 30),
-            ("max_timeout_ms", self.max_timeout_ms, 600_000),
-            ("max_fuel", self.max_fuel, u64::MAX),
-            ("max_payload_bytes", self.max_payload_bytes, 64 << 20),
+            (
+                "max_memory_bytes",
+                self.max_memory_bytes,
+                Self::HIGHEST.max_memory_bytes,
+            ),
+            (
+                "max_timeout_ms",
+                self.max_timeout_ms,
+                Self::HIGHEST.max_timeout_ms,
+            ),
+            ("max_fuel", self.max_fuel, Self::HIGHEST.max_fuel),
+            (
+                "max_payload_bytes",
+                self.max_payload_bytes,
+                Self::HIGHEST.max_payload_bytes,
+            ),
         ];
         for (name, value, max) in fields {
             if value == 0 || value > max {
@@ -439,7 +461,9 @@ impl AdapterCeilings {
                 ));
             }
         }
-        limits.fuel.get_or_insert(self.max_fuel);
+        if self.max_fuel != u64::MAX {
+            limits.fuel.get_or_insert(self.max_fuel);
+        }
         Ok(())
     }
 }

@@ -1,0 +1,139 @@
+//! Per-tenant series: sockets open by kind, calls and failed calls, frames delivered, and
+//! subscriptions (set at each scrape from the tenant's hub).
+//!
+//! Tenant ids come from the operator, not from peers, and a tenant's series go when the
+//! tenant is deleted (`forget`), so the label's cardinality is the number of tenants; it is
+//! still capped at [`MAX_TENANTS`], past which new tenants count together as `other`.
+
+use super::families::OTHER;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// Tenants with series of their own; more count as [`OTHER`].
+pub const MAX_TENANTS: usize = 1000;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TenantLabel {
+    tenant: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SocketLabels {
+    tenant: String,
+    kind: &'static str,
+}
+
+/// One tenant's series, held by its space (hub, functions, socket list).
+#[derive(Clone, Default)]
+pub struct TenantCounters {
+    pub clients: Gauge,
+    pub workers: Gauge,
+    pub calls: Counter,
+    pub call_errors: Counter,
+    pub delivered: Counter,
+    pub subscriptions: Gauge,
+}
+
+#[derive(Clone, Default)]
+pub struct TenantFamilies(Arc<Inner>);
+
+#[derive(Default)]
+struct Inner {
+    sockets: Family<SocketLabels, Gauge>,
+    calls: Family<TenantLabel, Counter>,
+    call_errors: Family<TenantLabel, Counter>,
+    delivered: Family<TenantLabel, Counter>,
+    subscriptions: Family<TenantLabel, Gauge>,
+    named: Mutex<HashMap<String, TenantCounters>>,
+}
+
+impl TenantFamilies {
+    pub(super) fn register(&self, registry: &mut Registry) {
+        let i = &*self.0;
+        registry.register(
+            "streamhost_tenant_connections",
+            "Sockets open, by tenant and kind (client or worker)",
+            i.sockets.clone(),
+        );
+        registry.register(
+            "streamhost_tenant_subscriptions",
+            "Subscriptions held by a tenant's client sockets",
+            i.subscriptions.clone(),
+        );
+        registry.register(
+            "streamhost_tenant_calls",
+            "Function calls made in a tenant",
+            i.calls.clone(),
+        );
+        registry.register(
+            "streamhost_tenant_call_errors",
+            "Function calls made in a tenant that failed",
+            i.call_errors.clone(),
+        );
+        registry.register(
+            "streamhost_tenant_frames_delivered",
+            "Frames queued for a tenant's client sockets",
+            i.delivered.clone(),
+        );
+    }
+
+    /// The series of `tenant` (made the first time).
+    pub fn tenant(&self, tenant: &str) -> TenantCounters {
+        let i = &*self.0;
+        let mut named = i.named.lock().unwrap();
+        if let Some(found) = named.get(tenant) {
+            return found.clone();
+        }
+        let label = if named.len() - usize::from(named.contains_key(OTHER)) >= MAX_TENANTS {
+            OTHER
+        } else {
+            tenant
+        };
+        if let Some(other) = named.get(label) {
+            return other.clone();
+        }
+        let t = TenantLabel {
+            tenant: label.to_owned(),
+        };
+        let sockets = |kind| SocketLabels {
+            tenant: label.to_owned(),
+            kind,
+        };
+        let counters = TenantCounters {
+            clients: i.sockets.get_or_create_owned(&sockets("client")),
+            workers: i.sockets.get_or_create_owned(&sockets("worker")),
+            calls: i.calls.get_or_create_owned(&t),
+            call_errors: i.call_errors.get_or_create_owned(&t),
+            delivered: i.delivered.get_or_create_owned(&t),
+            subscriptions: i.subscriptions.get_or_create_owned(&t),
+        };
+        named.insert(label.to_owned(), counters.clone());
+        counters
+    }
+
+    /// Drops a deleted tenant's series.
+    pub fn forget(&self, tenant: &str) {
+        let i = &*self.0;
+        if i.named.lock().unwrap().remove(tenant).is_none() {
+            return;
+        }
+        let t = TenantLabel {
+            tenant: tenant.to_owned(),
+        };
+        for kind in ["client", "worker"] {
+            i.sockets.remove(&SocketLabels {
+                tenant: tenant.to_owned(),
+                kind,
+            });
+        }
+        i.calls.remove(&t);
+        i.call_errors.remove(&t);
+        i.delivered.remove(&t);
+        i.subscriptions.remove(&t);
+    }
+}
