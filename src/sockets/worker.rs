@@ -3,7 +3,8 @@
 //!
 //! A worker is admitted to one tenant at the upgrade, by its key (`engine::admission`), and
 //! from then on holds only that tenant's `Functions`: its registrations, triggers and calls
-//! cannot name anything of another tenant.
+//! cannot name anything of another tenant. A frame that names another namespace (iii's word
+//! for it) is refused, with a frame that says so (`workers::namespace`).
 //!
 //! Every path upgrades, so an SDK's telemetry socket (`/otel`) is accepted and its binary
 //! frames ignored. Calls from a worker run concurrently, each in its own task, so that a
@@ -26,6 +27,7 @@ use crate::workers::messages::{
     EngineMessage, FUNCTION_NAMESPACE_CONFLICT, INVOKE_SHAPE, Invoke, Malformed, Problem,
     RegisterTrigger, WorkerMessage,
 };
+use crate::workers::namespace::{self, NAMESPACE_NOT_ALLOWED};
 use crate::workers::router::WorkerHandle;
 use axum::Router;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
@@ -145,9 +147,17 @@ fn handle(peer: &WorkerPeer, text: &str) {
     match WorkerMessage::parse(text) {
         WorkerMessage::RegisterFunction(f) => register_function(peer, &f.id),
         WorkerMessage::UnregisterFunction(f) => functions.workers.unregister(&f.id, &worker.id),
-        WorkerMessage::RegisterTrigger(t) => register_trigger(functions, worker, t),
+        WorkerMessage::RegisterTrigger(t) => {
+            if trigger_namespace_ok(peer, &t) {
+                register_trigger(functions, worker, t)
+            }
+        }
         WorkerMessage::UnregisterTrigger(t) => functions.triggers.unregister(&t.id, &worker.id),
-        WorkerMessage::InvokeFunction(call) => invoke(functions, worker, call),
+        WorkerMessage::InvokeFunction(call) => {
+            if call_namespace_ok(peer, &call) {
+                invoke(functions, worker, call)
+            }
+        }
         WorkerMessage::InvocationResult(r) => {
             worker.complete(&r.invocation_id, to_result(r.result, r.error))
         }
@@ -243,8 +253,10 @@ fn register_function(peer: &WorkerPeer, function_id: &str) {
     let reply = EngineMessage::RegistrationRejected {
         code: FUNCTION_NAMESPACE_CONFLICT,
         namespace: peer.tenant.as_str(),
-        function_id,
+        worker_name: None,
+        function_id: Some(function_id),
         owner_worker_id: owner,
+        message: None,
     };
     worker.push(reply.encode());
 }
@@ -267,6 +279,61 @@ fn register_trigger(functions: &Functions, worker: &Arc<WorkerHandle>, t: Regist
         };
         worker.push(reply.encode());
     }
+}
+
+/// A trigger whose `namespace` or `trigger_namespace` is not the worker's tenant is refused
+/// (see `workers::namespace`), as iii refuses a trigger: with `triggerregistrationresult`.
+fn trigger_namespace_ok(peer: &WorkerPeer, t: &RegisterTrigger) -> bool {
+    let tenant = peer.tenant.as_str();
+    let checked = namespace::check(tenant, t.namespace.as_deref(), false)
+        .and_then(|()| namespace::check(tenant, t.trigger_namespace.as_deref(), true));
+    let Err(why) = checked else { return true };
+    tracing::warn!(worker = %peer.worker.id, tenant, trigger = %t.id, "trigger refused ({NAMESPACE_NOT_ALLOWED}): {why}");
+    let error = FnError::new(NAMESPACE_NOT_ALLOWED, why);
+    let reply = EngineMessage::TriggerRegistrationResult {
+        id: &t.id,
+        trigger_type: &t.trigger_type,
+        function_id: &t.function_id,
+        error: &error,
+    };
+    peer.worker.push(reply.encode());
+    false
+}
+
+/// Worker metadata (`engine::workers::register`) naming a namespace that is not the worker's
+/// tenant is refused with `registrationrejected`; a call naming one is answered with an
+/// error. The socket stays open: the SDKs take the rejection as fatal and stop themselves.
+fn call_namespace_ok(peer: &WorkerPeer, call: &Invoke) -> bool {
+    let (tenant, worker) = (peer.tenant.as_str(), &peer.worker);
+    let id = || call.invocation_id.clone().map(Value::String);
+    if call.function_id == "engine::workers::register" {
+        let declared = call.data.get("namespace").and_then(Value::as_str);
+        if let Err(why) = namespace::check(tenant, declared, false) {
+            let name = call.data.get("name").and_then(Value::as_str);
+            let name = name.map(namespace::echoed);
+            let declared = namespace::echoed(declared.unwrap_or_default());
+            tracing::warn!(worker = %worker.id, tenant, worker_name = name.as_deref(), "worker registration refused ({NAMESPACE_NOT_ALLOWED}): {why}");
+            let reply = EngineMessage::RegistrationRejected {
+                code: NAMESPACE_NOT_ALLOWED,
+                namespace: &declared,
+                worker_name: name.as_deref(),
+                function_id: None,
+                owner_worker_id: "",
+                message: Some(&why),
+            };
+            worker.push(reply.encode());
+            refuse_call(worker, id(), &call.function_id, NAMESPACE_NOT_ALLOWED, why);
+            return false;
+        }
+    }
+    // `default` reaches the engine's own functions, which every tenant has.
+    let engine_function = !peer.functions.workers.contains(&call.function_id);
+    let Err(why) = namespace::check(tenant, call.namespace.as_deref(), engine_function) else {
+        return true;
+    };
+    tracing::warn!(worker = %worker.id, tenant, function_id = %call.function_id, "call refused ({NAMESPACE_NOT_ALLOWED}): {why}");
+    refuse_call(worker, id(), &call.function_id, NAMESPACE_NOT_ALLOWED, why);
+    false
 }
 
 /// Runs a worker's call in its own task and answers it when it has an invocation id.

@@ -65,6 +65,12 @@ pub struct RegisterTrigger {
     /// Passed to every call the trigger makes.
     #[serde(default)]
     pub metadata: Option<Value>,
+    /// Where the target function lives, and where the trigger type's provider does (iii's
+    /// namespaces): checked against the worker's tenant (`namespace`).
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub trigger_namespace: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -77,6 +83,9 @@ pub struct Invoke {
     /// Forwarded unchanged to the worker that serves the call.
     #[serde(default)]
     pub metadata: Option<Value>,
+    /// Where iii would route the call: checked against the worker's tenant (`namespace`).
+    #[serde(default)]
+    pub namespace: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -108,7 +117,7 @@ pub enum Problem {
 }
 
 /// How an `invokefunction` must look, for the answer to a malformed one.
-pub const INVOKE_SHAPE: &str = r#"expected {"type":"invokefunction","invocation_id"?:string,"function_id":string,"data":any,"metadata"?:any}"#;
+pub const INVOKE_SHAPE: &str = r#"expected {"type":"invokefunction","invocation_id"?:string,"function_id":string,"data":any,"metadata"?:any,"namespace"?:string}"#;
 
 impl WorkerMessage {
     pub fn parse(text: &str) -> WorkerMessage {
@@ -219,14 +228,20 @@ pub enum EngineMessage<'a> {
         function_id: &'a str,
         error: &'a FnError,
     },
-    /// A function id another live worker serves: only that registration is refused, and the
-    /// connection stays open. iii's frame, field for field (its `worker_name` is only for a
-    /// worker-name conflict, which streamhost does not have).
+    /// A registration refused, the connection kept open: a function id another live worker
+    /// serves (with `function_id`), or worker metadata that names another tenant's namespace
+    /// (with `worker_name`). iii's frame, field for field, and a `message` saying what to fix
+    /// (the SDKs ignore it; a hand-written worker may log it).
     RegistrationRejected {
         code: &'a str,
         namespace: &'a str,
-        function_id: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        worker_name: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        function_id: Option<&'a str>,
         owner_worker_id: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        message: Option<&'a str>,
     },
 }
 
@@ -280,6 +295,31 @@ mod tests {
                 "{kind}"
             );
         }
+    }
+
+    #[test]
+    fn namespaces_are_read_and_a_non_string_one_is_named() {
+        let text = r#"{"type":"registertrigger","id":"t","trigger_type":"stream","function_id":"f","config":{},"namespace":"alpha","trigger_namespace":null}"#;
+        let WorkerMessage::RegisterTrigger(t) = WorkerMessage::parse(text) else {
+            panic!("not a trigger")
+        };
+        assert_eq!(
+            (t.namespace.as_deref(), t.trigger_namespace),
+            (Some("alpha"), None)
+        );
+        let text = r#"{"type":"invokefunction","invocation_id":"c","function_id":"f","data":1,"namespace":"beta"}"#;
+        let WorkerMessage::InvokeFunction(call) = WorkerMessage::parse(text) else {
+            panic!("not a call")
+        };
+        assert_eq!(call.namespace.as_deref(), Some("beta"));
+        let (_, id, problem) = shape_of(
+            r#"{"type":"invokefunction","invocation_id":"c","function_id":"f","data":1,"namespace":5}"#,
+        );
+        assert_eq!(id, Some(json!("c")));
+        let Problem::Shape(why) = problem else {
+            panic!("{problem:?}")
+        };
+        assert!(why.starts_with("namespace: invalid type"), "{why}");
     }
 
     #[test]
@@ -386,10 +426,23 @@ mod tests {
                 EngineMessage::RegistrationRejected {
                     code: FUNCTION_NAMESPACE_CONFLICT,
                     namespace: "default",
-                    function_id: "auth",
+                    worker_name: None,
+                    function_id: Some("auth"),
                     owner_worker_id: "w-1",
+                    message: None,
                 },
                 r#"{"type":"registrationrejected","code":"FUNCTION_NAMESPACE_CONFLICT","namespace":"default","function_id":"auth","owner_worker_id":"w-1"}"#,
+            ),
+            (
+                EngineMessage::RegistrationRejected {
+                    code: "NAMESPACE_NOT_ALLOWED",
+                    namespace: "beta",
+                    worker_name: Some("py"),
+                    function_id: None,
+                    owner_worker_id: "",
+                    message: Some("m"),
+                },
+                r#"{"type":"registrationrejected","code":"NAMESPACE_NOT_ALLOWED","namespace":"beta","worker_name":"py","owner_worker_id":"","message":"m"}"#,
             ),
         ];
         for (message, wire) in cases {

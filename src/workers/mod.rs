@@ -1,8 +1,9 @@
 //! Connected workers as the engine sees them: which worker serves which function id
 //! (`router`), and the messages exchanged with them (`messages`, with `scan` for frames too
-//! broken to parse). The worker socket feeds them; the engine and the worker-served streams
-//! call through them.
+//! broken to parse), and which namespaces a worker may name (`namespace`). The worker socket
+//! feeds them; the engine and the worker-served streams call through them.
 
 pub mod messages;
+pub mod namespace;
 pub mod router;
 mod scan;
