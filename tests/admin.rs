@@ -647,6 +647,24 @@ async fn bodies_are_capped_at_64_kib() {
         (400, Some("invalid_json")),
         "{err}"
     );
+    // Deep nesting within the cap is refused, not followed down the stack.
+    let deep = format!(
+        "{{\"streams\": {}{}}}",
+        "[".repeat(30_000),
+        "]".repeat(30_000)
+    );
+    let (status, err) = admin
+        .raw("PUT", "/tenants/big3", Some(OPERATOR), deep.as_bytes())
+        .await;
+    assert_eq!(
+        (status, err["code"].as_str()),
+        (400, Some("invalid_json")),
+        "{err}"
+    );
+    assert!(
+        err["message"].as_str().unwrap().contains("recursion limit"),
+        "{err}"
+    );
     engine.shutdown().await.unwrap();
 }
 
