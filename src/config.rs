@@ -79,6 +79,8 @@ pub struct Config {
     pub allow_anonymous_workers: bool,
     /// The config file's folder: what relative key files are relative to.
     pub base_dir: PathBuf,
+    /// The admin API (`admin:`); None: no admin listener.
+    pub admin: Option<crate::admin::AdminConfig>,
 }
 
 impl Default for Config {
@@ -104,6 +106,7 @@ impl Default for Config {
             tenants: Vec::new(),
             allow_anonymous_workers: false,
             base_dir: PathBuf::new(),
+            admin: None,
         }
     }
 }
@@ -146,6 +149,11 @@ impl Config {
                 "tenants" => {
                     config.tenants =
                         crate::tenants::parse_tenants(value.clone()).context("in `tenants:`")?
+                }
+                "admin" => {
+                    let env = |name: &str| std::env::var(name).ok();
+                    config.admin =
+                        Some(crate::admin::AdminConfig::parse(value, env).context("in `admin:`")?)
                 }
                 "modules" | "workers" => {
                     for entry in value.as_sequence().map(Vec::as_slice).unwrap_or_default() {

@@ -3,6 +3,7 @@
 //! The folders are the architecture; dependencies point down this list, never up:
 //! - `sockets`: clients on port 3112 (join/leave, path subscriptions, auth) and SDK workers on
 //!   port 49134 (functions, triggers, invocations);
+//! - `admin`: the operator's HTTP API on a listener of its own (tenants, keys, connections);
 //! - `server` and `engine`: the listeners, and what every socket shares;
 //! - `functions`: the built-in `stream::*` functions, triggers, WebAssembly bindings;
 //! - `workers`: which connected worker serves which function, and the messages to and from it;
@@ -12,6 +13,7 @@
 //! - `tenants`: tenant configs, worker keys, client tokens (not wired into the sockets yet);
 //! - `limits`, `config`, `error`, `metrics`: the leaves everything else uses.
 
+pub mod admin;
 pub mod config;
 pub mod engine;
 pub mod error;

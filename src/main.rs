@@ -70,8 +70,12 @@ fn run_command() -> anyhow::Result<()> {
 async fn run(config: Config) -> anyhow::Result<()> {
     let server = Server::start(config).await?;
     // One plain line that people and test harnesses can read the bound addresses from.
+    let admin = server
+        .admin_addr
+        .map(|a| format!(" admin http://{a}"))
+        .unwrap_or_default();
     println!(
-        "streamhost listening: clients ws://{} workers ws://{}",
+        "streamhost listening: clients ws://{} workers ws://{}{admin}",
         server.client_addr, server.worker_addr
     );
     wait_for_signal().await;

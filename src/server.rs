@@ -1,4 +1,5 @@
-//! Starting and stopping the engine: the two listeners, the adapter, graceful shutdown.
+//! Starting and stopping the engine: the two listeners (and the admin API's, when
+//! configured), the adapter, graceful shutdown.
 
 use crate::config::Config;
 use crate::engine::Engine;
@@ -17,6 +18,8 @@ pub struct Server;
 pub struct ServerHandle {
     pub client_addr: SocketAddr,
     pub worker_addr: SocketAddr,
+    /// The admin API's address, when `admin:` is configured.
+    pub admin_addr: Option<SocketAddr>,
     pub engine: Arc<Engine>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -88,14 +91,55 @@ impl Server {
                 tracing::error!(error = %e, "worker socket stopped");
             }
         });
+        let mut tasks = vec![client_task, worker_task];
+        let admin_addr = match &engine.config.admin {
+            Some(admin) => {
+                let (addr, task) = serve_admin(&engine, admin).await?;
+                tasks.push(task);
+                Some(addr)
+            }
+            None => None,
+        };
         tracing::info!(%client_addr, %worker_addr, adapter = engine.store().name(), "streamhost is serving");
         Ok(ServerHandle {
             client_addr,
             worker_addr,
+            admin_addr,
             engine,
-            tasks: vec![client_task, worker_task],
+            tasks,
         })
     }
+}
+
+/// Binds the admin API's listener and serves it until shutdown.
+async fn serve_admin(
+    engine: &Arc<Engine>,
+    admin: &crate::admin::AdminConfig,
+) -> anyhow::Result<(SocketAddr, JoinHandle<()>)> {
+    let listener = TcpListener::bind((admin.host.as_str(), admin.port))
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen for the admin API on {}:{}; is another engine running there? Set `admin.port` in the config",
+                admin.host, admin.port
+            )
+        })?;
+    let addr = listener.local_addr()?;
+    if !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "the admin API listens beyond this machine over plain HTTP: the operator key crosses the network in clear unless a TLS proxy fronts it");
+    }
+    let app = crate::admin::routes(engine.clone(), &admin.key_sha256);
+    let stop = engine.shutdown_signal();
+    let task = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app)
+            .with_graceful_shutdown(stop)
+            .await
+        {
+            tracing::error!(error = %e, "admin API stopped");
+        }
+    });
+    tracing::info!(%addr, "admin API is serving");
+    Ok((addr, task))
 }
 
 /// Where the worker socket listens. Without any worker key, a worker is trusted with

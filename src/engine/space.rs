@@ -58,6 +58,8 @@ struct Socket {
     addr: Option<SocketAddr>,
     /// The token's `sub` for a client, the worker id for a worker.
     who: String,
+    /// The digest of the worker key that admitted a worker, so that revoking the key closes it.
+    key_sha256: Option<String>,
     since: SystemTime,
     outbox: Arc<Outbox>,
 }
@@ -69,6 +71,9 @@ pub struct SocketInfo {
     pub kind: Kind,
     pub addr: Option<String>,
     pub who: String,
+    /// The digest of the worker key a worker was admitted with (none: a keyless worker).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub key_sha256: Option<String>,
     /// Seconds since the epoch.
     pub since: u64,
 }
@@ -147,6 +152,7 @@ impl Space {
         kind: Kind,
         addr: Option<SocketAddr>,
         who: &str,
+        key_sha256: Option<&str>,
         outbox: &Arc<Outbox>,
     ) -> Listed {
         let id = self.next_socket.fetch_add(1, Ordering::Relaxed);
@@ -157,6 +163,7 @@ impl Space {
                 kind,
                 addr,
                 who: who.to_owned(),
+                key_sha256: key_sha256.map(str::to_owned),
                 since: SystemTime::now(),
                 outbox: outbox.clone(),
             },
@@ -193,6 +200,7 @@ impl Space {
                 kind: s.kind,
                 addr: s.addr.map(|a| a.to_string()),
                 who: s.who.clone(),
+                key_sha256: s.key_sha256.clone(),
                 since: s
                     .since
                     .duration_since(UNIX_EPOCH)
@@ -209,6 +217,25 @@ impl Space {
         let mut closed = 0;
         for (sid, s) in sockets.iter() {
             if id.is_none_or(|id| id == *sid) && kind.is_none_or(|k| k == s.kind) {
+                s.outbox.close(code, reason);
+                closed += 1;
+            }
+        }
+        closed
+    }
+
+    /// Closes the workers admitted with a key that `still_valid` no longer accepts (revoked,
+    /// or dropped by a new config); returns how many.
+    pub fn close_revoked(
+        &self,
+        still_valid: impl Fn(&str) -> bool,
+        code: u16,
+        reason: &str,
+    ) -> usize {
+        let sockets = self.sockets.lock().unwrap();
+        let mut closed = 0;
+        for s in sockets.values() {
+            if s.key_sha256.as_deref().is_some_and(|k| !still_valid(k)) {
                 s.outbox.close(code, reason);
                 closed += 1;
             }

@@ -288,7 +288,14 @@ async fn serve(
         engine.config.send_queue_frames,
         engine.metrics.connections.slow_disconnects(),
     );
-    let _listed = space.list(Kind::Client, Some(addr), &identity.sub, &outbox);
+    let _listed = engine.list_socket(
+        &space,
+        Kind::Client,
+        Some(addr),
+        &identity.sub,
+        None,
+        &outbox,
+    );
     let _expiry = identity.exp.map(|exp| close_at_expiry(exp, outbox.clone()));
     let mut client = Client {
         conn: space.hub.next_conn_id(),

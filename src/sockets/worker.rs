@@ -71,11 +71,22 @@ async fn upgrade(
 }
 
 async fn serve(engine: Arc<Engine>, admitted: Admitted, addr: SocketAddr, socket: WebSocket) {
-    let Admitted { space, tenant } = admitted;
+    let Admitted {
+        space,
+        tenant,
+        key_sha256,
+    } = admitted;
     let worker_id = uuid::Uuid::new_v4().to_string();
     let _open = engine.metrics.connections.worker_opened();
     let (outbox, rx) = Outbox::new(WORKER_QUEUE, engine.metrics.connections.slow_disconnects());
-    let _listed = space.list(Kind::Worker, Some(addr), &worker_id, &outbox);
+    let _listed = engine.list_socket(
+        &space,
+        Kind::Worker,
+        Some(addr),
+        &worker_id,
+        key_sha256.as_deref(),
+        &outbox,
+    );
     let worker = Arc::new(WorkerHandle::new(worker_id.clone(), outbox.clone()));
     worker.push(
         EngineMessage::WorkerRegistered {

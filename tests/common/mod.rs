@@ -487,3 +487,40 @@ pub fn try_sample(body: &str, series: &str) -> Option<f64> {
 pub fn sample(body: &str, series: &str) -> f64 {
     try_sample(body, series).unwrap_or_else(|| panic!("no {series} in\n{body}"))
 }
+
+/// A plain HTTP/1.1 request (the admin API): `Authorization: Bearer <bearer>` when given,
+/// `body` as the request body. Returns the status and the body.
+pub async fn http_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    bearer: Option<&str>,
+    body: &[u8],
+) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let auth = bearer
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut request = head.into_bytes();
+    request.extend_from_slice(body);
+    // A server that refuses early may stop reading; its answer is still there to read.
+    let _ = tcp.write_all(&request).await;
+    let mut bytes = Vec::new();
+    let _ = tokio::time::timeout(WAIT, tcp.read_to_end(&mut bytes)).await;
+    let text = String::from_utf8_lossy(&bytes).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP answer to {method} {path}: {text:?}"));
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
