@@ -54,7 +54,7 @@ impl Engine {
                         "workers without a key are accepted only from this machine: send a worker key (III_TOKEN), or set `allow_anonymous_workers: true` in the engine's config",
                     ));
                 }
-                enabled(tenant)?
+                tenant.require_enabled()?
             }
         };
         let mut admitted = self.admitted(tenant)?;
@@ -78,7 +78,9 @@ impl Engine {
             Some(Err(e)) => Some(e),
             None => None,
         };
-        let tenant = enabled(self.known(tenant.unwrap_or(DEFAULT_TENANT))?)?;
+        let tenant = self
+            .known(tenant.unwrap_or(DEFAULT_TENANT))?
+            .require_enabled()?;
         if tenant.config.clients.token_required {
             let why = match unreadable {
                 Some(e) => e.message,
@@ -180,18 +182,4 @@ fn holds_key(tenant: &Tenant, sha256: &str) -> bool {
 
 fn revoked_reason() -> String {
     "the worker key was revoked: reconnect with a current key".into()
-}
-
-fn enabled(tenant: Arc<Tenant>) -> Result<Arc<Tenant>, AuthError> {
-    if tenant.enabled() {
-        Ok(tenant)
-    } else {
-        Err(AuthError::new(
-            AuthCode::TenantDisabled,
-            format!(
-                "tenant `{}` is disabled: ask its operator to enable it",
-                tenant.id()
-            ),
-        ))
-    }
 }

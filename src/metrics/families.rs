@@ -251,13 +251,13 @@ impl Calls {
 
 /// Label values chosen by peers, each with its metrics: at most `cap` of them by name, and
 /// the rest (and any value over [`MAX_LABEL_BYTES`]) together as [`OTHER`].
-struct Bounded<T> {
+pub(super) struct Bounded<T> {
     cap: usize,
     seen: RwLock<HashMap<String, T>>,
 }
 
 impl<T: Clone> Bounded<T> {
-    fn new(cap: usize) -> Self {
+    pub(super) fn new(cap: usize) -> Self {
         Bounded {
             cap,
             seen: RwLock::new(HashMap::new()),
@@ -265,7 +265,7 @@ impl<T: Clone> Bounded<T> {
     }
 
     /// The metrics of `value`, made by `make` (given the label value to use) the first time.
-    fn get(&self, value: &str, make: impl FnOnce(&str) -> T) -> T {
+    pub(super) fn get(&self, value: &str, make: impl FnOnce(&str) -> T) -> T {
         let value = if value.len() > MAX_LABEL_BYTES {
             OTHER
         } else {
@@ -284,5 +284,10 @@ impl<T: Clone> Bounded<T> {
         seen.entry(key.to_owned())
             .or_insert_with(|| make(key))
             .clone()
+    }
+
+    /// Forgets `value`, freeing its place under the cap; true if it was there.
+    pub(super) fn remove(&self, value: &str) -> bool {
+        self.seen.write().unwrap().remove(value).is_some()
     }
 }

@@ -5,14 +5,13 @@
 //! tenant is deleted (`forget`), so the label's cardinality is the number of tenants; it is
 //! still capped at [`MAX_TENANTS`], past which new tenants count together as `other`.
 
-use super::families::OTHER;
+use super::families::Bounded;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 /// Tenants with series of their own; more count as [`OTHER`].
 pub const MAX_TENANTS: usize = 1000;
@@ -39,17 +38,29 @@ pub struct TenantCounters {
     pub subscriptions: Gauge,
 }
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct TenantFamilies(Arc<Inner>);
 
-#[derive(Default)]
 struct Inner {
     sockets: Family<SocketLabels, Gauge>,
     calls: Family<TenantLabel, Counter>,
     call_errors: Family<TenantLabel, Counter>,
     delivered: Family<TenantLabel, Counter>,
     subscriptions: Family<TenantLabel, Gauge>,
-    named: Mutex<HashMap<String, TenantCounters>>,
+    named: Bounded<TenantCounters>,
+}
+
+impl Default for TenantFamilies {
+    fn default() -> Self {
+        TenantFamilies(Arc::new(Inner {
+            sockets: Family::default(),
+            calls: Family::default(),
+            call_errors: Family::default(),
+            delivered: Family::default(),
+            subscriptions: Family::default(),
+            named: Bounded::new(MAX_TENANTS),
+        }))
+    }
 }
 
 impl TenantFamilies {
@@ -85,41 +96,29 @@ impl TenantFamilies {
     /// The series of `tenant` (made the first time).
     pub fn tenant(&self, tenant: &str) -> TenantCounters {
         let i = &*self.0;
-        let mut named = i.named.lock().unwrap();
-        if let Some(found) = named.get(tenant) {
-            return found.clone();
-        }
-        let label = if named.len() - usize::from(named.contains_key(OTHER)) >= MAX_TENANTS {
-            OTHER
-        } else {
-            tenant
-        };
-        if let Some(other) = named.get(label) {
-            return other.clone();
-        }
-        let t = TenantLabel {
-            tenant: label.to_owned(),
-        };
-        let sockets = |kind| SocketLabels {
-            tenant: label.to_owned(),
-            kind,
-        };
-        let counters = TenantCounters {
-            clients: i.sockets.get_or_create_owned(&sockets("client")),
-            workers: i.sockets.get_or_create_owned(&sockets("worker")),
-            calls: i.calls.get_or_create_owned(&t),
-            call_errors: i.call_errors.get_or_create_owned(&t),
-            delivered: i.delivered.get_or_create_owned(&t),
-            subscriptions: i.subscriptions.get_or_create_owned(&t),
-        };
-        named.insert(label.to_owned(), counters.clone());
-        counters
+        i.named.get(tenant, |label| {
+            let t = TenantLabel {
+                tenant: label.to_owned(),
+            };
+            let sockets = |kind| SocketLabels {
+                tenant: label.to_owned(),
+                kind,
+            };
+            TenantCounters {
+                clients: i.sockets.get_or_create_owned(&sockets("client")),
+                workers: i.sockets.get_or_create_owned(&sockets("worker")),
+                calls: i.calls.get_or_create_owned(&t),
+                call_errors: i.call_errors.get_or_create_owned(&t),
+                delivered: i.delivered.get_or_create_owned(&t),
+                subscriptions: i.subscriptions.get_or_create_owned(&t),
+            }
+        })
     }
 
     /// Drops a deleted tenant's series.
     pub fn forget(&self, tenant: &str) {
         let i = &*self.0;
-        if i.named.lock().unwrap().remove(tenant).is_none() {
+        if !i.named.remove(tenant) {
             return;
         }
         let t = TenantLabel {

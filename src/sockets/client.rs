@@ -168,14 +168,7 @@ async fn accept(engine: Arc<Engine>, req: Upgrade, path_sub: Option<PathSub>) ->
         .write_buffer_size(WRITE_BUFFER);
     // Browsers send tokens as a subprotocol and drop the socket unless one is echoed: echo
     // the client's first choice (axum's own list is sorted, so read the header itself).
-    let offered = req
-        .headers
-        .get_all("sec-websocket-protocol")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .find(|p| !p.is_empty());
+    let offered = credentials::offered_protocols(&req.headers).find(|p| !p.is_empty());
     if let Some(first) = offered.and_then(|p| HeaderValue::from_str(p).ok()) {
         ws.set_selected_protocol(first);
     }

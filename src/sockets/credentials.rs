@@ -30,15 +30,19 @@ pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
         .filter(|v| !v.is_empty())
 }
 
-/// The token a browser offers as the subprotocols `Authorization, <token>`.
-pub fn subprotocol_token(headers: &HeaderMap) -> Option<String> {
-    let offered: Vec<&str> = headers
+/// The subprotocols a client offers, in its order (axum's own list is sorted).
+pub fn offered_protocols(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    headers
         .get_all("sec-websocket-protocol")
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
-        .collect();
+}
+
+/// The token a browser offers as the subprotocols `Authorization, <token>`.
+pub fn subprotocol_token(headers: &HeaderMap) -> Option<String> {
+    let offered: Vec<&str> = offered_protocols(headers).collect();
     let at = offered
         .iter()
         .position(|p| p.eq_ignore_ascii_case("authorization"))?;

@@ -54,6 +54,21 @@ impl Tenant {
     pub fn enabled(&self) -> bool {
         self.config.enabled
     }
+
+    /// The tenant, or `tenant_disabled` saying who can fix it.
+    pub fn require_enabled(self: Arc<Self>) -> Result<Arc<Self>, AuthError> {
+        if self.enabled() {
+            Ok(self)
+        } else {
+            Err(AuthError::new(
+                AuthCode::TenantDisabled,
+                format!(
+                    "tenant `{}` is disabled: ask its operator to enable it",
+                    self.id()
+                ),
+            ))
+        }
+    }
 }
 
 #[derive(Default)]
@@ -255,10 +270,7 @@ impl Tenants {
                 )
             })?;
         drop(inner);
-        if !tenant.enabled() {
-            return Err(disabled(tenant.id()));
-        }
-        Ok(tenant)
+        tenant.require_enabled()
     }
 
     /// Verifies a client's token: the tenant it claims, that tenant's key, the claims, and
@@ -278,10 +290,7 @@ impl Tenants {
             )
         })?;
         let identity = tokens::verify(token, &seen, &tenant.config, &tenant.client_keys)?;
-        if !tenant.enabled() {
-            return Err(disabled(tenant.id()));
-        }
-        Ok((identity, tenant))
+        Ok((identity, tenant.require_enabled()?))
     }
 }
 
@@ -309,13 +318,6 @@ fn warn_about(tenant: &Tenant) {
     for w in tenant.config.warnings() {
         tracing::warn!(tenant = %tenant.id(), "{w}");
     }
-}
-
-fn disabled(id: &TenantId) -> AuthError {
-    AuthError::new(
-        AuthCode::TenantDisabled,
-        format!("tenant `{id}` is disabled: ask its operator to enable it"),
-    )
 }
 
 #[cfg(test)]
