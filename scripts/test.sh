@@ -16,5 +16,9 @@ if [ ! -x "$venv/bin/python" ] || [ tests/sdk/python/requirements.txt -nt "$venv
   touch "$venv"
 fi
 
+# tests/load_generator.rs runs the load generator's binary. `cargo test` builds the binaries of a
+# package only for that package's own integration tests, and load/ has none, so build it here.
+echo "== cargo build -p streamhost-load"
+cargo build -p streamhost-load
 echo "== cargo test"
 cargo test --workspace --no-fail-fast "$@"

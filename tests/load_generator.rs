@@ -8,13 +8,13 @@ use serde_json::Value;
 use std::process::Command;
 
 /// The load generator is a package of its own (load/), built beside the engine by
-/// `cargo test --workspace` (scripts/test.sh).
+/// scripts/test.sh (`cargo test` alone does not build it: load/ has no integration tests).
 fn load_generator() -> std::path::PathBuf {
     let engine = std::path::Path::new(env!("CARGO_BIN_EXE_streamhost"));
     let load = engine.with_file_name(format!("streamhost-load{}", std::env::consts::EXE_SUFFIX));
     assert!(
         load.exists(),
-        "{} is missing: build it with `cargo build -p streamhost-load`, or run the tests with `cargo test --workspace`",
+        "{} is missing: build it with `cargo build -p streamhost-load`, or run the tests with scripts/test.sh",
         load.display()
     );
     load
