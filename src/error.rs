@@ -7,6 +7,9 @@ use std::fmt;
 pub struct FnError {
     pub code: String,
     pub message: String,
+    /// When a refused call may be retried (`quota_exceeded`): sent only when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<u64>,
 }
 
 impl FnError {
@@ -14,6 +17,7 @@ impl FnError {
         FnError {
             code: code.into(),
             message: message.into(),
+            retry_after_ms: None,
         }
     }
 

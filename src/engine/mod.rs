@@ -72,7 +72,7 @@ impl Engine {
                 stores.open(tenant.id())?
             };
             let space = Space::new(tenant.id().clone(), store, &settings, &metrics);
-            space.set_ceilings(&tenant.config);
+            space.configure(&tenant.config);
             spaces.insert(tenant.id().clone(), space);
         }
         Ok(Arc::new(Engine {
@@ -138,7 +138,7 @@ impl Engine {
             }
             (None, None) => unreachable!(),
         };
-        space.set_ceilings(&tenant.config);
+        space.configure(&tenant.config);
         if !tenant.enabled() {
             space.close(
                 None,

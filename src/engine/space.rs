@@ -15,7 +15,7 @@ use crate::metrics::{FanoutCounters, Metrics, TenantCounters};
 use crate::storage::router::StorageRouter;
 use crate::storage::wasm::registry::WasmBindings;
 use crate::storage::{BusMessage, EventBus, StreamAdapter};
-use crate::tenants::TenantId;
+use crate::tenants::{Quotas, TenantId, TenantQuotas};
 use crate::workers::router::Router;
 use axum::extract::ws::Utf8Bytes;
 use serde::Serialize;
@@ -122,6 +122,8 @@ impl Space {
                 .for_tenant(counters.calls.clone(), counters.call_errors.clone()),
             value_limits: settings.value_limits,
             invocation_timeout: settings.invocation_timeout,
+            // Unlimited until `configure` applies the tenant's.
+            quotas: TenantQuotas::new(tenant.clone(), &Quotas::UNLIMITED, counters.clone()),
         });
         let space = Arc::new(Space {
             tenant,
@@ -136,9 +138,16 @@ impl Space {
         space
     }
 
-    /// Applies what of its tenant's config the space itself enforces.
-    pub fn set_ceilings(&self, tenant: &crate::tenants::TenantConfig) {
+    /// Applies what of its tenant's config the space itself enforces: adapter ceilings and
+    /// quotas, live.
+    pub fn configure(&self, tenant: &crate::tenants::TenantConfig) {
         self.functions.set_ceilings(tenant.adapter_ceilings);
+        self.functions.quotas.set(&tenant.quotas);
+    }
+
+    /// The tenant's quotas, live.
+    pub fn quotas(&self) -> &Arc<TenantQuotas> {
+        &self.functions.quotas
     }
 
     /// The space's own store.

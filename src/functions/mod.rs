@@ -19,7 +19,7 @@ use crate::limits::ValueLimits;
 use crate::metrics::Calls;
 use crate::storage::EventBus;
 use crate::storage::router::StorageRouter;
-use crate::tenants::AdapterCeilings;
+use crate::tenants::{AdapterCeilings, TenantQuotas};
 use crate::workers::router::Router;
 use serde_json::Value;
 use std::sync::{Arc, RwLock};
@@ -40,6 +40,8 @@ pub struct Functions {
     /// The most a WebAssembly adapter bound at runtime may ask for (the tenant's ceilings,
     /// changed live by the admin API).
     ceilings: RwLock<AdapterCeilings>,
+    /// The tenant's quotas, shared with its space (connections) and changed live.
+    pub quotas: Arc<TenantQuotas>,
 }
 
 /// What `Functions` is built from.
@@ -51,6 +53,7 @@ pub struct Parts {
     pub calls: Calls,
     pub value_limits: ValueLimits,
     pub invocation_timeout: Duration,
+    pub quotas: Arc<TenantQuotas>,
 }
 
 impl Functions {
@@ -64,6 +67,7 @@ impl Functions {
             calls: parts.calls,
             value_limits: parts.value_limits,
             invocation_timeout: parts.invocation_timeout,
+            quotas: parts.quotas,
             ceilings: RwLock::new(AdapterCeilings::default()),
         })
     }

@@ -12,7 +12,7 @@ mod storage;
 mod tenants;
 
 pub use storage::{ReadTelemetry, Telemetry};
-pub use tenants::{MAX_TENANTS, TenantCounters, TenantFamilies};
+pub use tenants::{MAX_TENANTS, QUOTA_NAMES, TenantCounters, TenantFamilies};
 
 pub use families::{
     Calls, Connections, FanoutCounters, MAX_ERROR_CODES, MAX_FUNCTIONS, MAX_LABEL_BYTES, OTHER,

@@ -13,12 +13,32 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
 
+/// The quotas a refusal can be for (`tenants::quotas`), so that a deleted tenant's series
+/// can all be found.
+pub const QUOTA_NAMES: [&str; 9] = [
+    "connections",
+    "connects_per_second",
+    "subscriptions_per_connection",
+    "writes_per_second",
+    "deliveries_per_second",
+    "stored_bytes",
+    "item_bytes",
+    "functions",
+    "pending_invocations",
+];
+
 /// Tenants with series of their own; more count as [`OTHER`].
 pub const MAX_TENANTS: usize = 1000;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TenantLabel {
     tenant: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QuotaLabels {
+    tenant: String,
+    quota: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -36,6 +56,21 @@ pub struct TenantCounters {
     pub call_errors: Counter,
     pub delivered: Counter,
     pub subscriptions: Gauge,
+    /// Refusals by quota; the quota names are the engine's own, a fixed few.
+    refusals: Option<(Family<QuotaLabels, Counter>, String)>,
+}
+
+impl TenantCounters {
+    pub fn quota_refused(&self, quota: &'static str) {
+        if let Some((family, tenant)) = &self.refusals {
+            family
+                .get_or_create(&QuotaLabels {
+                    tenant: tenant.clone(),
+                    quota,
+                })
+                .inc();
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -47,6 +82,7 @@ struct Inner {
     call_errors: Family<TenantLabel, Counter>,
     delivered: Family<TenantLabel, Counter>,
     subscriptions: Family<TenantLabel, Gauge>,
+    refusals: Family<QuotaLabels, Counter>,
     named: Bounded<TenantCounters>,
 }
 
@@ -58,6 +94,7 @@ impl Default for TenantFamilies {
             call_errors: Family::default(),
             delivered: Family::default(),
             subscriptions: Family::default(),
+            refusals: Family::default(),
             named: Bounded::new(MAX_TENANTS),
         }))
     }
@@ -91,6 +128,11 @@ impl TenantFamilies {
             "Frames queued for a tenant's client sockets",
             i.delivered.clone(),
         );
+        registry.register(
+            "streamhost_tenant_quota_refusals",
+            "Calls, upgrades and frames refused because a tenant was over a quota, by quota",
+            i.refusals.clone(),
+        );
     }
 
     /// The series of `tenant` (made the first time).
@@ -111,6 +153,7 @@ impl TenantFamilies {
                 call_errors: i.call_errors.get_or_create_owned(&t),
                 delivered: i.delivered.get_or_create_owned(&t),
                 subscriptions: i.subscriptions.get_or_create_owned(&t),
+                refusals: Some((i.refusals.clone(), label.to_owned())),
             }
         })
     }
@@ -134,5 +177,13 @@ impl TenantFamilies {
         i.call_errors.remove(&t);
         i.delivered.remove(&t);
         i.subscriptions.remove(&t);
+        // Label sets by quota: keep those of other tenants.
+        let quotas = i.refusals.clone();
+        for quota in QUOTA_NAMES {
+            quotas.remove(&QuotaLabels {
+                tenant: tenant.to_owned(),
+                quota,
+            });
+        }
     }
 }

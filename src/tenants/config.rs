@@ -14,6 +14,7 @@
 //!       auth_function: acme::auth       # optional, iii-style
 //!     streams: [chat, "room-*"]         # what its clients may join; `["*"]` when absent
 //!     adapter_ceilings: { max_memory_bytes: 67108864 }
+//!     quotas: { connections: 1000, writes_per_second: 500 }   # see `quotas`
 //! ```
 //!
 //! These are plain serde types, strict (`deny_unknown_fields`: a misspelt key is an error
@@ -24,6 +25,7 @@
 
 pub use super::keys::WorkerKeyConfig;
 use super::patterns::StreamPatterns;
+pub use super::quotas::Quotas;
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
@@ -141,7 +143,7 @@ impl TenantConfig {
             },
             streams: StreamPatterns::all(),
             adapter_ceilings: AdapterCeilings::HIGHEST,
-            quotas: Quotas::default(),
+            quotas: Quotas::UNLIMITED,
         }
     }
 
@@ -189,7 +191,10 @@ impl TenantConfig {
         }
         self.adapter_ceilings
             .validate()
-            .with_context(|| format!("tenant `{id}`, adapter_ceilings"))
+            .with_context(|| format!("tenant `{id}`, adapter_ceilings"))?;
+        self.quotas
+            .validate()
+            .with_context(|| format!("tenant `{id}`, quotas"))
     }
 
     /// Valid but probably not meant: said once at start-up or on an admin change.
@@ -467,12 +472,6 @@ impl AdapterCeilings {
         Ok(())
     }
 }
-
-/// Per-tenant quotas: filled by the next issue. Empty and strict for now, so a config that
-/// already names a quota fails loudly instead of running without it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Quotas {}
 
 #[cfg(test)]
 #[path = "config_tests.rs"]

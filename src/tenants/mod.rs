@@ -23,6 +23,7 @@ pub mod config;
 pub mod error;
 pub mod keys;
 pub mod patterns;
+pub mod quotas;
 pub mod tokens;
 
 pub use config::{
@@ -32,6 +33,7 @@ pub use config::{
 pub use error::{AuthCode, AuthError};
 pub use keys::{WorkerKeys, generate_key, hash_key};
 pub use patterns::StreamPatterns;
+pub use quotas::{QUOTA_EXCEEDED, QuotaExceeded, Rate, Slots, TenantQuotas};
 pub use tokens::{ClientIdentity, ClientKeys};
 
 use anyhow::{Context, bail};
