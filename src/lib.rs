@@ -17,6 +17,7 @@ pub mod admin;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod fair;
 pub mod fanout;
 pub mod functions;
 pub mod limits;
