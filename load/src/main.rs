@@ -6,11 +6,14 @@
 //! latency, events lost and duplicated, and the engine's memory per connection.
 //!
 //!     streamhost-load --subscribers 1000 --events 1000 --size 100
+//!     streamhost-load --tenant b --worker-key KEY --subscribers 1000 --events 400 --rate 40
 //!     streamhost-load --help
 
+mod adapter;
 mod histogram;
 mod options;
 mod publisher;
+mod refusals;
 mod report;
 mod subscribers;
 
@@ -27,6 +30,10 @@ pub struct Counters {
     pub failed: AtomicU64,
     pub delivered: AtomicU64,
     pub closed_slow: AtomicU64,
+    /// The publisher's failed calls, by error code (`quota_exceeded` among them).
+    pub refusals: refusals::Refusals,
+    /// Frames to subscribers that carried `quota_exceeded`.
+    pub client_quota_errors: AtomicU64,
 }
 
 fn main() {
@@ -84,7 +91,7 @@ async fn run(o: Options) -> anyhow::Result<i32> {
     let publish_time = publish_started.elapsed();
 
     // Wait for deliveries to stop arriving (or everything expected to arrive).
-    let expected = subscribers::expected_total(&o);
+    let expected = subscribers::expected_total(&o, published);
     let mut last = u64::MAX;
     let settle = Instant::now();
     loop {
@@ -102,7 +109,7 @@ async fn run(o: Options) -> anyhow::Result<i32> {
     done.store(true, Ordering::Relaxed);
     let _ = progress.await;
 
-    let results = subscribers::finish(subs).await;
+    let results = subscribers::finish(subs, &o, published).await;
     let report = report::Report::build(
         &o,
         &results,

@@ -86,13 +86,18 @@ impl Report {
                 "subscribers": o.subscribers, "groups": o.groups, "events": o.events, "size": o.size,
                 "rate": o.rate, "function": if o.set { "stream::set" } else { "stream::send" },
                 "window": o.window, "workers": o.workers, "join": if o.join_path { "path" } else { "frame" },
-                "pause_ms": o.pause_ms,
+                "pause_ms": o.pause_ms, "seconds": o.seconds, "tenant": o.tenant,
+                "stream": o.stream, "adapter": o.adapter.as_ref().map(|p| p.display().to_string()),
             },
             "published": published,
             "acked": acked,
             "failed": c.failed.load(Ordering::Relaxed),
             "publish_seconds": publish_time.as_secs_f64(),
             "calls_per_second": acked as f64 / publish_time.as_secs_f64().max(1e-9),
+            "offered_per_second": published as f64 / publish_time.as_secs_f64().max(1e-9),
+            "errors": c.refusals.json(),
+            "quota_exceeded": c.refusals.count("quota_exceeded"),
+            "client_quota_errors": c.client_quota_errors.load(Ordering::Relaxed),
             "delivered": received,
             "deliveries_per_second": received as f64 / secs,
             "lost": lost,
@@ -124,7 +129,7 @@ impl Report {
             "\n{} subscribers in {} groups, {} events of {} bytes via {}{}\n",
             c["subscribers"],
             c["groups"],
-            c["events"],
+            j["published"],
             c["size"],
             c["function"].as_str().unwrap_or(""),
             if c["rate"].as_f64().unwrap_or(0.0) > 0.0 {
@@ -139,6 +144,15 @@ impl Report {
             j["failed"],
             j["calls_per_second"].as_f64().unwrap_or(0.0)
         );
+        if j["failed"].as_u64().unwrap_or(0) > 0 || j["client_quota_errors"].as_u64() > Some(0) {
+            s += &format!(
+                "  refusals     {} quota_exceeded of {:.0} calls/s offered; errors by code {}; {} quota errors to subscribers\n",
+                j["quota_exceeded"],
+                j["offered_per_second"].as_f64().unwrap_or(0.0),
+                j["errors"],
+                j["client_quota_errors"]
+            );
+        }
         s += &format!(
             "  deliveries   {} in total, {:.0}/s\n",
             j["delivered"],
