@@ -84,6 +84,19 @@ async fn run(o: Options) -> anyhow::Result<i32> {
         tokio::time::sleep(Duration::from_secs(o.idle_seconds)).await;
     }
 
+    if let Some(path) = &o.start_when {
+        eprintln!("waiting for {} to exist", path.display());
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while !path.exists() {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{} did not appear within 5 minutes",
+                path.display()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     let done = Arc::new(AtomicBool::new(false));
     let progress = tokio::spawn(report::progress(counters.clone(), done.clone()));
     let publish_started = Instant::now();

@@ -27,6 +27,8 @@ pub const USAGE: &str = "usage: streamhost-load [options]
   --worker-key KEY      workers send Authorization: Bearer KEY (the tenant's worker key)
   --pause-ms MS         subscribers stop reading for MS at the start (a burst) (default 0)
   --idle-seconds S      hold the connections idle S seconds before publishing (default 0)
+  --start-when FILE     once connected, wait (at most 5 min) until FILE exists, then publish:
+                        another load generator can start in between (see bench-tenants.sh)
   --drain-seconds S     longest wait for deliveries after publishing (default 30)
   --engine-pid PID      read the engine's memory from /proc/PID/status
   --json FILE           also write the report as JSON";
@@ -54,6 +56,7 @@ pub struct Options {
     pub worker_key: Option<String>,
     pub pause_ms: u64,
     pub idle_seconds: u64,
+    pub start_when: Option<PathBuf>,
     pub drain_seconds: u64,
     pub engine_pid: Option<u32>,
     pub json: Option<PathBuf>,
@@ -83,6 +86,7 @@ impl Options {
             worker_key: None,
             pause_ms: 0,
             idle_seconds: 0,
+            start_when: None,
             drain_seconds: 30,
             engine_pid: None,
             json: None,
@@ -148,6 +152,7 @@ impl Options {
                 "--worker-key" => o.worker_key = Some(value),
                 "--pause-ms" => o.pause_ms = num(&value)?,
                 "--idle-seconds" => o.idle_seconds = num(&value)?,
+                "--start-when" => o.start_when = Some(PathBuf::from(value)),
                 "--drain-seconds" => o.drain_seconds = num(&value)?,
                 "--engine-pid" => o.engine_pid = Some(num(&value)? as u32),
                 "--json" => o.json = Some(PathBuf::from(value)),
