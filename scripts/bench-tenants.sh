@@ -199,7 +199,7 @@ def runs(pattern):
 def med(rs, f):
     return statistics.median(f(j) for j in rs) if rs else float("nan")
 ms = lambda q: (lambda j: j["latency_us"][q] / 1000)
-print(f"{'case':<9}{'B':<7}{'runs':>5}{'p50 ms':>8}{'p99 ms':>9}{'max ms':>9}{'lost':>6}{'B quota err':>12}"
+print(f"{'case':<9}{'B':<7}{'runs':>5}{'p50 ms':>8}{'p99 ms':>9}{'max ms':>9}{'call p99':>10}{'lost':>6}{'B quota err':>12}"
       f"{'A offered/s':>13}{'A admitted/s':>14}{'A quota_exc':>13}{'A deliv/s':>11}")
 for c in sys.argv[1:]:
     if c == "tenancy":
@@ -209,7 +209,7 @@ for c in sys.argv[1:]:
         rs = runs(f"{c}-{side}")
         if not rs: continue
         line = (f"{c:<9}{side:<7}{len(rs):>5}{med(rs, ms('p50')):>8.1f}{med(rs, ms('p99')):>9.1f}{med(rs, ms('max')):>9.1f}"
-                f"{sum(j['lost'] for j in rs):>6}{sum(j['quota_exceeded'] + j['client_quota_errors'] for j in rs):>12}")
+                f"{med(rs, lambda j: j['call_latency_us']['p99'] / 1000):>10.1f}{sum(j['lost'] for j in rs):>6}{sum(j['quota_exceeded'] + j['client_quota_errors'] for j in rs):>12}")
         if side == "noisy" and a:
             line += (f"{med(a, lambda j: j['offered_per_second']):>13.0f}{med(a, lambda j: j['calls_per_second']):>14.0f}"
                      f"{med(a, lambda j: j['quota_exceeded']):>13.0f}{med(a, lambda j: j['deliveries_per_second']):>11.0f}")

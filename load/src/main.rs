@@ -32,6 +32,8 @@ pub struct Counters {
     pub closed_slow: AtomicU64,
     /// The publisher's failed calls, by error code (`quota_exceeded` among them).
     pub refusals: refusals::Refusals,
+    /// From each call sent to its answer, in microseconds.
+    pub call_latency: std::sync::Mutex<histogram::Histogram>,
     /// Frames to subscribers that carried `quota_exceeded`.
     pub client_quota_errors: AtomicU64,
 }

@@ -7,8 +7,9 @@ use crate::options::Options;
 use crate::{Counters, adapter, refusals};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
@@ -55,7 +56,15 @@ async fn worker(
     let (mut sink, mut stream) = ws.split();
     let window = Arc::new(Semaphore::new(o.window));
     let outstanding = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let (win, out, ctr) = (window.clone(), outstanding.clone(), counters.clone());
+    // When each call was sent, by invocation id: its answer gives the call's latency (a
+    // victim's own calls can wait behind a neighbour's backlog as much as its deliveries).
+    let sent_at = Arc::new(Mutex::new(HashMap::<u64, u64>::new()));
+    let (win, out, ctr, at) = (
+        window.clone(),
+        outstanding.clone(),
+        counters.clone(),
+        sent_at.clone(),
+    );
     let reader = tokio::spawn(async move {
         while let Some(Ok(msg)) = stream.next().await {
             let Message::Text(text) = msg else { continue };
@@ -63,6 +72,11 @@ async fn worker(
                 continue;
             }
             let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+            let id = v["invocation_id"].as_str().and_then(|id| id.parse().ok());
+            if let Some(t) = id.and_then(|id| at.lock().unwrap().remove(&id)) {
+                let us = (epoch.elapsed().as_nanos() as u64).saturating_sub(t) / 1000;
+                ctr.call_latency.lock().unwrap().record(us);
+            }
             if let Some(code) = refusals::error_code(&v) {
                 ctr.refusals.record(code);
                 if ctr.failed.fetch_add(1, Ordering::Relaxed) == 0 {
@@ -117,6 +131,7 @@ async fn worker(
             json!({"stream_name": stream_name, "group_id": group, "type": "bench", "data": event})
         };
         let frame = json!({"type": "invokefunction", "invocation_id": format!("{seq}"), "function_id": function, "data": data});
+        sent_at.lock().unwrap().insert(seq, t);
         sink.feed(Message::text(frame.to_string())).await?;
         outstanding.fetch_add(1, Ordering::Relaxed);
         counters.sent.fetch_add(1, Ordering::Relaxed);

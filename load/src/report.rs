@@ -75,6 +75,7 @@ impl Report {
             .sum();
         let secs = deliver_time.as_secs_f64().max(1e-9);
         let acked = c.acked.load(Ordering::Relaxed);
+        let calls = c.call_latency.lock().unwrap().clone();
         let per_conn = match (rss_before, rss_after) {
             (Some(b), Some(a)) if o.subscribers > 0 => {
                 Some(a.saturating_sub(b) as f64 / o.subscribers as f64)
@@ -108,6 +109,9 @@ impl Report {
             "latency_us": {
                 "p50": latency.quantile(0.5), "p99": latency.quantile(0.99),
                 "p999": latency.quantile(0.999), "max": latency.max_us,
+            },
+            "call_latency_us": {
+                "p50": calls.quantile(0.5), "p99": calls.quantile(0.99), "max": calls.max_us,
             },
             "connect_seconds": connect_time.as_secs_f64(),
             "engine_rss_before": rss_before,
@@ -143,6 +147,12 @@ impl Report {
             j["acked"],
             j["failed"],
             j["calls_per_second"].as_f64().unwrap_or(0.0)
+        );
+        s += &format!(
+            "  call latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms\n",
+            ms(&j["call_latency_us"]["p50"]),
+            ms(&j["call_latency_us"]["p99"]),
+            ms(&j["call_latency_us"]["max"])
         );
         if j["failed"].as_u64().unwrap_or(0) > 0 || j["client_quota_errors"].as_u64() > Some(0) {
             s += &format!(
