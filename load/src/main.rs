@@ -3,7 +3,9 @@
 //!
 //! It opens subscriber sockets over several 127.x.y.z source addresses, publishes events
 //! through a raw worker connection, and reports deliveries per second, publish-to-delivery
-//! latency, events lost and duplicated, and the engine's memory per connection.
+//! latency, events lost and duplicated, each call's latency, failed calls by error code, and
+//! the engine's memory per connection. Subscribers and workers can belong to a tenant, which
+//! is what the noisy-neighbour benchmark (scripts/bench-tenants.sh) needs.
 //!
 //!     streamhost-load --subscribers 1000 --events 1000 --size 100
 //!     streamhost-load --tenant b --worker-key KEY --subscribers 1000 --events 400 --rate 40
