@@ -148,3 +148,106 @@ fn a_client_closed_as_slow_is_reported_apart_from_loss() {
         "{r}"
     );
 }
+
+/// The noisy-neighbour options (scripts/bench-tenants.sh): subscribers and workers of one
+/// tenant, publishing for a number of seconds, and failed calls counted by their error code.
+#[test]
+fn tenants_time_bounded_runs_and_errors_by_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        "{ name: kv, config: { store_method: in_memory } }",
+    );
+    let key = "shk_load_generator_tenant_key_0123456789";
+    let mut yaml = std::fs::read_to_string(&config).unwrap();
+    yaml += &format!(
+        "tenants:\n  - id: t\n    worker_keys: [{}]\n    clients: {{ token_required: false }}\n",
+        streamhost::tenants::hash_key(key)
+    );
+    std::fs::write(&config, yaml).unwrap();
+    let engine = EngineProcess::spawn(&config);
+
+    // The worker's key puts its events in tenant t: subscribers of t get them all, and
+    // subscribers of the default tenant none (so the key was sent, and ?tenant= was too).
+    let of_t = ["--worker-key", key, "--subscribers", "4", "--events", "30"];
+    let r = run_load(
+        &engine,
+        &[&of_t[..], &["--tenant", "t", "--join", "path"]].concat(),
+    );
+    assert_eq!(
+        (r["delivered"].as_u64(), r["lost"].as_u64()),
+        (Some(120), Some(0)),
+        "{r}"
+    );
+    let r = run_load(&engine, &of_t);
+    assert_eq!(
+        (r["delivered"].as_u64(), r["lost"].as_u64()),
+        (Some(0), Some(120)),
+        "{r}"
+    );
+
+    // Stopped by --seconds long before --events: loss is counted against what was published.
+    let r = run_load(
+        &engine,
+        &[
+            "--tenant",
+            "t",
+            "--worker-key",
+            key,
+            "--subscribers",
+            "3",
+            "--workers",
+            "2",
+            "--events",
+            "1000000",
+            "--rate",
+            "40",
+            "--seconds",
+            "1",
+        ],
+    );
+    let published = r["published"].as_u64().unwrap();
+    assert!(published > 0 && published < 1000, "{r}");
+    assert_eq!(r["delivered"].as_u64(), Some(3 * published), "{r}");
+    assert_eq!(
+        (r["lost"].as_u64(), r["duplicated"].as_u64()),
+        (Some(0), Some(0)),
+        "{r}"
+    );
+
+    // Every set of the hostile adapter's `loop` item runs past its deadline: each failure is
+    // counted under its code, and none as a quota refusal.
+    let hostile = adapters_dir().join("hostile.wasm");
+    let r = run_load(
+        &engine,
+        &[
+            "--worker-key",
+            key,
+            "--subscribers",
+            "0",
+            "--function",
+            "set",
+            "--events",
+            "4",
+            "--workers",
+            "2",
+            "--item",
+            "loop",
+            "--adapter",
+            hostile.to_str().unwrap(),
+            "--adapter-limits",
+            r#"{"timeout_ms": 50}"#,
+        ],
+    );
+    assert_eq!(
+        (r["acked"].as_u64(), r["failed"].as_u64()),
+        (Some(0), Some(4)),
+        "{r}"
+    );
+    assert_eq!(
+        r["errors"],
+        serde_json::json!({"adapter_timeout": 4}),
+        "{r}"
+    );
+    assert_eq!(r["quota_exceeded"], 0, "{r}");
+}

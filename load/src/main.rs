@@ -3,14 +3,19 @@
 //!
 //! It opens subscriber sockets over several 127.x.y.z source addresses, publishes events
 //! through a raw worker connection, and reports deliveries per second, publish-to-delivery
-//! latency, events lost and duplicated, and the engine's memory per connection.
+//! latency, events lost and duplicated, each call's latency, failed calls by error code, and
+//! the engine's memory per connection. Subscribers and workers can belong to a tenant, which
+//! is what the noisy-neighbour benchmark (scripts/bench-tenants.sh) needs.
 //!
 //!     streamhost-load --subscribers 1000 --events 1000 --size 100
+//!     streamhost-load --tenant b --worker-key KEY --subscribers 1000 --events 400 --rate 40
 //!     streamhost-load --help
 
+mod adapter;
 mod histogram;
 mod options;
 mod publisher;
+mod refusals;
 mod report;
 mod subscribers;
 
@@ -27,6 +32,12 @@ pub struct Counters {
     pub failed: AtomicU64,
     pub delivered: AtomicU64,
     pub closed_slow: AtomicU64,
+    /// The publisher's failed calls, by error code (`quota_exceeded` among them).
+    pub refusals: refusals::Refusals,
+    /// From each call sent to its answer, in microseconds.
+    pub call_latency: std::sync::Mutex<histogram::Histogram>,
+    /// Frames to subscribers that carried `quota_exceeded`.
+    pub client_quota_errors: AtomicU64,
 }
 
 fn main() {
@@ -77,6 +88,19 @@ async fn run(o: Options) -> anyhow::Result<i32> {
         tokio::time::sleep(Duration::from_secs(o.idle_seconds)).await;
     }
 
+    if let Some(path) = &o.start_when {
+        eprintln!("waiting for {} to exist", path.display());
+        let deadline = Instant::now() + Duration::from_secs(300);
+        while !path.exists() {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "{} did not appear within 5 minutes",
+                path.display()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     let done = Arc::new(AtomicBool::new(false));
     let progress = tokio::spawn(report::progress(counters.clone(), done.clone()));
     let publish_started = Instant::now();
@@ -84,7 +108,7 @@ async fn run(o: Options) -> anyhow::Result<i32> {
     let publish_time = publish_started.elapsed();
 
     // Wait for deliveries to stop arriving (or everything expected to arrive).
-    let expected = subscribers::expected_total(&o);
+    let expected = subscribers::expected_total(&o, published);
     let mut last = u64::MAX;
     let settle = Instant::now();
     loop {
@@ -102,7 +126,7 @@ async fn run(o: Options) -> anyhow::Result<i32> {
     done.store(true, Ordering::Relaxed);
     let _ = progress.await;
 
-    let results = subscribers::finish(subs).await;
+    let results = subscribers::finish(subs, &o, published).await;
     let report = report::Report::build(
         &o,
         &results,

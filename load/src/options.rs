@@ -18,8 +18,17 @@ pub const USAGE: &str = "usage: streamhost-load [options]
   --window W            calls in flight per worker connection (default 256)
   --workers W           worker connections publishing in parallel (default 1)
   --stream NAME         stream name (default bench)
+  --seconds S           stop publishing after S seconds even if events remain (default: none)
+  --item ID             every stream::set writes this item id (default: one item per event)
+  --adapter FILE        bind a WebAssembly component first (streamhost::create_stream); worker
+                        w then writes to its own stream NAME-w, bound to it
+  --adapter-limits JSON the binding's limits (default {\"timeout_ms\": 100})
+  --tenant ID           subscribers join as anonymous clients of tenant ID (?tenant=ID)
+  --worker-key KEY      workers send Authorization: Bearer KEY (the tenant's worker key)
   --pause-ms MS         subscribers stop reading for MS at the start (a burst) (default 0)
   --idle-seconds S      hold the connections idle S seconds before publishing (default 0)
+  --start-when FILE     once connected, wait (at most 5 min) until FILE exists, then publish:
+                        another load generator can start in between (see bench-tenants.sh)
   --drain-seconds S     longest wait for deliveries after publishing (default 30)
   --engine-pid PID      read the engine's memory from /proc/PID/status
   --json FILE           also write the report as JSON";
@@ -39,8 +48,15 @@ pub struct Options {
     pub window: usize,
     pub workers: usize,
     pub stream: String,
+    pub seconds: Option<f64>,
+    pub item: Option<String>,
+    pub adapter: Option<PathBuf>,
+    pub adapter_limits: serde_json::Value,
+    pub tenant: Option<String>,
+    pub worker_key: Option<String>,
     pub pause_ms: u64,
     pub idle_seconds: u64,
+    pub start_when: Option<PathBuf>,
     pub drain_seconds: u64,
     pub engine_pid: Option<u32>,
     pub json: Option<PathBuf>,
@@ -62,8 +78,15 @@ impl Options {
             window: 256,
             workers: 1,
             stream: "bench".into(),
+            seconds: None,
+            item: None,
+            adapter: None,
+            adapter_limits: serde_json::json!({"timeout_ms": 100}),
+            tenant: None,
+            worker_key: None,
             pause_ms: 0,
             idle_seconds: 0,
+            start_when: None,
             drain_seconds: 30,
             engine_pid: None,
             json: None,
@@ -111,8 +134,25 @@ impl Options {
                 "--window" => o.window = num(&value)?.max(1) as usize,
                 "--workers" => o.workers = num(&value)?.max(1) as usize,
                 "--stream" => o.stream = value,
+                "--seconds" => {
+                    o.seconds = Some(
+                        value
+                            .parse()
+                            .with_context(|| format!("--seconds takes a number, not {value:?}"))?,
+                    )
+                }
+                "--item" => o.item = Some(value),
+                "--adapter" => o.adapter = Some(PathBuf::from(value)),
+                "--adapter-limits" => {
+                    o.adapter_limits = serde_json::from_str(&value).with_context(|| {
+                        format!("--adapter-limits takes a JSON object, not {value:?}")
+                    })?
+                }
+                "--tenant" => o.tenant = Some(value),
+                "--worker-key" => o.worker_key = Some(value),
                 "--pause-ms" => o.pause_ms = num(&value)?,
                 "--idle-seconds" => o.idle_seconds = num(&value)?,
+                "--start-when" => o.start_when = Some(PathBuf::from(value)),
                 "--drain-seconds" => o.drain_seconds = num(&value)?,
                 "--engine-pid" => o.engine_pid = Some(num(&value)? as u32),
                 "--json" => o.json = Some(PathBuf::from(value)),
@@ -120,6 +160,16 @@ impl Options {
             }
         }
         Ok(o)
+    }
+
+    /// The stream worker `w` writes to: its own when it binds an adapter (calls on one
+    /// adapter instance run one at a time, so one stream per worker keeps them all busy).
+    pub fn stream_of(&self, w: usize) -> String {
+        if self.adapter.is_some() {
+            format!("{}-{w}", self.stream)
+        } else {
+            self.stream.clone()
+        }
     }
 
     pub fn group_of(&self, seq: u64) -> usize {

@@ -1,21 +1,33 @@
 //! The publisher: raw worker connections calling `stream::send` or `stream::set`, with a
-//! window of calls in flight, as fast as possible or at a fixed rate.
+//! window of calls in flight, as fast as possible or at a fixed rate, for a number of events or
+//! of seconds. The workers draw sequence numbers from one counter, so that what was published
+//! is always 0..n, whichever worker stopped first: the subscribers' loss count relies on it.
 
-use crate::Counters;
 use crate::options::Options;
+use crate::{Counters, adapter, refusals};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::{HeaderValue, header::AUTHORIZATION};
 
 /// Publishes every event; returns how many were sent.
 pub async fn publish(o: &Options, epoch: Instant, counters: Arc<Counters>) -> anyhow::Result<u64> {
+    let next = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for w in 0..o.workers {
-        tasks.push(tokio::spawn(worker(o.clone(), w, epoch, counters.clone())));
+        tasks.push(tokio::spawn(worker(
+            o.clone(),
+            w,
+            epoch,
+            counters.clone(),
+            next.clone(),
+        )));
     }
     let mut sent = 0;
     for t in tasks {
@@ -29,12 +41,30 @@ async fn worker(
     w: usize,
     epoch: Instant,
     counters: Arc<Counters>,
+    next: Arc<AtomicU64>,
 ) -> anyhow::Result<u64> {
-    let (ws, _) = tokio_tungstenite::connect_async(o.worker.as_str()).await?;
+    let mut request = o.worker.as_str().into_client_request()?;
+    if let Some(key) = &o.worker_key {
+        request.headers_mut().insert(
+            AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {key}"))?,
+        );
+    }
+    let (mut ws, _) = tokio_tungstenite::connect_async(request).await?;
+    let stream_name = o.stream_of(w);
+    adapter::bind(&o, &stream_name, &mut ws).await?;
     let (mut sink, mut stream) = ws.split();
     let window = Arc::new(Semaphore::new(o.window));
     let outstanding = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let (win, out, ctr) = (window.clone(), outstanding.clone(), counters.clone());
+    // When each call was sent, by invocation id: its answer gives the call's latency (a
+    // victim's own calls can wait behind a neighbour's backlog as much as its deliveries).
+    let sent_at = Arc::new(Mutex::new(HashMap::<u64, u64>::new()));
+    let (win, out, ctr, at) = (
+        window.clone(),
+        outstanding.clone(),
+        counters.clone(),
+        sent_at.clone(),
+    );
     let reader = tokio::spawn(async move {
         while let Some(Ok(msg)) = stream.next().await {
             let Message::Text(text) = msg else { continue };
@@ -42,9 +72,14 @@ async fn worker(
                 continue;
             }
             let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-            if v.get("error").is_some_and(|e| !e.is_null()) {
-                ctr.failed.fetch_add(1, Ordering::Relaxed);
-                if ctr.failed.load(Ordering::Relaxed) == 1 {
+            let id = v["invocation_id"].as_str().and_then(|id| id.parse().ok());
+            if let Some(t) = id.and_then(|id| at.lock().unwrap().remove(&id)) {
+                let us = (epoch.elapsed().as_nanos() as u64).saturating_sub(t) / 1000;
+                ctr.call_latency.lock().unwrap().record(us);
+            }
+            if let Some(code) = refusals::error_code(&v) {
+                ctr.refusals.record(code);
+                if ctr.failed.fetch_add(1, Ordering::Relaxed) == 0 {
                     eprintln!("a call failed: {}", v["error"]);
                 }
             } else {
@@ -61,8 +96,12 @@ async fn worker(
     let per_worker_rate = o.rate / o.workers as f64;
     let started = Instant::now();
     let mut sent = 0u64;
-    let mut seq = w as u64;
-    while seq < o.events {
+    loop {
+        if o.seconds
+            .is_some_and(|s| started.elapsed().as_secs_f64() >= s)
+        {
+            break;
+        }
         if per_worker_rate > 0.0 {
             let due = started + Duration::from_secs_f64(sent as f64 / per_worker_rate);
             if due > Instant::now() {
@@ -78,20 +117,25 @@ async fn worker(
             .await
             .map_err(|_| anyhow::anyhow!("worker {w}: the engine closed the worker socket"))?
             .forget();
+        let seq = next.fetch_add(1, Ordering::Relaxed);
+        if seq >= o.events {
+            break;
+        }
         let group = format!("g{}", o.group_of(seq));
         let t = epoch.elapsed().as_nanos() as u64;
         let event = json!({"seq": seq, "t": t, "p": pad});
         let data = if o.set {
-            json!({"stream_name": o.stream, "group_id": group, "item_id": format!("i{seq}"), "data": event})
+            let item = o.item.clone().unwrap_or_else(|| format!("i{seq}"));
+            json!({"stream_name": stream_name, "group_id": group, "item_id": item, "data": event})
         } else {
-            json!({"stream_name": o.stream, "group_id": group, "type": "bench", "data": event})
+            json!({"stream_name": stream_name, "group_id": group, "type": "bench", "data": event})
         };
         let frame = json!({"type": "invokefunction", "invocation_id": format!("{seq}"), "function_id": function, "data": data});
+        sent_at.lock().unwrap().insert(seq, t);
         sink.feed(Message::text(frame.to_string())).await?;
         outstanding.fetch_add(1, Ordering::Relaxed);
         counters.sent.fetch_add(1, Ordering::Relaxed);
         sent += 1;
-        seq += o.workers as u64;
         if per_worker_rate > 0.0 || sent.is_multiple_of(32) {
             sink.flush().await?;
         }

@@ -75,6 +75,7 @@ impl Report {
             .sum();
         let secs = deliver_time.as_secs_f64().max(1e-9);
         let acked = c.acked.load(Ordering::Relaxed);
+        let calls = c.call_latency.lock().unwrap().clone();
         let per_conn = match (rss_before, rss_after) {
             (Some(b), Some(a)) if o.subscribers > 0 => {
                 Some(a.saturating_sub(b) as f64 / o.subscribers as f64)
@@ -86,13 +87,18 @@ impl Report {
                 "subscribers": o.subscribers, "groups": o.groups, "events": o.events, "size": o.size,
                 "rate": o.rate, "function": if o.set { "stream::set" } else { "stream::send" },
                 "window": o.window, "workers": o.workers, "join": if o.join_path { "path" } else { "frame" },
-                "pause_ms": o.pause_ms,
+                "pause_ms": o.pause_ms, "seconds": o.seconds, "tenant": o.tenant,
+                "stream": o.stream, "adapter": o.adapter.as_ref().map(|p| p.display().to_string()),
             },
             "published": published,
             "acked": acked,
             "failed": c.failed.load(Ordering::Relaxed),
             "publish_seconds": publish_time.as_secs_f64(),
             "calls_per_second": acked as f64 / publish_time.as_secs_f64().max(1e-9),
+            "offered_per_second": published as f64 / publish_time.as_secs_f64().max(1e-9),
+            "errors": c.refusals.json(),
+            "quota_exceeded": c.refusals.count("quota_exceeded"),
+            "client_quota_errors": c.client_quota_errors.load(Ordering::Relaxed),
             "delivered": received,
             "deliveries_per_second": received as f64 / secs,
             "lost": lost,
@@ -103,6 +109,9 @@ impl Report {
             "latency_us": {
                 "p50": latency.quantile(0.5), "p99": latency.quantile(0.99),
                 "p999": latency.quantile(0.999), "max": latency.max_us,
+            },
+            "call_latency_us": {
+                "p50": calls.quantile(0.5), "p99": calls.quantile(0.99), "max": calls.max_us,
             },
             "connect_seconds": connect_time.as_secs_f64(),
             "engine_rss_before": rss_before,
@@ -124,7 +133,7 @@ impl Report {
             "\n{} subscribers in {} groups, {} events of {} bytes via {}{}\n",
             c["subscribers"],
             c["groups"],
-            c["events"],
+            j["published"],
             c["size"],
             c["function"].as_str().unwrap_or(""),
             if c["rate"].as_f64().unwrap_or(0.0) > 0.0 {
@@ -139,6 +148,21 @@ impl Report {
             j["failed"],
             j["calls_per_second"].as_f64().unwrap_or(0.0)
         );
+        s += &format!(
+            "  call latency p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms\n",
+            ms(&j["call_latency_us"]["p50"]),
+            ms(&j["call_latency_us"]["p99"]),
+            ms(&j["call_latency_us"]["max"])
+        );
+        if j["failed"].as_u64().unwrap_or(0) > 0 || j["client_quota_errors"].as_u64() > Some(0) {
+            s += &format!(
+                "  refusals     {} quota_exceeded of {:.0} calls/s offered; errors by code {}; {} quota errors to subscribers\n",
+                j["quota_exceeded"],
+                j["offered_per_second"].as_f64().unwrap_or(0.0),
+                j["errors"],
+                j["client_quota_errors"]
+            );
+        }
         s += &format!(
             "  deliveries   {} in total, {:.0}/s\n",
             j["delivered"],

@@ -17,6 +17,7 @@ use tokio_tungstenite::tungstenite::Message;
 /// What one subscriber saw.
 #[derive(Default)]
 pub struct SubResult {
+    pub group: usize,
     pub received: u64,
     pub duplicates: u64,
     pub lost: u64,
@@ -39,9 +40,9 @@ impl Subscribers {
     }
 }
 
-/// Events each group receives: seq = g, g + G, g + 2G, ... below E.
-fn expected_for(o: &Options, group: usize) -> u64 {
-    let (e, g) = (o.events, o.groups as u64);
+/// Events each group receives when `e` were published: seq = g, g + G, g + 2G, ... below e.
+fn expected_for(o: &Options, e: u64, group: usize) -> u64 {
+    let g = o.groups as u64;
     if (group as u64) < e % g {
         e / g + 1
     } else {
@@ -49,9 +50,9 @@ fn expected_for(o: &Options, group: usize) -> u64 {
     }
 }
 
-pub fn expected_total(o: &Options) -> u64 {
+pub fn expected_total(o: &Options, published: u64) -> u64 {
     (0..o.subscribers)
-        .map(|i| expected_for(o, i % o.groups))
+        .map(|i| expected_for(o, published, i % o.groups))
         .sum()
 }
 
@@ -123,7 +124,7 @@ async fn subscriber(
     ready: oneshot::Sender<anyhow::Result<()>>,
 ) -> SubResult {
     let group_id = format!("g{group}");
-    let url = if o.join_path {
+    let mut url = if o.join_path {
         format!(
             "{}/stream/{}/{group_id}",
             o.client.trim_end_matches('/'),
@@ -132,6 +133,15 @@ async fn subscriber(
     } else {
         o.client.clone()
     };
+    if let Some(tenant) = &o.tenant {
+        // An anonymous client of that tenant (it must have `token_required: false`).
+        let rest = url.split_once("://").map_or(url.as_str(), |(_, rest)| rest);
+        if !rest.contains('/') {
+            url.push('/');
+        }
+        let sep = if url.contains('?') { '&' } else { '?' };
+        url += &format!("{sep}tenant={tenant}");
+    }
     let connect = async {
         let socket = TcpSocket::new_v4()?;
         socket
@@ -166,9 +176,12 @@ async fn subscriber(
     if o.pause_ms > 0 {
         tokio::time::sleep(Duration::from_millis(o.pause_ms)).await;
     }
-    let expected = expected_for(&o, group);
-    let mut seen = vec![0u64; (expected as usize).div_ceil(64)];
-    let mut r = SubResult::default();
+    let most = expected_for(&o, o.events, group);
+    let mut seen = vec![0u64; (most as usize).div_ceil(64)];
+    let mut r = SubResult {
+        group,
+        ..SubResult::default()
+    };
     loop {
         let msg = tokio::select! {
             msg = ws.next() => msg,
@@ -191,6 +204,9 @@ async fn subscriber(
         };
         let now = epoch.elapsed().as_nanos() as u64;
         let Some((seq, at)) = number_after(&text, "\"seq\":", 0) else {
+            if text.contains("quota_exceeded") {
+                counters.client_quota_errors.fetch_add(1, Ordering::Relaxed);
+            }
             continue;
         };
         let Some((sent, _)) = number_after(&text, "\"t\":", at) else {
@@ -211,17 +227,18 @@ async fn subscriber(
         r.last_delivery_ns = now;
         counters.delivered.fetch_add(1, Ordering::Relaxed);
     }
-    r.lost = expected - r.received;
     let _ = ws.close(None).await;
     r
 }
 
-/// Stops every subscriber and collects what each saw.
-pub async fn finish(subs: Subscribers) -> Vec<SubResult> {
+/// Stops every subscriber and collects what each saw; `published` events were sent.
+pub async fn finish(subs: Subscribers, o: &Options, published: u64) -> Vec<SubResult> {
     let _ = subs.stop.send(true);
     let mut out = Vec::with_capacity(subs.tasks.len());
     for t in subs.tasks {
-        out.push(t.await.unwrap_or_default());
+        let mut r = t.await.unwrap_or_default();
+        r.lost = expected_for(o, published, r.group).saturating_sub(r.received);
+        out.push(r);
     }
     out
 }
