@@ -11,7 +11,8 @@
 //! - `error:B`: fails with an error message of B bytes;
 //! - `fan:N` (the item id of an event): the fan-out hook returns N copies of the event.
 //!
-//! And by config, given to `init`: `init_sleep_ms` sleeps in `init`; `groups_bytes` makes
+//! And by config, given to `init`: `init_sleep_ms` sleeps in `init` (as does the number in
+//! the item `ctl/init_sleep_ms` of the config's `stream`, for later instances); `groups_bytes` makes
 //! `list-groups` return that many bytes of group ids; `list_bytes` makes `list-items` of the
 //! group `huge` return that many bytes of items.
 
@@ -78,9 +79,14 @@ impl StreamAdapter for Hostile {
     fn init(config: Json) -> Result<(), AdapterError> {
         let value: serde_json::Value = serde_json::from_str(&config).unwrap_or_default();
         let _ = CONFIG.set(value);
-        if let Some(ms) = self::config("init_sleep_ms") {
-            std::thread::sleep(std::time::Duration::from_millis(ms as u64));
+        let mut sleep_ms = self::config("init_sleep_ms").unwrap_or(0) as u64;
+        // A later instance can be made to sleep: the item `ctl/init_sleep_ms` of the stream.
+        if let Some(stream) = CONFIG.get().and_then(|c| c["stream"].as_str())
+            && let Ok(Some(ms)) = store::get(stream, "ctl", "init_sleep_ms")
+        {
+            sleep_ms = ms.parse().unwrap_or(0);
         }
+        std::thread::sleep(std::time::Duration::from_millis(sleep_ms));
         Ok(())
     }
 

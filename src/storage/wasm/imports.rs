@@ -208,6 +208,10 @@ impl HostState {
     fn quota_write(&mut self, bytes: usize, new_item: bool) -> Result<(), AdapterError> {
         let q = self.scope.quotas;
         let u = &self.usage;
+        // Once refused, the call writes nothing more: it fails anyway.
+        if let Some(first) = &u.refused {
+            return Err(AdapterError::Internal(format!("quota_exceeded: {first}")));
+        }
         let refusal = if u.writes >= q.writes_per_call {
             Some(format!(
                 "more than {} store writes in one call",
@@ -415,5 +419,18 @@ impl store::Host for HostState {
             .list_groups(&stream)
             .await
             .map_err(internal))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cut;
+
+    #[test]
+    fn long_text_is_cut_on_a_character_boundary_and_says_so() {
+        assert_eq!(cut("abc".into(), 3), "abc");
+        assert_eq!(cut("abcd".into(), 3), "abc… (1 more bytes cut)");
+        // "é" is two bytes: a cut inside it moves back before it.
+        assert_eq!(cut("aé".into(), 2), "a… (2 more bytes cut)");
     }
 }
