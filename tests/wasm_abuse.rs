@@ -120,6 +120,9 @@ async fn spinning_adapters_do_not_delay_native_writes() {
 }
 
 /// Uploads compile on a blocking thread, one at a time: streams keep being served meanwhile.
+/// The hostile component compiles in tens of ms, so this checks the path more than the
+/// stall: a component slow to compile (several seconds) would show the stall if compiles
+/// ran on the engine's threads again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploads_compile_off_the_engine_threads() {
     let engine = start(test_config()).await;

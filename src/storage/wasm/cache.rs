@@ -149,3 +149,41 @@ fn store(component: &Component, path: &Path) -> anyhow::Result<()> {
     std::fs::rename(&tmp, path)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn eviction_removes_the_least_recently_used_until_under_the_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let t0 = SystemTime::now() - Duration::from_secs(100);
+        for (i, name) in ["old", "mid", "new"].iter().enumerate() {
+            let path = dir.path().join(format!("{name}.cwasm"));
+            std::fs::write(&path, vec![0u8; 100]).unwrap();
+            let f = std::fs::File::options().write(true).open(&path).unwrap();
+            f.set_modified(t0 + Duration::from_secs(i as u64)).unwrap();
+        }
+        std::fs::write(dir.path().join("other.txt"), vec![0u8; 1000]).unwrap();
+        let exists = |n: &str| dir.path().join(format!("{n}.cwasm")).exists();
+        // At the cap: nothing goes.
+        let cache = Cache {
+            dir: Some(dir.path().into()),
+            max_bytes: 300,
+        };
+        cache.evict(dir.path());
+        assert!(exists("old") && exists("mid") && exists("new"));
+        // One byte under it: the least recently used goes, and only it.
+        let cache = Cache {
+            max_bytes: 299,
+            ..cache
+        };
+        cache.evict(dir.path());
+        assert!(!exists("old") && exists("mid") && exists("new"));
+        assert!(
+            dir.path().join("other.txt").exists(),
+            "only cache entries are evicted"
+        );
+    }
+}
