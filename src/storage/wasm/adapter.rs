@@ -19,20 +19,19 @@
 
 use super::bindings::exports::streamhost::adapter::stream_adapter;
 use super::bindings::streamhost::adapter::types::{
-    AdapterError, EventKind as WitKind, StreamEvent as WitEvent, UpdateOutcome as WitOutcome,
+    AdapterError, EventKind as WitKind, StreamEvent as WitEvent,
 };
 use super::fanout_bindings::exports::streamhost::adapter::fanout;
 use super::governor::Metered;
 use super::host::{Prepared, WasmHost};
 use super::imports::{CallUsage, HostState, MemoryLimiter, Scope, StoreQuotas, cut};
+use super::serve::to_wit;
 use crate::error::FnError;
 use crate::fanout::frame::{EventKind, StreamEvent};
 use crate::fanout::item_lock::ItemLocks;
 use crate::fanout::order::Order;
 use crate::limits::ValueLimits;
-use crate::storage::update_ops::{self, UpdateOps};
-use crate::storage::{Stored, StreamAdapter, UpdateOutcome};
-use async_trait::async_trait;
+use crate::storage::StreamAdapter;
 use serde_json::Value;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -81,24 +80,24 @@ impl Default for Limits {
     }
 }
 
-struct Live {
-    store: Store<HostState>,
-    guest: stream_adapter::Guest,
+pub(super) struct Live {
+    pub(super) store: Store<HostState>,
+    pub(super) guest: stream_adapter::Guest,
     fanout: Option<fanout::Guest>,
 }
 
 pub struct WasmAdapter {
-    stream: String,
+    pub(super) stream: String,
     host: Arc<WasmHost>,
     prepared: Prepared,
     config: String,
     limits: Limits,
-    storage: Arc<dyn StreamAdapter>,
+    pub(super) storage: Arc<dyn StreamAdapter>,
     /// What the guest's imports may touch, shared by its successive instances (the per-stream
     /// quotas outlive an instance).
     scope: Arc<Scope>,
     /// The engine's item locks, for the read-modify-write of an update the guest leaves to us.
-    locks: Arc<ItemLocks>,
+    pub(super) locks: Arc<ItemLocks>,
     live: tokio::sync::Mutex<Option<Live>>,
     /// Instances started, the first included: more than one means some were discarded.
     pub instances_started: AtomicU64,
@@ -331,7 +330,7 @@ impl WasmAdapter {
         }
     }
 
-    fn guest_error(&self, err: AdapterError, what: &str) -> anyhow::Error {
+    pub(super) fn guest_error(&self, err: AdapterError, what: &str) -> anyhow::Error {
         match err {
             AdapterError::Invalid(m) => fail("adapter_invalid", cut(m, MAX_ERROR_BYTES)),
             AdapterError::Unsupported => fail(
@@ -352,7 +351,7 @@ impl WasmAdapter {
         }
     }
 
-    fn check_size(&self, len: usize, what: &str) -> anyhow::Result<()> {
+    pub(super) fn check_size(&self, len: usize, what: &str) -> anyhow::Result<()> {
         if len > self.limits.max_payload_bytes {
             return Err(fail(
                 "adapter_payload_too_large",
@@ -365,7 +364,7 @@ impl WasmAdapter {
         Ok(())
     }
 
-    fn parse(&self, json: &str, what: &str) -> anyhow::Result<Value> {
+    pub(super) fn parse(&self, json: &str, what: &str) -> anyhow::Result<Value> {
         self.check_size(json.len(), what)?;
         let value = serde_json::from_str(json).map_err(|e| {
             fail(
@@ -382,7 +381,7 @@ impl WasmAdapter {
     }
 
     /// Runs one call on the live instance (starting one if needed); any trap discards it.
-    async fn call<R>(
+    pub(super) async fn call<R>(
         &self,
         what: &str,
         f: impl AsyncFnOnce(&mut Live) -> wasmtime::Result<R>,
@@ -439,7 +438,7 @@ impl WasmAdapter {
 
     /// Runs a write call, returning with its result the order of the store writes the guest
     /// made during it: the turns those writes took in the engine's store.
-    async fn call_write<R>(
+    pub(super) async fn call_write<R>(
         &self,
         what: &str,
         f: impl AsyncFnOnce(&mut Live) -> wasmtime::Result<R>,
@@ -492,154 +491,5 @@ impl WasmAdapter {
             e.id.as_deref(),
             kind,
         ))
-    }
-}
-
-fn to_wit(event: &StreamEvent) -> Option<WitEvent> {
-    let (kind, name, data) = match &event.kind {
-        EventKind::Create(d) => (WitKind::Create, None, d),
-        EventKind::Update(d) => (WitKind::Update, None, d),
-        EventKind::Delete(d) => (WitKind::Delete, None, d),
-        EventKind::Custom { name, data } => (WitKind::Custom, Some(name.clone()), data),
-        EventKind::Sync(_) | EventKind::Unauthorized => return None,
-    };
-    Some(WitEvent {
-        stream_name: event.stream_name.clone(),
-        group_id: event.group_id.clone(),
-        id: event.id.clone(),
-        kind,
-        name,
-        data: data.to_string(),
-    })
-}
-
-#[async_trait]
-impl StreamAdapter for WasmAdapter {
-    fn name(&self) -> &'static str {
-        "wasm"
-    }
-
-    async fn get(&self, s: &str, g: &str, i: &str) -> anyhow::Result<Option<Value>> {
-        let r = self
-            .call("get", async |l| {
-                l.guest.call_get(&mut l.store, s, g, i).await
-            })
-            .await?;
-        match r.map_err(|e| self.guest_error(e, "get"))? {
-            Some(json) => Ok(Some(self.parse(&json, "a value")?)),
-            None => Ok(None),
-        }
-    }
-
-    async fn set(
-        &self,
-        s: &str,
-        g: &str,
-        i: &str,
-        data: Value,
-    ) -> anyhow::Result<Stored<Option<Value>>> {
-        let json = data.to_string();
-        self.check_size(json.len(), "the item")?;
-        let (r, order) = self
-            .call_write("set", async |l| {
-                l.guest.call_set(&mut l.store, s, g, i, &json).await
-            })
-            .await?;
-        let value = match r.map_err(|e| self.guest_error(e, "set"))? {
-            Some(old) => Some(self.parse(&old, "the old value")?),
-            None => None,
-        };
-        Ok(Stored { value, order })
-    }
-
-    async fn delete(&self, s: &str, g: &str, i: &str) -> anyhow::Result<Stored<Option<Value>>> {
-        let (r, order) = self
-            .call_write("delete", async |l| {
-                l.guest.call_delete(&mut l.store, s, g, i).await
-            })
-            .await?;
-        let value = match r.map_err(|e| self.guest_error(e, "delete"))? {
-            Some(old) => Some(self.parse(&old, "the old value")?),
-            None => None,
-        };
-        Ok(Stored { value, order })
-    }
-
-    async fn list(&self, s: &str, g: &str) -> anyhow::Result<Vec<Value>> {
-        let r = self
-            .call("list-items", async |l| {
-                l.guest.call_list_items(&mut l.store, s, g).await
-            })
-            .await?;
-        let items = r.map_err(|e| self.guest_error(e, "list-items"))?;
-        self.check_size(items.iter().map(String::len).sum(), "the list")?;
-        items.iter().map(|j| self.parse(j, "an item")).collect()
-    }
-
-    async fn list_groups(&self, s: &str) -> anyhow::Result<Vec<String>> {
-        let r = self
-            .call("list-groups", async |l| {
-                l.guest.call_list_groups(&mut l.store, s).await
-            })
-            .await?;
-        let groups = r.map_err(|e| self.guest_error(e, "list-groups"))?;
-        self.check_size(groups.iter().map(String::len).sum(), "the list of groups")?;
-        Ok(groups)
-    }
-
-    async fn list_ids(&self, s: &str, g: &str) -> anyhow::Result<Vec<String>> {
-        self.storage.list_ids(s, g).await
-    }
-
-    async fn list_all(&self) -> anyhow::Result<Vec<(String, Vec<String>)>> {
-        Ok(vec![(
-            self.stream.clone(),
-            self.list_groups(&self.stream).await?,
-        )])
-    }
-
-    async fn update(
-        &self,
-        s: &str,
-        g: &str,
-        i: &str,
-        ops: &UpdateOps,
-    ) -> anyhow::Result<Stored<UpdateOutcome>> {
-        let ops_json = serde_json::to_string(ops.raw())?;
-        let (r, mut order) = self
-            .call_write("update", async |l| {
-                l.guest.call_update(&mut l.store, s, g, i, &ops_json).await
-            })
-            .await?;
-        match r {
-            Ok(WitOutcome {
-                old_value,
-                new_value,
-                errors,
-            }) => {
-                let value = UpdateOutcome {
-                    old_value: old_value
-                        .map(|o| self.parse(&o, "the old value"))
-                        .transpose()?,
-                    new_value: self.parse(&new_value, "the new value")?,
-                    errors: serde_json::from_str(&errors).unwrap_or_default(),
-                };
-                Ok(Stored { value, order })
-            }
-            Err(AdapterError::Unsupported) => {
-                // The host's read-modify-write, one at a time per item (the engine's lock).
-                let _held = self.locks.acquire(s, g, i).await;
-                let current = self.get(s, g, i).await?;
-                let (new_value, errors) = update_ops::apply(current.as_ref(), ops)?;
-                order.join(self.set(s, g, i, new_value.clone()).await?.order);
-                let value = UpdateOutcome {
-                    old_value: current,
-                    new_value,
-                    errors,
-                };
-                Ok(Stored { value, order })
-            }
-            Err(e) => Err(self.guest_error(e, "update")),
-        }
     }
 }

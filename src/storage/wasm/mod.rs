@@ -6,6 +6,7 @@
 //! - `governor`: a tenant's caps on its adapters' concurrent calls and CPU time;
 //! - `imports`: what a guest may call (`log`, `store`), scoped to its own stream and quota'd;
 //! - `adapter`: one bound component, serving the `StreamAdapter` trait within its limits.
+//! - `serve`: the `StreamAdapter` operations, each a call into the guest;
 //! - `registry`: which streams are bound to which adapter.
 
 pub mod adapter;
@@ -14,6 +15,7 @@ pub mod governor;
 pub mod host;
 pub mod imports;
 pub mod registry;
+mod serve;
 
 pub use adapter::{Limits, WasmAdapter};
 pub use host::WasmHost;
