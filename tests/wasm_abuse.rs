@@ -540,3 +540,30 @@ async fn every_crossing_is_held_to_max_payload_bytes() {
     );
     engine.shutdown().await.unwrap();
 }
+
+/// Calls queue for one adapter's instance no longer than one call's deadline: behind two
+/// spinning calls, a third fails with `adapter_timeout` rather than waiting for both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_do_not_queue_past_a_deadline_behind_a_hog() {
+    let engine = start(test_config()).await;
+    let w = RawWorker::connect(engine.worker_addr).await;
+    bind(&w, "hog", json!({}), json!({"timeout_ms": 1000}))
+        .await
+        .unwrap();
+    let later = async |ms: u64, item: &'static str| {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        let t = Instant::now();
+        let r = w.call("stream::set", set("hog", "g", item, json!(1))).await;
+        (r, t.elapsed())
+    };
+    let ((a, _), (b, _), (c, waited)) =
+        tokio::join!(later(0, "loop"), later(100, "loop"), later(200, "fine"));
+    assert_eq!(code(&a.unwrap_err()), "adapter_timeout");
+    assert_eq!(code(&b.unwrap_err()), "adapter_timeout");
+    let e = c.unwrap_err();
+    assert_eq!(code(&e), "adapter_timeout", "{e}");
+    assert!(message(&e).contains("busy with earlier calls"), "{e}");
+    assert!(waited < Duration::from_millis(1800), "it waited {waited:?}");
+    w.ok("stream::set", set("hog", "g", "fine", json!(2))).await;
+    engine.shutdown().await.unwrap();
+}
