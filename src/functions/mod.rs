@@ -78,6 +78,7 @@ impl Functions {
 
     pub fn set_ceilings(&self, ceilings: AdapterCeilings) {
         *self.ceilings.write().unwrap() = ceilings;
+        self.storage.wasm().set_ceilings(ceilings);
     }
 
     /// Calls a function by id: a built-in `stream::*` function or one a worker registered.

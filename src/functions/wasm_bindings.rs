@@ -84,7 +84,13 @@ pub async fn call(functions: &Arc<Functions>, function_id: &str, data: Value) ->
                     *functions.value_limits(),
                 )
                 .await
-                .map_err(|e| FnError::new("invalid_component", format!("{e:#}")))?;
+                .map_err(|e| match e.downcast_ref::<FnError>() {
+                    // Retry later, or make `init` faster: not a bad component.
+                    Some(own) if ["quota_exceeded", "adapter_timeout"].contains(&&*own.code) => {
+                        own.clone()
+                    }
+                    _ => FnError::new("invalid_component", format!("{e:#}")),
+                })?;
             Ok(Some(describe(&p.stream_name, &adapter)))
         }
         "streamhost::delete_stream" => {

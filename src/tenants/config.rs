@@ -382,17 +382,26 @@ pub struct AdapterCeilings {
     /// Also the fuel given to an adapter that asks for no fuel limit.
     pub max_fuel: u64,
     pub max_payload_bytes: u64,
+    /// Calls the tenant's adapters may run at once (each holds an instance); more fail at
+    /// once with `quota_exceeded`.
+    pub max_concurrent_calls: u64,
+    /// Engine-thread time the tenant's adapters may use per second, in ms (a bucket holding
+    /// one second of it); a call while in debt fails at once with `quota_exceeded`.
+    pub max_cpu_ms_per_sec: u64,
 }
 
 impl Default for AdapterCeilings {
     /// Twice the adapter defaults in memory, ten times in time: room to tune an adapter
-    /// without letting one tenant's code hold a core or the host's memory.
+    /// without letting one tenant's code hold a core or the host's memory. Four calls at
+    /// once and half a core on average.
     fn default() -> Self {
         AdapterCeilings {
             max_memory_bytes: 64 << 20,
             max_timeout_ms: 5_000,
             max_fuel: 10_000_000_000,
             max_payload_bytes: 4 << 20,
+            max_concurrent_calls: 4,
+            max_cpu_ms_per_sec: 500,
         }
     }
 }
@@ -406,6 +415,8 @@ impl AdapterCeilings {
         max_timeout_ms: 600_000,
         max_fuel: u64::MAX,
         max_payload_bytes: 64 << 20,
+        max_concurrent_calls: 4096,
+        max_cpu_ms_per_sec: 1_000_000,
     };
 
     fn validate(&self) -> anyhow::Result<()> {
@@ -425,6 +436,16 @@ impl AdapterCeilings {
                 "max_payload_bytes",
                 self.max_payload_bytes,
                 Self::HIGHEST.max_payload_bytes,
+            ),
+            (
+                "max_concurrent_calls",
+                self.max_concurrent_calls,
+                Self::HIGHEST.max_concurrent_calls,
+            ),
+            (
+                "max_cpu_ms_per_sec",
+                self.max_cpu_ms_per_sec,
+                Self::HIGHEST.max_cpu_ms_per_sec,
             ),
         ];
         for (name, value, max) in fields {

@@ -8,28 +8,36 @@
 //! `adapter_payload_too_large`, `adapter_invalid` (the adapter refused the input) and
 //! `adapter_error`. A value the adapter returns is held to the engine's value limits (see
 //! `limits`) before it is returned or emitted, as are values it writes through `store`.
+//!
+//! Guest code runs on the engine's async threads but never holds one for long: every epoch
+//! tick the guest yields to the runtime (`tokio::task::yield_now`, which lets the I/O driver
+//! run), and past its deadline it traps. A call that blocks in a host call (a WASI sleep, a
+//! slow store) is ended by an outer timeout a little after the deadline, for `init` and
+//! re-instantiation as for calls; the instance is dropped with it. The tenant's `Governor`
+//! admits each call (concurrent calls, CPU time per second) and is charged for the time its
+//! polls held a thread.
 
 use super::bindings::exports::streamhost::adapter::stream_adapter;
 use super::bindings::streamhost::adapter::types::{
-    AdapterError, EventKind as WitKind, StreamEvent as WitEvent, UpdateOutcome as WitOutcome,
+    AdapterError, EventKind as WitKind, StreamEvent as WitEvent,
 };
 use super::fanout_bindings::exports::streamhost::adapter::fanout;
-use super::host::{EPOCH_TICK, Prepared, WasmHost};
-use super::imports::{HostState, MemoryLimiter, Scope};
+use super::governor::Metered;
+use super::host::{Prepared, WasmHost};
+use super::imports::{CallUsage, HostState, MemoryLimiter, Scope, StoreQuotas, cut};
+use super::serve::to_wit;
 use crate::error::FnError;
 use crate::fanout::frame::{EventKind, StreamEvent};
 use crate::fanout::item_lock::ItemLocks;
 use crate::fanout::order::Order;
 use crate::limits::ValueLimits;
-use crate::storage::update_ops::{self, UpdateOps};
-use crate::storage::{Stored, StreamAdapter, UpdateOutcome};
-use async_trait::async_trait;
+use crate::storage::StreamAdapter;
 use serde_json::Value;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use wasmtime::component::ResourceTable;
-use wasmtime::{Store, Trap};
+use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi::WasiCtxBuilder;
 
 /// Limits for one adapter; every one has a safe default.
@@ -47,7 +55,16 @@ pub struct Limits {
     pub env: Vec<(String, String)>,
     /// The engine's limits on values, for what the adapter returns and stores.
     pub values: ValueLimits,
+    /// Caps on the guest's `store` writes and `log` lines.
+    pub quotas: StoreQuotas,
 }
+
+/// How long after its deadline a call blocked in a host call is cut off: the epoch trap
+/// ends a running guest first, so this only fires for one that is waiting.
+const OUTER_GRACE: Duration = Duration::from_millis(100);
+
+/// The longest error message from a guest that is passed on; the rest is cut.
+pub const MAX_ERROR_BYTES: usize = 1024;
 
 impl Default for Limits {
     fn default() -> Self {
@@ -58,25 +75,29 @@ impl Default for Limits {
             max_payload_bytes: 1 << 20,
             env: Vec::new(),
             values: ValueLimits::default(),
+            quotas: StoreQuotas::default(),
         }
     }
 }
 
-struct Live {
-    store: Store<HostState>,
-    guest: stream_adapter::Guest,
+pub(super) struct Live {
+    pub(super) store: Store<HostState>,
+    pub(super) guest: stream_adapter::Guest,
     fanout: Option<fanout::Guest>,
 }
 
 pub struct WasmAdapter {
-    stream: String,
+    pub(super) stream: String,
     host: Arc<WasmHost>,
     prepared: Prepared,
     config: String,
     limits: Limits,
-    storage: Arc<dyn StreamAdapter>,
+    pub(super) storage: Arc<dyn StreamAdapter>,
+    /// What the guest's imports may touch, shared by its successive instances (the per-stream
+    /// quotas outlive an instance).
+    scope: Arc<Scope>,
     /// The engine's item locks, for the read-modify-write of an update the guest leaves to us.
-    locks: Arc<ItemLocks>,
+    pub(super) locks: Arc<ItemLocks>,
     live: tokio::sync::Mutex<Option<Live>>,
     /// Instances started, the first included: more than one means some were discarded.
     pub instances_started: AtomicU64,
@@ -100,7 +121,14 @@ impl WasmAdapter {
         storage: Arc<dyn StreamAdapter>,
         locks: Arc<ItemLocks>,
     ) -> anyhow::Result<Arc<WasmAdapter>> {
-        let prepared = host.prepare(wasm)?;
+        let prepared = host.prepare_async(Arc::from(wasm)).await?;
+        let scope = Arc::new(Scope::new(
+            stream.to_owned(),
+            storage.clone(),
+            limits.max_payload_bytes,
+            limits.values,
+            limits.quotas,
+        ));
         let adapter = Arc::new(WasmAdapter {
             stream: stream.to_owned(),
             host,
@@ -108,14 +136,16 @@ impl WasmAdapter {
             config: config.to_string(),
             limits,
             storage,
+            scope,
             locks,
             live: tokio::sync::Mutex::new(None),
             instances_started: AtomicU64::new(0),
         });
         // Start it now so that a broken `init` is reported when the stream is bound.
         let mut live = adapter.live.lock().await;
+        let running = adapter.host.governor.enter(stream)?;
         *live = Some(adapter.instantiate().await?);
-        drop(live);
+        drop((running, live));
         tracing::info!(
             stream,
             fanout = adapter.prepared.fanout,
@@ -134,6 +164,11 @@ impl WasmAdapter {
         &self.prepared
     }
 
+    /// Log lines the guest wrote over its rate, dropped.
+    pub fn log_lines_dropped(&self) -> u64 {
+        self.scope.dropped_logs.load(Ordering::Relaxed)
+    }
+
     fn new_store(&self) -> Store<HostState> {
         let mut wasi = WasiCtxBuilder::new();
         for (k, v) in &self.limits.env {
@@ -146,28 +181,59 @@ impl WasmAdapter {
                 max_bytes: self.limits.memory_bytes,
                 exceeded: false,
             },
-            scope: Arc::new(Scope {
-                stream: self.stream.clone(),
-                storage: self.storage.clone(),
-                max_payload_bytes: self.limits.max_payload_bytes,
-                values: self.limits.values,
-            }),
+            scope: self.scope.clone(),
             writes: None,
+            deadline: Instant::now(),
+            usage: CallUsage::default(),
         };
         let mut store = Store::new(&self.host.engine, state);
         store.limiter(|s| &mut s.limiter);
+        // Bounds what one crossing from the guest may make the host copy (a string, a list
+        // of them) before the host has seen its size: twice the payload limit, and room for
+        // the lists' own entries.
+        store.set_hostcall_fuel(self.limits.max_payload_bytes.saturating_mul(2) + (64 << 10));
+        // At every tick: past the deadline, trap; else give the thread back to the runtime.
+        store.epoch_deadline_callback(|ctx| {
+            if Instant::now() >= ctx.data().deadline {
+                return Err(Trap::Interrupt.into());
+            }
+            Ok(UpdateDeadline::YieldCustom(
+                1,
+                Box::pin(tokio::task::yield_now()),
+            ))
+        });
         store
     }
 
-    /// Arms the per-call deadline and fuel; both start at zero in a new store.
+    /// Arms the per-call deadline, fuel and quotas; all start afresh for each call.
     fn arm(&self, store: &mut Store<HostState>) {
-        let ticks = (self.limits.timeout.as_micros() / EPOCH_TICK.as_micros()).max(1) as u64 + 1;
-        store.set_epoch_deadline(ticks);
-        store.epoch_deadline_trap();
+        store.set_epoch_deadline(1);
         let _ = store.set_fuel(self.limits.fuel.unwrap_or(u64::MAX));
+        let state = store.data_mut();
+        state.deadline = Instant::now() + self.limits.timeout;
+        state.usage = CallUsage::default();
     }
 
+    /// Starts an instance and runs `init`, within the deadline even when the guest blocks
+    /// in a host call: past it the future, the store and the instance with it, is dropped.
     async fn instantiate(&self) -> anyhow::Result<Live> {
+        let outer = self.limits.timeout + OUTER_GRACE;
+        let mut metered = Metered::new(self.instantiate_unbounded());
+        let result = tokio::time::timeout(outer, &mut metered).await;
+        self.host.governor.charge(metered.used);
+        result.unwrap_or_else(|_| {
+            Err(fail(
+                "adapter_timeout",
+                format!(
+                    "adapter of stream {:?} ran past its deadline of {} ms in init (it was blocked in a host call)",
+                    self.stream,
+                    self.limits.timeout.as_millis()
+                ),
+            ))
+        })
+    }
+
+    async fn instantiate_unbounded(&self) -> anyhow::Result<Live> {
         self.instances_started.fetch_add(1, Ordering::Relaxed);
         let mut store = self.new_store();
         self.arm(&mut store);
@@ -211,6 +277,16 @@ impl WasmAdapter {
         what: &str,
     ) -> anyhow::Error {
         let stream = &self.stream;
+        let err_text = cut(format!("{err:#}"), MAX_ERROR_BYTES);
+        if err_text.contains("fuel allocated for hostcalls has been exhausted") {
+            return fail(
+                "adapter_payload_too_large",
+                format!(
+                    "what the adapter of stream {stream:?} passed the host in {what} is over the {}-byte limit (max_payload_bytes): the host stopped copying it at twice that",
+                    self.limits.max_payload_bytes
+                ),
+            );
+        }
         if store.data().limiter.exceeded {
             return fail(
                 "adapter_memory_limit",
@@ -220,6 +296,7 @@ impl WasmAdapter {
                 ),
             );
         }
+        let late = Instant::now() >= store.data().deadline;
         match err.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) => fail(
                 "adapter_timeout",
@@ -235,20 +312,27 @@ impl WasmAdapter {
                     self.limits.fuel.unwrap_or(0)
                 ),
             ),
+            None if late && err_text.contains("interrupt") => fail(
+                "adapter_timeout",
+                format!(
+                    "adapter of stream {stream:?} ran past its deadline of {} ms in {what}",
+                    self.limits.timeout.as_millis()
+                ),
+            ),
             Some(trap) => fail(
                 "adapter_trap",
                 format!("adapter of stream {stream:?} trapped in {what}: {trap}"),
             ),
             None => fail(
                 "adapter_trap",
-                format!("adapter of stream {stream:?} failed in {what}: {err:#}"),
+                format!("adapter of stream {stream:?} failed in {what}: {err_text}"),
             ),
         }
     }
 
-    fn guest_error(&self, err: AdapterError, what: &str) -> anyhow::Error {
+    pub(super) fn guest_error(&self, err: AdapterError, what: &str) -> anyhow::Error {
         match err {
-            AdapterError::Invalid(m) => fail("adapter_invalid", m),
+            AdapterError::Invalid(m) => fail("adapter_invalid", cut(m, MAX_ERROR_BYTES)),
             AdapterError::Unsupported => fail(
                 "adapter_unsupported",
                 format!(
@@ -258,12 +342,16 @@ impl WasmAdapter {
             ),
             AdapterError::Internal(m) => fail(
                 "adapter_error",
-                format!("adapter of stream {:?} failed in {what}: {m}", self.stream),
+                format!(
+                    "adapter of stream {:?} failed in {what}: {}",
+                    self.stream,
+                    cut(m, MAX_ERROR_BYTES)
+                ),
             ),
         }
     }
 
-    fn check_size(&self, len: usize, what: &str) -> anyhow::Result<()> {
+    pub(super) fn check_size(&self, len: usize, what: &str) -> anyhow::Result<()> {
         if len > self.limits.max_payload_bytes {
             return Err(fail(
                 "adapter_payload_too_large",
@@ -276,7 +364,7 @@ impl WasmAdapter {
         Ok(())
     }
 
-    fn parse(&self, json: &str, what: &str) -> anyhow::Result<Value> {
+    pub(super) fn parse(&self, json: &str, what: &str) -> anyhow::Result<Value> {
         self.check_size(json.len(), what)?;
         let value = serde_json::from_str(json).map_err(|e| {
             fail(
@@ -293,21 +381,41 @@ impl WasmAdapter {
     }
 
     /// Runs one call on the live instance (starting one if needed); any trap discards it.
-    async fn call<R>(
+    pub(super) async fn call<R>(
         &self,
         what: &str,
         f: impl AsyncFnOnce(&mut Live) -> wasmtime::Result<R>,
     ) -> anyhow::Result<R> {
-        let mut slot = self.live.lock().await;
+        // Calls wait their turn on the instance, but not longer than one call may take: a
+        // queue behind a hog fails rather than grows.
+        let Ok(mut slot) = tokio::time::timeout(self.limits.timeout, self.live.lock()).await else {
+            return Err(fail(
+                "adapter_timeout",
+                format!(
+                    "adapter of stream {:?} was busy with earlier calls for its whole deadline of {} ms; {what} did not start",
+                    self.stream,
+                    self.limits.timeout.as_millis()
+                ),
+            ));
+        };
+        let _running = self.host.governor.enter(&self.stream)?;
         if slot.is_none() {
             *slot = Some(self.instantiate().await?);
         }
         let live = slot.as_mut().unwrap();
         self.arm(&mut live.store);
         // The epoch deadline stops guest code; this also bounds time spent in host imports.
-        let outer = self.limits.timeout * 2 + Duration::from_millis(100);
-        match tokio::time::timeout(outer, f(live)).await {
-            Ok(Ok(result)) => Ok(result),
+        let outer = self.limits.timeout + OUTER_GRACE;
+        let mut metered = Metered::new(f(live));
+        let result = tokio::time::timeout(outer, &mut metered).await;
+        self.host.governor.charge(metered.used);
+        drop(metered);
+        let live = slot.as_mut().unwrap();
+        match result {
+            Ok(Ok(result)) => match live.store.data_mut().usage.refused.take() {
+                Some(quota) => Err(fail("quota_exceeded", quota)),
+                None => Ok(result),
+            },
             Ok(Err(e)) => {
                 let err = self.classify(&live.store, e, what);
                 *slot = None;
@@ -330,7 +438,7 @@ impl WasmAdapter {
 
     /// Runs a write call, returning with its result the order of the store writes the guest
     /// made during it: the turns those writes took in the engine's store.
-    async fn call_write<R>(
+    pub(super) async fn call_write<R>(
         &self,
         what: &str,
         f: impl AsyncFnOnce(&mut Live) -> wasmtime::Result<R>,
@@ -359,7 +467,11 @@ impl WasmAdapter {
                     .await
             })
             .await;
-        Some(result.and_then(|events| events.into_iter().map(|e| self.event_from_wit(e)).collect()))
+        Some(result.and_then(|events| {
+            let total = events.iter().map(|e| e.data.len()).sum();
+            self.check_size(total, "the fan-out hook's output")?;
+            events.into_iter().map(|e| self.event_from_wit(e)).collect()
+        }))
     }
 
     fn event_from_wit(&self, e: WitEvent) -> anyhow::Result<StreamEvent> {
@@ -379,152 +491,5 @@ impl WasmAdapter {
             e.id.as_deref(),
             kind,
         ))
-    }
-}
-
-fn to_wit(event: &StreamEvent) -> Option<WitEvent> {
-    let (kind, name, data) = match &event.kind {
-        EventKind::Create(d) => (WitKind::Create, None, d),
-        EventKind::Update(d) => (WitKind::Update, None, d),
-        EventKind::Delete(d) => (WitKind::Delete, None, d),
-        EventKind::Custom { name, data } => (WitKind::Custom, Some(name.clone()), data),
-        EventKind::Sync(_) | EventKind::Unauthorized => return None,
-    };
-    Some(WitEvent {
-        stream_name: event.stream_name.clone(),
-        group_id: event.group_id.clone(),
-        id: event.id.clone(),
-        kind,
-        name,
-        data: data.to_string(),
-    })
-}
-
-#[async_trait]
-impl StreamAdapter for WasmAdapter {
-    fn name(&self) -> &'static str {
-        "wasm"
-    }
-
-    async fn get(&self, s: &str, g: &str, i: &str) -> anyhow::Result<Option<Value>> {
-        let r = self
-            .call("get", async |l| {
-                l.guest.call_get(&mut l.store, s, g, i).await
-            })
-            .await?;
-        match r.map_err(|e| self.guest_error(e, "get"))? {
-            Some(json) => Ok(Some(self.parse(&json, "a value")?)),
-            None => Ok(None),
-        }
-    }
-
-    async fn set(
-        &self,
-        s: &str,
-        g: &str,
-        i: &str,
-        data: Value,
-    ) -> anyhow::Result<Stored<Option<Value>>> {
-        let json = data.to_string();
-        self.check_size(json.len(), "the item")?;
-        let (r, order) = self
-            .call_write("set", async |l| {
-                l.guest.call_set(&mut l.store, s, g, i, &json).await
-            })
-            .await?;
-        let value = match r.map_err(|e| self.guest_error(e, "set"))? {
-            Some(old) => Some(self.parse(&old, "the old value")?),
-            None => None,
-        };
-        Ok(Stored { value, order })
-    }
-
-    async fn delete(&self, s: &str, g: &str, i: &str) -> anyhow::Result<Stored<Option<Value>>> {
-        let (r, order) = self
-            .call_write("delete", async |l| {
-                l.guest.call_delete(&mut l.store, s, g, i).await
-            })
-            .await?;
-        let value = match r.map_err(|e| self.guest_error(e, "delete"))? {
-            Some(old) => Some(self.parse(&old, "the old value")?),
-            None => None,
-        };
-        Ok(Stored { value, order })
-    }
-
-    async fn list(&self, s: &str, g: &str) -> anyhow::Result<Vec<Value>> {
-        let r = self
-            .call("list-items", async |l| {
-                l.guest.call_list_items(&mut l.store, s, g).await
-            })
-            .await?;
-        let items = r.map_err(|e| self.guest_error(e, "list-items"))?;
-        self.check_size(items.iter().map(String::len).sum(), "the list")?;
-        items.iter().map(|j| self.parse(j, "an item")).collect()
-    }
-
-    async fn list_groups(&self, s: &str) -> anyhow::Result<Vec<String>> {
-        let r = self
-            .call("list-groups", async |l| {
-                l.guest.call_list_groups(&mut l.store, s).await
-            })
-            .await?;
-        r.map_err(|e| self.guest_error(e, "list-groups"))
-    }
-
-    async fn list_ids(&self, s: &str, g: &str) -> anyhow::Result<Vec<String>> {
-        self.storage.list_ids(s, g).await
-    }
-
-    async fn list_all(&self) -> anyhow::Result<Vec<(String, Vec<String>)>> {
-        Ok(vec![(
-            self.stream.clone(),
-            self.list_groups(&self.stream).await?,
-        )])
-    }
-
-    async fn update(
-        &self,
-        s: &str,
-        g: &str,
-        i: &str,
-        ops: &UpdateOps,
-    ) -> anyhow::Result<Stored<UpdateOutcome>> {
-        let ops_json = serde_json::to_string(ops.raw())?;
-        let (r, mut order) = self
-            .call_write("update", async |l| {
-                l.guest.call_update(&mut l.store, s, g, i, &ops_json).await
-            })
-            .await?;
-        match r {
-            Ok(WitOutcome {
-                old_value,
-                new_value,
-                errors,
-            }) => {
-                let value = UpdateOutcome {
-                    old_value: old_value
-                        .map(|o| self.parse(&o, "the old value"))
-                        .transpose()?,
-                    new_value: self.parse(&new_value, "the new value")?,
-                    errors: serde_json::from_str(&errors).unwrap_or_default(),
-                };
-                Ok(Stored { value, order })
-            }
-            Err(AdapterError::Unsupported) => {
-                // The host's read-modify-write, one at a time per item (the engine's lock).
-                let _held = self.locks.acquire(s, g, i).await;
-                let current = self.get(s, g, i).await?;
-                let (new_value, errors) = update_ops::apply(current.as_ref(), ops)?;
-                order.join(self.set(s, g, i, new_value.clone()).await?.order);
-                let value = UpdateOutcome {
-                    old_value: current,
-                    new_value,
-                    errors,
-                };
-                Ok(Stored { value, order })
-            }
-            Err(e) => Err(self.guest_error(e, "update")),
-        }
     }
 }

@@ -1,12 +1,20 @@
-//! The wasmtime engine shared by every adapter: configuration, the epoch clock that enforces
-//! per-call deadlines, the linker with the host's imports, and loading components.
+//! The wasmtime engine shared by a tenant's adapters: configuration, the epoch clock that
+//! enforces per-call deadlines, the linker with the host's imports, loading components, and
+//! the tenant's `Governor`.
+//!
+//! Compiling a component takes from milliseconds to many seconds of CPU, and the upload
+//! decides which: it runs on a blocking thread, never on the engine's async threads, one
+//! compile at a time in the whole process (`STREAMHOST_WASM_COMPILES` raises it), and single-
+//! threaded (no parallel compilation), so that compiles never take every core.
 
 use super::bindings;
 use super::cache::Cache;
+use super::governor::Governor;
 use super::imports::HostState;
+use crate::tenants::AdapterCeilings;
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use wasmtime::component::{HasSelf, InstancePre, Linker};
 use wasmtime::{Config, Engine};
@@ -19,6 +27,22 @@ pub struct WasmHost {
     linker: Linker<HostState>,
     cache: Cache,
     stop_clock: Arc<AtomicBool>,
+    /// The tenant's caps on its adapters' concurrent calls and CPU time.
+    pub governor: Governor,
+}
+
+/// Compiles at once in the whole process: `STREAMHOST_WASM_COMPILES`, else one per two cores.
+fn compile_permits() -> &'static tokio::sync::Semaphore {
+    static PERMITS: OnceLock<tokio::sync::Semaphore> = OnceLock::new();
+    PERMITS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let n = std::env::var("STREAMHOST_WASM_COMPILES")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|n| *n > 0)
+            .unwrap_or((cores / 2).max(1));
+        tokio::sync::Semaphore::new(n)
+    })
 }
 
 /// A component checked against the WIT and ready to instantiate.
@@ -34,10 +58,19 @@ pub struct Prepared {
 impl WasmHost {
     /// `cache_dir`: where compiled components are kept (None: compile at every load).
     pub fn new(cache_dir: Option<PathBuf>) -> anyhow::Result<Arc<WasmHost>> {
+        WasmHost::with_ceilings(cache_dir, AdapterCeilings::HIGHEST)
+    }
+
+    /// A host whose adapters share `ceilings`' caps on concurrent calls and CPU time.
+    pub fn with_ceilings(
+        cache_dir: Option<PathBuf>,
+        ceilings: AdapterCeilings,
+    ) -> anyhow::Result<Arc<WasmHost>> {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
         config.consume_fuel(true);
+        config.parallel_compilation(false);
         let engine =
             Engine::new(&config).map_err(|e| anyhow::anyhow!("cannot start wasmtime: {e}"))?;
         let mut linker = Linker::<HostState>::new(&engine);
@@ -66,7 +99,20 @@ impl WasmHost {
             linker,
             cache: Cache::new(cache_dir),
             stop_clock,
+            governor: Governor::new(ceilings),
         }))
+    }
+
+    /// `prepare` on a blocking thread, behind the process-wide cap on concurrent compiles.
+    pub async fn prepare_async(self: &Arc<Self>, wasm: Arc<[u8]>) -> anyhow::Result<Prepared> {
+        let _permit = compile_permits()
+            .acquire()
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let host = self.clone();
+        tokio::task::spawn_blocking(move || host.prepare(&wasm))
+            .await
+            .map_err(|e| anyhow::anyhow!("compiling the component failed: {e}"))?
     }
 
     /// Compiles (or loads from the cache) and type-checks a component against the WIT.
@@ -81,7 +127,21 @@ impl WasmHost {
         }
         let started = Instant::now();
         let loaded = self.cache.load(&self.engine, wasm)?;
-        let component = &loaded.component;
+        let prepared = self.check(&loaded.component, loaded.from_cache, started)?;
+        // Only a component that passed the interface check is worth keeping.
+        if !loaded.from_cache {
+            self.cache.keep(&self.engine, wasm, &loaded.component);
+        }
+        Ok(prepared)
+    }
+
+    /// Type-checks a compiled component against the WIT.
+    fn check(
+        &self,
+        component: &wasmtime::component::Component,
+        from_cache: bool,
+        started: Instant,
+    ) -> anyhow::Result<Prepared> {
         let ty = component.component_type();
         let imports: Vec<String> = ty
             .imports(&self.engine)
@@ -110,7 +170,7 @@ impl WasmHost {
         Ok(Prepared {
             pre,
             fanout,
-            from_cache: loaded.from_cache,
+            from_cache,
             load_time: started.elapsed(),
             imports,
             exports,

@@ -7,17 +7,20 @@
 use super::{Limits, WasmAdapter, WasmHost};
 use crate::fanout::item_lock::ItemLocks;
 use crate::storage::StreamAdapter;
+use crate::tenants::AdapterCeilings;
 use serde::Deserialize;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 pub struct WasmBindings {
     host: OnceLock<Arc<WasmHost>>,
     cache_dir: Option<PathBuf>,
     bound: RwLock<HashMap<String, Arc<WasmAdapter>>>,
+    /// The tenant's ceilings, for the host's governor (kept here until the host starts).
+    ceilings: Mutex<AdapterCeilings>,
 }
 
 impl WasmBindings {
@@ -26,6 +29,15 @@ impl WasmBindings {
             host: OnceLock::new(),
             cache_dir,
             bound: RwLock::default(),
+            ceilings: Mutex::new(AdapterCeilings::default()),
+        }
+    }
+
+    /// Applies the tenant's ceilings to its adapters' concurrent calls and CPU time.
+    pub fn set_ceilings(&self, ceilings: AdapterCeilings) {
+        *self.ceilings.lock().unwrap() = ceilings;
+        if let Some(host) = self.host.get() {
+            host.governor.set_ceilings(ceilings);
         }
     }
 
@@ -34,8 +46,12 @@ impl WasmBindings {
         if let Some(h) = self.host.get() {
             return Ok(h.clone());
         }
-        let host = WasmHost::new(self.cache_dir.clone())?;
-        Ok(self.host.get_or_init(|| host).clone())
+        let ceilings = *self.ceilings.lock().unwrap();
+        let host = WasmHost::with_ceilings(self.cache_dir.clone(), ceilings)?;
+        let host = self.host.get_or_init(|| host).clone();
+        // Ceilings changed while the host started apply too.
+        host.governor.set_ceilings(*self.ceilings.lock().unwrap());
+        Ok(host)
     }
 
     pub fn get(&self, stream: &str) -> Option<Arc<WasmAdapter>> {

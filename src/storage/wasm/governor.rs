@@ -1,0 +1,209 @@
+//! A tenant's share of the engine's time for its WebAssembly adapters: how many calls may run
+//! guest code at once (`max_concurrent_calls`) and how much of it per second
+//! (`max_cpu_ms_per_sec`).
+//!
+//! A call over either cap fails at once with `quota_exceeded` and a `retry_after_ms`, instead
+//! of queueing behind the tenant's own hog: the refusal costs nothing and the caller knows
+//! when to come back. CPU time is a token bucket holding one second of the tenant's rate; a
+//! call is admitted while the bucket is not in debt and pays afterwards for the time it
+//! actually held an engine thread (see `Metered`), so one call may overdraw it by at most its
+//! own deadline, and then the tenant waits for the debt to refill.
+
+use crate::error::FnError;
+use crate::tenants::AdapterCeilings;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+/// How long a caller refused for concurrency is told to wait: running calls end within their
+/// deadline, most far sooner.
+const BUSY_RETRY: Duration = Duration::from_millis(50);
+
+pub struct Governor {
+    state: Mutex<State>,
+}
+
+struct State {
+    ceilings: AdapterCeilings,
+    running: u64,
+    /// CPU time the tenant may still spend, in microseconds; negative while in debt.
+    balance_us: i64,
+    refilled: Instant,
+}
+
+/// A running call's place; given back when dropped.
+pub struct Slot<'a> {
+    governor: &'a Governor,
+}
+
+impl Drop for Slot<'_> {
+    fn drop(&mut self) {
+        self.governor.state.lock().unwrap().running -= 1;
+    }
+}
+
+impl Governor {
+    pub fn new(ceilings: AdapterCeilings) -> Governor {
+        Governor {
+            state: Mutex::new(State {
+                ceilings,
+                running: 0,
+                balance_us: burst_us(&ceilings),
+                refilled: Instant::now(),
+            }),
+        }
+    }
+
+    /// Applies changed ceilings (the admin API changes them live).
+    pub fn set_ceilings(&self, ceilings: AdapterCeilings) {
+        let mut s = self.state.lock().unwrap();
+        s.ceilings = ceilings;
+        s.balance_us = s.balance_us.min(burst_us(&ceilings));
+    }
+
+    /// Admits a call, or refuses it with `quota_exceeded` saying which cap and when to retry.
+    pub fn enter(&self, stream: &str) -> Result<Slot<'_>, FnError> {
+        let mut s = self.state.lock().unwrap();
+        s.refill();
+        let c = s.ceilings;
+        if s.balance_us < 0 {
+            let rate = c.max_cpu_ms_per_sec.max(1) as i64;
+            // Debt in µs over a rate in ms per s: the wait in ms, rounded up.
+            let wait_ms = (-s.balance_us + rate - 1) / rate;
+            return Err(quota(
+                format!(
+                    "the adapter of stream {stream:?} is refused: this tenant's adapters used more than their {} ms of CPU time per second (adapter_ceilings.max_cpu_ms_per_sec)",
+                    c.max_cpu_ms_per_sec
+                ),
+                Duration::from_millis(wait_ms as u64),
+            ));
+        }
+        if s.running >= c.max_concurrent_calls {
+            return Err(quota(
+                format!(
+                    "the adapter of stream {stream:?} is refused: this tenant's adapters are already running {} calls, the most its adapter_ceilings.max_concurrent_calls allows",
+                    s.running
+                ),
+                BUSY_RETRY,
+            ));
+        }
+        s.running += 1;
+        Ok(Slot { governor: self })
+    }
+
+    /// Charges CPU time a call spent on the engine's threads.
+    pub fn charge(&self, used: Duration) {
+        let mut s = self.state.lock().unwrap();
+        s.refill();
+        let used = i64::try_from(used.as_micros()).unwrap_or(i64::MAX);
+        s.balance_us = s.balance_us.saturating_sub(used);
+    }
+
+    pub fn running(&self) -> u64 {
+        self.state.lock().unwrap().running
+    }
+}
+
+impl State {
+    fn refill(&mut self) {
+        let now = Instant::now();
+        let elapsed = now.duration_since(self.refilled).as_micros() as i64;
+        self.refilled = now;
+        // µs of CPU per µs of wall time is the rate in ms per s, over 1000.
+        let earned = elapsed.saturating_mul(self.ceilings.max_cpu_ms_per_sec as i64) / 1000;
+        self.balance_us = self
+            .balance_us
+            .saturating_add(earned)
+            .min(burst_us(&self.ceilings));
+    }
+}
+
+/// The bucket holds one second of the rate.
+fn burst_us(c: &AdapterCeilings) -> i64 {
+    (c.max_cpu_ms_per_sec as i64).saturating_mul(1000)
+}
+
+fn quota(message: String, retry_after: Duration) -> FnError {
+    let ms = retry_after.as_millis().max(1);
+    FnError::new(
+        "quota_exceeded",
+        format!("{message}; retry after {ms} ms (retry_after_ms: {ms})"),
+    )
+}
+
+/// A future whose polls are timed: the time it held an engine thread, guest code and the
+/// host calls it made in line, which is what a tenant's CPU time counts.
+pub struct Metered<F> {
+    inner: Pin<Box<F>>,
+    pub used: Duration,
+}
+
+impl<F: Future> Metered<F> {
+    pub fn new(inner: F) -> Self {
+        Metered {
+            inner: Box::pin(inner),
+            used: Duration::ZERO,
+        }
+    }
+}
+
+impl<F: Future> Future for Metered<F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let started = Instant::now();
+        let out = self.inner.as_mut().poll(cx);
+        self.used += started.elapsed();
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ceilings(calls: u64, cpu_ms: u64) -> AdapterCeilings {
+        AdapterCeilings {
+            max_concurrent_calls: calls,
+            max_cpu_ms_per_sec: cpu_ms,
+            ..AdapterCeilings::default()
+        }
+    }
+
+    #[test]
+    fn concurrent_calls_are_capped_at_the_ceiling() {
+        let g = Governor::new(ceilings(2, 1000));
+        let a = g.enter("s").unwrap();
+        let _b = g.enter("s").expect("at the cap");
+        let e = g.enter("s").err().expect("one past the cap");
+        assert_eq!(e.code, "quota_exceeded");
+        assert!(e.message.contains("max_concurrent_calls"), "{e}");
+        assert!(e.message.contains("retry_after_ms: 50"), "{e}");
+        drop(a);
+        assert!(g.enter("s").is_ok(), "a slot given back is taken again");
+    }
+
+    #[test]
+    fn cpu_debt_refuses_until_it_refills() {
+        let g = Governor::new(ceilings(10, 100));
+        // The bucket holds 100 ms; spending exactly that leaves it at zero, still admitted.
+        g.charge(Duration::from_millis(100));
+        drop(g.enter("s").expect("at the boundary"));
+        g.charge(Duration::from_millis(900));
+        let e = g.enter("s").err().expect("in debt");
+        assert_eq!(e.code, "quota_exceeded");
+        assert!(e.message.contains("max_cpu_ms_per_sec"), "{e}");
+        // 900 ms of debt at 100 ms/s: about 9 s to wait.
+        let ms: u64 = e
+            .message
+            .rsplit("retry_after_ms: ")
+            .next()
+            .unwrap()
+            .trim_end_matches(')')
+            .parse()
+            .unwrap();
+        assert!((8000..=9000).contains(&ms), "{e}");
+    }
+}
