@@ -35,13 +35,11 @@ fn message(e: &Value) -> &str {
     e["message"].as_str().unwrap_or_default()
 }
 
-/// The `retry_after_ms` a `quota_exceeded` message carries.
+/// The `retry_after_ms` a `quota_exceeded` error carries beside its message.
 fn retry_after_ms(e: &Value) -> u64 {
-    let m = message(e);
-    let tail = m.rsplit("retry_after_ms: ").next().unwrap();
-    tail.trim_end_matches(')')
-        .parse()
-        .unwrap_or_else(|_| panic!("{m}"))
+    e["retry_after_ms"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no retry_after_ms in {e}"))
 }
 
 /// Native writes on a schedule (one every 50 ms from `from`): the worst lateness of an

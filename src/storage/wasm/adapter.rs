@@ -13,7 +13,7 @@
 //! tick the guest yields to the runtime (`tokio::task::yield_now`, which lets the I/O driver
 //! run), and past its deadline it traps. A call that blocks in a host call (a WASI sleep, a
 //! slow store) is ended by an outer timeout a little after the deadline, for `init` and
-//! re-instantiation as for calls; the instance is dropped with it. The tenant's `Governor`
+//! re-instantiation as for calls; the instance is dropped with it. The tenant's `Budget`
 //! admits each call (concurrent calls, CPU time per second) and is charged for the time its
 //! polls held a thread.
 
@@ -21,8 +21,8 @@ use super::bindings::exports::streamhost::adapter::stream_adapter;
 use super::bindings::streamhost::adapter::types::{
     AdapterError, EventKind as WitKind, StreamEvent as WitEvent,
 };
+use super::budget::Metered;
 use super::fanout_bindings::exports::streamhost::adapter::fanout;
-use super::governor::Metered;
 use super::host::{Prepared, WasmHost};
 use super::imports::{CallUsage, HostState, MemoryLimiter, Scope, StoreQuotas, cut};
 use super::serve::to_wit;
@@ -143,7 +143,7 @@ impl WasmAdapter {
         });
         // Start it now so that a broken `init` is reported when the stream is bound.
         let mut live = adapter.live.lock().await;
-        let running = adapter.host.governor.enter(stream)?;
+        let running = adapter.host.budget.enter(stream)?;
         *live = Some(adapter.instantiate().await?);
         drop((running, live));
         tracing::info!(
@@ -220,7 +220,7 @@ impl WasmAdapter {
         let outer = self.limits.timeout + OUTER_GRACE;
         let mut metered = Metered::new(self.instantiate_unbounded());
         let result = tokio::time::timeout(outer, &mut metered).await;
-        self.host.governor.charge(metered.used);
+        self.host.budget.charge(metered.used);
         result.unwrap_or_else(|_| {
             Err(fail(
                 "adapter_timeout",
@@ -398,7 +398,7 @@ impl WasmAdapter {
                 ),
             ));
         };
-        let _running = self.host.governor.enter(&self.stream)?;
+        let _running = self.host.budget.enter(&self.stream)?;
         if slot.is_none() {
             *slot = Some(self.instantiate().await?);
         }
@@ -408,7 +408,7 @@ impl WasmAdapter {
         let outer = self.limits.timeout + OUTER_GRACE;
         let mut metered = Metered::new(f(live));
         let result = tokio::time::timeout(outer, &mut metered).await;
-        self.host.governor.charge(metered.used);
+        self.host.budget.charge(metered.used);
         drop(metered);
         let live = slot.as_mut().unwrap();
         match result {

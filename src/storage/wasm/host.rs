@@ -1,6 +1,6 @@
 //! The wasmtime engine shared by a tenant's adapters: configuration, the epoch clock that
 //! enforces per-call deadlines, the linker with the host's imports, loading components, and
-//! the tenant's `Governor`.
+//! the tenant's `Budget`.
 //!
 //! Compiling a component takes from milliseconds to many seconds of CPU, and the upload
 //! decides which: it runs on a blocking thread, never on the engine's async threads, one
@@ -8,8 +8,8 @@
 //! threaded (no parallel compilation), so that compiles never take every core.
 
 use super::bindings;
+use super::budget::Budget;
 use super::cache::Cache;
-use super::governor::Governor;
 use super::imports::HostState;
 use crate::tenants::AdapterCeilings;
 use std::path::PathBuf;
@@ -28,7 +28,7 @@ pub struct WasmHost {
     cache: Cache,
     stop_clock: Arc<AtomicBool>,
     /// The tenant's caps on its adapters' concurrent calls and CPU time.
-    pub governor: Governor,
+    pub budget: Budget,
 }
 
 /// Compiles at once in the whole process: `STREAMHOST_WASM_COMPILES`, else one per two cores.
@@ -99,7 +99,7 @@ impl WasmHost {
             linker,
             cache: Cache::new(cache_dir),
             stop_clock,
-            governor: Governor::new(ceilings),
+            budget: Budget::new(ceilings),
         }))
     }
 

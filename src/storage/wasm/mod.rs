@@ -3,15 +3,15 @@
 //!
 //! - `host`: the shared wasmtime engine, its epoch clock, the linker and compilation;
 //! - `cache`: compiled components kept on disk, keyed by content and engine;
-//! - `governor`: a tenant's caps on its adapters' concurrent calls and CPU time;
+//! - `budget`: a tenant's caps on its adapters' concurrent calls and CPU time;
 //! - `imports`: what a guest may call (`log`, `store`), scoped to its own stream and quota'd;
 //! - `adapter`: one bound component, serving the `StreamAdapter` trait within its limits.
 //! - `serve`: the `StreamAdapter` operations, each a call into the guest;
 //! - `registry`: which streams are bound to which adapter.
 
 pub mod adapter;
+pub mod budget;
 pub mod cache;
-pub mod governor;
 pub mod host;
 pub mod imports;
 pub mod registry;

@@ -19,7 +19,7 @@ pub struct WasmBindings {
     host: OnceLock<Arc<WasmHost>>,
     cache_dir: Option<PathBuf>,
     bound: RwLock<HashMap<String, Arc<WasmAdapter>>>,
-    /// The tenant's ceilings, for the host's governor (kept here until the host starts).
+    /// The tenant's ceilings, for the host.s budget (kept here until the host starts).
     ceilings: Mutex<AdapterCeilings>,
 }
 
@@ -37,7 +37,7 @@ impl WasmBindings {
     pub fn set_ceilings(&self, ceilings: AdapterCeilings) {
         *self.ceilings.lock().unwrap() = ceilings;
         if let Some(host) = self.host.get() {
-            host.governor.set_ceilings(ceilings);
+            host.budget.set_ceilings(ceilings);
         }
     }
 
@@ -50,7 +50,7 @@ impl WasmBindings {
         let host = WasmHost::with_ceilings(self.cache_dir.clone(), ceilings)?;
         let host = self.host.get_or_init(|| host).clone();
         // Ceilings changed while the host started apply too.
-        host.governor.set_ceilings(*self.ceilings.lock().unwrap());
+        host.budget.set_ceilings(*self.ceilings.lock().unwrap());
         Ok(host)
     }
 

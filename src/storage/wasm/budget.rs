@@ -10,7 +10,7 @@
 //! own deadline, and then the tenant waits for the debt to refill.
 
 use crate::error::FnError;
-use crate::tenants::AdapterCeilings;
+use crate::tenants::{AdapterCeilings, QUOTA_EXCEEDED};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Mutex;
@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 /// deadline, most far sooner.
 const BUSY_RETRY: Duration = Duration::from_millis(50);
 
-pub struct Governor {
+pub struct Budget {
     state: Mutex<State>,
 }
 
@@ -35,18 +35,18 @@ struct State {
 
 /// A running call's place; given back when dropped.
 pub struct Slot<'a> {
-    governor: &'a Governor,
+    budget: &'a Budget,
 }
 
 impl Drop for Slot<'_> {
     fn drop(&mut self) {
-        self.governor.state.lock().unwrap().running -= 1;
+        self.budget.state.lock().unwrap().running -= 1;
     }
 }
 
-impl Governor {
-    pub fn new(ceilings: AdapterCeilings) -> Governor {
-        Governor {
+impl Budget {
+    pub fn new(ceilings: AdapterCeilings) -> Budget {
+        Budget {
             state: Mutex::new(State {
                 ceilings,
                 running: 0,
@@ -90,7 +90,7 @@ impl Governor {
             ));
         }
         s.running += 1;
-        Ok(Slot { governor: self })
+        Ok(Slot { budget: self })
     }
 
     /// Charges CPU time a call spent on the engine's threads.
@@ -126,11 +126,10 @@ fn burst_us(c: &AdapterCeilings) -> i64 {
 }
 
 fn quota(message: String, retry_after: Duration) -> FnError {
-    let ms = retry_after.as_millis().max(1);
-    FnError::new(
-        "quota_exceeded",
-        format!("{message}; retry after {ms} ms (retry_after_ms: {ms})"),
-    )
+    let ms = retry_after.as_millis().max(1) as u64;
+    let mut err = FnError::new(QUOTA_EXCEEDED, format!("{message}; retry in {ms} ms"));
+    err.retry_after_ms = Some(ms);
+    err
 }
 
 /// A future whose polls are timed: the time it held an engine thread, guest code and the
@@ -174,20 +173,20 @@ mod tests {
 
     #[test]
     fn concurrent_calls_are_capped_at_the_ceiling() {
-        let g = Governor::new(ceilings(2, 1000));
+        let g = Budget::new(ceilings(2, 1000));
         let a = g.enter("s").unwrap();
         let _b = g.enter("s").expect("at the cap");
         let e = g.enter("s").err().expect("one past the cap");
         assert_eq!(e.code, "quota_exceeded");
         assert!(e.message.contains("max_concurrent_calls"), "{e}");
-        assert!(e.message.contains("retry_after_ms: 50"), "{e}");
+        assert_eq!(e.retry_after_ms, Some(50), "{e}");
         drop(a);
         assert!(g.enter("s").is_ok(), "a slot given back is taken again");
     }
 
     #[test]
     fn cpu_debt_refuses_until_it_refills() {
-        let g = Governor::new(ceilings(10, 100));
+        let g = Budget::new(ceilings(10, 100));
         // The bucket holds 100 ms; spending exactly that leaves it at zero, still admitted.
         g.charge(Duration::from_millis(100));
         drop(g.enter("s").expect("at the boundary"));
@@ -196,14 +195,7 @@ mod tests {
         assert_eq!(e.code, "quota_exceeded");
         assert!(e.message.contains("max_cpu_ms_per_sec"), "{e}");
         // 900 ms of debt at 100 ms/s: about 9 s to wait.
-        let ms: u64 = e
-            .message
-            .rsplit("retry_after_ms: ")
-            .next()
-            .unwrap()
-            .trim_end_matches(')')
-            .parse()
-            .unwrap();
+        let ms = e.retry_after_ms.unwrap();
         assert!((8000..=9000).contains(&ms), "{e}");
     }
 }
