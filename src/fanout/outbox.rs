@@ -360,3 +360,52 @@ pub fn read_error_close(err: &axum::Error) -> Option<(u16, String)> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(len: usize) -> Utf8Bytes {
+        Utf8Bytes::from("x".repeat(len))
+    }
+
+    #[test]
+    fn the_byte_bound_holds_at_its_limit_and_closes_one_past_it() {
+        let slow = Counter::default();
+        let (outbox, mut rx) = Outbox::bounded(100, 1000, slow.clone());
+        assert!(outbox.push(frame(500)));
+        assert!(outbox.push(frame(500)), "exactly the bound fits");
+        assert_eq!(outbox.queued_bytes(), 1000);
+        assert!(!outbox.push(frame(1)), "one byte past the bound does not");
+        let reason = outbox.close_reason().expect("closed as slow");
+        assert_eq!(reason.code, CLOSE_SLOW);
+        assert!(
+            reason.reason.contains("send_queue_bytes 1000"),
+            "{reason:?}"
+        );
+        assert_eq!(slow.get(), 1);
+        // What was queued stays queued, for the socket to write before its close frame.
+        assert_eq!(rx.try_recv().unwrap().len(), 500);
+    }
+
+    #[test]
+    fn one_frame_larger_than_the_bound_still_goes_to_an_empty_queue() {
+        let (outbox, mut rx) = Outbox::bounded(100, 1000, Counter::default());
+        assert!(outbox.push(frame(5000)));
+        let taken = rx.try_recv().unwrap();
+        outbox.taken(&taken);
+        assert_eq!(outbox.queued_bytes(), 0);
+        assert!(outbox.push(frame(1000)));
+        assert!(!outbox.is_closing());
+    }
+
+    #[test]
+    fn the_frame_bound_still_holds() {
+        let (outbox, _rx) = Outbox::bounded(2, usize::MAX, Counter::default());
+        assert!(outbox.push(frame(1)));
+        assert!(outbox.push(frame(1)));
+        assert!(!outbox.push(frame(1)));
+        assert!(outbox.close_reason().unwrap().reason.contains("2 frames"));
+        assert_eq!(outbox.queued_bytes(), 2, "a refused frame is not counted");
+    }
+}
