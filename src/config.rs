@@ -539,4 +539,21 @@ mod tests {
         let err = Config::parse("workers:\n  - name: iii-stream\n    config: { adapter: { name: kv, config: { store_method: disk } } }\n").unwrap_err();
         assert!(format!("{err:#}").contains("in_memory"), "{err:#}");
     }
+
+    #[test]
+    fn socket_timeouts_and_caps_load_per_socket() {
+        let c = Config::parse(
+            "workers:\n  - name: iii-stream\n    config: { handshake_timeout_ms: 500, idle_timeout_ms: 7000, send_queue_bytes: 4096, max_connections: 100 }\n  - name: iii-worker-manager\n    config: { ping_interval_ms: 250 }\n",
+        )
+        .unwrap();
+        assert_eq!(c.client_timeouts.handshake, Duration::from_millis(500));
+        assert_eq!(c.client_timeouts.idle_timeout, Duration::from_millis(7000));
+        assert_eq!(c.worker_timeouts.ping_interval, Duration::from_millis(250));
+        assert_eq!(c.worker_timeouts.handshake, Duration::from_secs(10));
+        assert_eq!((c.send_queue_bytes, c.max_connections), (4096, Some(100)));
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        let zero = "workers:\n  - name: iii-stream\n    config: { idle_timeout_ms: 0 }\n";
+        let e = format!("{:#}", Config::parse(zero).unwrap_err());
+        assert!(e.contains("`idle_timeout_ms` must be at least 1"), "{e}");
+    }
 }
