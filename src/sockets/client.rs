@@ -22,7 +22,8 @@ use crate::tenants::quotas::SlotPermit;
 use crate::tenants::{ClientIdentity, QUOTA_EXCEEDED};
 use axum::Router;
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, Extension, Path, RawQuery, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
@@ -68,86 +69,55 @@ struct Upgrade {
     slot: Option<ConnSlot>,
 }
 
-async fn root(
-    State(engine): State<Arc<Engine>>,
-    ws: WebSocketUpgrade,
-    headers: HeaderMap,
-    uri: Uri,
-    RawQuery(query): RawQuery,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    slot: Option<Extension<ConnSlot>>,
-) -> Response {
-    accept(
-        engine,
-        Upgrade {
+impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        let ws = WebSocketUpgrade::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let ConnectInfo(addr) = ConnectInfo::<SocketAddr>::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        Ok(Upgrade {
             ws,
-            headers,
-            uri,
-            query,
+            headers: parts.headers.clone(),
+            uri: parts.uri.clone(),
+            query: parts.uri.query().map(str::to_owned),
             addr,
-            slot: slot.map(|Extension(s)| s),
-        },
-        None,
-    )
-    .await
+            slot: parts.extensions.get::<ConnSlot>().cloned(),
+        })
+    }
+}
+
+async fn root(State(engine): State<Arc<Engine>>, up: Upgrade) -> Response {
+    accept(engine, up, None).await
 }
 
 async fn group_path(
     State(engine): State<Arc<Engine>>,
     Path((stream, group)): Path<(String, String)>,
-    ws: WebSocketUpgrade,
-    headers: HeaderMap,
-    uri: Uri,
-    RawQuery(query): RawQuery,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    slot: Option<Extension<ConnSlot>>,
+    up: Upgrade,
 ) -> Response {
-    accept(
-        engine,
-        Upgrade {
-            ws,
-            headers,
-            uri,
-            query,
-            addr,
-            slot: slot.map(|Extension(s)| s),
-        },
-        Some(PathSub {
-            stream,
-            group,
-            item: None,
-        }),
-    )
-    .await
+    let sub = PathSub {
+        stream,
+        group,
+        item: None,
+    };
+    accept(engine, up, Some(sub)).await
 }
 
 async fn item_path(
     State(engine): State<Arc<Engine>>,
     Path((stream, group, item)): Path<(String, String, String)>,
-    ws: WebSocketUpgrade,
-    headers: HeaderMap,
-    uri: Uri,
-    RawQuery(query): RawQuery,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-    slot: Option<Extension<ConnSlot>>,
+    up: Upgrade,
 ) -> Response {
-    accept(
-        engine,
-        Upgrade {
-            ws,
-            headers,
-            uri,
-            query,
-            addr,
-            slot: slot.map(|Extension(s)| s),
-        },
-        Some(PathSub {
-            stream,
-            group,
-            item: Some(item),
-        }),
-    )
-    .await
+    let sub = PathSub {
+        stream,
+        group,
+        item: Some(item),
+    };
+    accept(engine, up, Some(sub)).await
 }
 
 /// Admits the client to a tenant, runs that tenant's auth function, then upgrades with the
