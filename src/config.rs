@@ -81,6 +81,52 @@ pub struct Config {
     pub base_dir: PathBuf,
     /// The admin API (`admin:`); None: no admin listener.
     pub admin: Option<crate::admin::AdminConfig>,
+    /// Handshake and keepalive timeouts of the client socket and of the worker socket.
+    pub client_timeouts: SocketTimeouts,
+    pub worker_timeouts: SocketTimeouts,
+    /// Bytes queued per client socket before it is closed as too slow (with `send_queue_frames`).
+    pub send_queue_bytes: usize,
+    /// Sockets open at once on both ports together; None: 90% of the open-files limit.
+    pub max_connections: Option<usize>,
+}
+
+/// How long a socket may take to send its upgrade request, and how a quiet peer is found dead.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SocketTimeouts {
+    /// A socket that has not sent a whole request head by then is closed.
+    pub handshake: Duration,
+    /// The engine pings an open socket this often.
+    pub ping_interval: Duration,
+    /// A socket that has sent nothing (a pong counts) for this long is closed.
+    pub idle_timeout: Duration,
+}
+
+impl Default for SocketTimeouts {
+    fn default() -> Self {
+        SocketTimeouts {
+            handshake: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(15),
+            idle_timeout: Duration::from_secs(45),
+        }
+    }
+}
+
+impl SocketTimeouts {
+    /// Reads `handshake_timeout_ms`, `ping_interval_ms` and `idle_timeout_ms`; false for any other key.
+    fn configure(&mut self, key: &str, value: &Value) -> anyhow::Result<bool> {
+        let slot = match key {
+            "handshake_timeout_ms" => &mut self.handshake,
+            "ping_interval_ms" => &mut self.ping_interval,
+            "idle_timeout_ms" => &mut self.idle_timeout,
+            _ => return Ok(false),
+        };
+        let ms = number(value, key)?;
+        if ms == 0 {
+            bail!("`{key}` must be at least 1 (milliseconds)");
+        }
+        *slot = Duration::from_millis(ms);
+        Ok(true)
+    }
 }
 
 impl Default for Config {
@@ -107,6 +153,10 @@ impl Default for Config {
             allow_anonymous_workers: false,
             base_dir: PathBuf::new(),
             admin: None,
+            client_timeouts: SocketTimeouts::default(),
+            worker_timeouts: SocketTimeouts::default(),
+            send_queue_bytes: 16 << 20,
+            max_connections: None,
         }
     }
 }
@@ -195,6 +245,13 @@ impl Config {
                         self.close_grace = Duration::from_millis(number(value, key)?)
                     }
                     "max_subscriptions" => self.max_subscriptions = number(value, key)? as usize,
+                    "send_queue_bytes" => {
+                        self.send_queue_bytes = number(value, key)?.max(1) as usize
+                    }
+                    "max_connections" => {
+                        self.max_connections = Some(number(value, key)?.max(1) as usize)
+                    }
+                    _ if self.client_timeouts.configure(key, value)? => {}
                     "max_value_depth" | "max_item_bytes" | "max_update_ops" => {
                         self.value_limits.configure(key, number(value, key)?)?
                     }
@@ -223,6 +280,7 @@ impl Config {
                     "invocation_timeout_ms" => {
                         self.invocation_timeout = Duration::from_millis(number(value, key)?)
                     }
+                    _ if self.worker_timeouts.configure(key, value)? => {}
                     other => self
                         .warnings
                         .push(format!("unknown key `{other}` in {name} ignored")),
@@ -480,5 +538,22 @@ mod tests {
         assert!(format!("{err:#}").contains("port number"), "{err:#}");
         let err = Config::parse("workers:\n  - name: iii-stream\n    config: { adapter: { name: kv, config: { store_method: disk } } }\n").unwrap_err();
         assert!(format!("{err:#}").contains("in_memory"), "{err:#}");
+    }
+
+    #[test]
+    fn socket_timeouts_and_caps_load_per_socket() {
+        let c = Config::parse(
+            "workers:\n  - name: iii-stream\n    config: { handshake_timeout_ms: 500, idle_timeout_ms: 7000, send_queue_bytes: 4096, max_connections: 100 }\n  - name: iii-worker-manager\n    config: { ping_interval_ms: 250 }\n",
+        )
+        .unwrap();
+        assert_eq!(c.client_timeouts.handshake, Duration::from_millis(500));
+        assert_eq!(c.client_timeouts.idle_timeout, Duration::from_millis(7000));
+        assert_eq!(c.worker_timeouts.ping_interval, Duration::from_millis(250));
+        assert_eq!(c.worker_timeouts.handshake, Duration::from_secs(10));
+        assert_eq!((c.send_queue_bytes, c.max_connections), (4096, Some(100)));
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        let zero = "workers:\n  - name: iii-stream\n    config: { idle_timeout_ms: 0 }\n";
+        let e = format!("{:#}", Config::parse(zero).unwrap_err());
+        assert!(e.contains("`idle_timeout_ms` must be at least 1"), "{e}");
     }
 }

@@ -4,8 +4,8 @@
 use crate::config::Config;
 use crate::engine::Engine;
 use crate::engine::stores::Stores;
-use crate::sockets::client;
 use crate::sockets::worker;
+use crate::sockets::{accept, client};
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -27,7 +27,7 @@ pub struct ServerHandle {
 impl Server {
     /// Opens the store, binds both sockets and starts serving.
     pub async fn start(config: Config) -> anyhow::Result<ServerHandle> {
-        raise_open_files_limit();
+        let nofile = raise_open_files_limit();
         for warning in &config.warnings {
             tracing::warn!("config: {warning}");
         }
@@ -69,28 +69,21 @@ impl Server {
                 })?;
         }
 
-        let clients =
-            client::routes(engine.clone()).into_make_service_with_connect_info::<SocketAddr>();
-        let workers =
-            worker::routes(engine.clone()).into_make_service_with_connect_info::<SocketAddr>();
-        let stop = engine.shutdown_signal();
-        let client_task = tokio::spawn(async move {
-            if let Err(e) = axum::serve(client_listener, clients)
-                .with_graceful_shutdown(stop)
-                .await
-            {
-                tracing::error!(error = %e, "client socket stopped");
-            }
-        });
-        let stop = engine.shutdown_signal();
-        let worker_task = tokio::spawn(async move {
-            if let Err(e) = axum::serve(worker_listener, workers)
-                .with_graceful_shutdown(stop)
-                .await
-            {
-                tracing::error!(error = %e, "worker socket stopped");
-            }
-        });
+        let connections = accept::Connections::new(max_connections(&engine.config, nofile));
+        let clients = accept::Port {
+            name: "client",
+            router: client::routes(engine.clone()),
+            handshake_timeout: engine.config.client_timeouts.handshake,
+            connections: connections.clone(),
+        };
+        let workers = accept::Port {
+            name: "worker",
+            router: worker::routes(engine.clone()),
+            handshake_timeout: engine.config.worker_timeouts.handshake,
+            connections: connections.clone(),
+        };
+        let client_task = tokio::spawn(accept::serve(client_listener, clients, engine.clone()));
+        let worker_task = tokio::spawn(accept::serve(worker_listener, workers, engine.clone()));
         let mut tasks = vec![client_task, worker_task];
         let admin_addr = match &engine.config.admin {
             Some(admin) => {
@@ -100,7 +93,7 @@ impl Server {
             }
             None => None,
         };
-        tracing::info!(%client_addr, %worker_addr, adapter = engine.store().name(), "streamhost is serving");
+        tracing::info!(%client_addr, %worker_addr, adapter = engine.store().name(), max_connections = connections.max(), "streamhost is serving");
         Ok(ServerHandle {
             client_addr,
             worker_addr,
@@ -169,13 +162,36 @@ fn worker_host(engine: &Engine) -> &str {
 }
 
 /// Every client is a socket: raises the soft open-files limit to the hard one, so that a
-/// process holds thousands of sockets without `ulimit -n` first.
-fn raise_open_files_limit() {
+/// process holds thousands of sockets without `ulimit -n` first. Returns the limit, if known.
+fn raise_open_files_limit() -> Option<u64> {
     match rlimit::increase_nofile_limit(u64::MAX) {
-        Ok(limit) => tracing::debug!(limit, "open-files limit"),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot raise the open-files limit; `ulimit -n` caps the number of clients")
+        Ok(limit) => {
+            tracing::debug!(limit, "open-files limit");
+            Some(limit)
         }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot raise the open-files limit; `ulimit -n` caps the number of clients");
+            None
+        }
+    }
+}
+
+/// The engine-wide connection cap: `max_connections`, else 90% of the open-files limit, so
+/// that the store, the adapters' files and the admin API always find a descriptor.
+fn max_connections(config: &Config, nofile: Option<u64>) -> usize {
+    let safe = nofile.map(|n| (n / 10 * 9).max(64) as usize);
+    match (config.max_connections, safe) {
+        (Some(max), Some(safe)) if max > safe => {
+            tracing::warn!(
+                max_connections = max,
+                open_files_limit = nofile,
+                "max_connections is above 90% of the open-files limit: past it, new connections fail to accept rather than get a 429; raise `ulimit -n`"
+            );
+            max
+        }
+        (Some(max), _) => max,
+        (None, Some(safe)) => safe,
+        (None, None) => 10_000,
     }
 }
 

@@ -18,6 +18,7 @@
 use super::space::{Kind, Listed, Space};
 use super::{CLOSE_TENANT_GONE, Engine};
 use crate::fanout::outbox::Outbox;
+use crate::tenants::quotas::{QuotaExceeded, SlotPermit};
 use crate::tenants::{
     AuthCode, AuthError, ClientIdentity, DEFAULT_TENANT, Tenant, hash_key, tokens,
 };
@@ -33,6 +34,16 @@ pub struct Admitted {
     pub space: Arc<Space>,
     /// The SHA-256 of the worker key that admitted a worker; None for a keyless one.
     pub key_sha256: Option<String>,
+}
+
+/// Takes one of the tenant's connections for a socket about to open: a token of its
+/// `connects_per_second`, then a slot of its `connections`, held by the permit for as long as
+/// the socket lives. The slot is one atomic step, so two racing upgrades never both take the
+/// last one. Every refusal is counted in the tenant's metrics.
+pub fn take_connection(space: &Space) -> Result<SlotPermit, QuotaExceeded> {
+    let quotas = space.quotas();
+    quotas.connects.take(1).map_err(|e| quotas.refused(e))?;
+    quotas.connections.take(1).map_err(|e| quotas.refused(e))
 }
 
 impl Engine {

@@ -2,15 +2,22 @@
 //!
 //! Publishers never wait on a socket: they `push` an already-encoded frame and move on. The
 //! socket's task (`drive`) reads what the peer sends and writes every frame queued so far
-//! before it flushes once, so a busy socket gets many frames per write. A socket whose queue fills up is closed with [`CLOSE_SLOW`] and a reason,
-//! rather than left silently missing events.
+//! before it flushes once, so a busy socket gets many frames per write. A socket whose queue
+//! fills up, in frames or in bytes (a few large events must not pin hundreds of megabytes), is
+//! closed with [`CLOSE_SLOW`] and a reason, rather than left silently missing events.
+//!
+//! The same task keeps the socket honest about being alive: it pings every `ping_interval`
+//! and closes with [`CLOSE_IDLE`] a peer that has sent nothing, not even a pong, for
+//! `idle_timeout`; a write stuck on such a peer ends then too.
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
 use prometheus_client::metrics::counter::Counter;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
 
 /// Close code for a client that could not keep up (private-use range of RFC 6455).
 pub const CLOSE_SLOW: u16 = 4008;
@@ -20,6 +27,8 @@ pub const CLOSE_TOO_BIG: u16 = 1009;
 pub const CLOSE_GOING_AWAY: u16 = 1001;
 /// Close code for a text frame that is not UTF-8 (RFC 6455 "invalid frame payload data").
 pub const CLOSE_NOT_UTF8: u16 = 1007;
+/// Close code for a peer that answered no ping in time (private-use range of RFC 6455).
+pub const CLOSE_IDLE: u16 = 4010;
 
 /// At most this many frames are written before a flush, so one flush stays bounded.
 const MAX_BATCH: usize = 256;
@@ -35,18 +44,33 @@ pub struct Outbox {
     closing: Mutex<Option<CloseReason>>,
     wake: Notify,
     capacity: usize,
+    /// Bytes the queued frames may add up to; one frame alone always fits.
+    max_bytes: usize,
+    queued_bytes: AtomicUsize,
     /// Counts slow-client disconnects across the engine.
     slow_counter: Counter,
 }
 
 impl Outbox {
+    /// A queue bounded in frames only.
     pub fn new(capacity: usize, slow_counter: Counter) -> (Arc<Outbox>, mpsc::Receiver<Utf8Bytes>) {
+        Outbox::bounded(capacity, usize::MAX, slow_counter)
+    }
+
+    /// A queue bounded in frames and in bytes.
+    pub fn bounded(
+        capacity: usize,
+        max_bytes: usize,
+        slow_counter: Counter,
+    ) -> (Arc<Outbox>, mpsc::Receiver<Utf8Bytes>) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let outbox = Outbox {
             tx,
             closing: Mutex::new(None),
             wake: Notify::new(),
             capacity,
+            max_bytes,
+            queued_bytes: AtomicUsize::new(0),
             slow_counter,
         };
         (Arc::new(outbox), rx)
@@ -54,11 +78,32 @@ impl Outbox {
 
     /// Queues a frame; false when the socket is closing or its queue just overflowed.
     pub fn push(&self, frame: Utf8Bytes) -> bool {
+        let len = frame.len();
+        let before = self.queued_bytes.fetch_add(len, Ordering::AcqRel);
+        if before > 0 && before.saturating_add(len) > self.max_bytes {
+            self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+            return self.overflowed_bytes(before);
+        }
         match self.tx.try_send(frame) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => self.overflowed(),
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(e) => {
+                self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+                match e {
+                    mpsc::error::TrySendError::Full(_) => self.overflowed(),
+                    mpsc::error::TrySendError::Closed(_) => false,
+                }
+            }
         }
+    }
+
+    /// Bytes queued and not yet written.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes.load(Ordering::Acquire)
+    }
+
+    /// A frame left the queue for the socket.
+    fn taken(&self, frame: &Utf8Bytes) {
+        self.queued_bytes.fetch_sub(frame.len(), Ordering::AcqRel);
     }
 
     /// How many frames may wait for this socket.
@@ -72,10 +117,23 @@ impl Outbox {
             "slow client: {} frames waiting, events would be lost; reconnect to resync",
             self.capacity
         );
+        self.close_slow(reason)
+    }
+
+    fn overflowed_bytes(&self, queued: usize) -> bool {
+        let reason = format!(
+            "slow client: {queued} bytes waiting (send_queue_bytes {}), events would be lost; reconnect to resync",
+            self.max_bytes
+        );
+        self.close_slow(reason)
+    }
+
+    fn close_slow(&self, reason: String) -> bool {
         if self.close(CLOSE_SLOW, reason) {
             self.slow_counter.inc();
             tracing::warn!(
                 capacity = self.capacity,
+                max_bytes = self.max_bytes,
                 "closing a client that cannot keep up"
             );
         }
@@ -122,20 +180,34 @@ pub trait Peer: Send {
     ) -> impl Future<Output = Flow> + Send;
 }
 
-/// Runs one socket in one task: writes every queued frame (many per flush), and hands each
-/// message that arrives to the peer. Ends when the other side goes, the peer says stop, a
-/// close is asked for, or `shutdown` resolves; then it sends the close frame, if any, and
-/// flushes a close reply, waiting at most `grace` for a peer that reads slowly.
+/// How a socket's task finds a dead peer.
+#[derive(Debug, Clone, Copy)]
+pub struct Keepalive {
+    pub ping_interval: Duration,
+    pub idle_timeout: Duration,
+}
+
+/// Runs one socket in one task: writes every queued frame (many per flush), hands each
+/// message that arrives to the peer, and pings. Ends when the other side goes, the peer says
+/// stop, a close is asked for, the peer is silent past its idle timeout, or `shutdown`
+/// resolves; then it sends the close frame, if any, and flushes a close reply, waiting at
+/// most `grace` for a peer that reads slowly.
 pub async fn drive(
     mut ws: WebSocket,
     mut rx: mpsc::Receiver<Utf8Bytes>,
     outbox: Arc<Outbox>,
     shutdown: impl Future<Output = ()> + Send,
     grace: Duration,
+    keepalive: Keepalive,
     peer: &mut impl Peer,
 ) {
     tokio::pin!(shutdown);
+    let mut heard = Instant::now();
+    let mut ping =
+        tokio::time::interval_at(heard + keepalive.ping_interval, keepalive.ping_interval);
+    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let dead_at = heard + keepalive.idle_timeout;
         tokio::select! {
             biased;
             _ = outbox.wake.notified() => break,
@@ -143,15 +215,33 @@ pub async fn drive(
                 outbox.close(CLOSE_GOING_AWAY, "the engine is shutting down");
                 break;
             }
-            frame = rx.recv() => {
-                let Some(first) = frame else { break };
-                if !write_batch(&mut ws, first, &mut rx, &outbox).await {
-                    break;
-                }
+            _ = tokio::time::sleep_until(dead_at) => {
+                idle(&outbox, keepalive.idle_timeout);
+                break;
             }
             msg = ws.recv() => {
                 let Some(msg) = msg else { break };
+                heard = Instant::now();
                 if matches!(msg, Ok(Message::Close(_))) || matches!(peer.on_message(msg).await, Flow::Stop) {
+                    break;
+                }
+            }
+            // Before the queue: a busy socket must still ping, or its peer looks dead.
+            _ = ping.tick() => {
+                let sent = tokio::time::timeout_at(dead_at, ws.send(Message::Ping(Default::default()))).await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    if sent.is_err() {
+                        idle(&outbox, keepalive.idle_timeout);
+                    }
+                    break;
+                }
+            }
+            frame = rx.recv() => {
+                let Some(first) = frame else { break };
+                if !write_batch(&mut ws, first, &mut rx, &outbox, dead_at).await {
+                    if Instant::now() >= dead_at {
+                        idle(&outbox, keepalive.idle_timeout);
+                    }
                     break;
                 }
             }
@@ -159,9 +249,12 @@ pub async fn drive(
     }
     let reason = outbox.close_reason();
     // The close frame waits behind what the kernel already holds for this peer, so a slow
-    // client needs time to read up to it; a shutdown does not wait that long.
+    // client needs time to read up to it; a shutdown, or a peer that answers nothing, does
+    // not wait that long.
     let grace = match &reason {
-        Some(r) if r.code == CLOSE_GOING_AWAY => grace.min(Duration::from_secs(1)),
+        Some(r) if r.code == CLOSE_GOING_AWAY || r.code == CLOSE_IDLE => {
+            grace.min(Duration::from_secs(1))
+        }
         _ => grace,
     };
     let _ = tokio::time::timeout(grace, async {
@@ -178,27 +271,49 @@ pub async fn drive(
     .await;
 }
 
+/// Asks for the close of a peer that has been silent for `timeout`.
+fn idle(outbox: &Outbox, timeout: Duration) {
+    let reason = format!(
+        "no frame or pong for {} ms: the connection is taken as dead; reconnect",
+        timeout.as_millis()
+    );
+    if outbox.close(CLOSE_IDLE, reason) {
+        tracing::info!(
+            idle_timeout_ms = timeout.as_millis() as u64,
+            "closing a socket whose peer answers nothing"
+        );
+    }
+}
+
 /// Writes `first` and whatever else is queued, then flushes once; false when the socket is
-/// done (an error, or a close asked for while a flush was stuck on a slow peer).
+/// done (an error, a close asked for while a flush was stuck on a slow peer, or `dead_at`
+/// passed with the write still stuck).
 async fn write_batch(
     ws: &mut WebSocket,
     first: Utf8Bytes,
     rx: &mut mpsc::Receiver<Utf8Bytes>,
     outbox: &Outbox,
+    dead_at: Instant,
 ) -> bool {
-    if ws.feed(Message::Text(first)).await.is_err() {
-        return false;
-    }
-    for _ in 1..MAX_BATCH {
-        let Ok(frame) = rx.try_recv() else { break };
-        if ws.feed(Message::Text(frame)).await.is_err() {
+    let write = async {
+        outbox.taken(&first);
+        if ws.feed(Message::Text(first)).await.is_err() {
             return false;
         }
-    }
+        for _ in 1..MAX_BATCH {
+            let Ok(frame) = rx.try_recv() else { break };
+            outbox.taken(&frame);
+            if ws.feed(Message::Text(frame)).await.is_err() {
+                return false;
+            }
+        }
+        ws.flush().await.is_ok()
+    };
     tokio::select! {
         biased;
         _ = outbox.wake.notified() => false,
-        r = ws.flush() => r.is_ok(),
+        _ = tokio::time::sleep_until(dead_at) => false,
+        ok = write => ok,
     }
 }
 
@@ -214,7 +329,16 @@ fn truncate_reason(reason: &str) -> &str {
 impl Outbox {
     /// Queues a frame, waiting for room: for peers (workers) whose frames must not be dropped.
     pub async fn send(&self, frame: Utf8Bytes) -> bool {
-        !self.is_closing() && self.tx.send(frame).await.is_ok()
+        let len = frame.len();
+        if self.is_closing() {
+            return false;
+        }
+        self.queued_bytes.fetch_add(len, Ordering::AcqRel);
+        let sent = self.tx.send(frame).await.is_ok();
+        if !sent {
+            self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+        }
+        sent
     }
 }
 
@@ -234,5 +358,54 @@ pub fn read_error_close(err: &axum::Error) -> Option<(u16, String)> {
             "a text frame must be UTF-8; send other bytes in a binary frame".to_owned(),
         )),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(len: usize) -> Utf8Bytes {
+        Utf8Bytes::from("x".repeat(len))
+    }
+
+    #[test]
+    fn the_byte_bound_holds_at_its_limit_and_closes_one_past_it() {
+        let slow = Counter::default();
+        let (outbox, mut rx) = Outbox::bounded(100, 1000, slow.clone());
+        assert!(outbox.push(frame(500)));
+        assert!(outbox.push(frame(500)), "exactly the bound fits");
+        assert_eq!(outbox.queued_bytes(), 1000);
+        assert!(!outbox.push(frame(1)), "one byte past the bound does not");
+        let reason = outbox.close_reason().expect("closed as slow");
+        assert_eq!(reason.code, CLOSE_SLOW);
+        assert!(
+            reason.reason.contains("send_queue_bytes 1000"),
+            "{reason:?}"
+        );
+        assert_eq!(slow.get(), 1);
+        // What was queued stays queued, for the socket to write before its close frame.
+        assert_eq!(rx.try_recv().unwrap().len(), 500);
+    }
+
+    #[test]
+    fn one_frame_larger_than_the_bound_still_goes_to_an_empty_queue() {
+        let (outbox, mut rx) = Outbox::bounded(100, 1000, Counter::default());
+        assert!(outbox.push(frame(5000)));
+        let taken = rx.try_recv().unwrap();
+        outbox.taken(&taken);
+        assert_eq!(outbox.queued_bytes(), 0);
+        assert!(outbox.push(frame(1000)));
+        assert!(!outbox.is_closing());
+    }
+
+    #[test]
+    fn the_frame_bound_still_holds() {
+        let (outbox, _rx) = Outbox::bounded(2, usize::MAX, Counter::default());
+        assert!(outbox.push(frame(1)));
+        assert!(outbox.push(frame(1)));
+        assert!(!outbox.push(frame(1)));
+        assert!(outbox.close_reason().unwrap().reason.contains("2 frames"));
+        assert_eq!(outbox.queued_bytes(), 2, "a refused frame is not counted");
     }
 }

@@ -10,16 +10,20 @@
 //! `join`/`leave` frames. Every subscription is answered with a `sync` snapshot, then the
 //! socket receives the group's (or item's) events through its outbox.
 
+use super::accept::ConnSlot;
 use super::{credentials, http};
 use crate::engine::Engine;
+use crate::engine::admission::take_connection;
 use crate::engine::space::{Kind, Space};
 use crate::fanout::frame::{EventKind, StreamEvent, error_frame};
 use crate::fanout::hub::ConnId;
-use crate::fanout::outbox::{self, CLOSE_TOO_BIG, Flow, Outbox, Peer};
-use crate::tenants::ClientIdentity;
+use crate::fanout::outbox::{self, CLOSE_TOO_BIG, Flow, Keepalive, Outbox, Peer};
+use crate::tenants::quotas::SlotPermit;
+use crate::tenants::{ClientIdentity, QUOTA_EXCEEDED};
 use axum::Router;
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, Path, RawQuery, State};
+use axum::extract::{ConnectInfo, FromRequestParts, Path, State};
+use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get};
@@ -61,82 +65,59 @@ struct Upgrade {
     uri: Uri,
     query: Option<String>,
     addr: SocketAddr,
+    /// The engine-wide connection slot, held while the socket lives.
+    slot: Option<ConnSlot>,
 }
 
-async fn root(
-    State(engine): State<Arc<Engine>>,
-    ws: WebSocketUpgrade,
-    headers: HeaderMap,
-    uri: Uri,
-    RawQuery(query): RawQuery,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
-) -> Response {
-    accept(
-        engine,
-        Upgrade {
+impl<S: Send + Sync> FromRequestParts<S> for Upgrade {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        let ws = WebSocketUpgrade::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        let ConnectInfo(addr) = ConnectInfo::<SocketAddr>::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        Ok(Upgrade {
             ws,
-            headers,
-            uri,
-            query,
+            headers: parts.headers.clone(),
+            uri: parts.uri.clone(),
+            query: parts.uri.query().map(str::to_owned),
             addr,
-        },
-        None,
-    )
-    .await
+            slot: parts.extensions.get::<ConnSlot>().cloned(),
+        })
+    }
+}
+
+async fn root(State(engine): State<Arc<Engine>>, up: Upgrade) -> Response {
+    accept(engine, up, None).await
 }
 
 async fn group_path(
     State(engine): State<Arc<Engine>>,
     Path((stream, group)): Path<(String, String)>,
-    ws: WebSocketUpgrade,
-    headers: HeaderMap,
-    uri: Uri,
-    RawQuery(query): RawQuery,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    up: Upgrade,
 ) -> Response {
-    accept(
-        engine,
-        Upgrade {
-            ws,
-            headers,
-            uri,
-            query,
-            addr,
-        },
-        Some(PathSub {
-            stream,
-            group,
-            item: None,
-        }),
-    )
-    .await
+    let sub = PathSub {
+        stream,
+        group,
+        item: None,
+    };
+    accept(engine, up, Some(sub)).await
 }
 
 async fn item_path(
     State(engine): State<Arc<Engine>>,
     Path((stream, group, item)): Path<(String, String, String)>,
-    ws: WebSocketUpgrade,
-    headers: HeaderMap,
-    uri: Uri,
-    RawQuery(query): RawQuery,
-    ConnectInfo(addr): ConnectInfo<SocketAddr>,
+    up: Upgrade,
 ) -> Response {
-    accept(
-        engine,
-        Upgrade {
-            ws,
-            headers,
-            uri,
-            query,
-            addr,
-        },
-        Some(PathSub {
-            stream,
-            group,
-            item: Some(item),
-        }),
-    )
-    .await
+    let sub = PathSub {
+        stream,
+        group,
+        item: Some(item),
+    };
+    accept(engine, up, Some(sub)).await
 }
 
 /// Admits the client to a tenant, runs that tenant's auth function, then upgrades with the
@@ -151,6 +132,13 @@ async fn accept(engine: Arc<Engine>, req: Upgrade, path_sub: Option<PathSub>) ->
         Err(e) => {
             tracing::debug!(addr = %req.addr, code = e.code.as_str(), "client refused: {}", e.message);
             return credentials::refusal(&e);
+        }
+    };
+    let tenant_slot = match take_connection(&admitted.space) {
+        Ok(permit) => permit,
+        Err(e) => {
+            tracing::debug!(addr = %req.addr, tenant = %admitted.tenant.id(), quota = e.quota, "client refused: {}", e.message);
+            return credentials::quota_refusal(&e);
         }
     };
     let auth_function = admitted.tenant.config.clients.auth_function.clone();
@@ -177,6 +165,7 @@ async fn accept(engine: Arc<Engine>, req: Upgrade, path_sub: Option<PathSub>) ->
         identity,
         context,
         addr: req.addr,
+        _slots: (req.slot, tenant_slot),
     };
     ws.on_upgrade(move |socket| serve(engine, socket, admitted, path_sub))
         .into_response()
@@ -189,6 +178,8 @@ struct Admission {
     /// What the auth function returned as `context`.
     context: Value,
     addr: SocketAddr,
+    /// The engine's and the tenant's connection slots, given back when the socket goes.
+    _slots: (Option<ConnSlot>, SlotPermit),
 }
 
 async fn authenticate(
@@ -275,10 +266,12 @@ async fn serve(
         identity,
         context,
         addr,
+        _slots,
     } = admitted;
     let _open = engine.metrics.connections.client_opened();
-    let (outbox, rx) = Outbox::new(
+    let (outbox, rx) = Outbox::bounded(
         engine.config.send_queue_frames,
+        engine.config.send_queue_bytes,
         engine.metrics.connections.slow_disconnects(),
     );
     let _listed = engine.list_socket(
@@ -314,10 +307,19 @@ async fn serve(
         outbox,
         engine.shutdown_signal(),
         engine.config.close_grace,
+        keepalive(&engine.config.client_timeouts),
         &mut client,
     )
     .await;
     client.leave_all();
+}
+
+/// How a socket of these timeouts pings and gives up on its peer.
+pub fn keepalive(t: &crate::config::SocketTimeouts) -> Keepalive {
+    Keepalive {
+        ping_interval: t.ping_interval,
+        idle_timeout: t.idle_timeout,
+    }
 }
 
 /// Closes the socket when its token expires; dropping the returned guard cancels that.
@@ -411,6 +413,18 @@ impl Client {
                 "too_many_subscriptions",
                 &message,
             )));
+            return;
+        }
+        let quotas = self.space.quotas();
+        let quota = quotas.subscriptions_per_connection();
+        if self.subs.len() as u64 >= quota && !self.subs.contains_key(&sub.subscription_id) {
+            let what = format!(
+                "this socket already holds {} subscriptions, the tenant's limit; leave one first",
+                self.subs.len()
+            );
+            let e = quotas.over("subscriptions_per_connection", what);
+            self.outbox
+                .push(Utf8Bytes::from(error_frame(QUOTA_EXCEEDED, &e.message)));
             return;
         }
         let space = self.space.clone();

@@ -5,8 +5,10 @@
 //! only, as the subprotocol pair `Authorization, <token>` (what browsers can send: the Motia
 //! clients do). A refusal is an HTTP error before the upgrade: 401 when the credential is
 //! missing or wrong, 403 when it is right but the tenant is disabled, with a JSON body
-//! `{"code", "message"}` that says what to fix.
+//! `{"code", "message"}` that says what to fix. An upgrade over the tenant's connection quotas
+//! is 429 with `Retry-After`, code `quota_exceeded` and `retry_after_ms` in the body.
 
+use crate::tenants::quotas::{QUOTA_EXCEEDED, QuotaExceeded};
 use crate::tenants::{AuthCode, AuthError};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -60,4 +62,11 @@ pub fn refusal(e: &AuthError) -> Response {
     };
     let body = json!({"code": e.code.as_str(), "message": e.message}).to_string();
     (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// The HTTP answer to an upgrade over one of the tenant's quotas. A count (`connections`) has
+/// no known time to wait: it says one second, when a slot may well be free.
+pub fn quota_refusal(e: &QuotaExceeded) -> Response {
+    let wait = e.retry_after.unwrap_or(std::time::Duration::from_secs(1));
+    super::accept::too_many(QUOTA_EXCEEDED, e.message.clone(), wait).into_response()
 }

@@ -15,9 +15,10 @@
 //! timeout. `messages` reads each frame once into a typed message (a frame serde cannot read
 //! at all goes through `scan` to find the id) and encodes every frame the engine writes.
 
+use super::accept::ConnSlot;
 use super::credentials;
 use crate::engine::Engine;
-use crate::engine::admission::Admitted;
+use crate::engine::admission::{Admitted, take_connection};
 use crate::engine::space::Kind;
 use crate::error::{FnError, FnResult};
 use crate::fanout::outbox::{self, CLOSE_TOO_BIG, Flow, Outbox, Peer};
@@ -31,7 +32,7 @@ use crate::workers::namespace::{self, NAMESPACE_NOT_ALLOWED};
 use crate::workers::router::WorkerHandle;
 use axum::Router;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{ConnectInfo, RawQuery, State};
+use axum::extract::{ConnectInfo, Extension, RawQuery, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use serde_json::Value;
@@ -54,6 +55,7 @@ async fn upgrade(
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
+    slot: Option<Extension<ConnSlot>>,
     ws: WebSocketUpgrade,
 ) -> Response {
     let key = credentials::bearer(&headers)
@@ -65,9 +67,20 @@ async fn upgrade(
             return credentials::refusal(&e);
         }
     };
+    let tenant_slot = match take_connection(&admitted.space) {
+        Ok(permit) => permit,
+        Err(e) => {
+            tracing::info!(%addr, tenant = %admitted.tenant.id(), quota = e.quota, "worker refused: {}", e.message);
+            return credentials::quota_refusal(&e);
+        }
+    };
+    let slots = (slot.map(|Extension(s)| s), tenant_slot);
     ws.max_message_size(MAX_WORKER_FRAME)
         .max_frame_size(MAX_WORKER_FRAME)
-        .on_upgrade(move |socket| serve(engine, admitted, addr, socket))
+        .on_upgrade(move |socket| async move {
+            serve(engine, admitted, addr, socket).await;
+            drop(slots);
+        })
 }
 
 async fn serve(engine: Arc<Engine>, admitted: Admitted, addr: SocketAddr, socket: WebSocket) {
@@ -107,6 +120,7 @@ async fn serve(engine: Arc<Engine>, admitted: Admitted, addr: SocketAddr, socket
         outbox,
         engine.shutdown_signal(),
         engine.config.close_grace,
+        super::client::keepalive(&engine.config.worker_timeouts),
         &mut peer,
     )
     .await;

@@ -170,8 +170,12 @@ impl Client {
     }
 
     pub async fn try_next(&mut self, wait: Duration) -> Option<Value> {
+        // One deadline for the whole wait: the engine's pings must not extend it.
+        let deadline = tokio::time::Instant::now() + wait;
         loop {
-            let msg = tokio::time::timeout(wait, self.ws.next()).await.ok()??;
+            let msg = tokio::time::timeout_at(deadline, self.ws.next())
+                .await
+                .ok()??;
             match msg.ok()? {
                 Message::Text(t) => return Some(serde_json::from_str(t.as_str()).unwrap()),
                 Message::Binary(b) => return Some(serde_json::from_slice(&b).unwrap()),
