@@ -21,6 +21,7 @@ use crate::storage::EventBus;
 use crate::storage::router::StorageRouter;
 use crate::tenants::{AdapterCeilings, TenantQuotas};
 use crate::workers::router::Router;
+use crate::workers::shown::shown;
 use serde_json::Value;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
@@ -120,7 +121,10 @@ impl Functions {
             }
             None => Err(FnError::new(
                 "function_not_found",
-                format!("function {function_id} is not registered by any worker"),
+                format!(
+                    "function {} is not registered by any worker",
+                    shown(function_id)
+                ),
             )),
         }
     }
@@ -151,13 +155,13 @@ impl Functions {
                 .filter(|e| {
                     let same = e.stream_name == event.stream_name;
                     if !same {
-                        tracing::warn!(stream = %event.stream_name, to = %e.stream_name, "a fan-out hook may route only within its own stream; event dropped");
+                        tracing::warn!(stream = %shown(&event.stream_name), to = %shown(&e.stream_name), "a fan-out hook may route only within its own stream; event dropped");
                     }
                     same
                 })
                 .collect(),
             Some(Err(e)) => {
-                tracing::error!(stream = %event.stream_name, error = %format!("{e:#}"), "fan-out hook failed; the event was not delivered");
+                tracing::error!(stream = %shown(&event.stream_name), error = %format!("{e:#}"), "fan-out hook failed; the event was not delivered");
                 Vec::new()
             }
         }
