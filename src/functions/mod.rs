@@ -4,10 +4,12 @@
 //! workers' functions, the triggers, and the way out to subscribers (the hub, and the bus to
 //! other nodes). The sockets reach it through the engine; nothing in here knows about sockets.
 //!
-//! - `streams`: the built-in `stream::*` functions;
+//! - `streams`: the built-in `stream::*` functions, admitted by `admit` against the
+//!   tenant's quotas;
 //! - `triggers`: `stream`, `stream:join` and `stream:leave` triggers;
 //! - `wasm_bindings`: the `streamhost::*` functions that bind WebAssembly adapters to streams.
 
+pub mod admit;
 pub mod streams;
 pub mod triggers;
 pub mod wasm_bindings;
