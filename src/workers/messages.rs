@@ -337,6 +337,19 @@ mod tests {
                 other => panic!("{text}: {other:?}"),
             }
         }
+        // A megabyte of type is cut to a length fit for a log line, readable or not.
+        let long = "t".repeat(1 << 20);
+        let WorkerMessage::Unknown { kind } =
+            WorkerMessage::parse(&format!(r#"{{"type":"{long}"}}"#))
+        else {
+            panic!("not unknown")
+        };
+        assert!(kind.len() < 200 && kind.ends_with("bytes)"), "{kind}");
+        let broken = format!(r#"{{"type":"{long}","data":"#);
+        let WorkerMessage::Malformed(m) = WorkerMessage::parse(&broken) else {
+            panic!("not malformed")
+        };
+        assert!(m.kind.is_some_and(|k| k.len() < 200), "the type is cut");
     }
 
     #[test]

@@ -149,16 +149,62 @@ impl WorkerHandle {
         metadata: Option<Value>,
         timeout: Duration,
     ) -> FnResult {
+        let admitted = self.prepare(function_id, &data, metadata.as_ref())?;
+        self.finish(function_id, admitted, timeout).await
+    }
+
+    /// Admits a call to this worker without waiting (see [`Invocation`]).
+    pub fn start(
+        self: &Arc<Self>,
+        function_id: &str,
+        data: &Value,
+        metadata: Option<&Value>,
+    ) -> Result<Invocation, FnError> {
+        Ok(Invocation {
+            admitted: Some(self.prepare(function_id, data, metadata)?),
+            worker: self.clone(),
+            function_id: function_id.to_owned(),
+        })
+    }
+
+    /// Takes the call's place in the pending map, and encodes its frame.
+    fn prepare(
+        &self,
+        function_id: &str,
+        data: &Value,
+        metadata: Option<&Value>,
+    ) -> Result<Admitted, FnError> {
         let invocation_id = uuid::Uuid::new_v4().to_string();
         let (tx, rx) = oneshot::channel();
-        let _permit = self.admit(function_id, &invocation_id, tx)?;
+        let permit = self.admit(function_id, &invocation_id, tx)?;
         let frame = EngineMessage::InvokeFunction {
             invocation_id: &invocation_id,
             function_id,
-            data: &data,
-            metadata: metadata.as_ref().filter(|m| !m.is_null()),
+            data,
+            metadata: metadata.filter(|m| !m.is_null()),
         }
         .encode();
+        Ok(Admitted {
+            invocation_id,
+            frame,
+            rx,
+            _permit: permit,
+        })
+    }
+
+    /// Sends an admitted call and waits for its answer. However the wait ends (an answer, the
+    /// timeout, or the caller dropping it), the call leaves the pending map.
+    async fn finish(&self, function_id: &str, admitted: Admitted, timeout: Duration) -> FnResult {
+        let Admitted {
+            invocation_id,
+            frame,
+            rx,
+            _permit,
+        } = admitted;
+        let _waiting = Waiting {
+            worker: self,
+            invocation_id: &invocation_id,
+        };
         let call = async {
             if !self.send(frame).await {
                 return Err(self.disconnected(function_id));
@@ -166,23 +212,17 @@ impl WorkerHandle {
             rx.await
                 .unwrap_or_else(|_| Err(self.disconnected(function_id)))
         };
-        match tokio::time::timeout(timeout, call).await {
-            Ok(result) => result,
-            Err(_) => {
-                if let Some(pending) = self.pending.lock().unwrap().as_mut() {
-                    pending.remove(&invocation_id);
-                }
-                Err(FnError::new(
-                    "timeout",
-                    format!(
-                        "function {} on worker {} did not answer within {} ms (raise invocation_timeout_ms to allow longer calls)",
-                        shown(function_id),
-                        self.id,
-                        timeout.as_millis()
-                    ),
-                ))
-            }
-        }
+        tokio::time::timeout(timeout, call).await.unwrap_or_else(|_| {
+            Err(FnError::new(
+                "timeout",
+                format!(
+                    "function {} on worker {} did not answer within {} ms (raise invocation_timeout_ms to allow longer calls)",
+                    shown(function_id),
+                    self.id,
+                    timeout.as_millis()
+                ),
+            ))
+        })
     }
 
     /// Delivers a worker's `invocationresult`; an unknown or late id is ignored.
@@ -223,6 +263,60 @@ impl WorkerHandle {
                 shown(function_id)
             ),
         )
+    }
+}
+
+/// A call in a worker's pending map, not yet sent: what the caller holds between admitting
+/// a call (at once, so that a refusal costs no task) and running it.
+struct Admitted {
+    invocation_id: String,
+    frame: String,
+    rx: oneshot::Receiver<FnResult>,
+    /// The tenant's `pending_invocations` slot, held until the call is over.
+    _permit: Option<SlotPermit>,
+}
+
+/// A call admitted by [`WorkerHandle::start`]; [`Invocation::wait`] sends it and waits for the
+/// answer. Dropped unsent, it gives its places back.
+pub struct Invocation {
+    worker: Arc<WorkerHandle>,
+    function_id: String,
+    /// None once sent.
+    admitted: Option<Admitted>,
+}
+
+impl Invocation {
+    pub async fn wait(mut self, timeout: Duration) -> FnResult {
+        let admitted = self.admitted.take().expect("an invocation is sent once");
+        self.worker
+            .finish(&self.function_id, admitted, timeout)
+            .await
+    }
+}
+
+impl Drop for Invocation {
+    fn drop(&mut self) {
+        if let Some(admitted) = &self.admitted {
+            let waiting = Waiting {
+                worker: &self.worker,
+                invocation_id: &admitted.invocation_id,
+            };
+            drop(waiting);
+        }
+    }
+}
+
+/// Takes a call off the pending map when its wait ends, however it ends.
+struct Waiting<'a> {
+    worker: &'a WorkerHandle,
+    invocation_id: &'a str,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        if let Some(pending) = self.worker.pending.lock().unwrap().as_mut() {
+            pending.remove(self.invocation_id);
+        }
     }
 }
 
@@ -387,5 +481,64 @@ mod tests {
         assert_eq!(router.lookup("stream::set(s)").unwrap().id, "b");
         router.unregister("stream::set(s)", "b");
         assert!(!router.has_worker_streams() && !router.contains("stream::set(s)"));
+    }
+
+    #[test]
+    fn admitted_calls_hold_their_places_until_they_are_dropped() {
+        let quotas = Quotas {
+            pending_invocations: Some(2),
+            ..Quotas::UNLIMITED
+        };
+        let tenant = TenantId::new("t").unwrap();
+        let quotas = TenantQuotas::new(tenant, &quotas, Default::default());
+        let router = Router::new(1, quotas.clone());
+        let (a, b) = (worker("a"), worker("b"));
+        router.register("f", &a).unwrap();
+        router.register("g", &b).unwrap();
+        let data = Value::Null;
+        let first = a.start("f", &data, None).unwrap();
+        // One may wait on `a` (the engine's cap), two in the tenant.
+        let e = a.start("f", &data, None).err().unwrap();
+        assert!(
+            e.message.contains("max_pending_invocations_per_worker"),
+            "{e}"
+        );
+        let second = b.start("g", &data, None).unwrap();
+        assert_eq!(quotas.pending_invocations.used(), 2);
+        let third = worker("c");
+        router.register("h", &third).unwrap();
+        let e = third.start("h", &data, None).err().unwrap();
+        assert_eq!((e.code.as_str(), e.retry_after_ms), (QUOTA_EXCEEDED, None));
+        // Dropped unsent, a call gives back its place on the worker and in the tenant.
+        drop((first, second));
+        assert_eq!((a.pending(), b.pending()), (0, 0));
+        assert_eq!(quotas.pending_invocations.used(), 0);
+        assert!(third.start("h", &data, None).is_ok());
+    }
+
+    #[test]
+    fn registrations_count_against_the_tenant_until_released() {
+        let quotas = Quotas {
+            functions: Some(2),
+            ..Quotas::UNLIMITED
+        };
+        let tenant = TenantId::new("t").unwrap();
+        let quotas = TenantQuotas::new(tenant, &quotas, Default::default());
+        let router = Router::new(10, quotas.clone());
+        let a = worker("a");
+        for id in ["f", "f", "g", "h"] {
+            router.register(id, &a).unwrap();
+        }
+        // `f` twice is one registration; `h` is past the quota.
+        assert!(router.contains("g") && !router.contains("h"));
+        assert_eq!(quotas.functions.used(), 2);
+        router.unregister("f", "a");
+        assert_eq!(quotas.functions.used(), 1);
+        router.remove_worker("a");
+        assert_eq!(quotas.functions.used(), 0);
+        let long = "x".repeat(MAX_FUNCTION_ID_BYTES + 1);
+        router.register(&long, &a).unwrap();
+        assert!(!router.contains(&long));
+        assert_eq!(quotas.functions.used(), 0);
     }
 }
