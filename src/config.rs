@@ -65,6 +65,8 @@ pub struct Config {
     pub max_subscriptions: usize,
     /// How long a call to a worker's function may take.
     pub invocation_timeout: Duration,
+    /// Calls that may wait on one worker's answers at once; more fail with `quota_exceeded`.
+    pub max_pending_invocations_per_worker: usize,
     /// Streams bound to WebAssembly adapters at start-up.
     pub custom_streams: Vec<CustomStreamConfig>,
     /// Depth, size and op-count limits on every value that enters a store.
@@ -145,6 +147,8 @@ impl Default for Config {
             close_grace: Duration::from_secs(10),
             max_subscriptions: 1000,
             invocation_timeout: Duration::from_secs(30),
+            max_pending_invocations_per_worker:
+                crate::workers::router::DEFAULT_MAX_PENDING_PER_WORKER,
             custom_streams: Vec::new(),
             value_limits: Default::default(),
             wasm_cache_dir: Some(PathBuf::from("./data/wasm-cache")),
@@ -279,6 +283,10 @@ impl Config {
                     }
                     "invocation_timeout_ms" => {
                         self.invocation_timeout = Duration::from_millis(number(value, key)?)
+                    }
+                    "max_pending_invocations_per_worker" => {
+                        self.max_pending_invocations_per_worker =
+                            number(value, key)?.max(1) as usize
                     }
                     _ if self.worker_timeouts.configure(key, value)? => {}
                     other => self

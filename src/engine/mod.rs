@@ -62,6 +62,7 @@ impl Engine {
         let settings = Settings {
             value_limits: config.value_limits,
             invocation_timeout: config.invocation_timeout,
+            max_pending_per_worker: config.max_pending_invocations_per_worker,
             wasm_cache_dir: config.wasm_cache_dir.clone(),
         };
         let mut spaces = HashMap::new();

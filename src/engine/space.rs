@@ -31,6 +31,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 pub struct Settings {
     pub value_limits: ValueLimits,
     pub invocation_timeout: Duration,
+    /// Calls that may wait on one worker at once.
+    pub max_pending_per_worker: usize,
     pub wasm_cache_dir: Option<PathBuf>,
 }
 
@@ -105,7 +107,9 @@ impl Space {
             ..metrics.fanout()
         }));
         let bus = store.event_bus();
-        let workers = Arc::new(Router::default());
+        // Unlimited until `configure` applies the tenant's.
+        let quotas = TenantQuotas::new(tenant.clone(), &Quotas::UNLIMITED, counters.clone());
+        let workers = Arc::new(Router::new(settings.max_pending_per_worker, quotas.clone()));
         let storage = StorageRouter::new(
             store,
             WasmBindings::new(settings.wasm_cache_dir.clone()),
@@ -122,8 +126,7 @@ impl Space {
                 .for_tenant(counters.calls.clone(), counters.call_errors.clone()),
             value_limits: settings.value_limits,
             invocation_timeout: settings.invocation_timeout,
-            // Unlimited until `configure` applies the tenant's.
-            quotas: TenantQuotas::new(tenant.clone(), &Quotas::UNLIMITED, counters.clone()),
+            quotas,
         });
         let space = Arc::new(Space {
             tenant,

@@ -179,6 +179,16 @@ impl Hub {
         n
     }
 
+    /// How many sockets an event for `group` (and `item`) would be queued for now: what a
+    /// write is charged against its tenant's `deliveries_per_second` before it is made.
+    pub fn audience(&self, stream: &str, group: &str, item: Option<&str>) -> usize {
+        let groups = self.groups.read().unwrap();
+        groups
+            .get(stream)
+            .and_then(|g| g.get(group))
+            .map_or(0, |conns| conns.values().filter(|s| s.wants(item)).count())
+    }
+
     /// Every subscription as (stream, group, item, socket), for resynchronising them.
     pub fn subscriptions(&self) -> Vec<(String, String, Option<String>, Arc<Outbox>)> {
         let groups = self.groups.read().unwrap();

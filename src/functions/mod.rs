@@ -4,10 +4,12 @@
 //! workers' functions, the triggers, and the way out to subscribers (the hub, and the bus to
 //! other nodes). The sockets reach it through the engine; nothing in here knows about sockets.
 //!
-//! - `streams`: the built-in `stream::*` functions;
+//! - `streams`: the built-in `stream::*` functions, admitted by `admit` against the
+//!   tenant's quotas;
 //! - `triggers`: `stream`, `stream:join` and `stream:leave` triggers;
 //! - `wasm_bindings`: the `streamhost::*` functions that bind WebAssembly adapters to streams.
 
+pub mod admit;
 pub mod streams;
 pub mod triggers;
 pub mod wasm_bindings;
@@ -21,10 +23,16 @@ use crate::storage::EventBus;
 use crate::storage::router::StorageRouter;
 use crate::tenants::{AdapterCeilings, TenantQuotas};
 use crate::workers::router::Router;
+use crate::workers::shown::shown;
 use serde_json::Value;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 use triggers::Triggers;
+
+/// A call admitted and ready to run (see [`Functions::begin`]).
+pub type Call = Pin<Box<dyn Future<Output = FnResult> + Send>>;
 
 pub struct Functions {
     pub storage: StorageRouter,
@@ -94,36 +102,64 @@ impl Functions {
         data: Value,
         metadata: Option<Value>,
     ) -> FnResult {
-        let started = Instant::now();
-        let result = self.dispatch(function_id, data, metadata).await;
-        let code = result.as_ref().err().map(|e| e.code.as_str());
-        self.calls.record(function_id, started.elapsed(), code);
-        result
+        self.begin(function_id, data, metadata)?.await
     }
 
-    async fn dispatch(
+    /// Admits a call and returns it ready to run, without waiting; or its refusal. A call to
+    /// a worker takes its place among the worker's pending invocations here, so a caller
+    /// that runs each call in a task of its own (the worker socket) spawns none for a call
+    /// refused for `pending_invocations`. Refusals are counted in the call metrics here.
+    pub fn begin(
         self: &Arc<Self>,
         function_id: &str,
         data: Value,
         metadata: Option<Value>,
-    ) -> FnResult {
+    ) -> Result<Call, FnError> {
+        let started = Instant::now();
+        let run = self.admit(function_id, data, metadata).inspect_err(|e| {
+            self.calls
+                .record(function_id, started.elapsed(), Some(e.code.as_str()))
+        })?;
+        let (this, function_id) = (self.clone(), function_id.to_owned());
+        Ok(Box::pin(async move {
+            let result = run.await;
+            let code = result.as_ref().err().map(|e| e.code.as_str());
+            this.calls.record(&function_id, started.elapsed(), code);
+            result
+        }))
+    }
+
+    fn admit(
+        self: &Arc<Self>,
+        function_id: &str,
+        data: Value,
+        metadata: Option<Value>,
+    ) -> Result<Call, FnError> {
+        let this = self.clone();
         if streams::is_builtin(function_id) {
-            return streams::call(self, function_id, data).await;
+            let id = function_id.to_owned();
+            return Ok(Box::pin(
+                async move { streams::call(&this, &id, data).await },
+            ));
         }
         if wasm_bindings::is_function(function_id) {
-            return wasm_bindings::call(self, function_id, data).await;
+            let id = function_id.to_owned();
+            return Ok(Box::pin(async move {
+                wasm_bindings::call(&this, &id, data).await
+            }));
         }
-        match self.workers.lookup(function_id) {
-            Some(worker) => {
-                worker
-                    .invoke_with_metadata(function_id, data, metadata, self.invocation_timeout)
-                    .await
-            }
-            None => Err(FnError::new(
+        let Some(worker) = self.workers.lookup(function_id) else {
+            return Err(FnError::new(
                 "function_not_found",
-                format!("function {function_id} is not registered by any worker"),
-            )),
-        }
+                format!(
+                    "function {} is not registered by any worker",
+                    shown(function_id)
+                ),
+            ));
+        };
+        let invocation = worker.start(function_id, &data, metadata.as_ref())?;
+        let timeout = self.invocation_timeout;
+        Ok(Box::pin(invocation.wait(timeout)))
     }
 
     /// Sends a stored change or an ephemeral event to subscribers, `stream` triggers and the
@@ -152,13 +188,13 @@ impl Functions {
                 .filter(|e| {
                     let same = e.stream_name == event.stream_name;
                     if !same {
-                        tracing::warn!(stream = %event.stream_name, to = %e.stream_name, "a fan-out hook may route only within its own stream; event dropped");
+                        tracing::warn!(stream = %shown(&event.stream_name), to = %shown(&e.stream_name), "a fan-out hook may route only within its own stream; event dropped");
                     }
                     same
                 })
                 .collect(),
             Some(Err(e)) => {
-                tracing::error!(stream = %event.stream_name, error = %format!("{e:#}"), "fan-out hook failed; the event was not delivered");
+                tracing::error!(stream = %shown(&event.stream_name), error = %format!("{e:#}"), "fan-out hook failed; the event was not delivered");
                 Vec::new()
             }
         }

@@ -7,9 +7,11 @@
 //! the write's `Order`, waited on before the event and kept until it is out (see
 //! `fanout::order`). Every value bound for a store or for subscribers (set data, send data,
 //! update ops and results) is held to the engine's value limits first (see `limits`),
-//! whichever storage serves the stream.
+//! whichever storage serves the stream. A write is then admitted against its tenant's
+//! quotas (see `admit`): a refused write stores and sends nothing.
 
 use super::Functions;
+use super::admit::{self, Reserved};
 use crate::error::{FnError, FnResult};
 use crate::fanout::frame::{EventKind, StreamEvent};
 use crate::storage::Stored;
@@ -134,6 +136,9 @@ async fn set(functions: &Arc<Functions>, p: SetPayload) -> FnResult {
     functions
         .value_limits()
         .check("stream::set data", &p.data)?;
+    admit::item_bytes(functions, "stream::set data", &p.data)?;
+    let reserved = Reserved::take(functions, admit::size(&p.data), "stream::set data")?;
+    admit::write(functions, &p.stream_name, &p.group_id, Some(&p.item_id))?;
     let Stored {
         value: (old, new),
         mut order,
@@ -143,6 +148,7 @@ async fn set(functions: &Arc<Functions>, p: SetPayload) -> FnResult {
         .write(&p.stream_name, &p.group_id, &p.item_id, p.data)
         .await
         .map_err(|e| FnError::storage("STREAM_SET_ERROR", e))?;
+    reserved.settle(admit::size(&new), old.as_ref().map_or(0, admit::size));
     order.ready().await;
     emit_write(
         functions,
@@ -167,6 +173,7 @@ async fn get(functions: &Arc<Functions>, p: ItemRef) -> FnResult {
 }
 
 async fn delete(functions: &Arc<Functions>, p: ItemRef) -> FnResult {
+    admit::write(functions, &p.stream_name, &p.group_id, Some(&p.item_id))?;
     let Stored {
         value: old,
         mut order,
@@ -176,6 +183,7 @@ async fn delete(functions: &Arc<Functions>, p: ItemRef) -> FnResult {
         .delete(&p.stream_name, &p.group_id, &p.item_id)
         .await
         .map_err(|e| FnError::storage("STREAM_DELETE_ERROR", e))?;
+    admit::freed(functions, &old);
     order.ready().await;
     if let Some(old) = &old {
         functions
@@ -232,6 +240,8 @@ async fn send(functions: &Arc<Functions>, p: SendPayload) -> FnResult {
     functions
         .value_limits()
         .check("stream::send data", &p.data)?;
+    admit::item_bytes(functions, "stream::send data", &p.data)?;
+    admit::write(functions, &p.stream_name, &p.group_id, p.id.as_deref())?;
     let kind = EventKind::Custom {
         name: p.event_type,
         data: p.data,
@@ -248,7 +258,23 @@ async fn send(functions: &Arc<Functions>, p: SendPayload) -> FnResult {
 }
 
 async fn update(functions: &Arc<Functions>, p: UpdatePayload) -> FnResult {
-    let ops = UpdateOps::parse(&p.ops, functions.value_limits())?;
+    // The tenant's item limit, if tighter, holds the ops' values and the result.
+    let limit = admit::item_limit(functions);
+    let mut limits = *functions.value_limits();
+    limits.max_item_bytes = limit as usize;
+    let tighter = limit < functions.value_limits().max_item_bytes as u64;
+    let over_quota = |e: FnError| {
+        if tighter && e.code == "item_too_large" {
+            let why = format!("{} (the tenant's item_bytes)", e.message);
+            functions.quotas.over("item_bytes", why).into()
+        } else {
+            e
+        }
+    };
+    let ops = UpdateOps::parse(&p.ops, &limits).map_err(over_quota)?;
+    let why = format!("an update needs room for the largest item it may make ({limit} bytes)");
+    let reserved = Reserved::take(functions, limit, &why)?;
+    admit::write(functions, &p.stream_name, &p.group_id, Some(&p.item_id))?;
     let Stored {
         value: outcome,
         mut order,
@@ -257,7 +283,9 @@ async fn update(functions: &Arc<Functions>, p: UpdatePayload) -> FnResult {
         .for_stream(&p.stream_name)
         .update(&p.stream_name, &p.group_id, &p.item_id, &ops)
         .await
-        .map_err(|e| FnError::storage("STREAM_UPDATE_ERROR", e))?;
+        .map_err(|e| over_quota(FnError::storage("STREAM_UPDATE_ERROR", e)))?;
+    let old = outcome.old_value.as_ref().map_or(0, admit::size);
+    reserved.settle(admit::size(&outcome.new_value), old);
     order.ready().await;
     emit_write(
         functions,

@@ -26,6 +26,7 @@
 use super::Functions;
 use crate::error::FnError;
 use crate::fanout::frame::{EventKind, StreamEvent};
+use crate::workers::shown::shown;
 use serde::Deserialize;
 use serde_json::Value;
 use std::sync::{Arc, RwLock};
@@ -150,7 +151,7 @@ impl Triggers {
             .as_deref()
             .unwrap_or("none: its worker has gone");
         tracing::warn!(
-            trigger = id,
+            trigger = %shown(id),
             owner,
             refused = worker_id,
             "unregistertrigger of a trigger this worker does not own; ignored"
@@ -168,7 +169,7 @@ impl Triggers {
             if t.trigger_type != JOIN {
                 return false;
             }
-            tracing::warn!(trigger = %t.id, function_id = %t.function_id, worker = worker_id, "the worker of a stream:join check disconnected; joins are refused while no worker serves its function");
+            tracing::warn!(trigger = %shown(&t.id), function_id = %shown(&t.function_id), worker = worker_id, "the worker of a stream:join check disconnected; joins are refused while no worker serves its function");
             *t = Arc::new(Trigger {
                 worker_id: None,
                 ..Trigger::clone(t)
@@ -212,7 +213,7 @@ impl Triggers {
                         Ok(Some(Value::Bool(false))) => return,
                         Ok(_) => {}
                         Err(e) => {
-                            tracing::warn!(trigger = %trigger.id, condition, error = %e, "condition function failed; running the handler anyway")
+                            tracing::warn!(trigger = %shown(&trigger.id), condition, error = %e, "condition function failed; running the handler anyway")
                         }
                     }
                 }
@@ -221,7 +222,7 @@ impl Triggers {
                     .call_with_metadata(&trigger.function_id, payload, metadata)
                     .await
                 {
-                    tracing::warn!(trigger = %trigger.id, function_id = %trigger.function_id, error = %e, "stream trigger failed");
+                    tracing::warn!(trigger = %shown(&trigger.id), function_id = %shown(&trigger.function_id), error = %e, "stream trigger failed");
                 }
             });
         }
@@ -242,7 +243,7 @@ impl Triggers {
                 }
                 Ok(_) => {}
                 Err(e) => {
-                    tracing::warn!(function_id = %trigger.function_id, error = %e, "stream:join trigger failed; the join is refused");
+                    tracing::warn!(function_id = %shown(&trigger.function_id), error = %e, "stream:join trigger failed; the join is refused");
                     return true;
                 }
             }
@@ -261,7 +262,7 @@ impl Triggers {
                     .call_with_metadata(&trigger.function_id, payload, metadata)
                     .await
                 {
-                    tracing::warn!(function_id = %trigger.function_id, error = %e, "stream:leave trigger failed");
+                    tracing::warn!(function_id = %shown(&trigger.function_id), error = %e, "stream:leave trigger failed");
                 }
             });
         }

@@ -11,6 +11,7 @@
 //! from borrowed parts, with no `Value` built on the way.
 
 use super::scan;
+use super::shown::shown;
 use crate::error::FnError;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -35,7 +36,8 @@ pub enum WorkerMessage {
         alias = "reattach"
     )]
     Ignored,
-    /// A `type` streamhost does not know, or none: logged and ignored.
+    /// A `type` streamhost does not know, or none: logged and ignored. `kind` is cut to a
+    /// length fit for a log line (`shown`).
     #[serde(skip)]
     Unknown {
         kind: String,
@@ -100,7 +102,7 @@ pub struct InvocationResult {
 /// What could still be read of a malformed frame, so that a call in it is answered.
 #[derive(Debug)]
 pub struct Malformed {
-    /// The frame's top-level `type`, when it is a string.
+    /// The frame's top-level `type`, when it is a string, cut to a length fit for a log line.
     pub kind: Option<String>,
     /// As sent: a caller that used a number still gets its number back.
     pub invocation_id: Option<Value>,
@@ -140,11 +142,11 @@ impl WorkerMessage {
         let kind_str = kind.as_deref().unwrap_or_default();
         let Some(explained) = explain_kind(kind_str, text) else {
             return WorkerMessage::Unknown {
-                kind: kind_str.to_owned(),
+                kind: shown(kind_str).into_owned(),
             };
         };
         WorkerMessage::Malformed(Malformed {
-            kind,
+            kind: kind.map(|k| shown(&k).into_owned()),
             invocation_id,
             function_id,
             problem: Problem::Shape(explained.unwrap_or_else(|| err.to_string())),
@@ -163,7 +165,7 @@ impl WorkerMessage {
             ""
         };
         WorkerMessage::Malformed(Malformed {
-            kind: found.kind,
+            kind: found.kind.map(|k| shown(&k).into_owned()),
             invocation_id: found.invocation_id.map(Value::String),
             function_id: found.function_id,
             problem: Problem::NotJson(format!("the frame is not valid JSON: {detail}{hint}")),
@@ -335,6 +337,19 @@ mod tests {
                 other => panic!("{text}: {other:?}"),
             }
         }
+        // A megabyte of type is cut to a length fit for a log line, readable or not.
+        let long = "t".repeat(1 << 20);
+        let WorkerMessage::Unknown { kind } =
+            WorkerMessage::parse(&format!(r#"{{"type":"{long}"}}"#))
+        else {
+            panic!("not unknown")
+        };
+        assert!(kind.len() < 200 && kind.ends_with("bytes)"), "{kind}");
+        let broken = format!(r#"{{"type":"{long}","data":"#);
+        let WorkerMessage::Malformed(m) = WorkerMessage::parse(&broken) else {
+            panic!("not malformed")
+        };
+        assert!(m.kind.is_some_and(|k| k.len() < 200), "the type is cut");
     }
 
     #[test]

@@ -1,0 +1,113 @@
+//! What a `stream::*` write costs its tenant, taken before the write is made.
+//!
+//! A write is admitted in this order, so that a refusal leaves nothing behind that it can
+//! give back: the item's size (`item_bytes`, with the engine's `max_item_bytes`), room in
+//! `stored_bytes` (a reservation, given back if anything after it refuses or the write
+//! fails), one token of `writes_per_second`, then one token of `deliveries_per_second` per
+//! socket subscribed to what the write touches. Tokens cannot be given back, so a write
+//! refused for deliveries has used its write token; it stores and sends nothing.
+//!
+//! Each meter is taken in one atomic step (`Slots`, `Bucket`), so racing writes can never
+//! pass the same last unit. What is measured, and where it is approximate:
+//! - deliveries are counted from this node's subscribers to the write's group (and item)
+//!   before the write: what a stream's fan-out hook makes of the event, and subscribers that
+//!   come or go meanwhile, are not counted again; other nodes (Redis) do not charge them;
+//! - stored bytes are the compact-JSON sizes of what `stream::set`, `update` and `delete`
+//!   put in and take out, counted from the engine's start (items stored before it are not
+//!   counted until replaced or deleted). A `set` needs room for its new value before the
+//!   old one's bytes are given back, and an `update`, whose result is known only once made,
+//!   needs room for the largest item it could make; what it did not use is given back.
+
+use super::Functions;
+use crate::error::FnError;
+use crate::tenants::{QuotaExceeded, Slots, TenantQuotas};
+use serde_json::Value;
+use std::sync::Arc;
+
+/// The largest item the tenant may store: the engine's limit, or its tighter quota.
+pub fn item_limit(functions: &Functions) -> u64 {
+    let engine = functions.value_limits().max_item_bytes as u64;
+    engine.min(functions.quotas.item_bytes())
+}
+
+/// The size of a value as compact JSON.
+pub fn size(value: &Value) -> u64 {
+    crate::limits::measure(value).1 as u64
+}
+
+/// Refuses a value past the tenant's `item_bytes` (the engine's own limit is checked first,
+/// with its own error).
+pub fn item_bytes(functions: &Functions, what: &str, value: &Value) -> Result<(), FnError> {
+    let quota = functions.quotas.item_bytes();
+    let bytes = size(value);
+    if bytes <= quota {
+        return Ok(());
+    }
+    let why = format!("{what} is {bytes} bytes as JSON; the tenant's limit is {quota}");
+    Err(functions.quotas.over("item_bytes", why).into())
+}
+
+/// Takes one write and the deliveries it would make to `stream / group` (and `item`).
+pub fn write(
+    functions: &Functions,
+    stream: &str,
+    group: &str,
+    item: Option<&str>,
+) -> Result<(), FnError> {
+    let quotas = &functions.quotas;
+    quotas.writes.take(1).map_err(|e| refused(quotas, e))?;
+    let audience = functions.hub.audience(stream, group, item);
+    let cost = u32::try_from(audience).unwrap_or(u32::MAX);
+    quotas.deliveries.take(cost).map_err(|e| {
+        let mut e = e;
+        e.message = format!(
+            "the write would send {audience} events to subscribers: {}",
+            e.message
+        );
+        refused(quotas, e)
+    })
+}
+
+fn refused(quotas: &TenantQuotas, e: QuotaExceeded) -> FnError {
+    quotas.refused(e).into()
+}
+
+/// Stored bytes taken for a write, given back on drop unless settled.
+pub struct Reserved {
+    slots: Arc<Slots>,
+    held: u64,
+}
+
+impl Reserved {
+    /// Reserves `bytes` of the tenant's `stored_bytes`; `why` says what they are for.
+    pub fn take(functions: &Functions, bytes: u64, why: &str) -> Result<Reserved, FnError> {
+        let quotas = &functions.quotas;
+        let slots = quotas.stored_bytes.clone();
+        slots.add(bytes).map_err(|mut e| {
+            e.message = format!("{why}: {}", e.message);
+            refused(quotas, e)
+        })?;
+        Ok(Reserved { slots, held: bytes })
+    }
+
+    /// The write is made: `new` bytes stay stored (at most what was reserved), and the
+    /// `old` value's bytes are given back.
+    pub fn settle(mut self, new: u64, old: u64) {
+        let kept = new.min(self.held);
+        self.slots.release(self.held - kept + old);
+        self.held = 0;
+    }
+}
+
+impl Drop for Reserved {
+    fn drop(&mut self) {
+        self.slots.release(self.held);
+    }
+}
+
+/// Gives back the bytes of a deleted item.
+pub fn freed(functions: &Functions, old: &Option<Value>) {
+    if let Some(old) = old {
+        functions.quotas.stored_bytes.release(size(old));
+    }
+}
