@@ -67,6 +67,8 @@ pub struct Config {
     pub invocation_timeout: Duration,
     /// Calls that may wait on one worker's answers at once; more fail with `quota_exceeded`.
     pub max_pending_invocations_per_worker: usize,
+    /// Calls of one tenant's workers that run at once; the rest wait their turn (`fair`).
+    pub calls_in_flight_per_tenant: usize,
     /// Streams bound to WebAssembly adapters at start-up.
     pub custom_streams: Vec<CustomStreamConfig>,
     /// Depth, size and op-count limits on every value that enters a store.
@@ -149,6 +151,7 @@ impl Default for Config {
             invocation_timeout: Duration::from_secs(30),
             max_pending_invocations_per_worker:
                 crate::workers::router::DEFAULT_MAX_PENDING_PER_WORKER,
+            calls_in_flight_per_tenant: crate::fair::DEFAULT_WIDTH,
             custom_streams: Vec::new(),
             value_limits: Default::default(),
             wasm_cache_dir: Some(PathBuf::from("./data/wasm-cache")),
@@ -287,6 +290,9 @@ impl Config {
                     "max_pending_invocations_per_worker" => {
                         self.max_pending_invocations_per_worker =
                             number(value, key)?.max(1) as usize
+                    }
+                    "calls_in_flight_per_tenant" => {
+                        self.calls_in_flight_per_tenant = number(value, key)?.max(1) as usize
                     }
                     _ if self.worker_timeouts.configure(key, value)? => {}
                     other => self

@@ -6,6 +6,7 @@
 //! that space's handles, so no name a worker or client sends can reach another space's
 //! functions, triggers, streams or subscribers. Nothing in a space knows another exists.
 
+use crate::fair::Turns;
 use crate::fanout::frame::{EventKind, StreamEvent};
 use crate::fanout::hub::Hub;
 use crate::fanout::outbox::Outbox;
@@ -33,6 +34,8 @@ pub struct Settings {
     pub invocation_timeout: Duration,
     /// Calls that may wait on one worker at once.
     pub max_pending_per_worker: usize,
+    /// Calls of the tenant's workers that run at once (`fair::Turns`).
+    pub calls_in_flight: usize,
     pub wasm_cache_dir: Option<PathBuf>,
 }
 
@@ -127,6 +130,7 @@ impl Space {
             value_limits: settings.value_limits,
             invocation_timeout: settings.invocation_timeout,
             quotas,
+            turns: Turns::new(settings.calls_in_flight),
         });
         let space = Arc::new(Space {
             tenant,

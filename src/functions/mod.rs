@@ -15,6 +15,7 @@ pub mod triggers;
 pub mod wasm_bindings;
 
 use crate::error::{FnError, FnResult};
+use crate::fair::Turns;
 use crate::fanout::frame::StreamEvent;
 use crate::fanout::hub::Hub;
 use crate::limits::ValueLimits;
@@ -50,6 +51,8 @@ pub struct Functions {
     ceilings: RwLock<AdapterCeilings>,
     /// The tenant's quotas, shared with its space (connections) and changed live.
     pub quotas: Arc<TenantQuotas>,
+    /// The tenant's share of the engine's time: its workers' calls run in these turns.
+    pub turns: Turns,
 }
 
 /// What `Functions` is built from.
@@ -62,6 +65,7 @@ pub struct Parts {
     pub value_limits: ValueLimits,
     pub invocation_timeout: Duration,
     pub quotas: Arc<TenantQuotas>,
+    pub turns: Turns,
 }
 
 impl Functions {
@@ -76,6 +80,7 @@ impl Functions {
             value_limits: parts.value_limits,
             invocation_timeout: parts.invocation_timeout,
             quotas: parts.quotas,
+            turns: parts.turns,
             ceilings: RwLock::new(AdapterCeilings::default()),
         })
     }

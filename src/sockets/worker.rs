@@ -30,6 +30,7 @@ use crate::workers::messages::{
 };
 use crate::workers::namespace::{self, NAMESPACE_NOT_ALLOWED};
 use crate::workers::router::WorkerHandle;
+use crate::workers::shown::shown;
 use axum::Router;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, Extension, RawQuery, State};
@@ -361,40 +362,75 @@ fn call_namespace_ok(peer: &WorkerPeer, call: &Invoke) -> bool {
     false
 }
 
-/// Runs a worker's call in its own task and answers it when it has an invocation id.
+/// Runs a worker's call in its own task and answers it when it has an invocation id. The
+/// call is admitted first, without waiting: a refused one (`quota_exceeded` for pending
+/// invocations) is answered at once and costs no task.
 fn invoke(functions: &Arc<Functions>, worker: &Arc<WorkerHandle>, call: Invoke) {
-    let functions = functions.clone();
-    let worker = worker.clone();
-    tokio::spawn(async move {
-        // The SDKs announce themselves with this call; it is for logs, and answers nothing.
-        let result = if call.function_id == "engine::workers::register" {
-            tracing::debug!(worker = %worker.id, metadata = %call.data, "worker metadata");
-            Ok(None)
-        } else {
-            functions
-                .call_with_metadata(&call.function_id, call.data, call.metadata)
-                .await
-        };
-        let Some(invocation_id) = call.invocation_id else {
-            if let Err(e) = result {
-                tracing::debug!(worker = %worker.id, function_id = %call.function_id, error = %e, "fire-and-forget call failed");
+    // The SDKs announce themselves with this call; it is for logs, and answers nothing.
+    let admitted = if call.function_id == "engine::workers::register" {
+        tracing::debug!(worker = %worker.id, metadata = %call.data, "worker metadata");
+        Ok(None)
+    } else {
+        let (data, metadata) = (call.data, call.metadata);
+        functions.begin(&call.function_id, data, metadata).map(Some)
+    };
+    let (worker, function_id, invocation_id) =
+        (worker.clone(), call.function_id, call.invocation_id);
+    match admitted {
+        Ok(Some(run)) => {
+            // The call waits its tenant's turn (`fair`), parked, not in the run queue.
+            let turns = functions.turns.clone();
+            tokio::spawn(async move {
+                let result = turns.run(run).await;
+                answer(&worker, &function_id, invocation_id, result).await;
+            });
+        }
+        Ok(None) => {
+            tokio::spawn(
+                async move { answer(&worker, &function_id, invocation_id, Ok(None)).await },
+            );
+        }
+        Err(e) => {
+            if let Some(invocation_id) = invocation_id {
+                let invocation_id = Value::String(invocation_id);
+                let reply = EngineMessage::InvocationResult {
+                    invocation_id: &invocation_id,
+                    function_id: &function_id,
+                    result: None,
+                    error: Some(&e),
+                };
+                worker.push(reply.encode());
             }
-            return;
-        };
-        // Moves the id into a Value, without copying it.
-        let invocation_id = Value::String(invocation_id);
-        let (result, error) = match &result {
-            Ok(value) => (value.as_ref(), None),
-            Err(e) => (None, Some(e)),
-        };
-        let reply = EngineMessage::InvocationResult {
-            invocation_id: &invocation_id,
-            function_id: &call.function_id,
-            result,
-            error,
-        };
-        worker.send(reply.encode()).await;
-    });
+        }
+    }
+}
+
+/// Sends a call's answer to the worker that made it; a call without an id is only logged.
+async fn answer(
+    worker: &WorkerHandle,
+    function_id: &str,
+    invocation_id: Option<String>,
+    result: FnResult,
+) {
+    let Some(invocation_id) = invocation_id else {
+        if let Err(e) = result {
+            tracing::debug!(worker = %worker.id, function_id = %shown(function_id), error = %e, "fire-and-forget call failed");
+        }
+        return;
+    };
+    // Moves the id into a Value, without copying it.
+    let invocation_id = Value::String(invocation_id);
+    let (result, error) = match &result {
+        Ok(value) => (value.as_ref(), None),
+        Err(e) => (None, Some(e)),
+    };
+    let reply = EngineMessage::InvocationResult {
+        invocation_id: &invocation_id,
+        function_id,
+        result,
+        error,
+    };
+    worker.send(reply.encode()).await;
 }
 
 /// A worker's answer as a function result.

@@ -203,7 +203,8 @@ impl KvStore {
             change(&mut state, &mut log)?
         };
         if let (Some(wal), Some(ticket)) = (&self.wal, ticket) {
-            wal.wait(ticket).await?;
+            // Waiting on the disk uses no thread: the call's turn goes to others meanwhile.
+            crate::fair::idle(wal.wait(ticket)).await?;
         }
         Ok(Stored {
             value: result,

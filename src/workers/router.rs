@@ -209,7 +209,9 @@ impl WorkerHandle {
             if !self.send(frame).await {
                 return Err(self.disconnected(function_id));
             }
-            rx.await
+            // Waiting on the worker uses no thread: the call's turn goes to others meanwhile.
+            crate::fair::idle(rx)
+                .await
                 .unwrap_or_else(|_| Err(self.disconnected(function_id)))
         };
         tokio::time::timeout(timeout, call).await.unwrap_or_else(|_| {
