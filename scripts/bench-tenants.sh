@@ -22,9 +22,14 @@ cd "$(dirname "$0")/.."
 # (A unlimited: the no-isolation baseline) and says so.
 WRITE_QUOTA=1000
 DELIVERY_QUOTA=50000
-QUOTAS_A="{ writes_per_second: $WRITE_QUOTA, deliveries_per_second: $DELIVERY_QUOTA }"
+# Connects are raised from their default (200/s, bursts of 1,000): each side opens 1,000
+# subscribers at once. A's adapters get a tenth of a core (`max_cpu_ms_per_sec`).
+QUOTAS_A="{ writes_per_second: $WRITE_QUOTA, deliveries_per_second: $DELIVERY_QUOTA, connects_per_second: 5000 }"
+CEILINGS_A="{ max_cpu_ms_per_sec: 100 }"
 # B's quotas are above what B does (40 writes/s, 40,000 deliveries/s): it must never be refused.
-QUOTAS_B="{ writes_per_second: 1000, deliveries_per_second: 100000 }"
+QUOTAS_B="{ writes_per_second: 1000, deliveries_per_second: 100000, connects_per_second: 5000 }"
+# The tenancy case's one tenant: quotas that never bind, to measure tenancy's own cost.
+QUOTAS_ONE="{ writes_per_second: 10000000, deliveries_per_second: 100000000, connects_per_second: 100000 }"
 # The spinning adapter: a component and the item id that makes its `set` spin.
 ADAPTER_CRATE=hostile
 SPIN_ITEM=loop
@@ -76,18 +81,21 @@ workers:
 YAML
   [ "$1" = none ] && return
   echo "tenants:" >> "$work/iii-config.yaml"
-  tenant b "$KEY_B" "$QUOTAS_B"
-  [ "$1" = two ] && tenant a "$KEY_A" "$QUOTAS_A"
+  if [ "$1" = one ]; then tenant b "$KEY_B" "$QUOTAS_ONE"; else tenant b "$KEY_B" "$QUOTAS_B"; fi
+  [ "$1" = two ] && tenant a "$KEY_A" "$QUOTAS_A" "$CEILINGS_A"
   return 0
 }
 
-tenant() {  # $1: id, $2: worker key, $3: quotas
+tenant() {  # $1: id, $2: worker key, $3: quotas, $4: adapter ceilings (optional)
   cat >> "$work/iii-config.yaml" <<YAML
   - id: $1
     worker_keys: [ $(printf %s "$2" | sha256sum | cut -d' ' -f1) ]
     clients: { token_required: false }
 YAML
-  if [ "$quotas" = 1 ]; then echo "    quotas: $3" >> "$work/iii-config.yaml"; fi
+  if [ "$quotas" = 1 ]; then
+    echo "    quotas: $3" >> "$work/iii-config.yaml"
+    if [ -n "${4:-}" ]; then echo "    adapter_ceilings: $4" >> "$work/iii-config.yaml"; fi
+  fi
 }
 
 start_engine() {  # $1: none | one | two; falls back to no quotas once if they are refused
