@@ -26,7 +26,9 @@ pub fn base64(bytes: &[u8]) -> String {
     out
 }
 
-/// Binds `stream` to the component in `--adapter`, on this worker's socket.
+/// Binds `stream` to the component in `--adapter`, on this worker's socket. A bind refused
+/// with `quota_exceeded` (the tenant's adapters already busy) is tried again after the
+/// `retry_after_ms` it names, as a well-behaved client does, for up to 60 s in all.
 pub async fn bind<S>(o: &Options, stream_name: &str, ws: &mut S) -> anyhow::Result<()>
 where
     S: Sink<Message, Error = Error> + Stream<Item = Result<Message, Error>> + Unpin,
@@ -39,24 +41,33 @@ where
     let call = json!({
         "type": "invokefunction", "invocation_id": "bind", "function_id": "streamhost::create_stream",
         "data": {"stream_name": stream_name, "component": base64(&component), "config": {}, "limits": o.adapter_limits},
-    });
-    ws.send(Message::text(call.to_string())).await?;
-    let answer = tokio::time::timeout(Duration::from_secs(60), async {
-        while let Some(msg) = ws.next().await {
-            let Message::Text(text) = msg? else { continue };
-            let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-            if v["type"] == "invocationresult" && v["invocation_id"] == "bind" {
-                return Ok(v);
-            }
-        }
-        bail!("the engine closed the worker socket during the bind")
     })
-    .await
-    .context("no answer to streamhost::create_stream within 60 s")??;
-    if let Some(e) = answer.get("error").filter(|e| !e.is_null()) {
-        bail!("cannot bind {stream_name} to {}: {e}", path.display());
+    .to_string();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        ws.send(Message::text(call.clone())).await?;
+        let answer = tokio::time::timeout_at(deadline, async {
+            while let Some(msg) = ws.next().await {
+                let Message::Text(text) = msg? else { continue };
+                let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+                if v["type"] == "invocationresult" && v["invocation_id"] == "bind" {
+                    return Ok(v);
+                }
+            }
+            bail!("the engine closed the worker socket during the bind")
+        })
+        .await
+        .context("no answer to streamhost::create_stream within 60 s")??;
+        let Some(e) = answer.get("error").filter(|e| !e.is_null()) else {
+            return Ok(());
+        };
+        match e["retry_after_ms"].as_u64() {
+            Some(ms) if e["code"] == "quota_exceeded" && tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(ms)).await
+            }
+            _ => bail!("cannot bind {stream_name} to {}: {e}", path.display()),
+        }
     }
-    Ok(())
 }
 
 #[cfg(test)]
