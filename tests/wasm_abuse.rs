@@ -257,6 +257,9 @@ fn capped_tenants(calls: u64, cpu_ms: u64) -> streamhost::Config {
         if t.id.as_str() == "alpha" {
             t.adapter_ceilings.max_concurrent_calls = calls;
             t.adapter_ceilings.max_cpu_ms_per_sec = cpu_ms;
+            // Spinning calls end at their deadline, not when the default fuel runs out
+            // (which a fast, idle machine reaches first).
+            t.adapter_ceilings.max_fuel = streamhost::tenants::AdapterCeilings::HIGHEST.max_fuel;
         }
     }
     config
