@@ -1,11 +1,13 @@
 //! What a `stream::*` write costs its tenant, taken before the write is made.
 //!
-//! A write is admitted in this order, so that a refusal leaves nothing behind that it can
-//! give back: the item's size (`item_bytes`, with the engine's `max_item_bytes`), room in
-//! `stored_bytes` (a reservation, given back if anything after it refuses or the write
-//! fails), one token of `writes_per_second`, then one token of `deliveries_per_second` per
-//! socket subscribed to what the write touches. Tokens cannot be given back, so a write
-//! refused for deliveries has used its write token; it stores and sends nothing.
+//! A write is admitted in this order: one token of `writes_per_second`, taken when the call
+//! is admitted (`Functions::begin`), before it is dispatched, so that a tenant far over its
+//! rate costs the engine no task and no turn for the excess; then, in the call, the item's
+//! size (`item_bytes`, with the engine's `max_item_bytes`), room in `stored_bytes` (a
+//! reservation, given back if anything after it refuses or the write fails), then one token
+//! of `deliveries_per_second` per socket subscribed to what the write touches. Tokens cannot
+//! be given back, so a write refused after its write token has used it; it stores and sends
+//! nothing.
 //!
 //! Each meter is taken in one atomic step (`Slots`, `Bucket`), so racing writes can never
 //! pass the same last unit. What is measured, and where it is approximate:
@@ -47,7 +49,15 @@ pub fn item_bytes(functions: &Functions, what: &str, value: &Value) -> Result<()
     Err(functions.quotas.over("item_bytes", why).into())
 }
 
-/// Takes one write and the deliveries it would make to `stream / group` (and `item`).
+/// Takes one token of `writes_per_second`: the first check of a write, made when the call
+/// is admitted, before it is dispatched.
+pub fn write_token(functions: &Functions) -> Result<(), FnError> {
+    let quotas = &functions.quotas;
+    quotas.writes.take(1).map_err(|e| refused(quotas, e))
+}
+
+/// Takes the deliveries a write (whose write token is taken) would make to
+/// `stream / group` (and `item`).
 pub fn write(
     functions: &Functions,
     stream: &str,
@@ -55,7 +65,6 @@ pub fn write(
     item: Option<&str>,
 ) -> Result<(), FnError> {
     let quotas = &functions.quotas;
-    quotas.writes.take(1).map_err(|e| refused(quotas, e))?;
     let audience = functions.hub.audience(stream, group, item);
     let cost = u32::try_from(audience).unwrap_or(u32::MAX);
     quotas.deliveries.take(cost).map_err(|e| {

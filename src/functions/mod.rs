@@ -142,6 +142,11 @@ impl Functions {
     ) -> Result<Call, FnError> {
         let this = self.clone();
         if streams::is_builtin(function_id) {
+            // A write over the tenant's rate is refused here, before it costs a task or a
+            // turn: a tenant far over its quota pays only for reading and answering it.
+            if streams::is_write(function_id) {
+                admit::write_token(self)?;
+            }
             let id = function_id.to_owned();
             return Ok(Box::pin(
                 async move { streams::call(&this, &id, data).await },

@@ -36,6 +36,14 @@ pub fn is_builtin(function_id: &str) -> bool {
     BUILTINS.contains(&function_id)
 }
 
+/// The calls that count against `writes_per_second`.
+pub fn is_write(function_id: &str) -> bool {
+    matches!(
+        function_id,
+        "stream::set" | "stream::update" | "stream::delete" | "stream::send"
+    )
+}
+
 #[derive(Deserialize, Serialize)]
 struct ItemRef {
     stream_name: String,
