@@ -10,7 +10,7 @@
 //! own deadline, and then the tenant waits for the debt to refill.
 
 use crate::error::FnError;
-use crate::tenants::{AdapterCeilings, QUOTA_EXCEEDED};
+use crate::tenants::{AdapterCeilings, QuotaExceeded};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Mutex;
@@ -73,6 +73,7 @@ impl Budget {
             // Debt in µs over a rate in ms per s: the wait in ms, rounded up.
             let wait_ms = (-s.balance_us + rate - 1) / rate;
             return Err(quota(
+                "max_cpu_ms_per_sec",
                 format!(
                     "the adapter of stream {stream:?} is refused: this tenant's adapters used more than their {} ms of CPU time per second (adapter_ceilings.max_cpu_ms_per_sec)",
                     c.max_cpu_ms_per_sec
@@ -82,6 +83,7 @@ impl Budget {
         }
         if s.running >= c.max_concurrent_calls {
             return Err(quota(
+                "max_concurrent_calls",
                 format!(
                     "the adapter of stream {stream:?} is refused: this tenant's adapters are already running {} calls, the most its adapter_ceilings.max_concurrent_calls allows",
                     s.running
@@ -125,11 +127,15 @@ fn burst_us(c: &AdapterCeilings) -> i64 {
     (c.max_cpu_ms_per_sec as i64).saturating_mul(1000)
 }
 
-fn quota(message: String, retry_after: Duration) -> FnError {
-    let ms = retry_after.as_millis().max(1) as u64;
-    let mut err = FnError::new(QUOTA_EXCEEDED, format!("{message}; retry in {ms} ms"));
-    err.retry_after_ms = Some(ms);
-    err
+/// A refusal in the shape of every quota refusal (`tenants::QuotaExceeded`).
+fn quota(quota: &'static str, message: String, retry_after: Duration) -> FnError {
+    let ms = retry_after.as_millis().max(1);
+    QuotaExceeded {
+        quota,
+        retry_after: Some(retry_after),
+        message: format!("{message}; retry in {ms} ms"),
+    }
+    .into()
 }
 
 /// A future whose polls are timed: the time it held an engine thread, guest code and the
