@@ -461,6 +461,20 @@ async fn pending_invocations_are_capped_per_worker_by_the_engine() {
     );
 }
 
+/// Puts tenant `alpha`'s config through the admin API, as an operator changes it live.
+async fn put_alpha(admin: std::net::SocketAddr, config: &Value) {
+    let body = config.to_string();
+    let (status, answer) = http_request(
+        admin,
+        "PUT",
+        "/tenants/alpha",
+        Some(OPERATOR),
+        body.as_bytes(),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quota_changed_through_the_admin_api_takes_effect_live() {
     let quotas = Quotas {
@@ -488,16 +502,7 @@ async fn a_quota_changed_through_the_admin_api_takes_effect_live() {
     let mut config = tenant["config"].take();
     config["clients"]["keys"][0]["secret"] = json!(SECRET_A);
     config["quotas"]["writes_per_second"] = json!({"per_second": 1000, "burst": 1000});
-    let body = config.to_string();
-    let (status, answer) = http_request(
-        admin,
-        "PUT",
-        "/tenants/alpha",
-        Some(OPERATOR),
-        body.as_bytes(),
-    )
-    .await;
-    assert_eq!(status, 200, "{answer}");
+    put_alpha(admin, &config).await;
     for i in 0..20 {
         a.ok("stream::set", set("room", &format!("after{i}"), json!(i)))
             .await;
@@ -505,16 +510,7 @@ async fn a_quota_changed_through_the_admin_api_takes_effect_live() {
 
     // And lowered again: a burst of 1.
     config["quotas"]["writes_per_second"] = json!({"per_second": 1, "burst": 1});
-    let body = config.to_string();
-    let (status, answer) = http_request(
-        admin,
-        "PUT",
-        "/tenants/alpha",
-        Some(OPERATOR),
-        body.as_bytes(),
-    )
-    .await;
-    assert_eq!(status, 200, "{answer}");
+    put_alpha(admin, &config).await;
     a.ok("stream::set", set("room", "one", json!(1))).await;
     let e = a
         .call("stream::set", set("room", "two", json!(2)))
