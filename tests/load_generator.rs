@@ -251,3 +251,36 @@ fn tenants_time_bounded_runs_and_errors_by_code() {
     );
     assert_eq!(r["quota_exceeded"], 0, "{r}");
 }
+
+#[test]
+fn discarding_subscribers_stay_connected_and_deliveries_are_estimated_from_acks() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = EngineProcess::spawn(&write_config(
+        dir.path(),
+        "{ name: kv, config: { store_method: in_memory } }",
+    ));
+    let r = run_load(
+        &engine,
+        &[
+            "--subscribers",
+            "20",
+            "--groups",
+            "2",
+            "--events",
+            "100",
+            "--read",
+            "discard",
+        ],
+    );
+    assert_eq!(r["acked"], 100, "{r}");
+    assert_eq!(r["delivered"], 100 * 10, "{r}");
+    assert_eq!(r["delivered_estimated"], true, "{r}");
+    assert_eq!(
+        (
+            r["lost"].as_u64(),
+            r["dropped_without_close_frame"].as_u64()
+        ),
+        (Some(0), Some(0)),
+        "{r}"
+    );
+}

@@ -25,6 +25,9 @@ pub const USAGE: &str = "usage: streamhost-load [options]
   --adapter-limits JSON the binding's limits (default {\"timeout_ms\": 100})
   --tenant ID           subscribers join as anonymous clients of tenant ID (?tenant=ID)
   --worker-key KEY      workers send Authorization: Bearer KEY (the tenant's worker key)
+  --read count|discard  subscribers count and time each event, or read and discard the bytes
+                        undecoded: for load that is not measured, such as another tenant's
+                        fan-out, so that it costs this machine little (default count)
   --pause-ms MS         subscribers stop reading for MS at the start (a burst) (default 0)
   --idle-seconds S      hold the connections idle S seconds before publishing (default 0)
   --start-when FILE     once connected, wait (at most 5 min) until FILE exists, then publish:
@@ -55,6 +58,8 @@ pub struct Options {
     pub tenant: Option<String>,
     pub worker_key: Option<String>,
     pub pause_ms: u64,
+    /// Subscribers discard what arrives without decoding it (`--read discard`).
+    pub discard: bool,
     pub idle_seconds: u64,
     pub start_when: Option<PathBuf>,
     pub drain_seconds: u64,
@@ -85,6 +90,7 @@ impl Options {
             tenant: None,
             worker_key: None,
             pause_ms: 0,
+            discard: false,
             idle_seconds: 0,
             start_when: None,
             drain_seconds: 30,
@@ -150,6 +156,13 @@ impl Options {
                 }
                 "--tenant" => o.tenant = Some(value),
                 "--worker-key" => o.worker_key = Some(value),
+                "--read" => {
+                    o.discard = match value.as_str() {
+                        "count" => false,
+                        "discard" => true,
+                        v => bail!("--read takes count or discard, not {v:?}"),
+                    }
+                }
                 "--pause-ms" => o.pause_ms = num(&value)?,
                 "--idle-seconds" => o.idle_seconds = num(&value)?,
                 "--start-when" => o.start_when = Some(PathBuf::from(value)),

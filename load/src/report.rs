@@ -73,8 +73,13 @@ impl Report {
             .filter(|r| r.closed.is_some())
             .map(|r| r.lost)
             .sum();
-        let secs = deliver_time.as_secs_f64().max(1e-9);
+        let mut secs = deliver_time.as_secs_f64().max(1e-9);
         let acked = c.acked.load(Ordering::Relaxed);
+        if o.discard {
+            // Nothing was counted: each admitted event reached its group's subscribers.
+            received = acked * (o.subscribers / o.groups) as u64;
+            secs = publish_time.as_secs_f64().max(1e-9);
+        }
         let calls = c.call_latency.lock().unwrap().clone();
         let per_conn = match (rss_before, rss_after) {
             (Some(b), Some(a)) if o.subscribers > 0 => {
@@ -100,6 +105,7 @@ impl Report {
             "quota_exceeded": c.refusals.count("quota_exceeded"),
             "client_quota_errors": c.client_quota_errors.load(Ordering::Relaxed),
             "delivered": received,
+            "delivered_estimated": o.discard,
             "deliveries_per_second": received as f64 / secs,
             "lost": lost,
             "duplicated": dup,

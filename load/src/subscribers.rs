@@ -27,6 +27,8 @@ pub struct SubResult {
     pub closed: Option<(u16, String)>,
     /// The connection ended with no close frame before the run was over.
     pub dropped: bool,
+    /// It read without counting (`--read discard`): nothing can be said lost.
+    pub discarded: bool,
 }
 
 pub struct Subscribers {
@@ -176,6 +178,9 @@ async fn subscriber(
     if o.pause_ms > 0 {
         tokio::time::sleep(Duration::from_millis(o.pause_ms)).await;
     }
+    if o.discard {
+        return discard(ws.into_inner(), group, stop).await;
+    }
     let most = expected_for(&o, o.events, group);
     let mut seen = vec![0u64; (most as usize).div_ceil(64)];
     let mut r = SubResult {
@@ -231,13 +236,53 @@ async fn subscriber(
     r
 }
 
+/// Reads and drops the socket's bytes, undecoded, until told to stop; an unsolicited pong
+/// every few seconds keeps the engine from taking the socket for dead.
+async fn discard(
+    mut tcp: tokio::net::TcpStream,
+    group: usize,
+    mut stop: watch::Receiver<bool>,
+) -> SubResult {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // FIN + pong, masked, empty payload, zero mask key.
+    const PONG: [u8; 6] = [0x8A, 0x80, 0, 0, 0, 0];
+    let mut buf = vec![0u8; 64 << 10];
+    let mut keepalive = tokio::time::interval(Duration::from_secs(5));
+    let mut r = SubResult {
+        group,
+        discarded: true,
+        ..SubResult::default()
+    };
+    loop {
+        tokio::select! {
+            read = tcp.read(&mut buf) => match read {
+                Ok(0) | Err(_) => {
+                    r.dropped = true;
+                    break;
+                }
+                Ok(_) => {}
+            },
+            _ = keepalive.tick() => {
+                if tcp.write_all(&PONG).await.is_err() {
+                    r.dropped = true;
+                    break;
+                }
+            }
+            _ = stop.changed() => break,
+        }
+    }
+    r
+}
+
 /// Stops every subscriber and collects what each saw; `published` events were sent.
 pub async fn finish(subs: Subscribers, o: &Options, published: u64) -> Vec<SubResult> {
     let _ = subs.stop.send(true);
     let mut out = Vec::with_capacity(subs.tasks.len());
     for t in subs.tasks {
         let mut r = t.await.unwrap_or_default();
-        r.lost = expected_for(o, published, r.group).saturating_sub(r.received);
+        if !r.discarded {
+            r.lost = expected_for(o, published, r.group).saturating_sub(r.received);
+        }
         out.push(r);
     }
     out
