@@ -69,6 +69,8 @@ pub struct Config {
     pub max_pending_invocations_per_worker: usize,
     /// Calls of one tenant's workers that run at once; the rest wait their turn (`fair`).
     pub calls_in_flight_per_tenant: usize,
+    /// Client sockets of one tenant written at once; the rest wait their turn (`fair`).
+    pub fanout_in_flight_per_tenant: usize,
     /// Streams bound to WebAssembly adapters at start-up.
     pub custom_streams: Vec<CustomStreamConfig>,
     /// Depth, size and op-count limits on every value that enters a store.
@@ -152,6 +154,7 @@ impl Default for Config {
             max_pending_invocations_per_worker:
                 crate::workers::router::DEFAULT_MAX_PENDING_PER_WORKER,
             calls_in_flight_per_tenant: crate::fair::DEFAULT_WIDTH,
+            fanout_in_flight_per_tenant: crate::fair::DEFAULT_FANOUT_WIDTH,
             custom_streams: Vec::new(),
             value_limits: Default::default(),
             wasm_cache_dir: Some(PathBuf::from("./data/wasm-cache")),
@@ -252,6 +255,9 @@ impl Config {
                         self.close_grace = Duration::from_millis(number(value, key)?)
                     }
                     "max_subscriptions" => self.max_subscriptions = number(value, key)? as usize,
+                    "fanout_in_flight_per_tenant" => {
+                        self.fanout_in_flight_per_tenant = number(value, key)?.max(1) as usize
+                    }
                     "send_queue_bytes" => {
                         self.send_queue_bytes = number(value, key)?.max(1) as usize
                     }

@@ -6,6 +6,11 @@
 //! and a thread: the runtime's run queue holds at most `width` calls of each tenant, so
 //! tenants take turns in it, `width` calls at a time (round robin with that quantum).
 //!
+//! Fan-out takes turns the same way: a client socket's writer takes one of its tenant's
+//! fan-out turns ([`Turns::burst`]) to write what is queued for it. One event of a tenant
+//! with thousands of subscribers wakes thousands of writers; they wait in that tenant's
+//! queue, so another tenant's writers wait behind at most `width` of them, not all.
+//!
 //! A call gives its turn back while it waits on something outside the engine (a worker's
 //! answer, the disk): [`idle`]. That keeps the turns for work that uses a thread, and it is
 //! what makes nesting safe: a call that waits on a worker whose function calls back into
@@ -19,6 +24,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Calls one tenant may run at once unless the config says otherwise.
 pub const DEFAULT_WIDTH: usize = 64;
+/// Client sockets of one tenant written at once unless the config says otherwise.
+pub const DEFAULT_FANOUT_WIDTH: usize = 64;
 
 tokio::task_local! {
     /// The turn the current call holds, if it runs under [`Turns::run`].
@@ -51,6 +58,20 @@ impl Turns {
             permit: Some(permit),
         };
         TURN.scope(RefCell::new(turn), call).await
+    }
+
+    /// Runs `work` once it has a turn, holding the turn for the first poll only: the part
+    /// that uses a thread. A socket write that then waits for a slow peer to read waits
+    /// without a turn, so slow peers cannot hold up their tenant's other sockets.
+    pub async fn burst<F: Future>(&self, work: F) -> F::Output {
+        let mut permit = Some(acquire(&self.semaphore).await);
+        let mut work = std::pin::pin!(work);
+        std::future::poll_fn(|cx| {
+            let out = work.as_mut().poll(cx);
+            permit = None;
+            out
+        })
+        .await
     }
 
     /// Turns free now.
@@ -161,6 +182,45 @@ mod tests {
         .expect("the nested call got a turn");
         assert_eq!(out, 7);
         assert_eq!(turns.available(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_burst_holds_its_turn_only_until_it_waits() {
+        let turns = Turns::new(1);
+        // The first burst waits on something outside (a slow peer): its turn is free again.
+        let (release, held) = oneshot::channel::<()>();
+        let slow = tokio::spawn({
+            let turns = turns.clone();
+            async move { turns.burst(async { held.await.ok() }).await }
+        });
+        tokio::task::yield_now().await;
+        assert!(!slow.is_finished());
+        assert_eq!(turns.available(), 1, "a waiting burst holds no turn");
+        tokio::time::timeout(Duration::from_secs(5), turns.burst(async { 3 }))
+            .await
+            .expect("another burst ran while the first waited");
+        release.send(()).unwrap();
+        slow.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_burst_waits_for_a_turn() {
+        let turns = Turns::new(1);
+        let (release, held) = oneshot::channel::<()>();
+        let hog = tokio::spawn({
+            let turns = turns.clone();
+            async move { turns.run(async { held.await.ok() }).await }
+        });
+        tokio::task::yield_now().await;
+        let waiting = tokio::spawn({
+            let turns = turns.clone();
+            async move { turns.burst(async { 4 }).await }
+        });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "no turn was free");
+        release.send(()).unwrap();
+        hog.await.unwrap();
+        assert_eq!(waiting.await.unwrap(), 4);
     }
 
     #[tokio::test]

@@ -69,3 +69,41 @@ fn the_width_is_read_from_the_worker_module() {
         streamhost::fair::DEFAULT_WIDTH
     );
 }
+
+#[tokio::test]
+async fn a_client_that_does_not_read_holds_no_fanout_turn() {
+    // One fan-out turn for the tenant: were it held while a write waits on a peer that reads
+    // nothing, every other socket of the tenant would wait as long (up to the idle timeout).
+    let mut config = test_config();
+    config.fanout_in_flight_per_tenant = 1;
+    config.send_queue_bytes = 256 << 20; // the stuck client is not closed as slow meanwhile
+    config.send_queue_frames = 1 << 20;
+    let h = start(config).await;
+    let mut stuck = Client::connect(h.client_addr, "/").await;
+    stuck.join("s", "chat", "big", None).await;
+    let mut reader = Client::connect(h.client_addr, "/").await;
+    reader.join("s", "chat", "big", None).await;
+    let worker = RawWorker::connect(h.worker_addr).await;
+    // 16 MB: well past what the kernel buffers for the stuck socket, so its write waits.
+    let value = "x".repeat(32 << 10);
+    for i in 0..512 {
+        let data = json!({"stream_name": "chat", "group_id": "big", "item_id": format!("i{i}"), "data": value});
+        worker.ok("stream::set", data).await;
+        let event = tokio::time::timeout(Duration::from_secs(10), reader.next())
+            .await
+            .unwrap_or_else(|_| panic!("event {i} never reached the reading client"));
+        assert_eq!(event["id"], format!("i{i}"));
+    }
+    h.shutdown().await.unwrap();
+}
+
+#[test]
+fn the_fanout_width_is_read_from_the_stream_module() {
+    let yaml = "workers:\n  - name: iii-stream\n    config: { fanout_in_flight_per_tenant: 16 }\n";
+    let config = streamhost::Config::parse(yaml).unwrap();
+    assert_eq!(config.fanout_in_flight_per_tenant, 16);
+    assert_eq!(
+        streamhost::Config::default().fanout_in_flight_per_tenant,
+        streamhost::fair::DEFAULT_FANOUT_WIDTH
+    );
+}

@@ -64,6 +64,7 @@ impl Engine {
             invocation_timeout: config.invocation_timeout,
             max_pending_per_worker: config.max_pending_invocations_per_worker,
             calls_in_flight: config.calls_in_flight_per_tenant,
+            fanout_in_flight: config.fanout_in_flight_per_tenant,
             wasm_cache_dir: config.wasm_cache_dir.clone(),
         };
         let mut spaces = HashMap::new();

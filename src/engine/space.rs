@@ -36,6 +36,8 @@ pub struct Settings {
     pub max_pending_per_worker: usize,
     /// Calls of the tenant's workers that run at once (`fair::Turns`).
     pub calls_in_flight: usize,
+    /// Client sockets of the tenant written at once (`fair::Turns::burst`).
+    pub fanout_in_flight: usize,
     pub wasm_cache_dir: Option<PathBuf>,
 }
 
@@ -43,6 +45,8 @@ pub struct Space {
     pub tenant: TenantId,
     pub functions: Arc<Functions>,
     pub hub: Arc<Hub>,
+    /// The turns the tenant's client sockets take to write (`fair`).
+    pub fanout_turns: Turns,
     bus: Option<Arc<dyn EventBus>>,
     sockets: Mutex<HashMap<u64, Socket>>,
     next_socket: AtomicU64,
@@ -136,6 +140,7 @@ impl Space {
             tenant,
             functions,
             hub,
+            fanout_turns: Turns::new(settings.fanout_in_flight),
             bus,
             sockets: Mutex::default(),
             next_socket: AtomicU64::new(1),

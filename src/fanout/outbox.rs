@@ -6,15 +6,20 @@
 //! fills up, in frames or in bytes (a few large events must not pin hundreds of megabytes), is
 //! closed with [`CLOSE_SLOW`] and a reason, rather than left silently missing events.
 //!
+//! A client socket's writes take turns with the other sockets of its tenant
+//! ([`Outbox::take_turns`], `fair::Turns::burst`), so that one tenant's fan-out to thousands
+//! of sockets does not fill the runtime's run queue ahead of another tenant's.
+//!
 //! The same task keeps the socket honest about being alive: it pings every `ping_interval`
 //! and closes with [`CLOSE_IDLE`] a peer that has sent nothing, not even a pong, for
 //! `idle_timeout`; a write stuck on such a peer ends then too.
 
+use crate::fair::Turns;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
 use prometheus_client::metrics::counter::Counter;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
@@ -49,6 +54,8 @@ pub struct Outbox {
     queued_bytes: AtomicUsize,
     /// Counts slow-client disconnects across the engine.
     slow_counter: Counter,
+    /// The tenant's fan-out turns, for a client socket; a worker socket writes at once.
+    turns: OnceLock<Turns>,
 }
 
 impl Outbox {
@@ -72,6 +79,7 @@ impl Outbox {
             max_bytes,
             queued_bytes: AtomicUsize::new(0),
             slow_counter,
+            turns: OnceLock::new(),
         };
         (Arc::new(outbox), rx)
     }
@@ -94,6 +102,11 @@ impl Outbox {
                 }
             }
         }
+    }
+
+    /// Makes this socket's writes take turns with the other sockets holding `turns`.
+    pub fn take_turns(&self, turns: &Turns) {
+        let _ = self.turns.set(turns.clone());
     }
 
     /// Bytes queued and not yet written.
@@ -238,7 +251,12 @@ pub async fn drive(
             }
             frame = rx.recv() => {
                 let Some(first) = frame else { break };
-                if !write_batch(&mut ws, first, &mut rx, &outbox, dead_at).await {
+                let write = write_batch(&mut ws, first, &mut rx, &outbox, dead_at);
+                let written = match outbox.turns.get() {
+                    Some(turns) => turns.burst(write).await,
+                    None => write.await,
+                };
+                if !written {
                     if Instant::now() >= dead_at {
                         idle(&outbox, keepalive.idle_timeout);
                     }

@@ -274,6 +274,7 @@ async fn serve(
         engine.config.send_queue_bytes,
         engine.metrics.connections.slow_disconnects(),
     );
+    outbox.take_turns(&space.fanout_turns);
     let _listed = engine.list_socket(
         &space,
         Kind::Client,
