@@ -9,6 +9,8 @@
 #
 #   scripts/bench-tenants.sh                       every case once
 #   scripts/bench-tenants.sh --repeat 3 writes     a case three times; the table shows medians
+#   OLD_ENGINE=path scripts/bench-tenants.sh tenancy   also runs the one-tenant case on an
+#                   older engine binary (without quotas, which it may not know), alternated
 #
 # The engine is pinned to core 0, both load generators to core 1 (A's at nice 10, so that B's
 # measurement loses as little as possible to A's own load generator). A's subscribers read
@@ -178,8 +180,18 @@ noisy() {  # $1: case, $2: round
   stop_engine
 }
 
-tenancy() {  # $1: round; fanout-1000 without tenants, then as tenant b
+tenancy() {  # $1: round; fanout-1000 without tenants, then as tenant b (and on OLD_ENGINE)
   local r=$1
+  if [ -n "${OLD_ENGINE:-}" ]; then
+    echo "== tenancy round $r: one tenant, older engine $OLD_ENGINE (no quotas)"
+    local new=$engine keep=$quotas
+    engine=$OLD_ENGINE quotas=0
+    start_engine one
+    taskset -c 1 "$load" --tenant b --worker-key "$KEY_B" --subscribers 1000 --events 1000 \
+      --engine-pid "$engine_pid" --json "bench-results/tenants-tenancy-old-$r.json" 2>&1 | grep -v '^  sent'
+    stop_engine
+    engine=$new quotas=$keep
+  fi
   echo "== tenancy round $r: no tenants config"
   start_engine none
   taskset -c 1 "$load" --subscribers 1000 --events 1000 --engine-pid "$engine_pid" \
@@ -225,13 +237,29 @@ for c in sys.argv[1:]:
             line += (f"{med(a, lambda j: j['offered_per_second']):>13.0f}{med(a, lambda j: j['calls_per_second']):>14.0f}"
                      f"{med(a, lambda j: j['quota_exceeded']):>13.0f}{med(a, lambda j: j['deliveries_per_second']):>11.0f}")
         print(line)
+    alone, noisy = runs(f"{c}-alone"), runs(f"{c}-noisy")
+    ratios = sorted(n["latency_us"]["p99"] / max(1, l["latency_us"]["p99"]) for l, n in zip(alone, noisy))
+    extra = sorted((n["latency_us"]["p99"] - l["latency_us"]["p99"]) / 1000 for l, n in zip(alone, noisy))
+    if ratios:
+        print(f"{'':<9}B's p99 beside A / alone, paired by round: median {statistics.median(ratios):.2f}x "
+              f"(range {ratios[0]:.2f}-{ratios[-1]:.2f}); added {statistics.median(extra):+.1f} ms "
+              f"(range {extra[0]:+.1f} to {extra[-1]:+.1f})")
     if a:
         print(f"{'':<9}A's errors by code (first run): {a[0]['errors']}")
 if "tenancy" in sys.argv[1:]:
     print(f"\n{'tenancy':<12}{'runs':>5}{'deliveries/s':>14}{'p50 ms':>9}{'p99 ms':>9}{'lost':>7}")
-    for side in ("plain", "tenant"):
+    for side in ("plain", "tenant", "old"):
         rs = runs(f"tenancy-{side}")
         if rs:
             print(f"{side:<12}{len(rs):>5}{med(rs, lambda j: j['deliveries_per_second']):>14.0f}"
                   f"{med(rs, ms('p50')):>9.1f}{med(rs, ms('p99')):>9.1f}{sum(j['lost'] for j in rs):>7}")
+    tenant = runs("tenancy-tenant")
+    for other in ("plain", "old"):
+        base = runs(f"tenancy-{other}")
+        if not base or not tenant:
+            continue
+        thr = sorted(t["deliveries_per_second"] / max(1, b["deliveries_per_second"]) for b, t in zip(base, tenant))
+        p99 = sorted(t["latency_us"]["p99"] / max(1, b["latency_us"]["p99"]) for b, t in zip(base, tenant))
+        print(f"tenant / {other}, paired by round: throughput median {statistics.median(thr):.3f} "
+              f"(range {thr[0]:.3f}-{thr[-1]:.3f}), p99 median {statistics.median(p99):.3f} (range {p99[0]:.3f}-{p99[-1]:.3f})")
 PY
