@@ -104,7 +104,19 @@ async fn run(o: Options) -> anyhow::Result<i32> {
     let done = Arc::new(AtomicBool::new(false));
     let progress = tokio::spawn(report::progress(counters.clone(), done.clone()));
     let publish_started = Instant::now();
+    let storm = o.storm_after.map(|after| {
+        let subs = subs.storm_handle();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs_f64(after)).await;
+            eprintln!("reconnect storm: every subscriber drops and rejoins from its offset");
+            let _ = subs.send(true);
+        })
+    });
     let published = publisher::publish(&o, epoch, counters.clone()).await?;
+    if let Some(storm) = storm {
+        // A run shorter than the wait still has its storm, before the drain.
+        let _ = storm.await;
+    }
     let publish_time = publish_started.elapsed();
 
     // Wait for deliveries to stop arriving (or everything expected to arrive).

@@ -28,6 +28,9 @@ pub const USAGE: &str = "usage: streamhost-load [options]
   --read count|discard  subscribers count and time each event, or read and discard the bytes
                         undecoded: for load that is not measured, such as another tenant's
                         fan-out, so that it costs this machine little (default count)
+  --storm-after S       S seconds into publishing, every subscriber drops its connection at
+                        once and joins again from the last offset it saw (a reconnect storm);
+                        the report says how many recovered and how long until all had
   --pause-ms MS         subscribers stop reading for MS at the start (a burst) (default 0)
   --idle-seconds S      hold the connections idle S seconds before publishing (default 0)
   --start-when FILE     once connected, wait (at most 5 min) until FILE exists, then publish:
@@ -60,6 +63,8 @@ pub struct Options {
     pub pause_ms: u64,
     /// Subscribers discard what arrives without decoding it (`--read discard`).
     pub discard: bool,
+    /// Seconds into publishing at which every subscriber drops and rejoins.
+    pub storm_after: Option<f64>,
     pub idle_seconds: u64,
     pub start_when: Option<PathBuf>,
     pub drain_seconds: u64,
@@ -91,6 +96,7 @@ impl Options {
             worker_key: None,
             pause_ms: 0,
             discard: false,
+            storm_after: None,
             idle_seconds: 0,
             start_when: None,
             drain_seconds: 30,
@@ -163,6 +169,12 @@ impl Options {
                         v => bail!("--read takes count or discard, not {v:?}"),
                     }
                 }
+                "--storm-after" => {
+                    o.storm_after =
+                        Some(value.parse().with_context(|| {
+                            format!("--storm-after takes seconds, not {value:?}")
+                        })?)
+                }
                 "--pause-ms" => o.pause_ms = num(&value)?,
                 "--idle-seconds" => o.idle_seconds = num(&value)?,
                 "--start-when" => o.start_when = Some(PathBuf::from(value)),
@@ -171,6 +183,11 @@ impl Options {
                 "--json" => o.json = Some(PathBuf::from(value)),
                 other => bail!("unknown option {other}"),
             }
+        }
+        if o.storm_after.is_some() && (o.join_path || o.discard) {
+            bail!(
+                "--storm-after needs subscribers that join with frames and count (--join frame --read count): a resumed join carries the offset in its frame"
+            );
         }
         Ok(o)
     }

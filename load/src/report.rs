@@ -73,6 +73,7 @@ impl Report {
             .filter(|r| r.closed.is_some())
             .map(|r| r.lost)
             .sum();
+        let storm = o.storm_after.map(|after| storm_json(after, results));
         let mut secs = deliver_time.as_secs_f64().max(1e-9);
         let acked = c.acked.load(Ordering::Relaxed);
         if o.discard {
@@ -123,6 +124,7 @@ impl Report {
             "engine_rss_before": rss_before,
             "engine_rss_after_connect": rss_after,
             "engine_bytes_per_connection": per_conn,
+            "storm": storm,
         });
         Report { json }
     }
@@ -198,6 +200,20 @@ impl Report {
             );
         }
         s.push('\n');
+        let storm = &j["storm"];
+        if !storm.is_null() {
+            s += &format!(
+                "  storm        {} dropped at {} s: {} recovered, {} resynced (not recovered), {} could not rejoin; all back within {:.0} ms (p50 {:.0} ms, p99 {:.0} ms)\n",
+                storm["clients"],
+                storm["after_seconds"],
+                storm["recovered"],
+                storm["not_recovered"],
+                storm["rejoin_failed"],
+                ms(&storm["back_us"]["max"]),
+                ms(&storm["back_us"]["p50"]),
+                ms(&storm["back_us"]["p99"]),
+            );
+        }
         if let Some(b) = j["engine_bytes_per_connection"].as_f64() {
             s += &format!(
                 "  memory       {:.1} KB per connection ({} MB before, {} MB after connecting)\n",
@@ -208,4 +224,30 @@ impl Report {
         }
         s
     }
+}
+
+/// The reconnect storm's outcome: how many subscribers recovered their missed events, and
+/// how long from the drop until each was back (its first frame after rejoining).
+fn storm_json(after: f64, results: &[SubResult]) -> Value {
+    let mut back = Histogram::default();
+    let (mut recovered, mut resynced, mut failed) = (0u64, 0u64, 0u64);
+    for r in results {
+        failed += r.rejoin_failed as u64;
+        if let Some(rec) = r.recovery {
+            back.record(rec.micros);
+            if rec.recovered {
+                recovered += 1;
+            } else {
+                resynced += 1;
+            }
+        }
+    }
+    json!({
+        "after_seconds": after,
+        "clients": results.len(),
+        "recovered": recovered,
+        "not_recovered": resynced,
+        "rejoin_failed": failed,
+        "back_us": {"p50": back.quantile(0.5), "p99": back.quantile(0.99), "max": back.max_us},
+    })
 }

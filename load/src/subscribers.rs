@@ -29,16 +29,27 @@ pub struct SubResult {
     pub dropped: bool,
     /// It read without counting (`--read discard`): nothing can be said lost.
     pub discarded: bool,
+    /// How it came back after the reconnect storm (`--storm-after`).
+    pub recovery: Option<Recovery>,
+    /// It could not join again after the storm within a minute.
+    pub rejoin_failed: bool,
 }
 
 pub struct Subscribers {
     tasks: Vec<JoinHandle<SubResult>>,
     stop: watch::Sender<bool>,
+    storm: Arc<watch::Sender<bool>>,
 }
 
 impl Subscribers {
     pub fn len(&self) -> usize {
         self.tasks.len()
+    }
+
+    /// Sending true on it drops every subscriber's connection at once; each joins again
+    /// from its last offset.
+    pub fn storm_handle(&self) -> Arc<watch::Sender<bool>> {
+        self.storm.clone()
     }
 }
 
@@ -76,6 +87,7 @@ pub async fn connect_all(
 ) -> anyhow::Result<Subscribers> {
     let addr = target(&o.client)?;
     let (stop, _) = watch::channel(false);
+    let (storm, _) = watch::channel(false);
     let mut tasks = Vec::with_capacity(o.subscribers);
     let mut pending = Vec::new();
     for i in 0..o.subscribers {
@@ -90,6 +102,7 @@ pub async fn connect_all(
             epoch,
             counters.clone(),
             stop.subscribe(),
+            storm.subscribe(),
             ready_tx,
         ));
         tasks.push(task);
@@ -104,7 +117,11 @@ pub async fn connect_all(
             }
         }
     }
-    Ok(Subscribers { tasks, stop })
+    Ok(Subscribers {
+        tasks,
+        stop,
+        storm: Arc::new(storm),
+    })
 }
 
 /// Parses `"key":<digits>` after `from` in a frame without decoding the whole JSON.
@@ -112,6 +129,72 @@ fn number_after(text: &str, key: &str, from: usize) -> Option<(u64, usize)> {
     let at = text[from..].find(key)? + from + key.len();
     let digits = text[at..].bytes().take_while(u8::is_ascii_digit).count();
     Some((text[at..at + digits].parse().ok()?, at + digits))
+}
+
+/// Where a subscriber would resume from: the offset and epoch of the last frame it read.
+#[derive(Default)]
+struct Position {
+    offset: Option<u64>,
+    epoch: Option<String>,
+}
+
+impl Position {
+    fn update(&mut self, text: &str) {
+        let epoch = text.find("\"epoch\":\"").and_then(|at| {
+            let rest = &text[at + 9..];
+            rest.find('"').map(|end| rest[..end].to_owned())
+        });
+        if let (Some((offset, _)), Some(epoch)) = (number_after(text, "\"offset\":", 0), epoch) {
+            self.offset = Some(offset);
+            self.epoch = Some(epoch);
+        }
+    }
+}
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio::net::TcpStream>;
+
+/// Connects and subscribes, from `resume` when it is known; returns the socket and its first
+/// frame: the `sync`, or the `recovered` marker of a resumed join.
+async fn open(
+    o: &Options,
+    addr: SocketAddr,
+    source: IpAddr,
+    url: &str,
+    group_id: &str,
+    resume: &Position,
+) -> anyhow::Result<(Socket, String)> {
+    let socket = TcpSocket::new_v4()?;
+    socket
+        .bind(SocketAddr::new(source, 0))
+        .with_context(|| format!("cannot bind {source}"))?;
+    let tcp = socket
+        .connect(addr)
+        .await
+        .with_context(|| format!("cannot connect to {addr}"))?;
+    tcp.set_nodelay(true)?;
+    let (mut ws, _) = tokio_tungstenite::client_async(url, tcp).await?;
+    if !o.join_path {
+        let mut data = serde_json::json!({"subscriptionId": "load", "streamName": o.stream, "groupId": group_id});
+        if let (Some(offset), Some(epoch)) = (resume.offset, &resume.epoch) {
+            data["offset"] = offset.into();
+            data["epoch"] = epoch.as_str().into();
+        }
+        let join = serde_json::json!({"type": "join", "data": data});
+        ws.send(Message::text(join.to_string())).await?;
+    }
+    match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
+        Ok(Some(Ok(Message::Text(t)))) if t.contains("\"sync\"") || t.contains("\"recovered\"") => {
+            Ok((ws, t.to_string()))
+        }
+        other => anyhow::bail!("expected a sync frame, got {other:?}"),
+    }
+}
+
+/// What woke a subscriber.
+enum Next {
+    Frame(Option<Result<Message, tokio_tungstenite::tungstenite::Error>>),
+    Stop,
+    Storm,
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -123,6 +206,7 @@ async fn subscriber(
     epoch: Instant,
     counters: Arc<Counters>,
     mut stop: watch::Receiver<bool>,
+    mut storm: watch::Receiver<bool>,
     ready: oneshot::Sender<anyhow::Result<()>>,
 ) -> SubResult {
     let group_id = format!("g{group}");
@@ -144,29 +228,10 @@ async fn subscriber(
         let sep = if url.contains('?') { '&' } else { '?' };
         url += &format!("{sep}tenant={tenant}");
     }
-    let connect = async {
-        let socket = TcpSocket::new_v4()?;
-        socket
-            .bind(SocketAddr::new(source, 0))
-            .with_context(|| format!("cannot bind {source}"))?;
-        let tcp = socket
-            .connect(addr)
-            .await
-            .with_context(|| format!("cannot connect to {addr}"))?;
-        tcp.set_nodelay(true)?;
-        let (mut ws, _) = tokio_tungstenite::client_async(url.as_str(), tcp).await?;
-        if !o.join_path {
-            let join = serde_json::json!({"type": "join", "data": {"subscriptionId": "load", "streamName": o.stream, "groupId": group_id}});
-            ws.send(Message::text(join.to_string())).await?;
-        }
-        // The first frame is the sync snapshot.
-        match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
-            Ok(Some(Ok(Message::Text(t)))) if t.contains("\"sync\"") => Ok(ws),
-            other => anyhow::bail!("expected a sync frame, got {other:?}"),
-        }
-    };
-    let mut ws = match connect.await {
-        Ok(ws) => {
+    let mut at = Position::default();
+    let mut ws = match open(&o, addr, source, &url, &group_id, &at).await {
+        Ok((ws, sync)) => {
+            at.update(&sync);
             let _ = ready.send(Ok(()));
             ws
         }
@@ -187,10 +252,31 @@ async fn subscriber(
         group,
         ..SubResult::default()
     };
+    let mut stormed = o.storm_after.is_none();
     loop {
-        let msg = tokio::select! {
-            msg = ws.next() => msg,
-            _ = stop.changed() => break,
+        let next = tokio::select! {
+            msg = ws.next() => Next::Frame(msg),
+            _ = stop.changed() => Next::Stop,
+            _ = storm.changed(), if !stormed => Next::Storm,
+        };
+        let msg = match next {
+            Next::Frame(msg) => msg,
+            Next::Stop => break,
+            Next::Storm => {
+                stormed = true;
+                match rejoin(&o, addr, source, &url, &group_id, &mut at, ws).await {
+                    Ok((socket, recovery)) => {
+                        ws = socket;
+                        r.recovery = Some(recovery);
+                        continue;
+                    }
+                    Err(e) => {
+                        eprintln!("a subscriber could not rejoin: {e:#}");
+                        r.rejoin_failed = true;
+                        return r;
+                    }
+                }
+            }
         };
         let text = match msg {
             Some(Ok(Message::Text(t))) => t,
@@ -208,13 +294,14 @@ async fn subscriber(
             }
         };
         let now = epoch.elapsed().as_nanos() as u64;
-        let Some((seq, at)) = number_after(&text, "\"seq\":", 0) else {
+        at.update(&text);
+        let Some((seq, from)) = number_after(&text, "\"seq\":", 0) else {
             if text.contains("quota_exceeded") {
                 counters.client_quota_errors.fetch_add(1, Ordering::Relaxed);
             }
             continue;
         };
-        let Some((sent, _)) = number_after(&text, "\"t\":", at) else {
+        let Some((sent, _)) = number_after(&text, "\"t\":", from) else {
             continue;
         };
         let slot = (seq / o.groups as u64) as usize;
@@ -234,6 +321,46 @@ async fn subscriber(
     }
     let _ = ws.close(None).await;
     r
+}
+
+/// How a subscriber came back after the storm dropped it.
+#[derive(Debug, Clone, Copy)]
+pub struct Recovery {
+    /// The engine answered with the missed events (`recovered` marker), not a fresh `sync`.
+    pub recovered: bool,
+    /// From the drop to that first frame.
+    pub micros: u64,
+}
+
+/// Drops the connection without a word, as a network would, and joins again from `at`,
+/// retrying (with backoff) for up to a minute while the engine refuses or is busy.
+async fn rejoin(
+    o: &Options,
+    addr: SocketAddr,
+    source: IpAddr,
+    url: &str,
+    group_id: &str,
+    at: &mut Position,
+    ws: Socket,
+) -> anyhow::Result<(Socket, Recovery)> {
+    drop(ws.into_inner());
+    let dropped = Instant::now();
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match open(o, addr, source, url, group_id, at).await {
+            Ok((ws, first)) => {
+                let recovered = first.contains("\"recovered\":true");
+                at.update(&first);
+                let micros = dropped.elapsed().as_micros() as u64;
+                return Ok((ws, Recovery { recovered, micros }));
+            }
+            Err(e) if dropped.elapsed() > Duration::from_secs(60) => return Err(e),
+            Err(_) => {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(2));
+            }
+        }
+    }
 }
 
 /// Reads and drops the socket's bytes, undecoded, until told to stop; an unsolicited pong
