@@ -19,8 +19,10 @@ use std::time::{Duration, Instant};
 use wasmtime::component::{HasSelf, InstancePre, Linker};
 use wasmtime::{Config, Engine};
 
-/// How often the epoch advances: the granularity of call deadlines.
-pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+/// How often the epoch advances: the granularity of call deadlines, and the longest a
+/// running guest holds a thread before it yields it (so the longest another tenant's
+/// work waits behind it). The clock runs only once some tenant has bound an adapter.
+pub const EPOCH_TICK: Duration = Duration::from_millis(1);
 
 pub struct WasmHost {
     pub engine: Engine,
