@@ -265,6 +265,15 @@ fn capped_tenants(calls: u64, cpu_ms: u64) -> streamhost::Config {
     config
 }
 
+/// A tenant's refusals for `quota` in `/metrics` (0 while it has none).
+async fn refusals(engine: &streamhost::ServerHandle, tenant: &str, quota: &str) -> f64 {
+    let (status, body) = http_get(engine.client_addr, "/metrics").await;
+    assert_eq!(status, 200);
+    let series =
+        format!("streamhost_tenant_quota_refusals_total{{tenant=\"{tenant}\",quota=\"{quota}\"}}");
+    try_sample(&body, &series).unwrap_or(0.0)
+}
+
 /// A tenant's adapters run at most `max_concurrent_calls` calls at once; one more fails at
 /// once, and another tenant is served meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -307,8 +316,17 @@ async fn concurrent_calls_are_capped_per_tenant() {
         other < Duration::from_secs(1),
         "beta's write took {other:?}"
     );
+    // Only the refusal is counted, in alpha's series.
+    assert_eq!(
+        refusals(&engine, "alpha", "adapter_concurrent_calls").await,
+        1.0
+    );
     // With the slots free again, the call runs.
     a.ok("stream::set", set("s2", "g", "fine", json!(2))).await;
+    assert_eq!(
+        refusals(&engine, "alpha", "adapter_concurrent_calls").await,
+        1.0
+    );
     engine.shutdown().await.unwrap();
 }
 
@@ -349,8 +367,20 @@ async fn cpu_time_is_capped_per_tenant() {
     assert!((1..=6000).contains(&wait), "{e}");
     b.ok("stream::set", set("calm", "g", "fine", json!(1)))
         .await;
+    assert_eq!(
+        refusals(&engine, "alpha", "adapter_cpu_ms_per_sec").await,
+        1.0
+    );
     tokio::time::sleep(Duration::from_millis(wait + 300)).await;
     a.ok("stream::set", set("hog", "g", "fine", json!(3))).await;
+    assert_eq!(
+        refusals(&engine, "alpha", "adapter_cpu_ms_per_sec").await,
+        1.0
+    );
+    assert_eq!(
+        refusals(&engine, "beta", "adapter_cpu_ms_per_sec").await,
+        0.0
+    );
     engine.shutdown().await.unwrap();
 }
 

@@ -115,7 +115,7 @@ impl Space {
         let workers = Arc::new(Router::new(settings.max_pending_per_worker, quotas.clone()));
         let storage = StorageRouter::new(
             store,
-            WasmBindings::new(settings.wasm_cache_dir.clone()),
+            WasmBindings::new(settings.wasm_cache_dir.clone(), counters.clone()),
             workers.clone(),
             settings.invocation_timeout,
         );
