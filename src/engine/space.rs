@@ -152,6 +152,18 @@ impl Space {
         self.functions.quotas.set(&tenant.quotas);
     }
 
+    /// Counts what the tenant's store already holds against its `stored_bytes` quota
+    /// (`functions::admit::load_stored_bytes`); a store that cannot be read is logged, and
+    /// the quota then counts from zero as before.
+    pub async fn load_stored_bytes(&self) {
+        let store = self.store().clone();
+        match crate::functions::admit::load_stored_bytes(self.quotas(), store.as_ref()).await {
+            Ok(bytes) => tracing::debug!(tenant = %self.tenant, bytes, "stored bytes counted"),
+            Err(e) => tracing::warn!(tenant = %self.tenant, error = %format!("{e:#}"),
+                "cannot read the tenant's store to count its stored bytes: its stored_bytes quota counts only writes from now on"),
+        }
+    }
+
     /// The tenant's quotas, live.
     pub fn quotas(&self) -> &Arc<TenantQuotas> {
         &self.functions.quotas
