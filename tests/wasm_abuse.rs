@@ -63,9 +63,8 @@ async fn spinning_adapters_do_not_delay_native_writes() {
 }
 
 /// Uploads compile on a blocking thread, one at a time: streams keep being served meanwhile.
-/// The hostile component compiles in tens of ms, so this checks the path more than the
-/// stall: a component slow to compile (several seconds) would show the stall if compiles
-/// ran on the engine's threads again.
+/// The hostile component compiles in tens of ms, so this checks that uploads which bind take
+/// that path; `slow_uploads_compile_while_native_writes_flow` shows the stall it prevents.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uploads_compile_off_the_engine_threads() {
     let engine = start(test_config()).await;
@@ -85,6 +84,61 @@ async fn uploads_compile_off_the_engine_threads() {
         u.expect("each upload binds");
     }
     eprintln!("worst lateness of a native write during 4 compiles: {worst:?}");
+    assert!(
+        worst < Duration::from_secs(1),
+        "a native write took {worst:?}"
+    );
+    engine.shutdown().await.unwrap();
+}
+
+/// Two uploads that take seconds each to compile, at once: were they compiled on the
+/// engine's async threads (two in this test), they would hold both and every native write
+/// would wait for them. Off those threads, writes go on being answered on time throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_uploads_compile_while_native_writes_flow() {
+    let mut config = test_config();
+    // The components are about 700 KB, about 1 MB as base64.
+    config.max_frame_bytes = 4 << 20;
+    let engine = start(config).await;
+    let w = RawWorker::connect(engine.worker_addr).await;
+    let healthy = RawWorker::connect(engine.worker_addr).await;
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let uploads = async {
+        let calls = (0..2u32).map(|i| {
+            let wasm = slow_component(100, i);
+            let payload = json!({"stream_name": format!("slow{i}"), "component": b64(&wasm)});
+            let w = &w;
+            async move { w.call("streamhost::create_stream", payload).await }
+        });
+        let answers = futures_util::future::join_all(calls).await;
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        answers
+    };
+    // Native writes every 50 ms for as long as the uploads take.
+    let probe = async {
+        let (from, mut worst, mut n) = (Instant::now(), Duration::ZERO, 0u32);
+        while !done.load(std::sync::atomic::Ordering::Relaxed) {
+            let planned = from + Duration::from_millis(50) * n;
+            tokio::time::sleep_until(planned.into()).await;
+            native_write(&healthy, n as usize).await;
+            worst = worst.max(planned.elapsed());
+            n += 1;
+        }
+        (worst, n)
+    };
+    let (answers, (worst, writes)) = tokio::join!(uploads, probe);
+    for answer in answers {
+        // Compiled, then refused by the interface check: the component exports nothing.
+        let e = answer.expect_err("the slow component is not an adapter");
+        assert!(message(&e).contains("does not export"), "{e}");
+    }
+    eprintln!("worst lateness of {writes} native writes during 2 slow compiles: {worst:?}");
+    // The compiles took long enough to matter (a write every 50 ms for over half a second)...
+    assert!(
+        writes >= 10,
+        "only {writes} writes: the compiles were quick"
+    );
+    // ...and no write waited for them.
     assert!(
         worst < Duration::from_secs(1),
         "a native write took {worst:?}"
