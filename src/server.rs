@@ -34,6 +34,10 @@ impl Server {
         let (adapter, stores) = Stores::open_default(&config.adapter).await?;
         let custom = config.custom_streams.clone();
         let engine = Engine::new(config, adapter, stores)?;
+        // Before anything is served: stored bytes count what the stores already hold.
+        for space in engine.spaces() {
+            space.load_stored_bytes().await;
+        }
         let config = &engine.config;
         let client_listener = bind(&config.host, config.port, "client").await?;
         let worker_host = worker_host(&engine);

@@ -91,13 +91,17 @@ pub async fn put(
     let config: TenantConfig = reply::parse(value)?;
     check(&engine, &config)?;
     let created = engine.tenants.get(id.as_str()).is_none();
-    engine.put_tenant(config).map_err(|e| {
+    let space = engine.put_tenant(config).map_err(|e| {
         ApiError::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "put_failed",
             format!("{e:#}"),
         )
     })?;
+    if created {
+        // A tenant put back finds its data again: count it against its quota.
+        space.load_stored_bytes().await;
+    }
     let closed = engine.close_revoked_workers(id.as_str());
     let tenant = engine
         .tenants

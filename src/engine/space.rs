@@ -119,7 +119,7 @@ impl Space {
         let workers = Arc::new(Router::new(settings.max_pending_per_worker, quotas.clone()));
         let storage = StorageRouter::new(
             store,
-            WasmBindings::new(settings.wasm_cache_dir.clone()),
+            WasmBindings::new(settings.wasm_cache_dir.clone(), counters.clone()),
             workers.clone(),
             settings.invocation_timeout,
         );
@@ -155,6 +155,18 @@ impl Space {
     pub fn configure(&self, tenant: &crate::tenants::TenantConfig) {
         self.functions.set_ceilings(tenant.adapter_ceilings);
         self.functions.quotas.set(&tenant.quotas);
+    }
+
+    /// Counts what the tenant's store already holds against its `stored_bytes` quota
+    /// (`functions::admit::load_stored_bytes`); a store that cannot be read is logged, and
+    /// the quota then counts from zero as before.
+    pub async fn load_stored_bytes(&self) {
+        let store = self.store().clone();
+        match crate::functions::admit::load_stored_bytes(self.quotas(), store.as_ref()).await {
+            Ok(bytes) => tracing::debug!(tenant = %self.tenant, bytes, "stored bytes counted"),
+            Err(e) => tracing::warn!(tenant = %self.tenant, error = %format!("{e:#}"),
+                "cannot read the tenant's store to count its stored bytes: its stored_bytes quota counts only writes from now on"),
+        }
     }
 
     /// The tenant's quotas, live.

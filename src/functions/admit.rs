@@ -15,13 +15,16 @@
 //!   before the write: what a stream's fan-out hook makes of the event, and subscribers that
 //!   come or go meanwhile, are not counted again; other nodes (Redis) do not charge them;
 //! - stored bytes are the compact-JSON sizes of what `stream::set`, `update` and `delete`
-//!   put in and take out, counted from the engine's start (items stored before it are not
-//!   counted until replaced or deleted). A `set` needs room for its new value before the
-//!   old one's bytes are given back, and an `update`, whose result is known only once made,
-//!   needs room for the largest item it could make; what it did not use is given back.
+//!   put in and take out, on top of what the tenant's store held when its space opened
+//!   ([`load_stored_bytes`]: every item there, a WebAssembly adapter's own `store` writes
+//!   included, which are not counted while it runs). A `set` needs room for its new value
+//!   before the old one's bytes are given back, and an `update`, whose result is known only
+//!   once made, needs room for the largest item it could make; what it did not use is
+//!   given back.
 
 use super::Functions;
 use crate::error::FnError;
+use crate::storage::StreamAdapter;
 use crate::tenants::{QuotaExceeded, Slots, TenantQuotas};
 use serde_json::Value;
 use std::sync::Arc;
@@ -119,4 +122,23 @@ pub fn freed(functions: &Functions, old: &Option<Value>) {
     if let Some(old) = old {
         functions.quotas.stored_bytes.release(size(old));
     }
+}
+
+/// Counts what `store` already holds against the tenant's `stored_bytes`, so that a restart
+/// does not give the quota back: the compact-JSON size of every item, read once when the
+/// tenant's space opens (before the engine serves, or as an added tenant's space opens).
+/// Returns the bytes counted.
+pub async fn load_stored_bytes(
+    quotas: &TenantQuotas,
+    store: &dyn StreamAdapter,
+) -> anyhow::Result<u64> {
+    let mut total = 0u64;
+    for (stream, groups) in store.list_all().await? {
+        for group in groups {
+            let items = store.list(&stream, &group).await?;
+            total = items.iter().map(size).fold(total, u64::saturating_add);
+        }
+    }
+    quotas.stored_bytes.hold(total);
+    Ok(total)
 }

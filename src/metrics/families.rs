@@ -30,12 +30,27 @@ pub const MAX_LABEL_BYTES: usize = 256;
 /// The label value of everything past those bounds.
 pub const OTHER: &str = "other";
 
-/// Client and worker sockets open, and sockets closed for being too slow.
+/// Why the accept loop turned a connection away (`sockets::accept`), a fixed few.
+pub const REFUSAL_REASONS: [&str; 2] = [
+    // Over the engine-wide cap, answered 429.
+    "max_connections",
+    // Over the cap while the most 429 answers already ran: closed unanswered.
+    "unanswered",
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+/// Client and worker sockets open, sockets closed for being too slow, and connections
+/// refused at the engine's cap.
 #[derive(Clone, Default)]
 pub struct Connections {
     clients: Gauge,
     workers: Gauge,
     slow_disconnects: Counter,
+    refused: Family<ReasonLabel, Counter>,
 }
 
 /// An open socket, counted until it is dropped.
@@ -67,6 +82,22 @@ impl Connections {
             "Clients closed because their send queue overflowed (close code 4008)",
             self.slow_disconnects.clone(),
         );
+        // Every reason is shown from the start, so a zero means "none refused".
+        for reason in REFUSAL_REASONS {
+            let _ = self.refused.get_or_create(&ReasonLabel { reason });
+        }
+        registry.register(
+            "streamhost_connections_refused",
+            "Connections refused at the engine-wide cap (max_connections), by reason: answered 429, or closed unanswered when too many refusals were being answered",
+            self.refused.clone(),
+        );
+    }
+
+    /// Counts a connection the accept loop turned away; `reason` is one of
+    /// [`REFUSAL_REASONS`].
+    pub fn refused(&self, reason: &'static str) {
+        debug_assert!(REFUSAL_REASONS.contains(&reason), "{reason}");
+        self.refused.get_or_create(&ReasonLabel { reason }).inc();
     }
 
     /// Counts a client socket until the guard is dropped.

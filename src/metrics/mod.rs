@@ -16,7 +16,7 @@ pub use tenants::{MAX_TENANTS, QUOTA_NAMES, TenantCounters, TenantFamilies};
 
 pub use families::{
     Calls, Connections, FanoutCounters, MAX_ERROR_CODES, MAX_FUNCTIONS, MAX_LABEL_BYTES, OTHER,
-    Open,
+    Open, REFUSAL_REASONS,
 };
 
 use prometheus_client::encoding::prometheus_text;

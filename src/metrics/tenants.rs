@@ -13,9 +13,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
 
-/// The quotas a refusal can be for (`tenants::quotas`), so that a deleted tenant's series
-/// can all be found.
-pub const QUOTA_NAMES: [&str; 9] = [
+/// The quotas a refusal can be for (`tenants::quotas`, and a tenant's adapter ceilings in
+/// `storage::wasm::budget`), so that a deleted tenant's series can all be found.
+pub const QUOTA_NAMES: [&str; 11] = [
     "connections",
     "connects_per_second",
     "subscriptions_per_connection",
@@ -25,6 +25,8 @@ pub const QUOTA_NAMES: [&str; 9] = [
     "item_bytes",
     "functions",
     "pending_invocations",
+    "adapter_concurrent_calls",
+    "adapter_cpu_ms_per_sec",
 ];
 
 /// Tenants with series of their own; more count as [`OTHER`].

@@ -7,7 +7,8 @@
 //! against one engine-wide cap (`max_connections`): past it, a connection is answered 429
 //! with `Retry-After` and closed. The answer itself holds a descriptor for at most the
 //! handshake timeout, and only [`MAX_REFUSING`] such answers run at once; past that a
-//! connection is dropped unanswered.
+//! connection is dropped unanswered. Both kinds of refusal are counted
+//! (`streamhost_connections_refused_total{reason}`), so that an operator sees the cap bite.
 //!
 //! A connection's slot is a [`ConnSlot`] in the request's extensions: an upgraded socket
 //! keeps a clone for as long as it lives, so the slot is given back when the WebSocket goes,
@@ -100,9 +101,14 @@ pub async fn serve(listener: TcpListener, port: Port, engine: Arc<Engine>) {
             Err(_) => match port.connections.refusing.clone().try_acquire_owned() {
                 Ok(permit) => {
                     tracing::debug!(port = port.name, %addr, max = port.connections.max, "connection refused: max_connections");
+                    engine.metrics.connections.refused("max_connections");
                     tokio::spawn(refuse(stream, port.clone(), permit));
                 }
-                Err(_) => drop(stream),
+                Err(_) => {
+                    tracing::debug!(port = port.name, %addr, "connection closed unanswered: max_connections, and too many refusals being answered");
+                    engine.metrics.connections.refused("unanswered");
+                    drop(stream)
+                }
             },
         }
     }

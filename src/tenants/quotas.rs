@@ -239,6 +239,16 @@ impl Slots {
             })
     }
 
+    /// Counts `n` as held whatever the maximum: what is already there (the bytes a durable
+    /// store holds at start) is held, even past a quota lowered since.
+    pub fn hold(&self, n: u64) {
+        let _ = self
+            .used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                Some(used.saturating_add(n))
+            });
+    }
+
     /// Gives back `n` taken by [`Slots::add`].
     pub fn release(&self, n: u64) {
         let _ = self

@@ -5,6 +5,7 @@
 pub mod build_adapters;
 pub mod conformance;
 pub mod exposition;
+pub mod hostile;
 pub mod tenants;
 
 use futures_util::{SinkExt, StreamExt};

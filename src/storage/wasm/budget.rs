@@ -8,8 +8,13 @@
 //! call is admitted while the bucket is not in debt and pays afterwards for the time it
 //! actually held an engine thread (see `Metered`), so one call may overdraw it by at most its
 //! own deadline, and then the tenant waits for the debt to refill.
+//!
+//! Each refusal is counted in the tenant's `streamhost_tenant_quota_refusals_total`, under
+//! the quota names [`CONCURRENT_CALLS`] and [`CPU_TIME`]: the budget is given the tenant's
+//! counters when its space is made, so storage needs to know nothing else of tenants.
 
 use crate::error::FnError;
+use crate::metrics::TenantCounters;
 use crate::tenants::{AdapterCeilings, QuotaExceeded};
 use std::future::Future;
 use std::pin::Pin;
@@ -21,8 +26,15 @@ use std::time::{Duration, Instant};
 /// deadline, most far sooner.
 const BUSY_RETRY: Duration = Duration::from_millis(50);
 
+/// The quota name a refusal for `max_concurrent_calls` is counted under.
+pub const CONCURRENT_CALLS: &str = "adapter_concurrent_calls";
+/// The quota name a refusal for `max_cpu_ms_per_sec` is counted under.
+pub const CPU_TIME: &str = "adapter_cpu_ms_per_sec";
+
 pub struct Budget {
     state: Mutex<State>,
+    /// The tenant's series, where refusals are counted (none for a host without a tenant).
+    counters: TenantCounters,
 }
 
 struct State {
@@ -45,8 +57,10 @@ impl Drop for Slot<'_> {
 }
 
 impl Budget {
-    pub fn new(ceilings: AdapterCeilings) -> Budget {
+    /// A budget counting its refusals in `counters`.
+    pub fn new(ceilings: AdapterCeilings, counters: TenantCounters) -> Budget {
         Budget {
+            counters,
             state: Mutex::new(State {
                 ceilings,
                 running: 0,
@@ -72,8 +86,9 @@ impl Budget {
             let rate = c.max_cpu_ms_per_sec.max(1) as i64;
             // Debt in µs over a rate in ms per s: the wait in ms, rounded up.
             let wait_ms = (-s.balance_us + rate - 1) / rate;
+            self.counters.quota_refused(CPU_TIME);
             return Err(quota(
-                "max_cpu_ms_per_sec",
+                CPU_TIME,
                 format!(
                     "the adapter of stream {stream:?} is refused: this tenant's adapters used more than their {} ms of CPU time per second (adapter_ceilings.max_cpu_ms_per_sec)",
                     c.max_cpu_ms_per_sec
@@ -82,8 +97,9 @@ impl Budget {
             ));
         }
         if s.running >= c.max_concurrent_calls {
+            self.counters.quota_refused(CONCURRENT_CALLS);
             return Err(quota(
-                "max_concurrent_calls",
+                CONCURRENT_CALLS,
                 format!(
                     "the adapter of stream {stream:?} is refused: this tenant's adapters are already running {} calls, the most its adapter_ceilings.max_concurrent_calls allows",
                     s.running
@@ -179,7 +195,7 @@ mod tests {
 
     #[test]
     fn concurrent_calls_are_capped_at_the_ceiling() {
-        let g = Budget::new(ceilings(2, 1000));
+        let g = Budget::new(ceilings(2, 1000), TenantCounters::default());
         let a = g.enter("s").unwrap();
         let _b = g.enter("s").expect("at the cap");
         let e = g.enter("s").err().expect("one past the cap");
@@ -190,9 +206,43 @@ mod tests {
         assert!(g.enter("s").is_ok(), "a slot given back is taken again");
     }
 
+    /// The tenant's refusals of `quota`, as `/metrics` shows them.
+    fn refusals(metrics: &crate::metrics::Metrics, quota: &str) -> String {
+        let text = metrics.render(crate::metrics::Scrape {
+            subscriptions: 0,
+            wasm_streams: 0,
+        });
+        let series =
+            format!("streamhost_tenant_quota_refusals_total{{tenant=\"t\",quota=\"{quota}\"}} ");
+        let line = text.lines().find(|l| l.starts_with(&series));
+        line.map_or("none".into(), |l| l[series.len()..].to_owned())
+    }
+
+    #[test]
+    fn refusals_are_counted_in_the_tenant_series_and_admissions_are_not() {
+        for name in [CONCURRENT_CALLS, CPU_TIME] {
+            assert!(crate::metrics::QUOTA_NAMES.contains(&name), "{name}");
+        }
+        let metrics = crate::metrics::Metrics::new(std::sync::Arc::new(Default::default));
+        let g = Budget::new(ceilings(1, 100), metrics.tenants.tenant("t"));
+        let running = g.enter("s").expect("at the cap");
+        assert_eq!(refusals(&metrics, CONCURRENT_CALLS), "none");
+        g.enter("s").err().expect("one past the cap");
+        g.enter("s").err().expect("one past the cap");
+        assert_eq!(refusals(&metrics, CONCURRENT_CALLS), "2");
+        drop(running);
+        g.charge(Duration::from_millis(100));
+        drop(g.enter("s").expect("no debt yet"));
+        assert_eq!(refusals(&metrics, CPU_TIME), "none");
+        g.charge(Duration::from_millis(500));
+        g.enter("s").err().expect("in debt");
+        assert_eq!(refusals(&metrics, CPU_TIME), "1");
+        assert_eq!(refusals(&metrics, CONCURRENT_CALLS), "2");
+    }
+
     #[test]
     fn cpu_debt_refuses_until_it_refills() {
-        let g = Budget::new(ceilings(10, 100));
+        let g = Budget::new(ceilings(10, 100), TenantCounters::default());
         // The bucket holds 100 ms; spending exactly that leaves it at zero, still admitted.
         g.charge(Duration::from_millis(100));
         drop(g.enter("s").expect("at the boundary"));

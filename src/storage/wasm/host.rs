@@ -11,6 +11,7 @@ use super::bindings;
 use super::budget::Budget;
 use super::cache::Cache;
 use super::imports::HostState;
+use crate::metrics::TenantCounters;
 use crate::tenants::AdapterCeilings;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -60,13 +61,19 @@ pub struct Prepared {
 impl WasmHost {
     /// `cache_dir`: where compiled components are kept (None: compile at every load).
     pub fn new(cache_dir: Option<PathBuf>) -> anyhow::Result<Arc<WasmHost>> {
-        WasmHost::with_ceilings(cache_dir, AdapterCeilings::HIGHEST)
+        WasmHost::with_ceilings(
+            cache_dir,
+            AdapterCeilings::HIGHEST,
+            TenantCounters::default(),
+        )
     }
 
-    /// A host whose adapters share `ceilings`' caps on concurrent calls and CPU time.
+    /// A host whose adapters share `ceilings`' caps on concurrent calls and CPU time, and
+    /// count their refusals in the tenant's `counters`.
     pub fn with_ceilings(
         cache_dir: Option<PathBuf>,
         ceilings: AdapterCeilings,
+        counters: TenantCounters,
     ) -> anyhow::Result<Arc<WasmHost>> {
         let mut config = Config::new();
         config.wasm_component_model(true);
@@ -101,7 +108,7 @@ impl WasmHost {
             linker,
             cache: Cache::new(cache_dir),
             stop_clock,
-            budget: Budget::new(ceilings),
+            budget: Budget::new(ceilings, counters),
         }))
     }
 

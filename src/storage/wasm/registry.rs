@@ -6,6 +6,7 @@
 
 use super::{Limits, WasmAdapter, WasmHost};
 use crate::fanout::item_lock::ItemLocks;
+use crate::metrics::TenantCounters;
 use crate::storage::StreamAdapter;
 use crate::tenants::AdapterCeilings;
 use serde::Deserialize;
@@ -21,13 +22,16 @@ pub struct WasmBindings {
     bound: RwLock<HashMap<String, Arc<WasmAdapter>>>,
     /// The tenant's ceilings, for the host.s budget (kept here until the host starts).
     ceilings: Mutex<AdapterCeilings>,
+    /// The tenant's series, where its adapters' budget counts refusals.
+    counters: TenantCounters,
 }
 
 impl WasmBindings {
-    pub fn new(cache_dir: Option<PathBuf>) -> Self {
+    pub fn new(cache_dir: Option<PathBuf>, counters: TenantCounters) -> Self {
         WasmBindings {
             host: OnceLock::new(),
             cache_dir,
+            counters,
             bound: RwLock::default(),
             ceilings: Mutex::new(AdapterCeilings::default()),
         }
@@ -47,7 +51,8 @@ impl WasmBindings {
             return Ok(h.clone());
         }
         let ceilings = *self.ceilings.lock().unwrap();
-        let host = WasmHost::with_ceilings(self.cache_dir.clone(), ceilings)?;
+        let host =
+            WasmHost::with_ceilings(self.cache_dir.clone(), ceilings, self.counters.clone())?;
         let host = self.host.get_or_init(|| host).clone();
         // Ceilings changed while the host started apply too.
         host.budget.set_ceilings(*self.ceilings.lock().unwrap());
