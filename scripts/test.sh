@@ -14,6 +14,11 @@ if [ ! -d tests/browser/node_modules ] || [ tests/browser/package-lock.json -nt 
   npm ci --prefix tests/browser --no-audit --no-fund
   touch tests/browser/node_modules
 fi
+if [ ! -d examples/chat/node_modules ] || [ examples/chat/package-lock.json -nt examples/chat/node_modules ]; then
+  echo "== installing the chat example's iii-sdk, for its test in tests/browser.rs (npm ci)"
+  npm ci --prefix examples/chat --no-audit --no-fund
+  touch examples/chat/node_modules
+fi
 venv=tests/sdk/python/.venv
 if [ ! -x "$venv/bin/python" ] || [ tests/sdk/python/requirements.txt -nt "$venv" ]; then
   echo "== installing the Python iii-sdk test client (venv + pip)"

@@ -21,7 +21,7 @@ mod harness;
 
 use common::{EngineProcess, RawWorker, start, test_config};
 use fake_server::{FakeServer, frame, marker, tick};
-use harness::{Browser, Redis, config_on, free_port};
+use harness::{Browser, ExampleChat, Redis, config_on, free_port};
 use serde_json::{Map, Value, json};
 
 const STREAM: &str = "chat";
@@ -521,5 +521,70 @@ async fn resume_protocol_against_a_scripted_server() {
         ticks(&view),
         [1, 2, 3, 4, 5, 100],
         "the unknown epoch's event is not applied"
+    );
+}
+
+/// `examples/chat`: the page sends a message through its form and sees it, with one a worker
+/// wrote, live; `stream::list` has both; the screenshot is not blank.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn example_chat_shows_messages_live() {
+    let engine = start(test_config()).await;
+    let worker = RawWorker::connect(engine.worker_addr).await;
+    let chat = ExampleChat::start(engine.worker_addr, engine.client_addr).await;
+    let mut page = Browser::launch().await;
+    page.goto(&format!("{}#test-room", chat.url)).await;
+    page.wait_for(
+        "document.getElementById('status')?.textContent",
+        "a connection",
+        |v| v == "open",
+    )
+    .await;
+
+    page.eval(
+        "(() => { const $ = (id) => document.getElementById(id); $('name').value = 'ann'; \
+         $('text').value = 'hello from the page'; $('compose').requestSubmit(); return true })()",
+    )
+    .await;
+    worker
+        .ok(
+            "stream::set",
+            json!({"stream_name": "chat", "group_id": "test-room", "item_id": "zz-worker",
+                   "data": {"id": "zz-worker", "name": "bob", "text": "hello from a worker", "at": 0}}),
+        )
+        .await;
+    let shown = page
+        .wait_for(
+            "document.getElementById('messages').innerText",
+            "both messages",
+            |v| {
+                let t = v.as_str().unwrap_or_default();
+                t.contains("hello from the page") && t.contains("hello from a worker")
+            },
+        )
+        .await;
+    assert!(shown.as_str().unwrap().contains("ann"), "{shown}");
+    let list = worker
+        .ok(
+            "stream::list",
+            json!({"stream_name": "chat", "group_id": "test-room"}),
+        )
+        .await;
+    let texts: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["text"].as_str().unwrap())
+        .collect();
+    assert!(texts.contains(&"hello from the page"), "{list}");
+    assert_eq!(texts.len(), 2, "{list}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let png = dir.path().join("chat.png");
+    let colours = page.screenshot(&png).await;
+    assert!(std::fs::metadata(&png).unwrap().len() > 0);
+    // A blank page has one colour; the chat has a dark header, cards, text and anti-aliasing.
+    assert!(
+        colours >= 16,
+        "the screenshot looks blank: {colours} colours"
     );
 }

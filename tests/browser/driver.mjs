@@ -2,8 +2,8 @@
 // over HTTP on a free loopback port, opens page.html in a headless chromium, then answers
 // one JSON line per command read from stdin:
 //   {"id":1,"eval":"<expression>"}       -> {"id":1,"ok":<its awaited value>} or {"id":1,"err":"..."}
-//   {"id":2,"screenshot":"/tmp/x.png"}   -> {"id":2,"ok":true}
-//   {"id":3,"goto":"/examples/chat/"}    -> {"id":3,"ok":true} (a path on the same server)
+//   {"id":2,"screenshot":"/tmp/x.png"}   -> {"id":2,"ok":{"colours":N}} (distinct colours in it)
+//   {"id":3,"goto":"/x.html"}            -> {"id":3,"ok":true} (a path on this server, or a URL)
 // The first line it prints is {"ready":true,"url":"http://127.0.0.1:PORT"}. It exits when
 // stdin closes. The page's console goes to stderr, so that a failing test shows it.
 import http from 'node:http'
@@ -56,6 +56,25 @@ page.on('pageerror', (e) => process.stderr.write(`[page error] ${e.message}\n`))
 await page.goto(`${base}/index.html`)
 await page.waitForFunction('window.t !== undefined')
 
+/** How many distinct colours a PNG has (a blank page has one), counted by chromium itself. */
+async function colours(png) {
+  const other = await browser.newPage()
+  try {
+    return await other.evaluate(async (b64) => {
+      const img = new Image()
+      img.src = `data:image/png;base64,${b64}`
+      await img.decode()
+      const canvas = new OffscreenCanvas(img.width, img.height)
+      const ctx = canvas.getContext('2d')
+      ctx.drawImage(img, 0, 0)
+      const px = new Uint32Array(ctx.getImageData(0, 0, img.width, img.height).data.buffer)
+      return new Set(px).size
+    }, Buffer.from(png).toString('base64'))
+  } finally {
+    await other.close()
+  }
+}
+
 const reply = (v) => process.stdout.write(JSON.stringify(v) + '\n')
 reply({ ready: true, url: base })
 
@@ -74,10 +93,11 @@ rl.on('line', (line) => {
         const ok = await page.evaluate(`(async () => (${cmd.eval}))()`)
         reply({ id: cmd.id, ok: ok ?? null })
       } else if (cmd.screenshot !== undefined) {
-        await page.screenshot({ path: cmd.screenshot, fullPage: true })
-        reply({ id: cmd.id, ok: true })
+        const png = await page.screenshot({ fullPage: true })
+        fs.writeFileSync(cmd.screenshot, png)
+        reply({ id: cmd.id, ok: { colours: await colours(png) } })
       } else if (cmd.goto !== undefined) {
-        await page.goto(base + cmd.goto)
+        await page.goto(cmd.goto.startsWith('http') ? cmd.goto : base + cmd.goto)
         reply({ id: cmd.id, ok: true })
       } else {
         reply({ id: cmd.id, err: `unknown command ${line}` })

@@ -43,8 +43,6 @@ pub struct Browser {
     /// The driver's stdout, line by line (read on a thread: tokio's process support is off).
     lines: mpsc::UnboundedReceiver<String>,
     next_id: u64,
-    /// The driver's HTTP server, serving the page, `clients/js/src` and `examples/`.
-    pub base: String,
 }
 
 impl Browser {
@@ -65,16 +63,7 @@ impl Browser {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot run node ({e}); the browser tests need Node.js"));
         let stdin = child.stdin.take().unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (tx, mut lines) = mpsc::unbounded_channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let mut lines = lines_of(child.stdout.take().unwrap());
         let first = tokio::time::timeout(SETTLE, lines.recv())
             .await
             .expect("chromium did not open the test page within a minute")
@@ -82,12 +71,12 @@ impl Browser {
                 panic!("the browser driver exited before it was ready (its errors are above; chromium at {})", chromium.display())
             });
         let ready: Value = serde_json::from_str(&first).unwrap();
+        assert_eq!(ready["ready"], true, "{first}");
         Browser {
             child,
             stdin: Some(stdin),
             lines,
             next_id: 0,
-            base: ready["url"].as_str().unwrap().to_owned(),
         }
     }
 
@@ -118,13 +107,15 @@ impl Browser {
         self.command(json!({"eval": expr})).await
     }
 
-    /// Opens another path of the driver's server (e.g. an example app).
-    pub async fn goto(&mut self, path: &str) {
-        self.command(json!({"goto": path})).await;
+    /// Opens a URL (or a path of the driver's own server).
+    pub async fn goto(&mut self, url: &str) {
+        self.command(json!({"goto": url})).await;
     }
 
-    pub async fn screenshot(&mut self, file: &Path) {
-        self.command(json!({"screenshot": file})).await;
+    /// Saves a screenshot of the page to `file`; returns how many distinct colours it has.
+    pub async fn screenshot(&mut self, file: &Path) -> u64 {
+        let v = self.command(json!({"screenshot": file})).await;
+        v["colours"].as_u64().unwrap()
     }
 
     /// Polls `view` (an expression) until `done` holds for its value; panics after `SETTLE`
@@ -162,6 +153,66 @@ impl Drop for Browser {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The lines a child process prints, read on a thread.
+fn lines_of(out: impl std::io::Read + Send + 'static) -> mpsc::UnboundedReceiver<String> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// `examples/chat/server.mjs` (its worker and page server) on a free port.
+pub struct ExampleChat {
+    child: Child,
+    pub url: String,
+}
+
+impl ExampleChat {
+    pub async fn start(worker: std::net::SocketAddr, client: std::net::SocketAddr) -> ExampleChat {
+        let dir = repo().join("examples/chat");
+        assert!(
+            dir.join("node_modules/iii-sdk").is_dir(),
+            "the chat example's iii-sdk is not installed.\nInstall it from the repository root with:\n    npm ci --prefix examples/chat\n(scripts/test.sh does this on first use)."
+        );
+        let mut child = Command::new("node")
+            .arg(dir.join("server.mjs"))
+            .env("III_URL", format!("ws://{worker}"))
+            .env("STREAMHOST_CLIENT_URL", format!("ws://{client}"))
+            .env("PORT", "0")
+            .env("OTEL_ENABLED", "false")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run node ({e})"));
+        let mut lines = lines_of(child.stdout.take().unwrap());
+        // The SDK may print first; the server's own line names its URL.
+        let url = loop {
+            let line = tokio::time::timeout(SETTLE, lines.recv())
+                .await
+                .expect("the chat example starts within a minute")
+                .expect("the chat example exited at once (its errors are above)");
+            if let Some(rest) = line.strip_prefix("chat: open ") {
+                break rest.split_whitespace().next().unwrap().to_owned();
+            }
+        };
+        ExampleChat { child, url }
+    }
+}
+
+impl Drop for ExampleChat {
+    fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
