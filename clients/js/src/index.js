@@ -120,12 +120,15 @@ export class Subscription extends Emitter {
     const type = event.type
     if (type === 'sync') return this._sync(frame)
     if (type === 'recovered') return this._recovered(frame)
-    if (this.pending) return // a frame of the subscription being replaced
     if (type === 'unauthorized') {
+      // The answer to our join: a `stream:join` trigger refused it (it is tried again on the
+      // next connection, where a fresh token may be let in).
+      this.pending = false
       this.ready = false
       this._emit('unauthorized', frame)
       return
     }
+    if (this.pending) return // a frame of the subscription being replaced
     if (!this._take(frame)) return
     if (type === 'event') {
       const e = event.event ?? {}
@@ -250,7 +253,7 @@ export class StreamClient extends Emitter {
   /** Opens the socket (called by the constructor unless `connect: false`). */
   connect() {
     this._closed = false
-    if (this._ws || this._timer) return
+    if (this._ws || this._timer || this._opening) return
     this._open()
   }
 
@@ -314,11 +317,14 @@ export class StreamClient extends Emitter {
   async _open() {
     this._setState(this.stats.connects === 0 ? 'connecting' : 'reconnecting')
     let token = this.options.token
+    this._opening = true
     try {
       if (typeof token === 'function') token = await token()
     } catch (e) {
       this._emit('error', e)
       return this._scheduleReconnect()
+    } finally {
+      this._opening = false
     }
     if (this._closed) return
     const url = new URL(this.url)
@@ -405,9 +411,9 @@ export class StreamClient extends Emitter {
     const group = this._byKey.get(`${streamName}\0${groupId}\0`)
     const item = id ? this._byKey.get(`${streamName}\0${groupId}\0${id}`) : undefined
     const type = frame.event.type
-    if (type === 'sync' || type === 'recovered') {
+    if (type === 'sync' || type === 'recovered' || type === 'unauthorized') {
       if (id) return item ? [item] : []
-      if (group?.pending || (group && type === 'sync')) return [group]
+      if (group?.pending || (group && type !== 'recovered')) return [group]
       // A recovery marker without an item id for a pending item subscription of this group.
       for (const sub of this._subs.values()) {
         if (sub.pending && sub.streamName === streamName && sub.groupId === groupId) return [sub]

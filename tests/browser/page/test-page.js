@@ -8,6 +8,7 @@ const t = {
   /** Per subscription key: every `event` frame and change the app was given, in order. */
   events: new Map(),
   changes: new Map(),
+  refusals: new Map(),
   closes: [],
 
   start(url, options = {}) {
@@ -20,6 +21,8 @@ const t = {
     t.subs.set(key, sub)
     t.events.set(key, [])
     t.changes.set(key, [])
+    t.refusals.set(key, 0)
+    sub.on('unauthorized', () => t.refusals.set(key, t.refusals.get(key) + 1))
     sub.on('event', (e) => t.events.get(key).push({ type: e.type, data: e.data, id: e.id, offset: e.offset }))
     sub.on('change', (c) => t.changes.get(key).push({ type: c.type, id: c.id, offset: c.offset }))
     return key
@@ -43,6 +46,8 @@ const t = {
     const sub = t.subs.get(key)
     return {
       ready: sub.ready,
+      pending: sub.pending,
+      unauthorized: t.refusals.get(key),
       items: Object.fromEntries(sub.items),
       value: sub.value,
       offset: sub.offset,
