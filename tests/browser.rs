@@ -175,6 +175,13 @@ async fn page_state_follows_the_group() {
     // Leave the group; the item subscription stays. Frames come in order on one socket, so
     // once the item has seen a later write, the group would have seen the one before it.
     page.eval("t.leave('chat/room-1')").await;
+    // The engine reads a socket's frames in order: once a later join is answered, the leave
+    // has been handled, and the writes below cannot race it.
+    page.eval("t.item('chat', 'room-1', 'probe')").await;
+    page.wait_for("t.view('chat/room-1/probe')", "the probe's sync", |v| {
+        v["ready"] == true
+    })
+    .await;
     worker
         .ok(
             "stream::set",
