@@ -413,8 +413,8 @@ export class StreamClient extends Emitter {
     const type = frame.event.type
     if (type === 'sync' || type === 'recovered' || type === 'unauthorized') {
       if (id) return item ? [item] : []
-      if (group?.pending || (group && type !== 'recovered')) return [group]
-      // A recovery marker without an item id for a pending item subscription of this group.
+      if (group) return [group]
+      // An answer without an item id while only item subscriptions of this group wait for one.
       for (const sub of this._subs.values()) {
         if (sub.pending && sub.streamName === streamName && sub.groupId === groupId) return [sub]
       }
