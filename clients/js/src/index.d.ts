@@ -6,6 +6,7 @@ export declare const CloseCodes: Readonly<{
   SLOW: 4008
   IDLE: 4010
   TOKEN_EXPIRED: 4401
+  TENANT_DISABLED: 4403
 }>
 
 /** A server frame (iii stream wire contract, plus the resume fields). */

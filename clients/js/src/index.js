@@ -22,6 +22,7 @@ export const CloseCodes = Object.freeze({
   SLOW: 4008,
   IDLE: 4010,
   TOKEN_EXPIRED: 4401,
+  TENANT_DISABLED: 4403,
 })
 
 /** A tiny event emitter: `on` returns a function that removes the listener. */
