@@ -44,6 +44,10 @@ use std::sync::Arc;
 
 /// Frames queued for one worker before senders wait.
 const WORKER_QUEUE: usize = 8192;
+/// Bytes queued for one worker before senders wait (a frame alone always fits): a worker
+/// that pipelines reads of large items must not pin gigabytes of answers. A frame the engine
+/// cannot hold back (a call to the worker's function) closes the worker as too slow past it.
+const WORKER_QUEUE_BYTES: usize = 64 << 20;
 /// Largest frame from a worker (the Python SDK sends up to 64 MiB).
 const MAX_WORKER_FRAME: usize = 64 << 20;
 
@@ -94,7 +98,8 @@ async fn serve(engine: Arc<Engine>, admitted: Admitted, addr: SocketAddr, socket
     } = admitted;
     let worker_id = uuid::Uuid::new_v4().to_string();
     let _open = engine.metrics.connections.worker_opened();
-    let (outbox, rx) = Outbox::new(WORKER_QUEUE, engine.metrics.connections.slow_disconnects());
+    let slow = engine.metrics.connections.slow_disconnects();
+    let (outbox, rx) = Outbox::bounded(WORKER_QUEUE, WORKER_QUEUE_BYTES, slow);
     let _listed = engine.list_socket(
         &space,
         Kind::Worker,
