@@ -136,3 +136,55 @@ async fn pipelined_durable_writes_and_sends_to_a_group_arrive_in_order() {
 async fn pipelined_in_memory_writes_and_sends_to_a_group_arrive_in_order() {
     assert_in_order(run(test_config()).await);
 }
+
+/// Several connections pipelining durable writes to one item: each write waits for the
+/// item's earlier writes to emit, and those may need a tenant turn after their sync, so the
+/// waiting ones must not hold the turns (`Order::ready` waits idle). The tenant has fewer
+/// turns than connections, so held turns would run out. All calls are answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pipelined_durable_writes_from_several_connections_to_one_item_all_finish() {
+    const WORKERS: u64 = 4;
+    const EACH: u64 = 1500;
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = test_config();
+    config.calls_in_flight_per_tenant = 2;
+    config.adapter = AdapterConfig::KvFile {
+        path: dir.path().join("store"),
+    };
+    let engine = start(config).await;
+    let mut workers = Vec::new();
+    for _ in 0..WORKERS {
+        workers.push(RawWorker::connect(engine.worker_addr).await);
+    }
+    for seq in 0..EACH {
+        for (n, w) in workers.iter().enumerate() {
+            let data = json!({"stream_name": "s", "group_id": "g", "item_id": "x", "data": {"worker": n, "seq": seq}});
+            w.send_json(json!({"type": "invokefunction", "invocation_id": format!("c{seq}"), "function_id": "stream::set", "data": data}));
+        }
+    }
+    for w in &mut workers {
+        let mut answered = 0;
+        while answered < EACH {
+            let reply = tokio::time::timeout(WAIT, w.frames.recv())
+                .await
+                .expect("answers keep coming")
+                .expect("the worker socket stays open");
+            if reply["type"] == "invocationresult" {
+                assert!(reply["error"].is_null(), "a call failed: {reply}");
+                answered += 1;
+            }
+        }
+    }
+    let stored = workers[0]
+        .ok(
+            "stream::get",
+            json!({"stream_name": "s", "group_id": "g", "item_id": "x"}),
+        )
+        .await;
+    assert_eq!(
+        stored["seq"],
+        EACH - 1,
+        "the item holds a last write: {stored}"
+    );
+    engine.shutdown().await.unwrap();
+}
