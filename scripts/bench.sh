@@ -6,6 +6,10 @@
 #   scripts/bench.sh --floor fanout-1000   one scenario, streamhost then the floor
 #   scripts/bench.sh --floor --repeat 3    each run three times, alternating; the table shows
 #                                          the median (this machine is noisy: use it)
+#   scripts/bench.sh --redis --repeat 3 writes-durable writes-memory
+#                                          each writes scenario alternated with redis-server
+#                                          (AOF with appendfsync always, or no persistence) under
+#                                          redis-benchmark at the same pipelining; prints the ratio
 #
 # Scenarios: fanout-1000 fanout-8000 groups-8000 idle-8000 burst paced-1000 paced-8000
 #            writes-memory writes-durable
@@ -14,12 +18,14 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 floor=0
+redis=0
 repeat=1
 scenarios=()
 while [ $# -gt 0 ]; do
   arg=$1; shift
   case "$arg" in
     --floor) floor=1 ;;
+    --redis) redis=1 ;;
     --repeat) repeat=$1; shift ;;
     -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
     *) scenarios+=("$arg") ;;
@@ -60,7 +66,8 @@ options() {  # the load generator's options for a scenario
     burst)          echo "--subscribers 100 --events 2000 --pause-ms 1000" ;;
     paced-1000)     echo "--subscribers 1000 --events 400 --rate 40" ;;
     paced-8000)     echo "--subscribers 8000 --events 5 --rate 1" ;;
-    writes-memory|writes-durable) echo "--subscribers 0 --function set --events 300000 --window 1024 --workers 4" ;;
+    # 4 connections with 1,024 calls in flight each, 100-byte values: what redis_run gives Redis.
+    writes-memory|writes-durable) echo "--subscribers 0 --function set --events 200000 --window 1024 --workers 4" ;;
     *) echo "unknown scenario $1" >&2; exit 2 ;;
   esac
 }
@@ -91,11 +98,42 @@ run() {  # $1: streamhost | floor, $2: scenario, $3: round
   sleep 1
 }
 
+redis_run() {  # $1: writes-durable | writes-memory, $2: round; Redis pinned as streamhost is
+  local scenario=$1 round=$2 pid port=16379 persist
+  rm -rf "$work/redis"; mkdir -p "$work/redis"
+  if [ "$scenario" = writes-durable ]; then
+    persist=(--appendonly yes --appendfsync always --save '')
+  else
+    persist=(--appendonly no --save '')
+  fi
+  taskset -c 0 redis-server --port "$port" --bind 127.0.0.1 --dir "$work/redis" "${persist[@]}" > "$work/redis.log" 2>&1 &
+  pid=$!
+  for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  echo "== redis $scenario (round $round)"
+  taskset -c 1 redis-benchmark -p "$port" -P 1024 -c 4 -d 100 -t set -n 200000 --csv > "$work/redis.csv"
+  python3 - "$work/redis.csv" "bench-results/redis-$scenario-$round.json" <<'PY'
+import csv, json, sys
+rows = {r[0]: r for r in csv.reader(open(sys.argv[1])) if r}
+head, row = rows["test"], rows["SET"]
+f = dict(zip(head, row))
+rps = float(f["rps"])
+print(f"  {rps:.0f} sets/s")
+json.dump({"deliveries_per_second": 0, "calls_per_second": rps,
+           "latency_us": {"p50": float(f.get("p50_latency_ms", 0)) * 1000, "p99": float(f.get("p99_latency_ms", 0)) * 1000},
+           "lost": 0, "duplicated": 0, "closed_as_slow_and_told": 0}, open(sys.argv[2], "w"))
+PY
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+  sleep 1
+}
+
 rm -f bench-results/*.json
 for round in $(seq "$repeat"); do
   for s in "${scenarios[@]}"; do
     run streamhost "$s" "$round"
-    case "$s" in writes-*) ;; *) if [ "$floor" = 1 ]; then run floor "$s" "$round"; fi ;; esac
+    case "$s" in
+      writes-*) if [ "$redis" = 1 ]; then redis_run "$s" "$round"; fi ;;
+      *) if [ "$floor" = 1 ]; then run floor "$s" "$round"; fi ;;
+    esac
   done
 done
 
@@ -107,11 +145,16 @@ def med(runs, f):
     return statistics.median(f(j) for j in runs)
 print(f"{'scenario':<16}{'target':<12}{'runs':>5}{'deliveries/s':>14}{'calls/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'KB/conn':>9}{'lost':>7}{'dup':>6}{'closed':>8}")
 for s in sys.argv[1:]:
-    for t in ("streamhost", "floor"):
+    for t in ("streamhost", "floor", "redis"):
         runs = [json.load(open(p)) for p in sorted(glob.glob(f"bench-results/{t}-{s}-*.json"))]
         if not runs: continue
         print(f"{s:<16}{t:<12}{len(runs):>5}{med(runs, lambda j: j['deliveries_per_second']):>14.0f}{med(runs, lambda j: j['calls_per_second']):>11.0f}"
               f"{med(runs, lambda j: j['latency_us']['p50'])/1000:>9.1f}{med(runs, lambda j: j['latency_us']['p99'])/1000:>9.1f}"
               f"{med(runs, lambda j: (j.get('engine_bytes_per_connection') or 0))/1000:>9.1f}"
               f"{sum(j['lost'] for j in runs):>7}{sum(j['duplicated'] for j in runs):>6}{sum(j['closed_as_slow_and_told'] for j in runs):>8}")
+    ours = [json.load(open(p)) for p in glob.glob(f"bench-results/streamhost-{s}-*.json")]
+    theirs = [json.load(open(p)) for p in glob.glob(f"bench-results/redis-{s}-*.json")]
+    if ours and theirs:
+        ratio = med(ours, lambda j: j['calls_per_second']) / med(theirs, lambda j: j['calls_per_second'])
+        print(f"{s:<16}streamhost / redis (median calls/s): {ratio:.2f}x")
 PY

@@ -3,12 +3,15 @@
 //! - `frame`: the events and the client frames they encode to, encoded once per event;
 //! - `hub`: who subscribes to which group or item;
 //! - `outbox`: each socket's bounded send queue;
-//! - `order` and `item_lock`: one item's events leave in the order its writes were applied.
+//! - `order` and `item_lock`: one item's events leave in the order its writes were applied;
+//! - `sequence`: a worker connection's calls to one group apply and emit in the order sent.
 //!
-//! It depends on nothing else in the engine, so storage and functions can both use it.
+//! It depends on nothing else in the engine but `fair` (its waits give the tenant's turn
+//! back), so storage and functions can both use it.
 
 pub mod frame;
 pub mod hub;
 pub mod item_lock;
 pub mod order;
 pub mod outbox;
+pub mod sequence;

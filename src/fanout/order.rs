@@ -77,6 +77,8 @@ impl Turns {
             released
         });
         drop(line);
+        // Under the store's lock: the call this write belongs to has applied.
+        super::sequence::claimed();
         Order {
             turn: Some(Turn {
                 line: self.line.clone(),
@@ -198,11 +200,13 @@ impl Order {
         self.turn.iter().chain(&self.more)
     }
 
-    /// Waits until every write applied before this one to the same items has emitted.
+    /// Waits until every write applied before this one to the same items has emitted. It
+    /// waits without the call's tenant turn (`fair::idle`): the write it waits for may need a
+    /// turn to finish, and the later writes of one item must not hold them all.
     pub async fn ready(&mut self) {
         for turn in self.turn.iter_mut().chain(&mut self.more) {
             if let Some(before) = turn.before.take() {
-                let _ = before.await;
+                let _ = crate::fair::idle(before).await;
             }
         }
     }

@@ -52,6 +52,8 @@ pub struct Outbox {
     /// Bytes the queued frames may add up to; one frame alone always fits.
     max_bytes: usize,
     queued_bytes: AtomicUsize,
+    /// Wakes a `send` waiting for bytes to leave the queue.
+    room: Notify,
     /// Counts slow-client disconnects across the engine.
     slow_counter: Counter,
     /// The tenant's fan-out turns, for a client socket; a worker socket writes at once.
@@ -78,6 +80,7 @@ impl Outbox {
             capacity,
             max_bytes,
             queued_bytes: AtomicUsize::new(0),
+            room: Notify::new(),
             slow_counter,
             turns: OnceLock::new(),
         };
@@ -117,6 +120,7 @@ impl Outbox {
     /// A frame left the queue for the socket.
     fn taken(&self, frame: &Utf8Bytes) {
         self.queued_bytes.fetch_sub(frame.len(), Ordering::AcqRel);
+        self.room.notify_waiters();
     }
 
     /// How many frames may wait for this socket.
@@ -345,18 +349,46 @@ fn truncate_reason(reason: &str) -> &str {
 }
 
 impl Outbox {
-    /// Queues a frame, waiting for room: for peers (workers) whose frames must not be dropped.
+    /// Queues a frame, waiting for room in frames and in bytes (one frame alone always fits):
+    /// for peers (workers) whose frames must not be dropped. False once the socket is done.
     pub async fn send(&self, frame: Utf8Bytes) -> bool {
         let len = frame.len();
-        if self.is_closing() {
-            return false;
+        loop {
+            if self.is_closing() {
+                return false;
+            }
+            if self.reserve(len) {
+                break;
+            }
+            let room = self.room.notified();
+            tokio::pin!(room);
+            // Registered before the second look, so bytes taken in between are not missed.
+            room.as_mut().enable();
+            if self.reserve(len) {
+                break;
+            }
+            tokio::select! {
+                _ = room => {}
+                _ = self.tx.closed() => return false,
+            }
         }
-        self.queued_bytes.fetch_add(len, Ordering::AcqRel);
         let sent = self.tx.send(frame).await.is_ok();
         if !sent {
             self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
         }
         sent
+    }
+}
+
+impl Outbox {
+    /// Counts `len` bytes as queued if they fit.
+    fn reserve(&self, len: usize) -> bool {
+        let fits = |queued: usize| queued == 0 || queued.saturating_add(len) <= self.max_bytes;
+        self.queued_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
+                fits(queued).then_some(queued + len)
+            })
+            .is_ok()
     }
 }
 
@@ -415,6 +447,31 @@ mod tests {
         assert_eq!(outbox.queued_bytes(), 0);
         assert!(outbox.push(frame(1000)));
         assert!(!outbox.is_closing());
+    }
+
+    #[tokio::test]
+    async fn a_sender_waits_for_room_in_bytes_at_the_bound_and_one_past_it() {
+        let (outbox, mut rx) = Outbox::bounded(100, 1000, Counter::default());
+        let sent = |len| {
+            let outbox = outbox.clone();
+            tokio::spawn(async move { outbox.send(frame(len)).await })
+        };
+        assert!(sent(500).await.unwrap());
+        assert!(sent(500).await.unwrap(), "exactly the bound fits at once");
+        assert_eq!(outbox.queued_bytes(), 1000);
+        let past = sent(1);
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        assert!(!past.is_finished(), "one byte past the bound waits");
+        assert_eq!(outbox.queued_bytes(), 1000);
+        let taken = rx.try_recv().unwrap();
+        outbox.taken(&taken);
+        assert!(past.await.unwrap(), "queued once bytes left");
+        assert_eq!(outbox.queued_bytes(), 501);
+        assert!(!outbox.is_closing(), "a waiting sender closes nothing");
+        // A sender still waiting when the socket is gone gives up.
+        let stuck = sent(500);
+        drop(rx);
+        assert!(!stuck.await.unwrap());
     }
 
     #[test]

@@ -5,17 +5,20 @@
 //! WebAssembly binding or the engine's store), and emits the change to subscribers and
 //! triggers. A write emits only after the earlier writes to its item have: the storage returns
 //! the write's `Order`, waited on before the event and kept until it is out (see
-//! `fanout::order`). Every value bound for a store or for subscribers (set data, send data,
-//! update ops and results) is held to the engine's value limits first (see `limits`),
-//! whichever storage serves the stream. A write is then admitted against its tenant's
+//! `fanout::order`). A worker connection's calls to one group also apply and emit in the
+//! order they were sent (`fanout::sequence`): a write tells its place when it has applied and
+//! waits there before it emits. Every value bound for a store or for subscribers (set data,
+//! send data, update ops and results) is held to the engine's value limits first (see
+//! `limits`), whichever storage serves the stream. A write is then admitted against its tenant's
 //! quotas (see `admit`): a refused write stores and sends nothing.
 
 use super::Functions;
 use super::admit::{self, Reserved};
 use crate::error::{FnError, FnResult};
 use crate::fanout::frame::{EventKind, StreamEvent};
-use crate::storage::Stored;
+use crate::fanout::sequence;
 use crate::storage::update_ops::UpdateOps;
+use crate::storage::{Stored, StreamAdapter};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -34,6 +37,30 @@ pub const BUILTINS: [&str; 8] = [
 
 pub fn is_builtin(function_id: &str) -> bool {
     BUILTINS.contains(&function_id)
+}
+
+/// The group a call to a built-in function reads or writes, for the calls that one worker
+/// connection's calls to a group are put in line for (`fanout::sequence`).
+pub fn group_of<'a>(function_id: &str, data: &'a Value) -> Option<(&'a str, &'a str)> {
+    match function_id {
+        "stream::set" | "stream::get" | "stream::delete" | "stream::list" | "stream::send"
+        | "stream::update" => Some((
+            data.get("stream_name")?.as_str()?,
+            data.get("group_id")?.as_str()?,
+        )),
+        _ => None,
+    }
+}
+
+/// The storage that serves `stream`, and the call's place in its group's line told whether
+/// that storage's item turns mean the write has applied: the engine's own KvStore takes them
+/// under the lock it applies under; the others may claim before they write, or write more.
+fn storage_for(functions: &Functions, stream: &str) -> Arc<dyn StreamAdapter> {
+    let storage = functions.storage.for_stream(stream);
+    if !storage.name().starts_with("kv_") {
+        sequence::apply_late();
+    }
+    storage
 }
 
 /// The calls that count against `writes_per_second`.
@@ -138,6 +165,7 @@ async fn emit_write(
     functions
         .emit(StreamEvent::new(stream, group, Some(item), kind))
         .await;
+    sequence::emitted();
 }
 
 async fn set(functions: &Arc<Functions>, p: SetPayload) -> FnResult {
@@ -150,13 +178,12 @@ async fn set(functions: &Arc<Functions>, p: SetPayload) -> FnResult {
     let Stored {
         value: (old, new),
         mut order,
-    } = functions
-        .storage
-        .for_stream(&p.stream_name)
+    } = storage_for(functions, &p.stream_name)
         .write(&p.stream_name, &p.group_id, &p.item_id, p.data)
         .await
         .map_err(|e| FnError::storage("STREAM_SET_ERROR", e))?;
     reserved.settle(admit::size(&new), old.as_ref().map_or(0, admit::size));
+    sequence::before_emit().await;
     order.ready().await;
     emit_write(
         functions,
@@ -185,13 +212,12 @@ async fn delete(functions: &Arc<Functions>, p: ItemRef) -> FnResult {
     let Stored {
         value: old,
         mut order,
-    } = functions
-        .storage
-        .for_stream(&p.stream_name)
+    } = storage_for(functions, &p.stream_name)
         .delete(&p.stream_name, &p.group_id, &p.item_id)
         .await
         .map_err(|e| FnError::storage("STREAM_DELETE_ERROR", e))?;
     admit::freed(functions, &old);
+    sequence::before_emit().await;
     order.ready().await;
     if let Some(old) = &old {
         functions
@@ -203,6 +229,7 @@ async fn delete(functions: &Arc<Functions>, p: ItemRef) -> FnResult {
             ))
             .await;
     }
+    sequence::emitted();
     drop(order);
     Ok(Some(json!({"old_value": old})))
 }
@@ -254,6 +281,7 @@ async fn send(functions: &Arc<Functions>, p: SendPayload) -> FnResult {
         name: p.event_type,
         data: p.data,
     };
+    sequence::before_emit().await;
     functions
         .emit(StreamEvent::new(
             &p.stream_name,
@@ -262,6 +290,7 @@ async fn send(functions: &Arc<Functions>, p: SendPayload) -> FnResult {
             kind,
         ))
         .await;
+    sequence::emitted();
     Ok(Some(Value::Null))
 }
 
@@ -286,14 +315,13 @@ async fn update(functions: &Arc<Functions>, p: UpdatePayload) -> FnResult {
     let Stored {
         value: outcome,
         mut order,
-    } = functions
-        .storage
-        .for_stream(&p.stream_name)
+    } = storage_for(functions, &p.stream_name)
         .update(&p.stream_name, &p.group_id, &p.item_id, &ops)
         .await
         .map_err(|e| over_quota(FnError::storage("STREAM_UPDATE_ERROR", e)))?;
     let old = outcome.old_value.as_ref().map_or(0, admit::size);
     reserved.settle(admit::size(&outcome.new_value), old);
+    sequence::before_emit().await;
     order.ready().await;
     emit_write(
         functions,

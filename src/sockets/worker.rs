@@ -8,7 +8,8 @@
 //!
 //! Every path upgrades, so an SDK's telemetry socket (`/otel`) is accepted and its binary
 //! frames ignored. Calls from a worker run concurrently, each in its own task, so that a
-//! worker's burst of writes shares the store's group commit.
+//! worker's burst of writes shares the store's group commit. Its calls to one group are put
+//! in line as they are read (`fanout::sequence`), so they apply and emit in the order sent.
 //!
 //! Every call that carries an `invocation_id` is answered, a malformed one too: its caller
 //! gets an `invocationresult` error saying what was wrong rather than waiting out its
@@ -22,7 +23,8 @@ use crate::engine::admission::{Admitted, take_connection};
 use crate::engine::space::Kind;
 use crate::error::{FnError, FnResult};
 use crate::fanout::outbox::{self, CLOSE_TOO_BIG, Flow, Outbox, Peer};
-use crate::functions::Functions;
+use crate::fanout::sequence::Lines;
+use crate::functions::{Functions, streams};
 use crate::tenants::TenantId;
 use crate::workers::messages::{
     EngineMessage, FUNCTION_NAMESPACE_CONFLICT, INVOKE_SHAPE, Invoke, Malformed, Problem,
@@ -42,6 +44,10 @@ use std::sync::Arc;
 
 /// Frames queued for one worker before senders wait.
 const WORKER_QUEUE: usize = 8192;
+/// Bytes queued for one worker before senders wait (a frame alone always fits): a worker
+/// that pipelines reads of large items must not pin gigabytes of answers. A frame the engine
+/// cannot hold back (a call to the worker's function) closes the worker as too slow past it.
+const WORKER_QUEUE_BYTES: usize = 64 << 20;
 /// Largest frame from a worker (the Python SDK sends up to 64 MiB).
 const MAX_WORKER_FRAME: usize = 64 << 20;
 
@@ -92,7 +98,8 @@ async fn serve(engine: Arc<Engine>, admitted: Admitted, addr: SocketAddr, socket
     } = admitted;
     let worker_id = uuid::Uuid::new_v4().to_string();
     let _open = engine.metrics.connections.worker_opened();
-    let (outbox, rx) = Outbox::new(WORKER_QUEUE, engine.metrics.connections.slow_disconnects());
+    let slow = engine.metrics.connections.slow_disconnects();
+    let (outbox, rx) = Outbox::bounded(WORKER_QUEUE, WORKER_QUEUE_BYTES, slow);
     let _listed = engine.list_socket(
         &space,
         Kind::Worker,
@@ -114,6 +121,7 @@ async fn serve(engine: Arc<Engine>, admitted: Admitted, addr: SocketAddr, socket
         functions: space.functions.clone(),
         tenant: tenant.id().clone(),
         worker: worker.clone(),
+        lines: Lines::default(),
     };
     outbox::drive(
         socket,
@@ -136,6 +144,8 @@ struct WorkerPeer {
     functions: Arc<Functions>,
     tenant: TenantId,
     worker: Arc<WorkerHandle>,
+    /// This connection's calls to each group, in the order they were read.
+    lines: Lines,
 }
 
 impl Peer for WorkerPeer {
@@ -168,7 +178,7 @@ impl Peer for WorkerPeer {
 
 /// Handles one frame from a worker. It never waits: calls run in tasks of their own, so the
 /// socket's own task keeps writing (a worker's queue is drained by the task reading it).
-fn handle(peer: &WorkerPeer, text: &str) {
+fn handle(peer: &mut WorkerPeer, text: &str) {
     let (functions, worker) = (&peer.functions, &peer.worker);
     match WorkerMessage::parse(text) {
         WorkerMessage::RegisterFunction(f) => register_function(peer, &f.id),
@@ -181,7 +191,7 @@ fn handle(peer: &WorkerPeer, text: &str) {
         WorkerMessage::UnregisterTrigger(t) => functions.triggers.unregister(&t.id, &worker.id),
         WorkerMessage::InvokeFunction(call) => {
             if call_namespace_ok(peer, &call) {
-                invoke(functions, worker, call)
+                invoke(&peer.functions, &peer.worker, &mut peer.lines, call)
             }
         }
         WorkerMessage::InvocationResult(r) => {
@@ -364,8 +374,11 @@ fn call_namespace_ok(peer: &WorkerPeer, call: &Invoke) -> bool {
 
 /// Runs a worker's call in its own task and answers it when it has an invocation id. The
 /// call is admitted first, without waiting: a refused one (`quota_exceeded` for pending
-/// invocations) is answered at once and costs no task.
-fn invoke(functions: &Arc<Functions>, worker: &Arc<WorkerHandle>, call: Invoke) {
+/// invocations) is answered at once and costs no task. A call admitted to a group takes its
+/// place in the group's line now, as it is read; it waits there without a turn.
+fn invoke(functions: &Arc<Functions>, worker: &Arc<WorkerHandle>, lines: &mut Lines, call: Invoke) {
+    let group = streams::group_of(&call.function_id, &call.data)
+        .map(|(stream, group)| lines.key(stream, group));
     // The SDKs announce themselves with this call; it is for logs, and answers nothing.
     let admitted = if call.function_id == "engine::workers::register" {
         tracing::debug!(worker = %worker.id, metadata = %call.data, "worker metadata");
@@ -380,8 +393,12 @@ fn invoke(functions: &Arc<Functions>, worker: &Arc<WorkerHandle>, call: Invoke) 
         Ok(Some(run)) => {
             // The call waits its tenant's turn (`fair`), parked, not in the run queue.
             let turns = functions.turns.clone();
+            let place = group.map(|key| lines.claim(key));
             tokio::spawn(async move {
-                let result = turns.run(run).await;
+                let result = match place {
+                    Some(place) => place.run(turns.run(run)).await,
+                    None => turns.run(run).await,
+                };
                 answer(&worker, &function_id, invocation_id, result).await;
             });
         }
