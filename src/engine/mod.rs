@@ -65,6 +65,7 @@ impl Engine {
             max_pending_per_worker: config.max_pending_invocations_per_worker,
             calls_in_flight: config.calls_in_flight_per_tenant,
             wasm_cache_dir: config.wasm_cache_dir.clone(),
+            history: config.history.over(Default::default()),
         };
         let mut spaces = HashMap::new();
         for tenant in tenants.list() {

@@ -1,13 +1,15 @@
 //! Fan-out: getting each stream event to the sockets that subscribe to it, in order.
 //!
 //! - `frame`: the events and the client frames they encode to, encoded once per event;
-//! - `hub`: who subscribes to which group or item;
+//! - `hub`: who subscribes to which group or item, and each group's offsets;
+//! - `history`: a group's recent events, for clients that resume after a reconnect;
 //! - `outbox`: each socket's bounded send queue;
 //! - `order` and `item_lock`: one item's events leave in the order its writes were applied.
 //!
 //! It depends on nothing else in the engine, so storage and functions can both use it.
 
 pub mod frame;
+pub mod history;
 pub mod hub;
 pub mod item_lock;
 pub mod order;
