@@ -309,6 +309,8 @@ impl Space {
             "resynchronising subscribers after a gap in events from other nodes"
         );
         for ((stream, group, item), outboxes) in by_target {
+            // Read before the snapshot: every event at or below it is stored by then.
+            let position = self.hub.position(&stream, &group);
             let snapshot = match &item {
                 Some(item) => {
                     self.functions
@@ -334,7 +336,6 @@ impl Space {
                     } else {
                         json!([])
                     });
-                    let position = self.hub.position(&stream, &group);
                     let frame: Utf8Bytes =
                         StreamEvent::new(&stream, &group, item.as_deref(), EventKind::Sync(data))
                             .encode_at(&position, None)
