@@ -94,6 +94,8 @@ pub struct Config {
     pub send_queue_bytes: usize,
     /// Sockets open at once on both ports together; None: 90% of the open-files limit.
     pub max_connections: Option<usize>,
+    /// Each group's history for clients that resume (`history: {size, ttl_ms}`).
+    pub history: crate::fanout::history::HistoryConfig,
 }
 
 /// How long a socket may take to send its upgrade request, and how a quiet peer is found dead.
@@ -167,6 +169,7 @@ impl Default for Config {
             worker_timeouts: SocketTimeouts::default(),
             send_queue_bytes: 16 << 20,
             max_connections: None,
+            history: Default::default(),
         }
     }
 }
@@ -265,6 +268,14 @@ impl Config {
                         self.max_connections = Some(number(value, key)?.max(1) as usize)
                     }
                     _ if self.client_timeouts.configure(key, value)? => {}
+                    "history" => {
+                        let history: crate::fanout::history::HistoryConfig =
+                            serde_yaml_ng::from_value(value.clone()).with_context(
+                                || "`history` is `{ size: EVENTS, ttl_ms: MILLISECONDS }`",
+                            )?;
+                        history.validate()?;
+                        self.history = history;
+                    }
                     "max_value_depth" | "max_item_bytes" | "max_update_ops" => {
                         self.value_limits.configure(key, number(value, key)?)?
                     }

@@ -66,6 +66,7 @@ impl Engine {
             calls_in_flight: config.calls_in_flight_per_tenant,
             fanout_in_flight: config.fanout_in_flight_per_tenant,
             wasm_cache_dir: config.wasm_cache_dir.clone(),
+            history: config.history.over(Default::default()),
         };
         let mut spaces = HashMap::new();
         for tenant in tenants.list() {

@@ -8,6 +8,7 @@
 
 use crate::fair::Turns;
 use crate::fanout::frame::{EventKind, StreamEvent};
+use crate::fanout::history::Bounds;
 use crate::fanout::hub::Hub;
 use crate::fanout::outbox::Outbox;
 use crate::functions::{Functions, Parts};
@@ -39,6 +40,8 @@ pub struct Settings {
     /// Client sockets of the tenant written at once (`fair::Turns::burst`).
     pub fanout_in_flight: usize,
     pub wasm_cache_dir: Option<PathBuf>,
+    /// Each group's history, unless the tenant says otherwise.
+    pub history: Bounds,
 }
 
 pub struct Space {
@@ -52,6 +55,8 @@ pub struct Space {
     next_socket: AtomicU64,
     /// This tenant's own metric series.
     counters: TenantCounters,
+    /// The engine's history bounds, which a tenant's `history` overrides.
+    history: Bounds,
 }
 
 /// Which socket a connection came in on.
@@ -113,6 +118,7 @@ impl Space {
             tenant_delivered: counters.delivered.clone(),
             ..metrics.fanout()
         }));
+        hub.set_history(settings.history);
         let bus = store.event_bus();
         // Unlimited until `configure` applies the tenant's.
         let quotas = TenantQuotas::new(tenant.clone(), &Quotas::UNLIMITED, counters.clone());
@@ -145,6 +151,7 @@ impl Space {
             sockets: Mutex::default(),
             next_socket: AtomicU64::new(1),
             counters,
+            history: settings.history,
         });
         space.listen_to_bus();
         space
@@ -155,6 +162,8 @@ impl Space {
     pub fn configure(&self, tenant: &crate::tenants::TenantConfig) {
         self.functions.set_ceilings(tenant.adapter_ceilings);
         self.functions.quotas.set(&tenant.quotas);
+        let history = tenant.history.unwrap_or_default();
+        self.hub.set_history(history.over(self.history));
     }
 
     /// Counts what the tenant's store already holds against its `stored_bytes` quota
@@ -290,7 +299,11 @@ impl Space {
                     BusMessage::Event(event) => {
                         space.hub.publish(&event);
                     }
-                    BusMessage::Gap => space.resync_subscribers().await,
+                    BusMessage::Gap => {
+                        // The history now has holes: no client may recover from it.
+                        space.hub.history_lost();
+                        space.resync_subscribers().await
+                    }
                 }
             }
         });
@@ -313,6 +326,8 @@ impl Space {
             "resynchronising subscribers after a gap in events from other nodes"
         );
         for ((stream, group, item), outboxes) in by_target {
+            // Read before the snapshot: every event at or below it is stored by then.
+            let position = self.hub.position(&stream, &group);
             let snapshot = match &item {
                 Some(item) => {
                     self.functions
@@ -340,7 +355,7 @@ impl Space {
                     });
                     let frame: Utf8Bytes =
                         StreamEvent::new(&stream, &group, item.as_deref(), EventKind::Sync(data))
-                            .encode()
+                            .encode_at(&position, None)
                             .into();
                     for outbox in outboxes {
                         outbox.push(frame.clone());

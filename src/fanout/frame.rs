@@ -1,6 +1,11 @@
 //! The server-to-client frame of spec section 2, built once per event.
+//!
+//! Frames about a group's events also carry the event's place in the group's history
+//! (`offset` and `epoch`, see `history`), which the hub assigns as it sends them; clients of
+//! the iii protocol ignore the extra fields.
 
 use serde_json::{Value, json};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// What happened to an item (or a group, for `sync`).
@@ -16,6 +21,13 @@ pub enum EventKind {
         data: Value,
     },
     Unauthorized,
+}
+
+/// Where an event stands in its group's history: its offset, counted within an epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Position {
+    pub offset: u64,
+    pub epoch: Arc<str>,
 }
 
 /// One event on a group, optionally about one item.
@@ -44,6 +56,40 @@ impl StreamEvent {
             timestamp: now_millis(),
             kind,
         }
+    }
+
+    /// The frame at `position` in its group's history; `recovered` is set on a resuming
+    /// join's `sync` (false).
+    pub fn encode_at(&self, position: &Position, recovered: Option<bool>) -> String {
+        let mut frame = self.to_value();
+        frame["offset"] = json!(position.offset);
+        frame["epoch"] = json!(&*position.epoch);
+        if let Some(recovered) = recovered {
+            frame["recovered"] = json!(recovered);
+        }
+        frame.to_string()
+    }
+
+    /// The marker that opens a recovery: `missed` events after `from` follow it.
+    pub fn recovered_marker(
+        stream_name: &str,
+        group_id: &str,
+        id: Option<&str>,
+        from: &Position,
+        missed: usize,
+    ) -> String {
+        json!({
+            "type": "stream",
+            "timestamp": now_millis(),
+            "streamName": stream_name,
+            "groupId": group_id,
+            "id": id,
+            "event": {"type": "recovered", "data": {"missed": missed}},
+            "offset": from.offset,
+            "epoch": &*from.epoch,
+            "recovered": true,
+        })
+        .to_string()
     }
 
     fn event_body(&self) -> Value {
@@ -111,6 +157,13 @@ impl StreamEvent {
     }
 }
 
+/// A frame already sent, marked as sent again in a recovery (`"recovered":true`). Every
+/// encoded frame is a JSON object, so the field goes before its closing brace.
+pub fn mark_recovered(frame: &str) -> String {
+    let body = frame.strip_suffix('}').unwrap_or(frame);
+    format!("{body},\"recovered\":true}}")
+}
+
 /// An error frame for a client that sent something we cannot act on; the socket stays open.
 pub fn error_frame(code: &str, message: &str) -> String {
     json!({"type": "error", "error": {"code": code, "message": message}}).to_string()
@@ -139,5 +192,14 @@ mod tests {
             assert_eq!(back.to_value(), event.to_value());
         }
         assert!(StreamEvent::from_value(&json!({"type": "other"})).is_none());
+    }
+
+    #[test]
+    fn a_marked_frame_is_the_frame_with_recovered_true() {
+        let event = StreamEvent::new("s", "g", None, EventKind::Create(json!({"a": "}"})));
+        let marked: Value = serde_json::from_str(&mark_recovered(&event.encode())).unwrap();
+        let mut expected = event.to_value();
+        expected["recovered"] = json!(true);
+        assert_eq!(marked, expected);
     }
 }

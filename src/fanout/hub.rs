@@ -1,46 +1,55 @@
-//! The fan-out hub: who is subscribed to which group or item, and delivery to them.
+//! The fan-out hub: who is subscribed to which group or item, delivery to them, and each
+//! group's offsets and recent history (see `history`).
 //!
-//! It knows nothing of storage: the engine hands it events after they are stored. Each event
-//! is encoded once; each socket gets it once, however many of its subscriptions match.
+//! It knows nothing of storage: the engine hands it events after they are stored, each item's
+//! in the order its writes were applied (`order`). Each event is encoded once; each socket gets
+//! it once, however many of its subscriptions match.
+//!
+//! A group's offset is assigned, its history appended and its subscribers served under the
+//! group's own lock, so the subscribers receive the offsets in order and a join sees a
+//! consistent point: what was published before it has an offset at or below the one it reads,
+//! and what is published after goes to it. Groups do not wait on each other.
 //!
 //! A new subscription is held until its snapshot has been read and its `sync` queued
-//! (`release`): an event that raced the read is then in the snapshot or follows the `sync`.
-//! Were it to go first, the older `sync` would take the client back.
+//! (`release`). Its `sync` carries the offset read as it subscribed: every event at or below
+//! it was stored before the snapshot was read (events are published after their write), and
+//! every later one was held for it, so it follows the `sync`. A join that resumes from an
+//! offset the history still covers is served from the history under the same lock, and then
+//! live, with no snapshot at all.
 
-use crate::fanout::frame::StreamEvent;
+use crate::fanout::frame::{Position, StreamEvent, mark_recovered};
+use crate::fanout::history::{Bounds, Log};
 use crate::fanout::outbox::Outbox;
 use crate::metrics::FanoutCounters;
 use axum::extract::ws::Utf8Bytes;
 use std::collections::HashMap;
-use std::sync::{
-    Arc, Mutex, RwLock,
-    atomic::{AtomicBool, AtomicU64, Ordering},
-};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, Instant};
 
 pub type ConnId = u64;
+
+/// How often idle groups are looked for, at most (a shorter ttl looks more often).
+const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
 struct Subscriber {
     outbox: Arc<Outbox>,
     /// (subscription id, item id or None for the whole group)
     subs: Vec<(String, Option<String>)>,
-    /// Set while a new subscription's snapshot is read; its frames wait in `held`.
-    holding: AtomicBool,
-    held: Mutex<Vec<Utf8Bytes>>,
+    /// Frames held while a new subscription's snapshot is read; None when not holding.
+    held: Option<Vec<Utf8Bytes>>,
 }
 
 impl Subscriber {
-    fn deliver(&self, frame: Utf8Bytes) -> bool {
-        if self.holding.load(Ordering::Acquire) {
-            let mut held = self.held.lock().unwrap();
-            if self.holding.load(Ordering::Acquire) {
-                if held.len() >= self.outbox.capacity() {
-                    return self.outbox.overflowed();
-                }
+    fn deliver(&mut self, frame: Utf8Bytes) -> bool {
+        match &mut self.held {
+            Some(held) if held.len() >= self.outbox.capacity() => self.outbox.overflowed(),
+            Some(held) => {
                 held.push(frame);
-                return true;
+                true
             }
+            None => self.outbox.push(frame),
         }
-        self.outbox.push(frame)
     }
 
     fn wants(&self, id: Option<&str>) -> bool {
@@ -51,30 +60,197 @@ impl Subscriber {
     }
 }
 
-type Groups = HashMap<String, HashMap<String, HashMap<ConnId, Subscriber>>>;
+/// One group: its subscribers, its offset and its recent events.
+struct Group {
+    epoch: Arc<str>,
+    offset: u64,
+    log: Log,
+    subs: HashMap<ConnId, Subscriber>,
+    /// The last event or subscription change, for dropping idle groups.
+    active: Instant,
+}
 
-#[derive(Default)]
-pub struct Hub {
+impl Group {
+    fn position(&self) -> Position {
+        Position {
+            offset: self.offset,
+            epoch: self.epoch.clone(),
+        }
+    }
+
+    /// Nothing here is worth keeping: no subscriber, and no offset a client may resume from.
+    fn forgettable(&self, bounds: Bounds, now: Instant) -> bool {
+        self.subs.is_empty()
+            && (self.offset == 0
+                || bounds.size == 0
+                || now.duration_since(self.active) >= bounds.ttl)
+    }
+}
+
+type Groups = HashMap<String, HashMap<String, Mutex<Group>>>;
+
+/// What the sweeper shares with the hub.
+struct Shared {
     groups: RwLock<Groups>,
+    size: AtomicU64,
+    ttl_ms: AtomicU64,
+    /// Names this hub's epochs: random per process, so a restarted engine never reuses one.
+    epoch_prefix: String,
+    /// Counts group epochs: a group dropped and started again gets a new one.
+    epochs: AtomicU64,
+}
+
+impl Shared {
+    fn bounds(&self) -> Bounds {
+        Bounds {
+            size: self.size.load(Ordering::Relaxed) as usize,
+            ttl: Duration::from_millis(self.ttl_ms.load(Ordering::Relaxed)),
+        }
+    }
+
+    fn new_group(&self) -> Mutex<Group> {
+        let n = self.epochs.fetch_add(1, Ordering::Relaxed) + 1;
+        Mutex::new(Group {
+            epoch: format!("{}-{n}", self.epoch_prefix).into(),
+            offset: 0,
+            log: Log::default(),
+            subs: HashMap::new(),
+            active: Instant::now(),
+        })
+    }
+
+    /// Runs `f` on the group, made if it does not exist yet.
+    fn with_group<T>(&self, stream: &str, group: &str, f: impl FnOnce(&mut Group) -> T) -> T {
+        {
+            let groups = self.groups.read().unwrap();
+            if let Some(g) = groups.get(stream).and_then(|g| g.get(group)) {
+                return f(&mut g.lock().unwrap());
+            }
+        }
+        let mut groups = self.groups.write().unwrap();
+        let g = groups
+            .entry(stream.to_owned())
+            .or_default()
+            .entry(group.to_owned())
+            .or_insert_with(|| self.new_group());
+        f(g.get_mut().unwrap())
+    }
+
+    /// Drops expired events, and the groups with nothing left worth keeping.
+    fn sweep(&self) {
+        let bounds = self.bounds();
+        let now = Instant::now();
+        let mut groups = self.groups.write().unwrap();
+        groups.retain(|_, by_group| {
+            by_group.retain(|_, g| {
+                let g = g.get_mut().unwrap();
+                g.log.expire(bounds.ttl, now);
+                !g.forgettable(bounds, now)
+            });
+            !by_group.is_empty()
+        });
+    }
+}
+
+/// How a join was answered (see [`Hub::subscribe`]).
+pub enum Joined {
+    /// Served from the history: the marker and the missed events are queued, then live events.
+    Recovered,
+    /// Held at this position until `release` queues its `sync`.
+    Held(Position),
+}
+
+pub struct Hub {
+    shared: Arc<Shared>,
     next_conn: AtomicU64,
     counters: FanoutCounters,
+    sweeper: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Default for Hub {
+    fn default() -> Self {
+        Hub::new(FanoutCounters::default())
+    }
+}
+
+impl Drop for Hub {
+    fn drop(&mut self) {
+        if let Some(sweeper) = &self.sweeper {
+            sweeper.abort();
+        }
+    }
 }
 
 impl Hub {
-    /// A hub that counts what it publishes and delivers into `counters`.
+    /// A hub that counts what it publishes and delivers into `counters`, with the default
+    /// history bounds. Within a tokio runtime it drops idle groups' history in the background.
     pub fn new(counters: FanoutCounters) -> Self {
+        let bounds = Bounds::default();
+        let shared = Arc::new(Shared {
+            groups: RwLock::default(),
+            size: AtomicU64::new(bounds.size as u64),
+            ttl_ms: AtomicU64::new(bounds.ttl.as_millis() as u64),
+            epoch_prefix: uuid::Uuid::new_v4().simple().to_string()[..12].to_owned(),
+            epochs: AtomicU64::new(0),
+        });
+        let sweeper = tokio::runtime::Handle::try_current()
+            .ok()
+            .map(|rt| rt.spawn(sweep_loop(Arc::downgrade(&shared))));
         Hub {
+            shared,
+            next_conn: AtomicU64::new(0),
             counters,
-            ..Hub::default()
+            sweeper,
         }
+    }
+
+    /// Sets the history bounds of every group, from the next event on.
+    pub fn set_history(&self, bounds: Bounds) {
+        self.shared
+            .size
+            .store(bounds.size as u64, Ordering::Relaxed);
+        self.shared
+            .ttl_ms
+            .store(bounds.ttl.as_millis() as u64, Ordering::Relaxed);
+    }
+
+    pub fn history(&self) -> Bounds {
+        self.shared.bounds()
+    }
+
+    /// Forgets every group's history and starts each in a new epoch, after events may have
+    /// been missed (the bus lost some): a client must not recover from a log with holes.
+    pub fn history_lost(&self) {
+        let groups = self.shared.groups.read().unwrap();
+        for g in groups.values().flat_map(|g| g.values()) {
+            let fresh = self.shared.new_group().into_inner().unwrap();
+            let mut g = g.lock().unwrap();
+            g.log.clear();
+            g.offset = 0;
+            g.epoch = fresh.epoch;
+        }
+    }
+
+    /// Drops expired history and idle groups now (the background sweep does it too).
+    pub fn sweep(&self) {
+        self.shared.sweep();
+    }
+
+    /// Groups with state (subscribers, or history to resume from), for tests and metrics.
+    pub fn group_count(&self) -> usize {
+        let groups = self.shared.groups.read().unwrap();
+        groups.values().map(HashMap::len).sum()
     }
 
     pub fn next_conn_id(&self) -> ConnId {
         self.next_conn.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    /// Adds (or replaces, by subscription id) a subscription of one socket, held until
-    /// [`Hub::release`].
+    /// Adds (or replaces, by subscription id) a subscription of one socket. With `resume`, a
+    /// position the group's history still covers, it queues the `recovered` marker and the
+    /// events after that position at once; otherwise the subscription is held until
+    /// [`Hub::release`] and the returned position is what its `sync` must carry.
+    #[allow(clippy::too_many_arguments)]
     pub fn subscribe(
         &self,
         stream: &str,
@@ -83,22 +259,47 @@ impl Hub {
         outbox: &Arc<Outbox>,
         sub_id: &str,
         item: Option<&str>,
-    ) {
-        let mut groups = self.groups.write().unwrap();
-        let conns = groups
-            .entry(stream.to_owned())
-            .or_default()
-            .entry(group.to_owned())
-            .or_default();
-        let sub = conns.entry(conn).or_insert_with(|| Subscriber {
-            outbox: outbox.clone(),
-            subs: Vec::new(),
-            holding: AtomicBool::new(false),
-            held: Mutex::new(Vec::new()),
-        });
-        sub.subs.retain(|(id, _)| id != sub_id);
-        sub.subs.push((sub_id.to_owned(), item.map(str::to_owned)));
-        sub.holding.store(true, Ordering::Release);
+        resume: Option<&Position>,
+    ) -> Joined {
+        let bounds = self.shared.bounds();
+        self.shared.with_group(stream, group, |g| {
+            g.active = Instant::now();
+            let recovered = resume.filter(|from| from.epoch == g.epoch && bounds.size > 0);
+            let missed = recovered.and_then(|from| {
+                g.log.expire(bounds.ttl, Instant::now());
+                let missed: Vec<&Utf8Bytes> = g
+                    .log
+                    .since(from.offset, g.offset)?
+                    .filter(|e| item.is_none() || e.item.as_deref() == item)
+                    .map(|e| &e.frame)
+                    .collect();
+                Some(missed)
+            });
+            if let (Some(from), Some(missed)) = (resume, &missed) {
+                let marker = StreamEvent::recovered_marker(stream, group, item, from, missed.len());
+                let mut ok = outbox.push(Utf8Bytes::from(marker));
+                for frame in missed {
+                    ok = ok && outbox.push(Utf8Bytes::from(mark_recovered(frame)));
+                }
+                if !ok {
+                    tracing::debug!(stream, group, "a recovering client's queue overflowed");
+                }
+            }
+            let holding = missed.is_none();
+            let sub = g.subs.entry(conn).or_insert_with(|| Subscriber {
+                outbox: outbox.clone(),
+                subs: Vec::new(),
+                held: None,
+            });
+            sub.subs.retain(|(id, _)| id != sub_id);
+            sub.subs.push((sub_id.to_owned(), item.map(str::to_owned)));
+            if holding {
+                sub.held.get_or_insert_with(Vec::new);
+                Joined::Held(g.position())
+            } else {
+                Joined::Recovered
+            }
+        })
     }
 
     /// Queues `first` (the new subscription's `sync`, or an error) for the socket, then what
@@ -111,17 +312,17 @@ impl Hub {
         outbox: &Outbox,
         first: Utf8Bytes,
     ) {
-        let groups = self.groups.read().unwrap();
-        let Some(sub) = groups
-            .get(stream)
-            .and_then(|g| g.get(group))
-            .and_then(|c| c.get(&conn))
-        else {
+        let groups = self.shared.groups.read().unwrap();
+        let Some(g) = groups.get(stream).and_then(|g| g.get(group)) else {
             outbox.push(first);
             return;
         };
-        let mut held = sub.held.lock().unwrap();
-        let frames = std::mem::take(&mut *held);
+        let mut g = g.lock().unwrap();
+        let Some(sub) = g.subs.get_mut(&conn) else {
+            outbox.push(first);
+            return;
+        };
+        let frames = sub.held.take().unwrap_or_default();
         if sub.outbox.push(first) {
             for frame in frames {
                 if !sub.outbox.push(frame) {
@@ -129,26 +330,28 @@ impl Hub {
                 }
             }
         }
-        // Still under the lock: a delivery that saw `holding` waits for it, then queues after these.
-        sub.holding.store(false, Ordering::Release);
     }
 
-    /// Removes one subscription; empty entries are pruned so idle groups cost nothing.
+    /// Removes one subscription. A group left with no subscriber keeps its offset and
+    /// history until it has been idle past the ttl, unless there is nothing to keep.
     pub fn unsubscribe(&self, stream: &str, group: &str, conn: ConnId, sub_id: &str) {
-        let mut groups = self.groups.write().unwrap();
+        let bounds = self.shared.bounds();
+        let mut groups = self.shared.groups.write().unwrap();
         let Some(by_group) = groups.get_mut(stream) else {
             return;
         };
-        let Some(conns) = by_group.get_mut(group) else {
+        let Some(g) = by_group.get_mut(group) else {
             return;
         };
-        if let Some(sub) = conns.get_mut(&conn) {
+        let g = g.get_mut().unwrap();
+        if let Some(sub) = g.subs.get_mut(&conn) {
             sub.subs.retain(|(id, _)| id != sub_id);
             if sub.subs.is_empty() {
-                conns.remove(&conn);
+                g.subs.remove(&conn);
             }
         }
-        if conns.is_empty() {
+        g.active = Instant::now();
+        if g.forgettable(bounds, Instant::now()) {
             by_group.remove(group);
             if by_group.is_empty() {
                 groups.remove(stream);
@@ -156,46 +359,62 @@ impl Hub {
         }
     }
 
-    /// Delivers an event to every socket subscribed to its group (or to its item).
-    /// Returns how many sockets it was queued for.
+    /// Gives an event the group's next offset, keeps it in the group's history, and delivers
+    /// it to every socket subscribed to its group (or to its item). Returns how many sockets
+    /// it was queued for.
     pub fn publish(&self, event: &StreamEvent) -> usize {
         self.counters.published.inc();
-        let groups = self.groups.read().unwrap();
-        let Some(conns) = groups
-            .get(&event.stream_name)
-            .and_then(|g| g.get(&event.group_id))
-        else {
-            return 0;
-        };
-        let frame = Utf8Bytes::from(event.encode());
-        let mut n = 0;
-        for sub in conns.values() {
-            if sub.wants(event.id.as_deref()) && sub.deliver(frame.clone()) {
-                n += 1;
-            }
-        }
+        let bounds = self.shared.bounds();
+        let n = self
+            .shared
+            .with_group(&event.stream_name, &event.group_id, |g| {
+                g.offset += 1;
+                g.active = Instant::now();
+                let frame = Utf8Bytes::from(event.encode_at(&g.position(), None));
+                g.log
+                    .push(g.offset, event.id.as_deref(), frame.clone(), bounds);
+                let mut n = 0;
+                for sub in g.subs.values_mut() {
+                    if sub.wants(event.id.as_deref()) && sub.deliver(frame.clone()) {
+                        n += 1;
+                    }
+                }
+                n
+            });
         self.counters.delivered.inc_by(n as u64);
         self.counters.tenant_delivered.inc_by(n as u64);
         n
     }
 
+    /// The group's current position, for a `sync` sent outside a join (a resynchronisation).
+    pub fn position(&self, stream: &str, group: &str) -> Position {
+        self.shared.with_group(stream, group, |g| g.position())
+    }
+
     /// How many sockets an event for `group` (and `item`) would be queued for now: what a
     /// write is charged against its tenant's `deliveries_per_second` before it is made.
     pub fn audience(&self, stream: &str, group: &str, item: Option<&str>) -> usize {
-        let groups = self.groups.read().unwrap();
+        let groups = self.shared.groups.read().unwrap();
         groups
             .get(stream)
             .and_then(|g| g.get(group))
-            .map_or(0, |conns| conns.values().filter(|s| s.wants(item)).count())
+            .map_or(0, |g| {
+                g.lock()
+                    .unwrap()
+                    .subs
+                    .values()
+                    .filter(|s| s.wants(item))
+                    .count()
+            })
     }
 
     /// Every subscription as (stream, group, item, socket), for resynchronising them.
     pub fn subscriptions(&self) -> Vec<(String, String, Option<String>, Arc<Outbox>)> {
-        let groups = self.groups.read().unwrap();
+        let groups = self.shared.groups.read().unwrap();
         let mut out = Vec::new();
         for (stream, by_group) in groups.iter() {
-            for (group, conns) in by_group {
-                for sub in conns.values() {
+            for (group, g) in by_group {
+                for sub in g.lock().unwrap().subs.values() {
                     for (_, item) in &sub.subs {
                         out.push((
                             stream.clone(),
@@ -212,12 +431,107 @@ impl Hub {
 
     /// Subscriptions held, for metrics and tests.
     pub fn subscription_count(&self) -> usize {
-        let groups = self.groups.read().unwrap();
+        let groups = self.shared.groups.read().unwrap();
         groups
             .values()
             .flat_map(|g| g.values())
-            .flat_map(|c| c.values())
-            .map(|s| s.subs.len())
+            .map(|g| {
+                g.lock()
+                    .unwrap()
+                    .subs
+                    .values()
+                    .map(|s| s.subs.len())
+                    .sum::<usize>()
+            })
             .sum()
+    }
+}
+
+/// Sweeps the hub's groups every ttl (at most every `SWEEP_EVERY`) until the hub is dropped.
+async fn sweep_loop(shared: Weak<Shared>) {
+    loop {
+        let every = match shared.upgrade() {
+            Some(shared) => shared.bounds().ttl.min(SWEEP_EVERY),
+            None => return,
+        };
+        tokio::time::sleep(every.max(Duration::from_millis(10))).await;
+        match shared.upgrade() {
+            Some(shared) => shared.sweep(),
+            None => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fanout::frame::EventKind;
+    use prometheus_client::metrics::counter::Counter;
+
+    fn send(hub: &Hub, group: &str) {
+        let event = StreamEvent::new("s", group, None, EventKind::Update(1.into()));
+        hub.publish(&event);
+    }
+
+    #[test]
+    fn an_idle_group_is_dropped_after_its_ttl_and_starts_again_in_a_new_epoch() {
+        let hub = Hub::default();
+        send(&hub, "g");
+        send(&hub, "g");
+        let before = hub.position("s", "g");
+        assert_eq!(before.offset, 2);
+        hub.sweep();
+        assert_eq!(hub.group_count(), 1, "within its ttl the group is kept");
+
+        hub.set_history(Bounds {
+            size: 10,
+            ttl: Duration::ZERO,
+        });
+        hub.sweep();
+        assert_eq!(hub.group_count(), 0, "idle past its ttl, it is dropped");
+        send(&hub, "g");
+        let after = hub.position("s", "g");
+        assert_eq!(after.offset, 1);
+        assert_ne!(after.epoch, before.epoch, "offsets restarted: a new epoch");
+    }
+
+    #[test]
+    fn a_group_with_a_subscriber_is_kept_and_one_without_offsets_is_not() {
+        let hub = Hub::default();
+        hub.set_history(Bounds {
+            size: 10,
+            ttl: Duration::ZERO,
+        });
+        let (outbox, _rx) = Outbox::new(8, Counter::default());
+        let Joined::Held(at) = hub.subscribe("s", "g", 1, &outbox, "a", None, None) else {
+            panic!("a join without a position is held");
+        };
+        assert_eq!(at.offset, 0);
+        send(&hub, "g");
+        hub.sweep();
+        assert_eq!(hub.group_count(), 1);
+        hub.unsubscribe("s", "g", 1, "a");
+        assert_eq!(hub.group_count(), 0);
+        // Joined and left with nothing sent: nothing to keep.
+        let _ = hub.subscribe("s", "h", 1, &outbox, "a", None, None);
+        hub.set_history(Bounds::default());
+        hub.unsubscribe("s", "h", 1, "a");
+        assert_eq!(hub.group_count(), 0);
+    }
+
+    #[test]
+    fn lost_history_means_a_new_epoch_and_no_recovery() {
+        let hub = Hub::default();
+        send(&hub, "g");
+        let from = hub.position("s", "g");
+        send(&hub, "g");
+        hub.history_lost();
+        let (outbox, _rx) = Outbox::new(8, Counter::default());
+        let joined = hub.subscribe("s", "g", 1, &outbox, "a", None, Some(&from));
+        let Joined::Held(at) = joined else {
+            panic!("recovered from a lost history");
+        };
+        assert_ne!(at.epoch, from.epoch);
+        assert_eq!(at.offset, 0);
     }
 }

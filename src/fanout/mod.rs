@@ -1,7 +1,8 @@
 //! Fan-out: getting each stream event to the sockets that subscribe to it, in order.
 //!
 //! - `frame`: the events and the client frames they encode to, encoded once per event;
-//! - `hub`: who subscribes to which group or item;
+//! - `hub`: who subscribes to which group or item, and each group's offsets;
+//! - `history`: a group's recent events, for clients that resume after a reconnect;
 //! - `outbox`: each socket's bounded send queue;
 //! - `order` and `item_lock`: one item's events leave in the order its writes were applied;
 //! - `sequence`: a worker connection's calls to one group apply and emit in the order sent.
@@ -10,6 +11,7 @@
 //! back), so storage and functions can both use it.
 
 pub mod frame;
+pub mod history;
 pub mod hub;
 pub mod item_lock;
 pub mod order;

@@ -8,15 +8,21 @@
 //!
 //! `GET /stream/{stream}/{group}[/{item}]` subscribes at once; `GET /` waits for
 //! `join`/`leave` frames. Every subscription is answered with a `sync` snapshot, then the
-//! socket receives the group's (or item's) events through its outbox.
+//! socket receives the group's (or item's) events through its outbox. A join that carries the
+//! `offset` and `epoch` of the last event its client saw is answered, when the group's history
+//! still holds what came after, with a `recovered` marker and exactly those events instead
+//! (see `fanout::hub`); otherwise with a `sync` marked `"recovered":false`.
+//!
+//! Browsers cannot see WebSocket pings, so a socket opened with `?heartbeat=1` also gets a
+//! `{"type":"heartbeat"}` text frame every ping interval.
 
 use super::accept::ConnSlot;
 use super::{credentials, http};
 use crate::engine::Engine;
 use crate::engine::admission::take_connection;
 use crate::engine::space::{Kind, Space};
-use crate::fanout::frame::{EventKind, StreamEvent, error_frame};
-use crate::fanout::hub::ConnId;
+use crate::fanout::frame::{EventKind, Position, StreamEvent, error_frame, now_millis};
+use crate::fanout::hub::{ConnId, Joined};
 use crate::fanout::outbox::{self, CLOSE_TOO_BIG, Flow, Keepalive, Outbox, Peer};
 use crate::tenants::quotas::SlotPermit;
 use crate::tenants::{ClientIdentity, QUOTA_EXCEEDED};
@@ -167,7 +173,9 @@ async fn accept(engine: Arc<Engine>, req: Upgrade, path_sub: Option<PathSub>) ->
         addr: req.addr,
         _slots: (req.slot, tenant_slot),
     };
-    ws.on_upgrade(move |socket| serve(engine, socket, admitted, path_sub))
+    let heartbeat =
+        credentials::query_param(req.query.as_deref(), "heartbeat").as_deref() == Some("1");
+    ws.on_upgrade(move |socket| serve(engine, socket, admitted, path_sub, heartbeat))
         .into_response()
 }
 
@@ -241,6 +249,27 @@ struct JoinData {
     group_id: String,
     #[serde(default)]
     id: Option<String>,
+    /// The offset and epoch of the last event the client saw, to resume from: both or neither.
+    #[serde(default)]
+    offset: Option<u64>,
+    #[serde(default)]
+    epoch: Option<String>,
+}
+
+impl JoinData {
+    /// Where the join resumes from; an error when only one of `offset` and `epoch` is given.
+    fn resume(&self) -> Result<Option<Position>, &'static str> {
+        match (self.offset, &self.epoch) {
+            (None, None) => Ok(None),
+            (Some(offset), Some(epoch)) => Ok(Some(Position {
+                offset,
+                epoch: epoch.as_str().into(),
+            })),
+            _ => Err(
+                "a join resumes with both `offset` and `epoch` (from the last event it saw), or sends neither",
+            ),
+        }
+    }
 }
 
 /// One client connection: its subscriptions and the context its auth function returned.
@@ -260,6 +289,7 @@ async fn serve(
     socket: WebSocket,
     admitted: Admission,
     path_sub: Option<PathSub>,
+    heartbeat: bool,
 ) {
     let Admission {
         space,
@@ -284,6 +314,8 @@ async fn serve(
         &outbox,
     );
     let _expiry = identity.exp.map(|exp| close_at_expiry(exp, outbox.clone()));
+    let _heartbeat = heartbeat
+        .then(|| send_heartbeats(engine.config.client_timeouts.ping_interval, outbox.clone()));
     let mut client = Client {
         conn: space.hub.next_conn_id(),
         engine: engine.clone(),
@@ -299,6 +331,8 @@ async fn serve(
             stream_name: p.stream,
             group_id: p.group,
             id: p.item,
+            offset: None,
+            epoch: None,
         }))
         .await;
     }
@@ -336,6 +370,22 @@ fn close_at_expiry(exp: u64, outbox: Arc<Outbox>) -> AbortOnDrop {
             CLOSE_TOKEN_EXPIRED,
             "the token expired: reconnect with a fresh token",
         );
+    }))
+}
+
+/// Queues a `{"type":"heartbeat"}` frame every `every`, so that a page sees the server is
+/// alive; dropping the returned guard stops it.
+fn send_heartbeats(every: std::time::Duration, outbox: Arc<Outbox>) -> AbortOnDrop {
+    AbortOnDrop(tokio::spawn(async move {
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let frame = json!({"type": "heartbeat", "timestamp": now_millis()}).to_string();
+            if !outbox.push(Utf8Bytes::from(frame)) {
+                return;
+            }
+        }
     }))
 }
 
@@ -428,6 +478,14 @@ impl Client {
                 .push(Utf8Bytes::from(error_frame(QUOTA_EXCEEDED, &e.message)));
             return;
         }
+        let resume = match sub.resume() {
+            Ok(resume) => resume,
+            Err(message) => {
+                self.outbox
+                    .push(Utf8Bytes::from(error_frame("invalid_frame", message)));
+                return;
+            }
+        };
         let space = self.space.clone();
         if !self.may_join(&sub.stream_name)
             || space.functions.triggers.has_join_triggers()
@@ -455,20 +513,32 @@ impl Client {
             );
         }
         // Subscribe first, then read; the hub holds this group's frames for the socket until
-        // the `sync` is queued, so an event racing the snapshot never goes before it.
-        space.hub.subscribe(
+        // the `sync` is queued, so an event racing the snapshot never goes before it. A join
+        // that resumes within the group's history is answered from it instead.
+        let joined = space.hub.subscribe(
             &sub.stream_name,
             &sub.group_id,
             self.conn,
             &self.outbox,
             &sub.subscription_id,
             sub.id.as_deref(),
+            resume.as_ref(),
         );
+        if let Joined::Held(position) = joined {
+            self.sync(&sub, position, resume.is_some()).await;
+        }
+        self.subs.insert(sub.subscription_id.clone(), sub);
+    }
+
+    /// Reads the snapshot of a held subscription and queues its `sync` at `position` (marked
+    /// `"recovered":false` when the join asked to resume), then what was held for it.
+    async fn sync(&self, sub: &JoinData, position: Position, resuming: bool) {
+        let space = &self.space;
         let snapshot = match &sub.id {
             Some(item) => space.functions.call("stream::get", json!({"stream_name": sub.stream_name, "group_id": sub.group_id, "item_id": item})).await,
             None => space.functions.call("stream::list", json!({"stream_name": sub.stream_name, "group_id": sub.group_id})).await,
         };
-        match snapshot {
+        let first = match snapshot {
             Ok(data) => {
                 let data = data.unwrap_or(if sub.id.is_some() {
                     Value::Null
@@ -481,29 +551,20 @@ impl Client {
                     sub.id.as_deref(),
                     EventKind::Sync(data),
                 );
-                space.hub.release(
-                    &sub.stream_name,
-                    &sub.group_id,
-                    self.conn,
-                    &self.outbox,
-                    Utf8Bytes::from(event.encode()),
-                );
+                event.encode_at(&position, resuming.then_some(false))
             }
-            Err(e) => {
-                let frame = error_frame(
-                    "sync_failed",
-                    &format!("snapshot of {}/{}: {e}", sub.stream_name, sub.group_id),
-                );
-                space.hub.release(
-                    &sub.stream_name,
-                    &sub.group_id,
-                    self.conn,
-                    &self.outbox,
-                    Utf8Bytes::from(frame),
-                );
-            }
-        }
-        self.subs.insert(sub.subscription_id.clone(), sub);
+            Err(e) => error_frame(
+                "sync_failed",
+                &format!("snapshot of {}/{}: {e}", sub.stream_name, sub.group_id),
+            ),
+        };
+        space.hub.release(
+            &sub.stream_name,
+            &sub.group_id,
+            self.conn,
+            &self.outbox,
+            Utf8Bytes::from(first),
+        );
     }
 
     /// Whether the client's token and its tenant, as the tenant is configured now, let it

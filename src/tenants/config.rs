@@ -128,6 +128,9 @@ pub struct TenantConfig {
     pub adapter_ceilings: AdapterCeilings,
     #[serde(default)]
     pub quotas: Quotas,
+    /// Each group's history for clients that resume (`{size, ttl_ms}`), over the engine's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub history: Option<crate::fanout::history::HistoryConfig>,
 }
 
 impl TenantConfig {
@@ -144,6 +147,7 @@ impl TenantConfig {
             streams: StreamPatterns::all(),
             adapter_ceilings: AdapterCeilings::HIGHEST,
             quotas: Quotas::UNLIMITED,
+            history: None,
         }
     }
 
@@ -192,6 +196,11 @@ impl TenantConfig {
         self.adapter_ceilings
             .validate()
             .with_context(|| format!("tenant `{id}`, adapter_ceilings"))?;
+        if let Some(history) = &self.history {
+            history
+                .validate()
+                .with_context(|| format!("tenant `{id}`, history"))?;
+        }
         self.quotas
             .validate()
             .with_context(|| format!("tenant `{id}`, quotas"))

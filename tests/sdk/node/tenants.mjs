@@ -91,8 +91,8 @@ class RawClient {
   }
 }
 
-/** A server frame without its timestamp. */
-const bare = ({ timestamp, ...rest }) => rest
+/** A server frame without its timestamp, offset and epoch. */
+const bare = ({ timestamp, offset, epoch, ...rest }) => rest
 const event = (streamName, groupId, id, ev) => ({ type: 'stream', streamName, groupId, id, event: ev })
 
 async function noStray(client, who) {

@@ -120,7 +120,11 @@ def frame(actual: dict, stream: str, group: str, item: str | None, event: dict, 
     ts = actual.get("timestamp") if isinstance(actual, dict) else None
     check(isinstance(ts, int) and not isinstance(ts, bool), f"{what}: timestamp must be an integer in {actual}")
     check(abs(ts - time.time() * 1000) < 60000, f"{what}: timestamp {ts} is not near now (ms since epoch)")
-    rest = {k: v for k, v in actual.items() if k != "timestamp"}
+    # A client frame about a group's history carries its offset and epoch (issue 14); a
+    # trigger's payload is the iii frame.
+    if "offset" in actual or "epoch" in actual:
+        check(isinstance(actual.get("offset"), int) and isinstance(actual.get("epoch"), str), f"{what}: offset and epoch in {actual}")
+    rest = {k: v for k, v in actual.items() if k not in ("timestamp", "offset", "epoch")}
     eq(rest, {"type": "stream", "streamName": stream, "groupId": group, "id": item, "event": event}, what)
 
 

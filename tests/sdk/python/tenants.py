@@ -140,7 +140,7 @@ class RawClient:
 
 
 def bare(frame: dict) -> dict:
-    return {k: v for k, v in frame.items() if k != "timestamp"}
+    return {k: v for k, v in frame.items() if k not in ("timestamp", "offset", "epoch")}
 
 
 def event(stream: str, group: str, item: str | None, ev: dict) -> dict:
