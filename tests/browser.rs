@@ -617,7 +617,6 @@ async fn example_chat_shows_messages_live() {
 /// open but sends nothing, and the page gives up on it after two missed heartbeats; once the
 /// engine runs again the page is back and sees the writes made meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the resume engine work (issue 14): heartbeat frames"]
 async fn page_notices_a_frozen_engine() {
     let dir = tempfile::tempdir().unwrap();
     let config = config_on(
