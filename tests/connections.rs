@@ -406,6 +406,12 @@ async fn a_client_that_answers_no_pings_is_closed_and_one_that_does_stays() {
     let (code, reason) = close_frame(&frames).expect("a close frame");
     assert_eq!(code, 4010);
     assert!(reason.contains("no frame or pong for 1000 ms"), "{reason}");
+    let (_, metrics) = http_get(h.client_addr, "/metrics").await;
+    assert_eq!(
+        sample(&metrics, "streamhost_idle_disconnects_total"),
+        1.0,
+        "the silent client is counted, the reading one is not"
+    );
     assert_healthy(&h, None, None).await;
     h.shutdown().await.unwrap();
 }

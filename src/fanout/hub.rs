@@ -466,7 +466,7 @@ async fn sweep_loop(shared: Weak<Shared>) {
 mod tests {
     use super::*;
     use crate::fanout::frame::EventKind;
-    use prometheus_client::metrics::counter::Counter;
+    use crate::metrics::CloseCounters;
 
     fn send(hub: &Hub, group: &str) {
         let event = StreamEvent::new("s", group, None, EventKind::Update(1.into()));
@@ -502,7 +502,7 @@ mod tests {
             size: 10,
             ttl: Duration::ZERO,
         });
-        let (outbox, _rx) = Outbox::new(8, Counter::default());
+        let (outbox, _rx) = Outbox::new(8, CloseCounters::default());
         let Joined::Held(at) = hub.subscribe("s", "g", 1, &outbox, "a", None, None) else {
             panic!("a join without a position is held");
         };
@@ -526,7 +526,7 @@ mod tests {
         let from = hub.position("s", "g");
         send(&hub, "g");
         hub.history_lost();
-        let (outbox, _rx) = Outbox::new(8, Counter::default());
+        let (outbox, _rx) = Outbox::new(8, CloseCounters::default());
         let joined = hub.subscribe("s", "g", 1, &outbox, "a", None, Some(&from));
         let Joined::Held(at) = joined else {
             panic!("recovered from a lost history");

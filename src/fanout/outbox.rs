@@ -15,9 +15,9 @@
 //! `idle_timeout`; a write stuck on such a peer ends then too.
 
 use crate::fair::Turns;
+use crate::metrics::CloseCounters;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
-use prometheus_client::metrics::counter::Counter;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
@@ -55,22 +55,25 @@ pub struct Outbox {
     /// Wakes a `send` waiting for bytes to leave the queue.
     room: Notify,
     /// Counts slow-client disconnects across the engine.
-    slow_counter: Counter,
+    counters: CloseCounters,
     /// The tenant's fan-out turns, for a client socket; a worker socket writes at once.
     turns: OnceLock<Turns>,
 }
 
 impl Outbox {
     /// A queue bounded in frames only.
-    pub fn new(capacity: usize, slow_counter: Counter) -> (Arc<Outbox>, mpsc::Receiver<Utf8Bytes>) {
-        Outbox::bounded(capacity, usize::MAX, slow_counter)
+    pub fn new(
+        capacity: usize,
+        counters: CloseCounters,
+    ) -> (Arc<Outbox>, mpsc::Receiver<Utf8Bytes>) {
+        Outbox::bounded(capacity, usize::MAX, counters)
     }
 
     /// A queue bounded in frames and in bytes.
     pub fn bounded(
         capacity: usize,
         max_bytes: usize,
-        slow_counter: Counter,
+        counters: CloseCounters,
     ) -> (Arc<Outbox>, mpsc::Receiver<Utf8Bytes>) {
         let (tx, rx) = mpsc::channel(capacity.max(1));
         let outbox = Outbox {
@@ -81,7 +84,7 @@ impl Outbox {
             max_bytes,
             queued_bytes: AtomicUsize::new(0),
             room: Notify::new(),
-            slow_counter,
+            counters,
             turns: OnceLock::new(),
         };
         (Arc::new(outbox), rx)
@@ -147,7 +150,7 @@ impl Outbox {
 
     fn close_slow(&self, reason: String) -> bool {
         if self.close(CLOSE_SLOW, reason) {
-            self.slow_counter.inc();
+            self.counters.slow.inc();
             tracing::warn!(
                 capacity = self.capacity,
                 max_bytes = self.max_bytes,
@@ -300,6 +303,7 @@ fn idle(outbox: &Outbox, timeout: Duration) {
         timeout.as_millis()
     );
     if outbox.close(CLOSE_IDLE, reason) {
+        outbox.counters.idle.inc();
         tracing::info!(
             idle_timeout_ms = timeout.as_millis() as u64,
             "closing a socket whose peer answers nothing"
@@ -414,6 +418,7 @@ pub fn read_error_close(err: &axum::Error) -> Option<(u16, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prometheus_client::metrics::counter::Counter;
 
     fn frame(len: usize) -> Utf8Bytes {
         Utf8Bytes::from("x".repeat(len))
@@ -422,7 +427,11 @@ mod tests {
     #[test]
     fn the_byte_bound_holds_at_its_limit_and_closes_one_past_it() {
         let slow = Counter::default();
-        let (outbox, mut rx) = Outbox::bounded(100, 1000, slow.clone());
+        let counters = CloseCounters {
+            slow: slow.clone(),
+            ..CloseCounters::default()
+        };
+        let (outbox, mut rx) = Outbox::bounded(100, 1000, counters);
         assert!(outbox.push(frame(500)));
         assert!(outbox.push(frame(500)), "exactly the bound fits");
         assert_eq!(outbox.queued_bytes(), 1000);
@@ -440,7 +449,7 @@ mod tests {
 
     #[test]
     fn one_frame_larger_than_the_bound_still_goes_to_an_empty_queue() {
-        let (outbox, mut rx) = Outbox::bounded(100, 1000, Counter::default());
+        let (outbox, mut rx) = Outbox::bounded(100, 1000, CloseCounters::default());
         assert!(outbox.push(frame(5000)));
         let taken = rx.try_recv().unwrap();
         outbox.taken(&taken);
@@ -451,7 +460,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_sender_waits_for_room_in_bytes_at_the_bound_and_one_past_it() {
-        let (outbox, mut rx) = Outbox::bounded(100, 1000, Counter::default());
+        let (outbox, mut rx) = Outbox::bounded(100, 1000, CloseCounters::default());
         let sent = |len| {
             let outbox = outbox.clone();
             tokio::spawn(async move { outbox.send(frame(len)).await })
@@ -476,7 +485,7 @@ mod tests {
 
     #[test]
     fn the_frame_bound_still_holds() {
-        let (outbox, _rx) = Outbox::bounded(2, usize::MAX, Counter::default());
+        let (outbox, _rx) = Outbox::bounded(2, usize::MAX, CloseCounters::default());
         assert!(outbox.push(frame(1)));
         assert!(outbox.push(frame(1)));
         assert!(!outbox.push(frame(1)));

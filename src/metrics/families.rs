@@ -50,7 +50,15 @@ pub struct Connections {
     clients: Gauge,
     workers: Gauge,
     slow_disconnects: Counter,
+    idle_disconnects: Counter,
     refused: Family<ReasonLabel, Counter>,
+}
+
+/// What a socket adds to when the engine closes it: as too slow (4008), or as dead (4010).
+#[derive(Clone, Default)]
+pub struct CloseCounters {
+    pub slow: Counter,
+    pub idle: Counter,
 }
 
 /// An open socket, counted until it is dropped.
@@ -81,6 +89,11 @@ impl Connections {
             "streamhost_slow_client_disconnects",
             "Clients closed because their send queue overflowed (close code 4008)",
             self.slow_disconnects.clone(),
+        );
+        registry.register(
+            "streamhost_idle_disconnects",
+            "Client and worker sockets closed because their peer sent nothing, not even a pong, for idle_timeout_ms (close code 4010)",
+            self.idle_disconnects.clone(),
         );
         // Every reason is shown from the start, so a zero means "none refused".
         for reason in REFUSAL_REASONS {
@@ -121,8 +134,11 @@ impl Connections {
     }
 
     /// The counter an outbox adds to when it closes its socket as too slow.
-    pub fn slow_disconnects(&self) -> Counter {
-        self.slow_disconnects.clone()
+    pub fn closes(&self) -> CloseCounters {
+        CloseCounters {
+            slow: self.slow_disconnects.clone(),
+            idle: self.idle_disconnects.clone(),
+        }
     }
 }
 

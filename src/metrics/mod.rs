@@ -15,8 +15,8 @@ pub use storage::{ReadTelemetry, Telemetry};
 pub use tenants::{MAX_TENANTS, QUOTA_NAMES, TenantCounters, TenantFamilies};
 
 pub use families::{
-    Calls, Connections, FanoutCounters, MAX_ERROR_CODES, MAX_FUNCTIONS, MAX_LABEL_BYTES, OTHER,
-    Open, REFUSAL_REASONS,
+    Calls, CloseCounters, Connections, FanoutCounters, MAX_ERROR_CODES, MAX_FUNCTIONS,
+    MAX_LABEL_BYTES, OTHER, Open, REFUSAL_REASONS,
 };
 
 use prometheus_client::encoding::prometheus_text;

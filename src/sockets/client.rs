@@ -302,7 +302,7 @@ async fn serve(
     let (outbox, rx) = Outbox::bounded(
         engine.config.send_queue_frames,
         engine.config.send_queue_bytes,
-        engine.metrics.connections.slow_disconnects(),
+        engine.metrics.connections.closes(),
     );
     outbox.take_turns(&space.fanout_turns);
     let _listed = engine.list_socket(

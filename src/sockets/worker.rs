@@ -98,8 +98,8 @@ async fn serve(engine: Arc<Engine>, admitted: Admitted, addr: SocketAddr, socket
     } = admitted;
     let worker_id = uuid::Uuid::new_v4().to_string();
     let _open = engine.metrics.connections.worker_opened();
-    let slow = engine.metrics.connections.slow_disconnects();
-    let (outbox, rx) = Outbox::bounded(WORKER_QUEUE, WORKER_QUEUE_BYTES, slow);
+    let closes = engine.metrics.connections.closes();
+    let (outbox, rx) = Outbox::bounded(WORKER_QUEUE, WORKER_QUEUE_BYTES, closes);
     let _listed = engine.list_socket(
         &space,
         Kind::Worker,

@@ -1,8 +1,8 @@
 use super::*;
-use prometheus_client::metrics::counter::Counter;
+use crate::metrics::CloseCounters;
 
 fn worker(id: &str) -> Arc<WorkerHandle> {
-    let (outbox, _rx) = Outbox::new(8, Counter::default());
+    let (outbox, _rx) = Outbox::new(8, CloseCounters::default());
     Arc::new(WorkerHandle::new(id.to_owned(), outbox))
 }
 
