@@ -142,6 +142,38 @@ async fn writes_past_the_rate_are_refused_and_change_nothing() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_ignores_retry_after_is_read_slowly_and_every_call_is_answered() {
+    // One write a second, no burst to speak of: of 41 writes sent at once, 40 are refused.
+    // After each refusal the engine reads nothing from that worker for 10 ms, so the 40
+    // refusals take at least 400 ms to be answered, however fast the worker sends.
+    let quotas = Quotas {
+        writes_per_second: Some(Rate::new(1, 1)),
+        ..Quotas::UNLIMITED
+    };
+    let (engine, a, b) = engine(quotas).await;
+    let started = Instant::now();
+    let calls = (0..41).map(|i| a.call("stream::set", set("room", &format!("p{i}"), json!(i))));
+    let results = futures_util::future::join_all(calls).await;
+    let elapsed = started.elapsed();
+    let refused: Vec<_> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    // A token may come back meanwhile: one per elapsed second.
+    let refilled = elapsed.as_secs() as usize;
+    assert!(refused.len() + refilled >= 40, "{results:?}");
+    for e in &refused {
+        assert_refused(e, "writes_per_second", true);
+    }
+    assert!(
+        elapsed >= Duration::from_millis(10) * (refused.len() as u32 - 1),
+        "{} refusals answered in {elapsed:?}: the worker was not read more slowly",
+        refused.len()
+    );
+    // The other tenant was never slowed, and the worker itself is still served.
+    beta_served(&b).await;
+    assert_eq!(a.ok("stream::get", item("room", "p0")).await, json!(0));
+    drop(engine);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_whose_fan_out_is_over_the_deliveries_quota_is_refused() {
     let quotas = Quotas {
         deliveries_per_second: Some(Rate::new(1, 3)),

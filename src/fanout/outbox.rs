@@ -198,6 +198,13 @@ pub trait Peer: Send {
         &mut self,
         msg: Result<Message, axum::Error>,
     ) -> impl Future<Output = Flow> + Send;
+
+    /// While this is in the future the socket reads nothing more from the peer (it still
+    /// writes): backpressure on a peer whose calls are being refused, so that ignoring
+    /// `retry_after_ms` costs the engine little.
+    fn read_after(&self) -> Option<Instant> {
+        None
+    }
 }
 
 /// How a socket's task finds a dead peer.
@@ -228,6 +235,7 @@ pub async fn drive(
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let dead_at = heard + keepalive.idle_timeout;
+        let paused = peer.read_after().filter(|at| *at > Instant::now());
         tokio::select! {
             biased;
             _ = outbox.wake.notified() => break,
@@ -239,7 +247,9 @@ pub async fn drive(
                 idle(&outbox, keepalive.idle_timeout);
                 break;
             }
-            msg = ws.recv() => {
+            // Wakes the loop to read again once a pause is over.
+            _ = tokio::time::sleep_until(paused.unwrap_or(dead_at)), if paused.is_some() => {}
+            msg = ws.recv(), if paused.is_none() => {
                 let Some(msg) = msg else { break };
                 heard = Instant::now();
                 if matches!(msg, Ok(Message::Close(_))) || matches!(peer.on_message(msg).await, Flow::Stop) {

@@ -25,7 +25,7 @@ use crate::error::{FnError, FnResult};
 use crate::fanout::outbox::{self, CLOSE_TOO_BIG, Flow, Outbox, Peer};
 use crate::fanout::sequence::Lines;
 use crate::functions::{Functions, streams};
-use crate::tenants::TenantId;
+use crate::tenants::{QUOTA_EXCEEDED, TenantId};
 use crate::workers::messages::{
     EngineMessage, FUNCTION_NAMESPACE_CONFLICT, INVOKE_SHAPE, Invoke, Malformed, Problem,
     RegisterTrigger, WorkerMessage,
@@ -41,6 +41,7 @@ use axum::response::Response;
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Frames queued for one worker before senders wait.
 const WORKER_QUEUE: usize = 8192;
@@ -50,6 +51,10 @@ const WORKER_QUEUE: usize = 8192;
 const WORKER_QUEUE_BYTES: usize = 64 << 20;
 /// Largest frame from a worker (the Python SDK sends up to 64 MiB).
 const MAX_WORKER_FRAME: usize = 64 << 20;
+/// The longest a worker's socket stops reading after one of its calls was refused as over
+/// quota: short enough that a worker's other calls are not held up long, long enough that a
+/// worker ignoring `retry_after_ms` gets at most a hundred refusals a second answered.
+const MAX_READ_PAUSE: Duration = Duration::from_millis(10);
 
 pub fn routes(engine: Arc<Engine>) -> Router {
     Router::new().fallback(upgrade).with_state(engine)
@@ -122,6 +127,7 @@ async fn serve(engine: Arc<Engine>, admitted: Admitted, addr: SocketAddr, socket
         tenant: tenant.id().clone(),
         worker: worker.clone(),
         lines: Lines::default(),
+        read_after: None,
     };
     outbox::drive(
         socket,
@@ -146,6 +152,8 @@ struct WorkerPeer {
     worker: Arc<WorkerHandle>,
     /// This connection's calls to each group, in the order they were read.
     lines: Lines,
+    /// After a call refused as over quota, the socket reads nothing more until then.
+    read_after: Option<tokio::time::Instant>,
 }
 
 impl Peer for WorkerPeer {
@@ -174,6 +182,10 @@ impl Peer for WorkerPeer {
         }
         Flow::Continue
     }
+
+    fn read_after(&self) -> Option<tokio::time::Instant> {
+        self.read_after
+    }
 }
 
 /// Handles one frame from a worker. It never waits: calls run in tasks of their own, so the
@@ -190,8 +202,10 @@ fn handle(peer: &mut WorkerPeer, text: &str) {
         }
         WorkerMessage::UnregisterTrigger(t) => functions.triggers.unregister(&t.id, &worker.id),
         WorkerMessage::InvokeFunction(call) => {
-            if call_namespace_ok(peer, &call) {
-                invoke(&peer.functions, &peer.worker, &mut peer.lines, call)
+            if call_namespace_ok(peer, &call)
+                && let Some(pause) = invoke(&peer.functions, &peer.worker, &mut peer.lines, call)
+            {
+                peer.read_after = Some(tokio::time::Instant::now() + pause);
             }
         }
         WorkerMessage::InvocationResult(r) => {
@@ -376,7 +390,16 @@ fn call_namespace_ok(peer: &WorkerPeer, call: &Invoke) -> bool {
 /// call is admitted first, without waiting: a refused one (`quota_exceeded` for pending
 /// invocations) is answered at once and costs no task. A call admitted to a group takes its
 /// place in the group's line now, as it is read; it waits there without a turn.
-fn invoke(functions: &Arc<Functions>, worker: &Arc<WorkerHandle>, lines: &mut Lines, call: Invoke) {
+///
+/// Returns how long to stop reading from the worker when the call was refused as over
+/// quota: its next frames would most likely be refused too, and a worker that ignores
+/// `retry_after_ms` must not make the engine spend its time refusing.
+fn invoke(
+    functions: &Arc<Functions>,
+    worker: &Arc<WorkerHandle>,
+    lines: &mut Lines,
+    call: Invoke,
+) -> Option<Duration> {
     let group = streams::group_of(&call.function_id, &call.data)
         .map(|(stream, group)| lines.key(stream, group));
     // The SDKs announce themselves with this call; it is for logs, and answers nothing.
@@ -408,6 +431,8 @@ fn invoke(functions: &Arc<Functions>, worker: &Arc<WorkerHandle>, lines: &mut Li
             );
         }
         Err(e) => {
+            let pause = (e.code == QUOTA_EXCEEDED)
+                .then(|| Duration::from_millis(e.retry_after_ms.unwrap_or(0)).min(MAX_READ_PAUSE));
             if let Some(invocation_id) = invocation_id {
                 let invocation_id = Value::String(invocation_id);
                 let reply = EngineMessage::InvocationResult {
@@ -418,8 +443,10 @@ fn invoke(functions: &Arc<Functions>, worker: &Arc<WorkerHandle>, lines: &mut Li
                 };
                 worker.push(reply.encode());
             }
+            return pause;
         }
     }
+    None
 }
 
 /// Sends a call's answer to the worker that made it; a call without an id is only logged.
