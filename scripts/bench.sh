@@ -11,7 +11,7 @@
 #                                          (AOF with appendfsync always, or no persistence) under
 #                                          redis-benchmark at the same pipelining; prints the ratio
 #
-# Scenarios: fanout-1000 fanout-8000 groups-8000 idle-8000 burst paced-1000 paced-8000
+# Scenarios: fanout-1000 fanout-8000 groups-8000 idle-8000 burst paced-1000 paced-8000 storm-8000
 #            writes-memory writes-durable
 # Results: bench-results/<target>-<scenario>.json and a table at the end.
 set -euo pipefail
@@ -31,7 +31,7 @@ while [ $# -gt 0 ]; do
     *) scenarios+=("$arg") ;;
   esac
 done
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(fanout-1000 fanout-8000 groups-8000 idle-8000 burst paced-1000 paced-8000 writes-memory writes-durable)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(fanout-1000 fanout-8000 groups-8000 idle-8000 burst paced-1000 paced-8000 storm-8000 writes-memory writes-durable)
 
 target_dir="${CARGO_TARGET_DIR:-target}"
 echo "== building (release)"
@@ -66,6 +66,8 @@ options() {  # the load generator's options for a scenario
     burst)          echo "--subscribers 100 --events 2000 --pause-ms 1000" ;;
     paced-1000)     echo "--subscribers 1000 --events 400 --rate 40" ;;
     paced-8000)     echo "--subscribers 8000 --events 5 --rate 1" ;;
+    # A reconnect storm: 5 s into 40 sends/s, all 8,000 drop and rejoin from their offsets.
+    storm-8000)     echo "--subscribers 8000 --events 600 --rate 40 --storm-after 5" ;;
     # 4 connections with 1,024 calls in flight each, 100-byte values: what redis_run gives Redis.
     writes-memory|writes-durable) echo "--subscribers 0 --function set --events 200000 --window 1024 --workers 4" ;;
     *) echo "unknown scenario $1" >&2; exit 2 ;;

@@ -284,3 +284,43 @@ fn discarding_subscribers_stay_connected_and_deliveries_are_estimated_from_acks(
         "{r}"
     );
 }
+
+#[test]
+fn a_reconnect_storm_recovers_every_event_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = EngineProcess::spawn(&write_config(
+        dir.path(),
+        "{ name: kv, config: { store_method: in_memory } }",
+    ));
+    // 300 sends at 100/s; one second in, all 30 subscribers drop and rejoin from their offset.
+    let r = run_load(
+        &engine,
+        &[
+            "--subscribers",
+            "30",
+            "--events",
+            "300",
+            "--rate",
+            "100",
+            "--storm-after",
+            "1",
+        ],
+    );
+    let storm = &r["storm"];
+    assert_eq!(storm["clients"], 30, "{r}");
+    assert_eq!(storm["recovered"], 30, "every subscriber recovered: {r}");
+    assert_eq!(
+        (
+            storm["not_recovered"].as_u64(),
+            storm["rejoin_failed"].as_u64()
+        ),
+        (Some(0), Some(0)),
+        "{r}"
+    );
+    assert_eq!(r["delivered"], 30 * 300, "{r}");
+    assert_eq!(
+        (r["lost"].as_u64(), r["duplicated"].as_u64()),
+        (Some(0), Some(0)),
+        "{r}"
+    );
+}
