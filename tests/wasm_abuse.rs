@@ -349,7 +349,8 @@ async fn cpu_time_is_capped_per_tenant() {
 }
 
 /// Calls queue for one adapter's instance no longer than one call's deadline: behind two
-/// spinning calls, a third fails with `adapter_timeout` rather than waiting for both.
+/// spinning calls, a third fails with `adapter_timeout` rather than waiting for both. Each
+/// call comes from its own worker: one worker's calls to a group run in the order sent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_do_not_queue_past_a_deadline_behind_a_hog() {
     let engine = start(test_config()).await;
@@ -357,14 +358,23 @@ async fn calls_do_not_queue_past_a_deadline_behind_a_hog() {
     bind(&w, "hog", json!({}), json!({"timeout_ms": 1000}))
         .await
         .unwrap();
-    let later = async |ms: u64, item: &'static str| {
+    let mut callers = Vec::new();
+    for _ in 0..3 {
+        callers.push(RawWorker::connect(engine.worker_addr).await);
+    }
+    let later = async |n: usize, ms: u64, item: &'static str| {
         tokio::time::sleep(Duration::from_millis(ms)).await;
         let t = Instant::now();
-        let r = w.call("stream::set", set("hog", "g", item, json!(1))).await;
+        let r = callers[n]
+            .call("stream::set", set("hog", "g", item, json!(1)))
+            .await;
         (r, t.elapsed())
     };
-    let ((a, _), (b, _), (c, waited)) =
-        tokio::join!(later(0, "loop"), later(100, "loop"), later(200, "fine"));
+    let ((a, _), (b, _), (c, waited)) = tokio::join!(
+        later(0, 0, "loop"),
+        later(1, 100, "loop"),
+        later(2, 200, "fine")
+    );
     assert_eq!(code(&a.unwrap_err()), "adapter_timeout");
     assert_eq!(code(&b.unwrap_err()), "adapter_timeout");
     let e = c.unwrap_err();
