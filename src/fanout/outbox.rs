@@ -248,7 +248,7 @@ pub async fn drive(
                 break;
             }
             // Wakes the loop to read again once a pause is over.
-            _ = tokio::time::sleep_until(paused.unwrap_or(dead_at)), if paused.is_some() => {}
+            _ = pause_over(paused), if paused.is_some() => {}
             msg = ws.recv(), if paused.is_none() => {
                 let Some(msg) = msg else { break };
                 heard = Instant::now();
@@ -304,6 +304,14 @@ pub async fn drive(
         ws.close().await
     })
     .await;
+}
+
+/// Resolves at `at`. An async fn, so that building it (select! builds every branch's future
+/// on every turn of a socket's loop, the disabled ones too) costs no timer until polled.
+async fn pause_over(at: Option<Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at).await;
+    }
 }
 
 /// Asks for the close of a peer that has been silent for `timeout`.
