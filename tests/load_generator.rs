@@ -50,13 +50,19 @@ fn run_load(engine: &EngineProcess, args: &[&str]) -> Value {
     serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap()
 }
 
-#[test]
-fn counts_every_delivery_and_measures_latency_and_memory() {
+/// An engine process on an in-memory store; the directory holds its config.
+fn memory_engine() -> (tempfile::TempDir, EngineProcess) {
     let dir = tempfile::tempdir().unwrap();
     let engine = EngineProcess::spawn(&write_config(
         dir.path(),
         "{ name: kv, config: { store_method: in_memory } }",
     ));
+    (dir, engine)
+}
+
+#[test]
+fn counts_every_delivery_and_measures_latency_and_memory() {
+    let (_dir, engine) = memory_engine();
     let r = run_load(
         &engine,
         &[
@@ -254,11 +260,7 @@ fn tenants_time_bounded_runs_and_errors_by_code() {
 
 #[test]
 fn discarding_subscribers_stay_connected_and_deliveries_are_estimated_from_acks() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = EngineProcess::spawn(&write_config(
-        dir.path(),
-        "{ name: kv, config: { store_method: in_memory } }",
-    ));
+    let (_dir, engine) = memory_engine();
     let r = run_load(
         &engine,
         &[
@@ -287,11 +289,7 @@ fn discarding_subscribers_stay_connected_and_deliveries_are_estimated_from_acks(
 
 #[test]
 fn a_reconnect_storm_recovers_every_event_once() {
-    let dir = tempfile::tempdir().unwrap();
-    let engine = EngineProcess::spawn(&write_config(
-        dir.path(),
-        "{ name: kv, config: { store_method: in_memory } }",
-    ));
+    let (_dir, engine) = memory_engine();
     // 300 sends at 100/s; one second in, all 30 subscribers drop and rejoin from their offset.
     let r = run_load(
         &engine,
