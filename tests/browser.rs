@@ -248,17 +248,23 @@ async fn page_connects_with_a_token() {
     assert!(hello.query.contains("token=tok+456"), "{}", hello.query);
 }
 
-/// A group's items written across a restart of the engine (Redis keeps them): the page
-/// reconnects by itself and ends with `stream::list`'s state. Works without offsets: the
-/// client takes the fresh `sync` of its new join.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn page_state_survives_an_engine_restart() {
+/// An engine on a Redis of its own (so that a restart keeps the items), a worker, and a page
+/// that has started the client, reconnecting quickly, and joined `chat/room-1`.
+struct OnRedis {
+    _redis: Redis,
+    _dir: tempfile::TempDir,
+    config: std::path::PathBuf,
+    engine: EngineProcess,
+    worker: RawWorker,
+    page: Browser,
+}
+
+async fn page_on_redis() -> OnRedis {
     let redis = Redis::start();
     let dir = tempfile::tempdir().unwrap();
     let config = config_on(dir.path(), free_port(), 500, &redis.adapter());
-    let mut engine = EngineProcess::spawn(&config);
-    let mut worker = RawWorker::connect(engine.worker_addr).await;
-
+    let engine = EngineProcess::spawn(&config);
+    let worker = RawWorker::connect(engine.worker_addr).await;
     let mut page = Browser::launch().await;
     let url = format!("ws://{}", engine.client_addr);
     page.eval(&format!(
@@ -266,6 +272,29 @@ async fn page_state_survives_an_engine_restart() {
     ))
     .await;
     page.eval("t.group('chat', 'room-1')").await;
+    OnRedis {
+        _redis: redis,
+        _dir: dir,
+        config,
+        engine,
+        worker,
+        page,
+    }
+}
+
+/// A group's items written across a restart of the engine (Redis keeps them): the page
+/// reconnects by itself and ends with `stream::list`'s state. Works without offsets: the
+/// client takes the fresh `sync` of its new join.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn page_state_survives_an_engine_restart() {
+    let OnRedis {
+        _redis,
+        _dir,
+        config,
+        mut engine,
+        mut worker,
+        mut page,
+    } = page_on_redis().await;
     page.wait_for(VIEW, "the first sync", |v| v["ready"] == true)
         .await;
 
@@ -317,19 +346,14 @@ async fn page_state_survives_an_engine_restart() {
 #[ignore = "needs the resume engine work (issue 14)"]
 async fn every_event_once_across_an_engine_restart() {
     const N: u64 = 200;
-    let redis = Redis::start();
-    let dir = tempfile::tempdir().unwrap();
-    let config = config_on(dir.path(), free_port(), 500, &redis.adapter());
-    let mut engine = EngineProcess::spawn(&config);
-    let mut worker = RawWorker::connect(engine.worker_addr).await;
-
-    let mut page = Browser::launch().await;
-    let url = format!("ws://{}", engine.client_addr);
-    page.eval(&format!(
-        "t.start({url:?}, {{reconnect: {{initialDelayMs: 100, maxDelayMs: 1000}}}})"
-    ))
-    .await;
-    page.eval("t.group('chat', 'room-1')").await;
+    let OnRedis {
+        _redis,
+        _dir,
+        config,
+        mut engine,
+        mut worker,
+        mut page,
+    } = page_on_redis().await;
     let first = page
         .wait_for(VIEW, "the first sync", |v| v["ready"] == true)
         .await;
