@@ -153,8 +153,9 @@ pub fn measure(v: &Value) -> (usize, usize) {
 
 impl ValueLimits {
     /// Refuses a value deeper or larger than the limits; `what` names it in the message
-    /// ("stream::set data", "the result of the update").
-    pub fn check(&self, what: impl std::fmt::Display, v: &Value) -> Result<(), FnError> {
+    /// ("stream::set data", "the result of the update"). A value within them is measured on
+    /// the way: its encoded size is returned, so that callers need not walk it again.
+    pub fn check(&self, what: impl std::fmt::Display, v: &Value) -> Result<usize, FnError> {
         let mut meter = Meter {
             max_depth: self.max_value_depth,
             max_bytes: self.max_item_bytes,
@@ -162,7 +163,7 @@ impl ValueLimits {
             bytes: 0,
         };
         let Err(over) = meter.walk(v, 0) else {
-            return Ok(());
+            return Ok(meter.bytes);
         };
         let (depth, bytes) = measure(v);
         Err(match over {

@@ -4,6 +4,7 @@
 //! (`offset` and `epoch`, see `history`), which the hub assigns as it sends them; clients of
 //! the iii protocol ignore the extra fields.
 
+use serde::Serialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -61,13 +62,11 @@ impl StreamEvent {
     /// The frame at `position` in its group's history; `recovered` is set on a resuming
     /// join's `sync` (false).
     pub fn encode_at(&self, position: &Position, recovered: Option<bool>) -> String {
-        let mut frame = self.to_value();
-        frame["offset"] = json!(position.offset);
-        frame["epoch"] = json!(&*position.epoch);
-        if let Some(recovered) = recovered {
-            frame["recovered"] = json!(recovered);
-        }
-        frame.to_string()
+        let mut frame = self.frame();
+        frame.offset = Some(position.offset);
+        frame.epoch = Some(&position.epoch);
+        frame.recovered = recovered;
+        serde_json::to_string(&frame).expect("a frame of JSON values always serializes")
     }
 
     /// The marker that opens a recovery: `missed` events after `from` follow it.
@@ -92,29 +91,35 @@ impl StreamEvent {
         .to_string()
     }
 
-    fn event_body(&self) -> Value {
-        match &self.kind {
-            EventKind::Sync(d) => json!({"type": "sync", "data": d}),
-            EventKind::Create(d) => json!({"type": "create", "data": d}),
-            EventKind::Update(d) => json!({"type": "update", "data": d}),
-            EventKind::Delete(d) => json!({"type": "delete", "data": d}),
-            EventKind::Custom { name, data } => {
-                json!({"type": "event", "event": {"type": name, "data": data}})
-            }
-            EventKind::Unauthorized => json!({"type": "unauthorized"}),
+    /// The frame's parts, borrowed: encoding writes them out directly, without building a
+    /// `Value` (a copy of the data) first.
+    fn frame(&self) -> Frame<'_> {
+        let event = match &self.kind {
+            EventKind::Sync(data) => Body::Sync { data },
+            EventKind::Create(data) => Body::Create { data },
+            EventKind::Update(data) => Body::Update { data },
+            EventKind::Delete(data) => Body::Delete { data },
+            EventKind::Custom { name, data } => Body::Event {
+                event: Custom { kind: name, data },
+            },
+            EventKind::Unauthorized => Body::Unauthorized,
+        };
+        Frame {
+            kind: "stream",
+            timestamp: self.timestamp,
+            stream_name: &self.stream_name,
+            group_id: &self.group_id,
+            id: self.id.as_deref(),
+            event,
+            offset: None,
+            epoch: None,
+            recovered: None,
         }
     }
 
     /// The frame as JSON, also the payload given to `stream` triggers.
     pub fn to_value(&self) -> Value {
-        json!({
-            "type": "stream",
-            "timestamp": self.timestamp,
-            "streamName": self.stream_name,
-            "groupId": self.group_id,
-            "id": self.id,
-            "event": self.event_body(),
-        })
+        serde_json::to_value(self.frame()).expect("a frame of JSON values always serializes")
     }
 
     /// Reads a server frame back (from another node); None when it is not one.
@@ -153,8 +158,48 @@ impl StreamEvent {
 
     /// The frame as text, encoded once and shared by every subscriber.
     pub fn encode(&self) -> String {
-        self.to_value().to_string()
+        serde_json::to_string(&self.frame()).expect("a frame of JSON values always serializes")
     }
+}
+
+/// A server frame, fields in the order iii writes them; the history's fields last.
+#[derive(Serialize)]
+struct Frame<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    timestamp: u64,
+    #[serde(rename = "streamName")]
+    stream_name: &'a str,
+    #[serde(rename = "groupId")]
+    group_id: &'a str,
+    id: Option<&'a str>,
+    event: Body<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    offset: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    epoch: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    recovered: Option<bool>,
+}
+
+/// The frame's `event`: `{"type": kind, ...}`.
+#[derive(Serialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+enum Body<'a> {
+    Sync { data: &'a Value },
+    Create { data: &'a Value },
+    Update { data: &'a Value },
+    Delete { data: &'a Value },
+    Event { event: Custom<'a> },
+    Unauthorized,
+}
+
+/// A `stream::send` event inside the frame's `event`.
+#[derive(Serialize)]
+struct Custom<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    data: &'a Value,
 }
 
 /// A frame already sent, marked as sent again in a recovery (`"recovered":true`). Every
@@ -192,6 +237,34 @@ mod tests {
             assert_eq!(back.to_value(), event.to_value());
         }
         assert!(StreamEvent::from_value(&json!({"type": "other"})).is_none());
+    }
+
+    #[test]
+    fn frames_are_written_in_iii_field_order_with_the_history_fields_last() {
+        let mut event = StreamEvent::new(
+            "s",
+            "g",
+            None,
+            EventKind::Custom {
+                name: "typing".into(),
+                data: json!({"b": 1, "a": [true]}),
+            },
+        );
+        event.timestamp = 7;
+        let at = Position {
+            offset: 3,
+            epoch: "e1".into(),
+        };
+        assert_eq!(
+            event.encode_at(&at, Some(false)),
+            r#"{"type":"stream","timestamp":7,"streamName":"s","groupId":"g","id":null,"event":{"type":"event","event":{"type":"typing","data":{"b":1,"a":[true]}}},"offset":3,"epoch":"e1","recovered":false}"#
+        );
+        event.kind = EventKind::Delete(json!("x"));
+        event.id = Some("i".into());
+        assert_eq!(
+            event.encode(),
+            r#"{"type":"stream","timestamp":7,"streamName":"s","groupId":"g","id":"i","event":{"type":"delete","data":"x"}}"#
+        );
     }
 
     #[test]

@@ -42,9 +42,8 @@ pub fn size(value: &Value) -> u64 {
 
 /// Refuses a value past the tenant's `item_bytes` (the engine's own limit is checked first,
 /// with its own error).
-pub fn item_bytes(functions: &Functions, what: &str, value: &Value) -> Result<(), FnError> {
+pub fn item_bytes(functions: &Functions, what: &str, bytes: u64) -> Result<(), FnError> {
     let quota = functions.quotas.item_bytes();
-    let bytes = size(value);
     if bytes <= quota {
         return Ok(());
     }

@@ -169,20 +169,26 @@ async fn emit_write(
 }
 
 async fn set(functions: &Arc<Functions>, p: SetPayload) -> FnResult {
-    functions
+    // One walk of the value measures it for the limits, the quota and the reservation.
+    let bytes = functions
         .value_limits()
-        .check("stream::set data", &p.data)?;
-    admit::item_bytes(functions, "stream::set data", &p.data)?;
-    let reserved = Reserved::take(functions, admit::size(&p.data), "stream::set data")?;
+        .check("stream::set data", &p.data)? as u64;
+    admit::item_bytes(functions, "stream::set data", bytes)?;
+    let reserved = Reserved::take(functions, bytes, "stream::set data")?;
     admit::write(functions, &p.stream_name, &p.group_id, Some(&p.item_id))?;
+    let storage = storage_for(functions, &p.stream_name);
+    // The engine's store keeps the value it is given, already measured; a worker's stream
+    // may store something else.
+    let keeps_data = storage.name().starts_with("kv_");
     let Stored {
         value: (old, new),
         mut order,
-    } = storage_for(functions, &p.stream_name)
+    } = storage
         .write(&p.stream_name, &p.group_id, &p.item_id, p.data)
         .await
         .map_err(|e| FnError::storage("STREAM_SET_ERROR", e))?;
-    reserved.settle(admit::size(&new), old.as_ref().map_or(0, admit::size));
+    let new_bytes = if keeps_data { bytes } else { admit::size(&new) };
+    reserved.settle(new_bytes, old.as_ref().map_or(0, admit::size));
     sequence::before_emit().await;
     order.ready().await;
     emit_write(
@@ -272,10 +278,10 @@ async fn list_all(functions: &Arc<Functions>) -> FnResult {
 }
 
 async fn send(functions: &Arc<Functions>, p: SendPayload) -> FnResult {
-    functions
+    let bytes = functions
         .value_limits()
-        .check("stream::send data", &p.data)?;
-    admit::item_bytes(functions, "stream::send data", &p.data)?;
+        .check("stream::send data", &p.data)? as u64;
+    admit::item_bytes(functions, "stream::send data", bytes)?;
     admit::write(functions, &p.stream_name, &p.group_id, p.id.as_deref())?;
     let kind = EventKind::Custom {
         name: p.event_type,

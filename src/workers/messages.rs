@@ -121,8 +121,38 @@ pub enum Problem {
 /// How an `invokefunction` must look, for the answer to a malformed one.
 pub const INVOKE_SHAPE: &str = r#"expected {"type":"invokefunction","invocation_id"?:string,"function_id":string,"data":any,"metadata"?:any,"namespace"?:string}"#;
 
+/// A call as a flat struct: the one frame a busy worker sends thousands of a second is read
+/// in one pass, where the tagged enum would first copy it whole into serde's buffer. Any frame
+/// it does not fit exactly (another `type`, a duplicate key, a field of another type) goes to
+/// the enum.
+#[derive(Deserialize)]
+struct InvokeFrame<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    #[serde(default)]
+    invocation_id: Option<String>,
+    function_id: String,
+    #[serde(default)]
+    data: Value,
+    #[serde(default)]
+    metadata: Option<Value>,
+    #[serde(default)]
+    namespace: Option<String>,
+}
+
 impl WorkerMessage {
     pub fn parse(text: &str) -> WorkerMessage {
+        if let Ok(call) = serde_json::from_str::<InvokeFrame>(text)
+            && call.kind == "invokefunction"
+        {
+            return WorkerMessage::InvokeFunction(Invoke {
+                invocation_id: call.invocation_id,
+                function_id: call.function_id,
+                data: call.data,
+                metadata: call.metadata,
+                namespace: call.namespace,
+            });
+        }
         serde_json::from_str(text).unwrap_or_else(|_| Self::reparse(text))
     }
 
