@@ -285,3 +285,34 @@ async fn a_tenant_sees_only_its_own_members_named_by_token_sub() {
     nothing_before_the_next_event(&workers[1], &mut clients[1].0, "chat", "room").await;
     engine.shutdown().await.unwrap();
 }
+
+/// The JS client (`clients/js`) under Node 20's WebSocket: `members` and `onPresence`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_js_client_keeps_members_and_calls_on_presence() {
+    let engine = start(with_presence(r#"{ streams: ["chat"] }"#)).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/clients/js/test/presence.mjs");
+    let url = format!("ws://{}", engine.client_addr);
+    let run = move || {
+        std::process::Command::new("node")
+            .args(["--experimental-websocket", script, &url])
+            .output()
+    };
+    let out = tokio::task::spawn_blocking(run)
+        .await
+        .unwrap()
+        .expect("node runs (Node 20 or later, as the browser tests need)");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: Value = serde_json::from_str(stdout.trim()).expect("one JSON line");
+    assert_eq!(
+        seen["seen"],
+        json!(["ann:snapshot:", "ann:join:bob", "ann:leave:bob"])
+    );
+    assert_eq!(seen["bobNames"], json!(["ann", "bob"]));
+    assert_eq!(seen["annNames"], json!(["ann"]));
+    engine.shutdown().await.unwrap();
+}
