@@ -316,3 +316,30 @@ async fn the_js_client_keeps_members_and_calls_on_presence() {
     assert_eq!(seen["annNames"], json!(["ann"]));
     engine.shutdown().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejoin_of_the_same_group_keeps_the_member_and_one_to_another_group_leaves() {
+    let engine = start(with_presence(r#"{ streams: ["chat"] }"#)).await;
+    let w = RawWorker::connect(engine.worker_addr).await;
+    let mut watcher = Client::connect(engine.client_addr, "/").await;
+    join(&mut watcher, "w", "chat", "g", json!({"presence": true})).await;
+    presence(&mut watcher).await;
+    let mut c = Client::connect(engine.client_addr, "/").await;
+    join(&mut c, "s", "chat", "g", json!({})).await;
+    let joined = presence(&mut watcher).await["member"].clone();
+    // The same subscription id joins the same group again (a resync): no leave, no join.
+    join(&mut c, "s", "chat", "g", json!({"presence": true})).await;
+    let snap = presence(&mut c).await;
+    assert_eq!(snap["count"], 2, "{snap}");
+    nothing_before_the_next_event(&w, &mut watcher, "chat", "g").await;
+    assert_eq!(c.next().await["event"]["type"], "event", "still subscribed");
+    // The same id moved to another group: it left this one.
+    join(&mut c, "s", "chat", "h", json!({})).await;
+    let left = presence(&mut watcher).await;
+    assert_eq!(
+        (&left["action"], &left["member"]),
+        (&json!("leave"), &joined)
+    );
+    assert_eq!(members(&w, "chat", "h").await["count"], 1);
+    engine.shutdown().await.unwrap();
+}

@@ -357,7 +357,7 @@ impl Hub {
         conn: ConnId,
         sub_id: &str,
         watch: bool,
-        member: impl FnOnce() -> serde_json::Value,
+        member: impl FnOnce() -> Arc<str>,
     ) {
         let rules = self.presence.read().unwrap().clone();
         if !rules.enabled(stream) {
@@ -365,14 +365,13 @@ impl Hub {
         }
         self.shared.with_group(stream, group, |g| {
             if let Some(joined) = g.roster.join(conn, member, rules.max_members) {
-                let data = serde_json::json!({"action": "join", "member": joined});
-                tell(g, &presence::frame(stream, group, data));
+                let data = presence::change_data("join", &joined);
+                tell(g, &presence::frame(stream, group, &data));
             }
             g.roster.watch(conn, sub_id, watch);
             if let (true, Some(sub)) = (watch, g.subs.get_mut(&conn)) {
-                let mut data = g.roster.snapshot();
-                data["action"] = "snapshot".into();
-                sub.deliver(presence::frame(stream, group, data));
+                let data = g.roster.snapshot("snapshot");
+                sub.deliver(presence::frame(stream, group, &data));
             }
         });
     }
@@ -383,11 +382,18 @@ impl Hub {
             return None;
         }
         let groups = self.shared.groups.read().unwrap();
-        let snapshot = groups
+        let listed = groups
             .get(stream)
             .and_then(|g| g.get(group))
-            .map(|g| g.lock().unwrap().roster.snapshot());
-        Some(snapshot.unwrap_or_else(|| serde_json::json!({"members": [], "count": 0})))
+            .map(|g| g.lock().unwrap().roster.snapshot("list"));
+        let mut listed: serde_json::Value = match listed {
+            Some(json) => serde_json::from_str(&json).expect("a roster encodes valid JSON"),
+            None => serde_json::json!({"members": [], "count": 0}),
+        };
+        if let Some(o) = listed.as_object_mut() {
+            o.remove("action");
+        }
+        Some(listed)
     }
 
     /// Removes one subscription. A group left with no subscriber keeps its offset and
@@ -409,8 +415,8 @@ impl Hub {
                 g.subs.remove(&conn);
                 let max = self.presence.read().unwrap().max_members;
                 for (action, member) in g.roster.leave(conn, max) {
-                    let data = serde_json::json!({"action": action, "member": member});
-                    tell(g, &presence::frame(stream, group, data));
+                    let data = presence::change_data(action, &member);
+                    tell(g, &presence::frame(stream, group, &data));
                 }
             }
         }

@@ -522,7 +522,11 @@ impl Client {
             self.outbox.push(Utf8Bytes::from(event.encode()));
             return;
         }
-        if let Some(old) = self.subs.remove(&sub.subscription_id) {
+        // A join that replaces a subscription of the same group is replaced in place by the
+        // hub (by id), so its presence does not flicker out and back in.
+        let moved =
+            |old: &JoinData| (&old.stream_name, &old.group_id) != (&sub.stream_name, &sub.group_id);
+        if let Some(old) = self.subs.remove(&sub.subscription_id).filter(moved) {
             space.hub.unsubscribe(
                 &old.stream_name,
                 &old.group_id,
