@@ -343,3 +343,23 @@ async fn a_rejoin_of_the_same_group_keeps_the_member_and_one_to_another_group_le
     assert_eq!(members(&w, "chat", "h").await["count"], 1);
     engine.shutdown().await.unwrap();
 }
+
+#[test]
+fn max_members_is_refused_past_its_hard_maximum_at_load() {
+    let at = "workers:\n  - name: iii-stream\n    config: { presence: { streams: [chat], max_members: 10000 } }\n";
+    assert_eq!(
+        Config::parse(at).unwrap().presence.max_members,
+        Some(10_000)
+    );
+    let over = at.replace("10000", "10001");
+    let err = format!("{:#}", Config::parse(&over).unwrap_err());
+    assert!(
+        err.contains("max_members 10001") && err.contains("10000"),
+        "{err}"
+    );
+    let typo = at.replace("max_members", "max_member");
+    assert!(Config::parse(&typo).is_err(), "an unknown key is refused");
+    let tenant = "tenants:\n  - id: t\n    presence: { max_members: 10001 }\n";
+    let err = format!("{:#}", Config::parse(tenant).unwrap_err());
+    assert!(err.contains("tenant `t`, presence"), "{err}");
+}

@@ -359,12 +359,15 @@ impl Hub {
         watch: bool,
         member: impl FnOnce() -> Arc<str>,
     ) {
-        let rules = self.presence.read().unwrap().clone();
-        if !rules.enabled(stream) {
-            return;
-        }
+        let max = {
+            let rules = self.presence.read().unwrap();
+            if !rules.enabled(stream) {
+                return;
+            }
+            rules.max_members
+        };
         self.shared.with_group(stream, group, |g| {
-            if let Some(joined) = g.roster.join(conn, member, rules.max_members) {
+            if let Some(joined) = g.roster.join(conn, member, max) {
                 let data = presence::change_data("join", &joined);
                 tell(g, &presence::frame(stream, group, &data));
             }
