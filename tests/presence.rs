@@ -363,3 +363,28 @@ fn max_members_is_refused_past_its_hard_maximum_at_load() {
     let err = format!("{:#}", Config::parse(tenant).unwrap_err());
     assert!(err.contains("tenant `t`, presence"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_is_one_member_and_gets_each_frame_once_however_many_subscriptions() {
+    let engine = start(with_presence(r#"{ streams: ["chat"] }"#)).await;
+    let w = RawWorker::connect(engine.worker_addr).await;
+    let mut c = Client::connect(engine.client_addr, "/").await;
+    join(&mut c, "group", "chat", "g", json!({"presence": true})).await;
+    presence(&mut c).await;
+    let item = json!({"presence": true, "id": "i1"});
+    join(&mut c, "item", "chat", "g", item).await;
+    let snap = presence(&mut c).await;
+    assert_eq!(snap["count"], 1, "one connection, one member: {snap}");
+    let mut other = Client::connect(engine.client_addr, "/").await;
+    join(&mut other, "s", "chat", "g", json!({})).await;
+    assert_eq!(presence(&mut c).await["action"], "join");
+    nothing_before_the_next_event(&w, &mut c, "chat", "g").await;
+    // Leaving the group subscription keeps the member (the item one is still there), and
+    // the item subscription alone still gets the frames.
+    c.send_json(json!({"type": "leave", "data": {"subscriptionId": "group", "streamName": "chat", "groupId": "g"}}))
+        .await;
+    drop(other);
+    assert_eq!(presence(&mut c).await["action"], "leave");
+    assert_eq!(members(&w, "chat", "g").await["count"], 1);
+    engine.shutdown().await.unwrap();
+}
