@@ -96,6 +96,9 @@ pub struct Config {
     pub max_connections: Option<usize>,
     /// Each group's history for clients that resume (`history: {size, ttl_ms}`).
     pub history: crate::fanout::history::HistoryConfig,
+    /// The streams that keep presence, and how many members a group lists
+    /// (`presence: {streams, max_members}`).
+    pub presence: crate::fanout::presence::PresenceConfig,
 }
 
 /// How long a socket may take to send its upgrade request, and how a quiet peer is found dead.
@@ -170,6 +173,7 @@ impl Default for Config {
             send_queue_bytes: 16 << 20,
             max_connections: None,
             history: Default::default(),
+            presence: Default::default(),
         }
     }
 }
@@ -275,6 +279,14 @@ impl Config {
                             )?;
                         history.validate()?;
                         self.history = history;
+                    }
+                    "presence" => {
+                        let presence: crate::fanout::presence::PresenceConfig =
+                            serde_yaml_ng::from_value(value.clone()).with_context(
+                                || "`presence` is `{ streams: [PATTERN, ...], max_members: N }`",
+                            )?;
+                        presence.validate()?;
+                        self.presence = presence;
                     }
                     "max_value_depth" | "max_item_bytes" | "max_update_ops" => {
                         self.value_limits.configure(key, number(value, key)?)?

@@ -67,6 +67,7 @@ impl Engine {
             fanout_in_flight: config.fanout_in_flight_per_tenant,
             wasm_cache_dir: config.wasm_cache_dir.clone(),
             history: config.history.over(Default::default()),
+            presence: config.presence.over(&Default::default()),
         };
         let mut spaces = HashMap::new();
         for tenant in tenants.list() {

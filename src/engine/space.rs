@@ -11,6 +11,7 @@ use crate::fanout::frame::{EventKind, StreamEvent};
 use crate::fanout::history::Bounds;
 use crate::fanout::hub::Hub;
 use crate::fanout::outbox::Outbox;
+use crate::fanout::presence::PresenceRules;
 use crate::functions::{Functions, Parts};
 use crate::limits::ValueLimits;
 use crate::metrics::{FanoutCounters, Metrics, TenantCounters};
@@ -42,6 +43,8 @@ pub struct Settings {
     pub wasm_cache_dir: Option<PathBuf>,
     /// Each group's history, unless the tenant says otherwise.
     pub history: Bounds,
+    /// Which streams keep presence, unless the tenant says otherwise.
+    pub presence: PresenceRules,
 }
 
 pub struct Space {
@@ -57,6 +60,8 @@ pub struct Space {
     counters: TenantCounters,
     /// The engine's history bounds, which a tenant's `history` overrides.
     history: Bounds,
+    /// The engine's presence rules, which a tenant's `presence` overrides.
+    presence: PresenceRules,
 }
 
 /// Which socket a connection came in on.
@@ -152,6 +157,7 @@ impl Space {
             next_socket: AtomicU64::new(1),
             counters,
             history: settings.history,
+            presence: settings.presence.clone(),
         });
         space.listen_to_bus();
         space
@@ -164,6 +170,8 @@ impl Space {
         self.functions.quotas.set(&tenant.quotas);
         let history = tenant.history.unwrap_or_default();
         self.hub.set_history(history.over(self.history));
+        let presence = tenant.presence.clone().unwrap_or_default();
+        self.hub.set_presence(presence.over(&self.presence));
     }
 
     /// Counts what the tenant's store already holds against its `stored_bytes` quota

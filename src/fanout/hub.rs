@@ -20,6 +20,7 @@
 use crate::fanout::frame::{Position, StreamEvent, mark_recovered};
 use crate::fanout::history::{Bounds, Log};
 use crate::fanout::outbox::Outbox;
+use crate::fanout::presence::{self, PresenceRules, Roster};
 use crate::metrics::FanoutCounters;
 use axum::extract::ws::Utf8Bytes;
 use std::collections::HashMap;
@@ -66,6 +67,8 @@ struct Group {
     offset: u64,
     log: Log,
     subs: HashMap<ConnId, Subscriber>,
+    /// Who is here, on a stream that keeps presence (see `presence`).
+    roster: Roster,
     /// The last event or subscription change, for dropping idle groups.
     active: Instant,
 }
@@ -115,6 +118,7 @@ impl Shared {
             offset: 0,
             log: Log::default(),
             subs: HashMap::new(),
+            roster: Roster::default(),
             active: Instant::now(),
         })
     }
@@ -165,6 +169,7 @@ pub struct Hub {
     next_conn: AtomicU64,
     counters: FanoutCounters,
     sweeper: Option<tokio::task::JoinHandle<()>>,
+    presence: RwLock<PresenceRules>,
 }
 
 impl Default for Hub {
@@ -201,6 +206,7 @@ impl Hub {
             next_conn: AtomicU64::new(0),
             counters,
             sweeper,
+            presence: RwLock::default(),
         }
     }
 
@@ -332,6 +338,67 @@ impl Hub {
         }
     }
 
+    /// Sets which streams keep presence and how many members each group lists.
+    pub fn set_presence(&self, rules: PresenceRules) {
+        *self.presence.write().unwrap() = rules;
+    }
+
+    pub fn presence_rules(&self) -> PresenceRules {
+        self.presence.read().unwrap().clone()
+    }
+
+    /// Makes a subscribed socket a member of the group, if its stream keeps presence: other
+    /// watchers hear of it, and with `watch` the subscription gets the group's snapshot (held
+    /// behind its `sync` like any frame) and then its joins and leaves.
+    pub fn present(
+        &self,
+        stream: &str,
+        group: &str,
+        conn: ConnId,
+        sub_id: &str,
+        watch: bool,
+        member: impl FnOnce() -> Arc<str>,
+    ) {
+        let max = {
+            let rules = self.presence.read().unwrap();
+            if !rules.enabled(stream) {
+                return;
+            }
+            rules.max_members
+        };
+        self.shared.with_group(stream, group, |g| {
+            if let Some(joined) = g.roster.join(conn, member, max) {
+                let data = presence::change_data("join", &joined);
+                tell(g, &presence::frame(stream, group, &data));
+            }
+            g.roster.watch(conn, sub_id, watch);
+            if let (true, Some(sub)) = (watch, g.subs.get_mut(&conn)) {
+                let data = g.roster.snapshot("snapshot");
+                sub.deliver(presence::frame(stream, group, &data));
+            }
+        });
+    }
+
+    /// `{members, count}` of a group of a stream that keeps presence; None when it does not.
+    pub fn members(&self, stream: &str, group: &str) -> Option<serde_json::Value> {
+        if !self.presence.read().unwrap().enabled(stream) {
+            return None;
+        }
+        let groups = self.shared.groups.read().unwrap();
+        let listed = groups
+            .get(stream)
+            .and_then(|g| g.get(group))
+            .map(|g| g.lock().unwrap().roster.snapshot("list"));
+        let mut listed: serde_json::Value = match listed {
+            Some(json) => serde_json::from_str(&json).expect("a roster encodes valid JSON"),
+            None => serde_json::json!({"members": [], "count": 0}),
+        };
+        if let Some(o) = listed.as_object_mut() {
+            o.remove("action");
+        }
+        Some(listed)
+    }
+
     /// Removes one subscription. A group left with no subscriber keeps its offset and
     /// history until it has been idle past the ttl, unless there is nothing to keep.
     pub fn unsubscribe(&self, stream: &str, group: &str, conn: ConnId, sub_id: &str) {
@@ -346,8 +413,14 @@ impl Hub {
         let g = g.get_mut().unwrap();
         if let Some(sub) = g.subs.get_mut(&conn) {
             sub.subs.retain(|(id, _)| id != sub_id);
+            g.roster.watch(conn, sub_id, false);
             if sub.subs.is_empty() {
                 g.subs.remove(&conn);
+                let max = self.presence.read().unwrap().max_members;
+                for (action, member) in g.roster.leave(conn, max) {
+                    let data = presence::change_data(action, &member);
+                    tell(g, &presence::frame(stream, group, &data));
+                }
             }
         }
         g.active = Instant::now();
@@ -444,6 +517,15 @@ impl Hub {
                     .sum::<usize>()
             })
             .sum()
+    }
+}
+
+/// Queues a presence frame for every socket of the group that watches its presence.
+fn tell(g: &mut Group, frame: &Utf8Bytes) {
+    for conn in g.roster.watchers() {
+        if let Some(sub) = g.subs.get_mut(&conn) {
+            sub.deliver(frame.clone());
+        }
     }
 }
 

@@ -4,11 +4,13 @@
 //! - `hub`: who subscribes to which group or item, and each group's offsets;
 //! - `history`: a group's recent events, for clients that resume after a reconnect;
 //! - `outbox`: each socket's bounded send queue;
+//! - `presence`: who is subscribed to a group, on the streams that keep presence;
 //! - `order` and `item_lock`: one item's events leave in the order its writes were applied;
 //! - `sequence`: a worker connection's calls to one group apply and emit in the order sent.
 //!
 //! It depends on nothing else in the engine but `fair` (its waits give the tenant's turn
-//! back), so storage and functions can both use it.
+//! back) and `tenants::patterns` (which streams keep presence), so storage and functions can
+//! both use it.
 
 pub mod frame;
 pub mod history;
@@ -16,4 +18,5 @@ pub mod hub;
 pub mod item_lock;
 pub mod order;
 pub mod outbox;
+pub mod presence;
 pub mod sequence;

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::sync::Arc;
 
-pub const BUILTINS: [&str; 8] = [
+pub const BUILTINS: [&str; 9] = [
     "stream::set",
     "stream::get",
     "stream::delete",
@@ -33,6 +33,7 @@ pub const BUILTINS: [&str; 8] = [
     "stream::list_all",
     "stream::send",
     "stream::update",
+    "stream::presence",
 ];
 
 pub fn is_builtin(function_id: &str) -> bool {
@@ -142,6 +143,7 @@ pub async fn call(functions: &Arc<Functions>, function_id: &str, data: Value) ->
         "stream::list_all" => list_all(functions).await,
         "stream::send" => send(functions, parse(function_id, data)?).await,
         "stream::update" => update(functions, parse(function_id, data)?).await,
+        "stream::presence" => presence(functions, parse(function_id, data)?),
         _ => Err(FnError::new(
             "function_not_found",
             format!("function {function_id} is not registered"),
@@ -275,6 +277,18 @@ async fn list_all(functions: &Arc<Functions>) -> FnResult {
         .map(|(id, groups)| json!({"id": id, "groups": groups}))
         .collect();
     Ok(Some(json!({"count": streams.len(), "stream": streams})))
+}
+
+/// Who is subscribed to a group of a stream that keeps presence: `{members, count}`, the
+/// members listed up to `max_members`, `count` exact (see `fanout::presence`).
+fn presence(functions: &Arc<Functions>, p: GroupRef) -> FnResult {
+    match functions.hub.members(&p.stream_name, &p.group_id) {
+        Some(members) => Ok(Some(members)),
+        None => Err(FnError::new(
+            crate::fanout::presence::NOT_ENABLED,
+            crate::fanout::presence::not_enabled_message(&p.stream_name),
+        )),
+    }
 }
 
 async fn send(functions: &Arc<Functions>, p: SendPayload) -> FnResult {

@@ -24,6 +24,7 @@ use crate::engine::space::{Kind, Space};
 use crate::fanout::frame::{EventKind, Position, StreamEvent, error_frame, now_millis};
 use crate::fanout::hub::{ConnId, Joined};
 use crate::fanout::outbox::{self, CLOSE_TOO_BIG, Flow, Keepalive, Outbox, Peer};
+use crate::fanout::presence;
 use crate::tenants::quotas::SlotPermit;
 use crate::tenants::{ClientIdentity, QUOTA_EXCEEDED};
 use axum::Router;
@@ -254,6 +255,12 @@ struct JoinData {
     offset: Option<u64>,
     #[serde(default)]
     epoch: Option<String>,
+    /// Asks for the group's presence frames (`fanout::presence`).
+    #[serde(default)]
+    presence: bool,
+    /// What other members see of this one, on a stream that keeps presence.
+    #[serde(default)]
+    info: Option<Value>,
 }
 
 impl JoinData {
@@ -333,6 +340,8 @@ async fn serve(
             id: p.item,
             offset: None,
             epoch: None,
+            presence: false,
+            info: None,
         }))
         .await;
     }
@@ -487,6 +496,15 @@ impl Client {
             }
         };
         let space = self.space.clone();
+        let rules = space.hub.presence_rules();
+        let info = sub.info.as_ref();
+        if let Err((code, message)) =
+            presence::check_join(&rules, &sub.stream_name, sub.presence, info)
+        {
+            self.outbox
+                .push(Utf8Bytes::from(error_frame(code, &message)));
+            return;
+        }
         if !self.may_join(&sub.stream_name)
             || space.functions.triggers.has_join_triggers()
                 && space
@@ -504,7 +522,11 @@ impl Client {
             self.outbox.push(Utf8Bytes::from(event.encode()));
             return;
         }
-        if let Some(old) = self.subs.remove(&sub.subscription_id) {
+        // A join that replaces a subscription of the same group is replaced in place by the
+        // hub (by id), so its presence does not flicker out and back in.
+        let moved =
+            |old: &JoinData| (&old.stream_name, &old.group_id) != (&sub.stream_name, &sub.group_id);
+        if let Some(old) = self.subs.remove(&sub.subscription_id).filter(moved) {
             space.hub.unsubscribe(
                 &old.stream_name,
                 &old.group_id,
@@ -523,6 +545,15 @@ impl Client {
             &sub.subscription_id,
             sub.id.as_deref(),
             resume.as_ref(),
+        );
+        let (sub_id, who) = (&sub.subscription_id, &self.identity.sub);
+        space.hub.present(
+            &sub.stream_name,
+            &sub.group_id,
+            self.conn,
+            sub_id,
+            sub.presence,
+            || presence::member(self.conn, who, sub.info.clone()),
         );
         if let Joined::Held(position) = joined {
             self.sync(&sub, position, resume.is_some()).await;

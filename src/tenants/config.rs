@@ -131,6 +131,9 @@ pub struct TenantConfig {
     /// Each group's history for clients that resume (`{size, ttl_ms}`), over the engine's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub history: Option<crate::fanout::history::HistoryConfig>,
+    /// The streams that keep presence (`{streams, max_members}`), over the engine's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub presence: Option<crate::fanout::presence::PresenceConfig>,
 }
 
 impl TenantConfig {
@@ -148,6 +151,7 @@ impl TenantConfig {
             adapter_ceilings: AdapterCeilings::HIGHEST,
             quotas: Quotas::UNLIMITED,
             history: None,
+            presence: None,
         }
     }
 
@@ -200,6 +204,11 @@ impl TenantConfig {
             history
                 .validate()
                 .with_context(|| format!("tenant `{id}`, history"))?;
+        }
+        if let Some(presence) = &self.presence {
+            presence
+                .validate()
+                .with_context(|| format!("tenant `{id}`, presence"))?;
         }
         self.quotas
             .validate()

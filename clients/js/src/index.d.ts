@@ -22,6 +22,7 @@ export interface StreamFrame<T = unknown> {
     | { type: 'event'; event: { type: string; data: unknown } }
     | { type: 'recovered'; data: { missed: number } }
     | { type: 'unauthorized' }
+    | { type: 'presence'; data: PresenceData }
   offset?: number
   epoch?: string
   recovered?: boolean
@@ -55,6 +56,36 @@ export interface StreamClientOptions {
 export interface SubscriptionOptions<T = unknown> {
   /** The item id of a value in a group's `sync` (which lists values only); default `value.id`. */
   keyOf?: (value: T) => string | undefined
+  /**
+   * Ask for the group's presence: a snapshot, then join/leave frames, kept in `members`. The
+   * stream must keep presence (server config `presence.streams`), or the join is refused with
+   * the error `presence_not_enabled`.
+   */
+  presence?: boolean
+  /** What other members see of this client (JSON, at most 1 KiB and 4 levels deep). */
+  info?: unknown
+  /** Called on every presence change (the same as `on('presence', ...)`). */
+  onPresence?: (change: PresenceChange) => void
+}
+
+/** One member of a group: one connection, with its token's `sub` (null when anonymous). */
+export interface Member {
+  client: string
+  user: string | null
+  info: unknown
+}
+
+export type PresenceData =
+  | { action: 'snapshot'; members: Member[]; count: number }
+  | { action: 'join' | 'leave'; member: Member }
+
+export interface PresenceChange {
+  action: 'snapshot' | 'join' | 'leave'
+  /** The member who joined or left; null for a snapshot. */
+  member: Member | null
+  /** The listed members after the change, by client id. */
+  members: Map<string, Member>
+  frame: StreamFrame
 }
 
 export interface ChangeEvent<T = unknown> {
@@ -95,6 +126,7 @@ export type SubscriptionEvents<T> = {
   change: [ChangeEvent<T>]
   event: [CustomEvent]
   unauthorized: [StreamFrame<T>]
+  presence: [PresenceChange]
 }
 
 export declare class Subscription<T = unknown> extends Emitter<SubscriptionEvents<T>> {
@@ -113,6 +145,12 @@ export declare class Subscription<T = unknown> extends Emitter<SubscriptionEvent
   readonly epoch: string | null
   readonly ready: boolean
   readonly stats: SubscriptionStats
+  /** Whether this subscription asked for presence. */
+  readonly presence: boolean
+  /** Presence: the listed members, by client id (up to the server's `max_members`). */
+  readonly members: Map<string, Member>
+  /** Presence: how many members the group has, listed or not. */
+  readonly memberCount: number
   values(): T[]
   leave(): void
 }

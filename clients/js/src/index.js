@@ -7,6 +7,10 @@
 // offset and epoch it saw; a reconnect joins again with them and the server either replays
 // what was missed (`recovered`) or sends a fresh `sync`. Against a server that does not send
 // offsets the client simply takes the fresh `sync` on every reconnect.
+//
+// Presence (notes/presence-protocol.md): a subscription made with `presence: true` joins with
+// `"presence": true` and keeps `members` (client id -> member) from the server's snapshot and
+// the join/leave frames after it. Presence frames carry no offset and skip the offset checks.
 
 const DEFAULTS = {
   tokenVia: 'protocol',
@@ -71,8 +75,16 @@ function isOffset(v) {
  * and the position (offset, epoch) that a reconnect resumes from.
  */
 export class Subscription extends Emitter {
-  constructor(client, id, streamName, groupId, itemId, keyOf) {
+  constructor(client, id, streamName, groupId, itemId, keyOf, opts = {}) {
     super()
+    /** Whether this subscription asked for presence, and what it tells the others. */
+    this.presence = opts.presence === true
+    this._info = opts.info
+    /** Presence: client id -> { client, user, info }, the listed members (up to the server's max). */
+    this.members = new Map()
+    /** Presence: how many members the group has, listed or not (exact at each snapshot). */
+    this.memberCount = 0
+    if (typeof opts.onPresence === 'function') this.on('presence', opts.onPresence)
     this.client = client
     this.id = id
     this.streamName = streamName
@@ -107,6 +119,8 @@ export class Subscription extends Emitter {
   _joinFrame(resume) {
     const data = { subscriptionId: this.id, streamName: this.streamName, groupId: this.groupId }
     if (this.itemId !== null) data.id = this.itemId
+    if (this.presence) data.presence = true
+    if (this._info !== undefined) data.info = this._info
     // Both or neither (resume-protocol.md): resume only from a position the server gave us.
     if (resume && isOffset(this.offset) && typeof this.epoch === 'string') {
       data.offset = this.offset
@@ -121,6 +135,7 @@ export class Subscription extends Emitter {
     const type = event.type
     if (type === 'sync') return this._sync(frame)
     if (type === 'recovered') return this._recovered(frame)
+    if (type === 'presence') return this._presence(frame)
     if (type === 'unauthorized') {
       // The answer to our join: a `stream:join` trigger refused it (it is tried again on the
       // next connection, where a fresh token may be let in).
@@ -189,6 +204,26 @@ export class Subscription extends Emitter {
     }
     this._emit('sync', { recovered: frame.recovered === true ? true : false, frame })
     this._emit('state', this)
+  }
+
+  /** A presence frame: `snapshot` replaces the members, `join` and `leave` change them. */
+  _presence(frame) {
+    if (!this.presence) return
+    const data = frame.event.data ?? {}
+    const action = data.action
+    if (action === 'snapshot') {
+      this.members = new Map()
+      for (const m of Array.isArray(data.members) ? data.members : []) this.members.set(String(m.client), m)
+      this.memberCount = Number.isSafeInteger(data.count) ? data.count : this.members.size
+    } else if (action === 'join' && data.member) {
+      if (!this.members.has(String(data.member.client))) this.memberCount++
+      this.members.set(String(data.member.client), data.member)
+    } else if (action === 'leave' && data.member) {
+      if (this.members.delete(String(data.member.client))) this.memberCount = Math.max(0, this.memberCount - 1)
+    } else {
+      return
+    }
+    this._emit('presence', { action, member: data.member ?? null, members: this.members, frame })
   }
 
   _recovered(frame) {
@@ -274,7 +309,8 @@ export class StreamClient extends Emitter {
     const key = `${streamName}\0${groupId}\0${itemId ?? ''}`
     const existing = this._byKey.get(key)
     if (existing) return existing
-    const sub = new Subscription(this, `sub-${this._nextSub++}`, streamName, groupId, itemId, opts.keyOf ?? defaultKeyOf)
+    const keyOf = opts.keyOf ?? defaultKeyOf
+    const sub = new Subscription(this, `sub-${this._nextSub++}`, streamName, groupId, itemId, keyOf, opts)
     this._subs.set(sub.id, sub)
     this._byKey.set(key, sub)
     this._join(sub, true)
@@ -412,6 +448,10 @@ export class StreamClient extends Emitter {
     const group = this._byKey.get(`${streamName}\0${groupId}\0`)
     const item = id ? this._byKey.get(`${streamName}\0${groupId}\0${id}`) : undefined
     const type = frame.event.type
+    if (type === 'presence') {
+      // Group-wide, once per socket: every subscription of the group that asked for it.
+      return [...this._subs.values()].filter((s) => s.presence && s.streamName === streamName && s.groupId === groupId)
+    }
     if (type === 'sync' || type === 'recovered' || type === 'unauthorized') {
       if (id) return item ? [item] : []
       if (group) return [group]
