@@ -41,6 +41,7 @@ use axum::response::Response;
 use serde_json::Value;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::{Context, Waker};
 use std::time::Duration;
 
 /// Frames queued for one worker before senders wait.
@@ -188,8 +189,9 @@ impl Peer for WorkerPeer {
     }
 }
 
-/// Handles one frame from a worker. It never waits: calls run in tasks of their own, so the
-/// socket's own task keeps writing (a worker's queue is drained by the task reading it).
+/// Handles one frame from a worker. It never waits: a call that must wait goes on in a task of
+/// its own, so the socket's own task keeps writing (a worker's queue is drained by the task
+/// reading it).
 fn handle(peer: &mut WorkerPeer, text: &str) {
     let (functions, worker) = (&peer.functions, &peer.worker);
     match WorkerMessage::parse(text) {
@@ -417,7 +419,7 @@ fn invoke(
             // The call waits its tenant's turn (`fair`), parked, not in the run queue.
             let turns = functions.turns.clone();
             let place = group.map(|key| lines.claim(key));
-            tokio::spawn(async move {
+            run_here_or_spawn(async move {
                 let result = match place {
                     Some(place) => place.run(turns.run(run)).await,
                     None => turns.run(run).await,
@@ -447,6 +449,21 @@ fn invoke(
         }
     }
     None
+}
+
+/// Runs a call on the socket's task as far as it goes without waiting, and spawns a task
+/// for the rest only when it must wait (for the disk, a turn, its place in line, an adapter,
+/// room in the worker's queue). Most calls (a write to the memory store, a read) finish in
+/// that first step: they cost no task, and their large future is freed while still in
+/// cache. Order is kept: a call takes its place in its group's line before it starts.
+fn run_here_or_spawn(call: impl std::future::Future<Output = ()> + Send + 'static) {
+    let mut call = Box::pin(call);
+    // The waker of this first poll is never woken: whatever the call waits on registers
+    // again, with the task's own waker, when the task polls it (every future must).
+    let mut cx = Context::from_waker(Waker::noop());
+    if call.as_mut().poll(&mut cx).is_pending() {
+        tokio::spawn(call);
+    }
 }
 
 /// Sends a call's answer to the worker that made it; a call without an id is only logged.
