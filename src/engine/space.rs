@@ -121,6 +121,7 @@ impl Space {
         let counters = metrics.tenants.tenant(tenant.as_str());
         let hub = Arc::new(Hub::new(FanoutCounters {
             tenant_delivered: counters.delivered.clone(),
+            tenant_presence: counters.presence_frames.clone(),
             ..metrics.fanout()
         }));
         hub.set_history(settings.history);

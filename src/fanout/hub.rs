@@ -366,17 +366,46 @@ impl Hub {
             }
             rules.max_members
         };
-        self.shared.with_group(stream, group, |g| {
+        let sent = self.shared.with_group(stream, group, |g| {
+            let mut sent = 0;
             if let Some(joined) = g.roster.join(conn, member, max) {
                 let data = presence::change_data("join", &joined);
-                tell(g, &presence::frame(stream, group, &data));
+                sent += tell(g, &presence::frame(stream, group, &data));
             }
             g.roster.watch(conn, sub_id, watch);
             if let (true, Some(sub)) = (watch, g.subs.get_mut(&conn)) {
                 let data = g.roster.snapshot("snapshot");
-                sub.deliver(presence::frame(stream, group, &data));
+                sent += usize::from(sub.deliver(presence::frame(stream, group, &data)));
             }
+            sent
         });
+        self.presence_sent(sent);
+    }
+
+    /// What a join of `conn` to the group would cost in presence frames now (see
+    /// [`presence::join_cost`]); 0 on a stream that does not keep presence.
+    pub fn presence_cost(&self, stream: &str, group: &str, conn: ConnId, watch: bool) -> usize {
+        if !self.presence.read().unwrap().enabled(stream) {
+            return 0;
+        }
+        let groups = self.shared.groups.read().unwrap();
+        let (member, watchers) =
+            groups
+                .get(stream)
+                .and_then(|g| g.get(group))
+                .map_or((false, 0), |g| {
+                    let g = g.lock().unwrap();
+                    (g.roster.contains(conn), g.roster.watcher_count())
+                });
+        presence::join_cost(member, watchers, watch)
+    }
+
+    /// Counts presence frames queued: among the frames delivered, and on their own.
+    fn presence_sent(&self, n: usize) {
+        let n = n as u64;
+        self.counters.delivered.inc_by(n);
+        self.counters.tenant_delivered.inc_by(n);
+        self.counters.tenant_presence.inc_by(n);
     }
 
     /// `{members, count}` of a group of a stream that keeps presence; None when it does not.
@@ -411,18 +440,22 @@ impl Hub {
             return;
         };
         let g = g.get_mut().unwrap();
+        let mut sent = 0;
         if let Some(sub) = g.subs.get_mut(&conn) {
             sub.subs.retain(|(id, _)| id != sub_id);
             g.roster.watch(conn, sub_id, false);
             if sub.subs.is_empty() {
                 g.subs.remove(&conn);
+                // Never refused and never dropped (a leave unsent would leave a ghost in the
+                // others' lists): the member's join paid for it.
                 let max = self.presence.read().unwrap().max_members;
                 for (action, member) in g.roster.leave(conn, max) {
                     let data = presence::change_data(action, &member);
-                    tell(g, &presence::frame(stream, group, &data));
+                    sent += tell(g, &presence::frame(stream, group, &data));
                 }
             }
         }
+        self.presence_sent(sent);
         g.active = Instant::now();
         if g.forgettable(bounds, Instant::now()) {
             by_group.remove(group);
@@ -520,13 +553,16 @@ impl Hub {
     }
 }
 
-/// Queues a presence frame for every socket of the group that watches its presence.
-fn tell(g: &mut Group, frame: &Utf8Bytes) {
+/// Queues a presence frame for every socket of the group that watches its presence; returns
+/// how many it was queued for.
+fn tell(g: &mut Group, frame: &Utf8Bytes) -> usize {
+    let mut n = 0;
     for conn in g.roster.watchers() {
         if let Some(sub) = g.subs.get_mut(&conn) {
-            sub.deliver(frame.clone());
+            n += usize::from(sub.deliver(frame.clone()));
         }
     }
+    n
 }
 
 /// Sweeps the hub's groups every ttl (at most every `SWEEP_EVERY`) until the hub is dropped.

@@ -7,7 +7,8 @@
 //! reservation, given back if anything after it refuses or the write fails), then one token
 //! of `deliveries_per_second` per socket subscribed to what the write touches. Tokens cannot
 //! be given back, so a write refused after its write token has used it; it stores and sends
-//! nothing.
+//! nothing. A client's join to a group that keeps presence takes deliveries the same way, for
+//! the presence frames it may cause (`presence_join`); refused, it is not made.
 //!
 //! Each meter is taken in one atomic step (`Slots`, `Bucket`), so racing writes can never
 //! pass the same last unit. What is measured, and where it is approximate:
@@ -24,6 +25,7 @@
 
 use super::Functions;
 use crate::error::FnError;
+use crate::fanout::hub::ConnId;
 use crate::storage::StreamAdapter;
 use crate::tenants::{QuotaExceeded, Slots, TenantQuotas};
 use serde_json::Value;
@@ -73,6 +75,27 @@ pub fn write(
         let mut e = e;
         e.message = format!(
             "the write would send {audience} events to subscribers: {}",
+            e.message
+        );
+        refused(quotas, e)
+    })
+}
+
+/// Takes the presence frames a client's join to `stream / group` may send (see
+/// `fanout::presence::join_cost`): nothing on a stream that does not keep presence.
+pub fn presence_join(
+    functions: &Functions,
+    stream: &str,
+    group: &str,
+    conn: ConnId,
+    watch: bool,
+) -> Result<(), FnError> {
+    let quotas = &functions.quotas;
+    let cost = functions.hub.presence_cost(stream, group, conn, watch);
+    let n = u32::try_from(cost).unwrap_or(u32::MAX);
+    quotas.deliveries.take(n).map_err(|mut e| {
+        e.message = format!(
+            "the join would send {cost} presence frames (its join and later leave to each connection watching the group, and its snapshot); it was not made: {}",
             e.message
         );
         refused(quotas, e)

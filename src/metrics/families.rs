@@ -151,6 +151,9 @@ pub struct FanoutCounters {
     pub delivered: Counter,
     /// The same, for the hub's tenant alone (`streamhost_tenant_frames_delivered`).
     pub tenant_delivered: Counter,
+    /// Presence frames among those delivered, for the hub's tenant
+    /// (`streamhost_tenant_presence_frames`).
+    pub tenant_presence: Counter,
 }
 
 impl FanoutCounters {

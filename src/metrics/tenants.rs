@@ -1,5 +1,5 @@
-//! Per-tenant series: sockets open by kind, calls and failed calls, frames delivered, and
-//! subscriptions (set at each scrape from the tenant's hub).
+//! Per-tenant series: sockets open by kind, calls and failed calls, frames delivered (and the
+//! presence frames among them), and subscriptions (set at each scrape from the tenant's hub).
 //!
 //! Tenant ids come from the operator, not from peers, and a tenant's series go when the
 //! tenant is deleted (`forget`), so the label's cardinality is the number of tenants; it is
@@ -57,6 +57,7 @@ pub struct TenantCounters {
     pub calls: Counter,
     pub call_errors: Counter,
     pub delivered: Counter,
+    pub presence_frames: Counter,
     pub subscriptions: Gauge,
     /// Refusals by quota; the quota names are the engine's own, a fixed few.
     refusals: Option<(Family<QuotaLabels, Counter>, String)>,
@@ -83,6 +84,7 @@ struct Inner {
     calls: Family<TenantLabel, Counter>,
     call_errors: Family<TenantLabel, Counter>,
     delivered: Family<TenantLabel, Counter>,
+    presence_frames: Family<TenantLabel, Counter>,
     subscriptions: Family<TenantLabel, Gauge>,
     refusals: Family<QuotaLabels, Counter>,
     named: Bounded<TenantCounters>,
@@ -95,6 +97,7 @@ impl Default for TenantFamilies {
             calls: Family::default(),
             call_errors: Family::default(),
             delivered: Family::default(),
+            presence_frames: Family::default(),
             subscriptions: Family::default(),
             refusals: Family::default(),
             named: Bounded::new(MAX_TENANTS),
@@ -131,6 +134,11 @@ impl TenantFamilies {
             i.delivered.clone(),
         );
         registry.register(
+            "streamhost_tenant_presence_frames",
+            "Presence frames (snapshot, join, leave) queued for a tenant's client sockets; counted in its frames delivered too",
+            i.presence_frames.clone(),
+        );
+        registry.register(
             "streamhost_tenant_quota_refusals",
             "Calls, upgrades and frames refused because a tenant was over a quota, by quota",
             i.refusals.clone(),
@@ -154,6 +162,7 @@ impl TenantFamilies {
                 calls: i.calls.get_or_create_owned(&t),
                 call_errors: i.call_errors.get_or_create_owned(&t),
                 delivered: i.delivered.get_or_create_owned(&t),
+                presence_frames: i.presence_frames.get_or_create_owned(&t),
                 subscriptions: i.subscriptions.get_or_create_owned(&t),
                 refusals: Some((i.refusals.clone(), label.to_owned())),
             }
@@ -178,6 +187,7 @@ impl TenantFamilies {
         i.calls.remove(&t);
         i.call_errors.remove(&t);
         i.delivered.remove(&t);
+        i.presence_frames.remove(&t);
         i.subscriptions.remove(&t);
         // Label sets by quota: keep those of other tenants.
         let quotas = i.refusals.clone();

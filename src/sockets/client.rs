@@ -21,10 +21,12 @@ use super::{credentials, http};
 use crate::engine::Engine;
 use crate::engine::admission::take_connection;
 use crate::engine::space::{Kind, Space};
+use crate::error::FnError;
 use crate::fanout::frame::{EventKind, Position, StreamEvent, error_frame, now_millis};
 use crate::fanout::hub::{ConnId, Joined};
 use crate::fanout::outbox::{self, CLOSE_TOO_BIG, Flow, Keepalive, Outbox, Peer};
 use crate::fanout::presence;
+use crate::functions::admit;
 use crate::tenants::quotas::SlotPermit;
 use crate::tenants::{ClientIdentity, QUOTA_EXCEEDED};
 use axum::Router;
@@ -149,10 +151,11 @@ async fn accept(engine: Arc<Engine>, req: Upgrade, path_sub: Option<PathSub>) ->
         }
     };
     let auth_function = admitted.tenant.config.clients.auth_function.clone();
-    let context = match authenticate(&admitted.space, auth_function.as_deref(), &req).await {
-        Ok(context) => context,
-        Err(refusal) => return refusal,
-    };
+    let (context, auth_user) =
+        match authenticate(&admitted.space, auth_function.as_deref(), &req).await {
+            Ok(authenticated) => authenticated,
+            Err(refusal) => return refusal,
+        };
     // Small buffers that grow on demand: most sockets are idle, and an idle socket should
     // cost a few kilobytes, not the 256 KiB of tungstenite's defaults.
     let mut ws = req
@@ -167,9 +170,15 @@ async fn accept(engine: Arc<Engine>, req: Upgrade, path_sub: Option<PathSub>) ->
     if let Some(first) = offered.and_then(|p| HeaderValue::from_str(p).ok()) {
         ws.set_selected_protocol(first);
     }
+    // A presence member's `user`: the token's `sub`, else what the auth function named.
+    let user = match auth_user {
+        Some(user) if identity.sub.is_empty() => user,
+        _ => identity.sub.clone(),
+    };
     let admitted = Admission {
         space: admitted.space,
         identity,
+        user,
         context,
         addr: req.addr,
         _slots: (req.slot, tenant_slot),
@@ -184,6 +193,8 @@ async fn accept(engine: Arc<Engine>, req: Upgrade, path_sub: Option<PathSub>) ->
 struct Admission {
     space: Arc<Space>,
     identity: ClientIdentity,
+    /// Who the client is to other presence members ("" for nobody).
+    user: String,
     /// What the auth function returned as `context`.
     context: Value,
     addr: SocketAddr,
@@ -191,13 +202,14 @@ struct Admission {
     _slots: (Option<ConnSlot>, SlotPermit),
 }
 
+/// Runs the auth function: the `context` it returned, and the `user` it named, if any.
 async fn authenticate(
     space: &Space,
     auth_function: Option<&str>,
     req: &Upgrade,
-) -> Result<Value, Response> {
+) -> Result<(Value, Option<String>), Response> {
     let Some(auth) = auth_function else {
-        return Ok(Value::Null);
+        return Ok((Value::Null, None));
     };
     let headers: serde_json::Map<String, Value> = req
         .headers
@@ -225,9 +237,15 @@ async fn authenticate(
                 .unwrap_or("refused by the auth function");
             Err((StatusCode::FORBIDDEN, format!("forbidden: {reason}\n")).into_response())
         }
-        Ok(result) => Ok(result
-            .and_then(|r| r.get("context").cloned())
-            .unwrap_or(Value::Null)),
+        Ok(result) => {
+            let result = result.unwrap_or(Value::Null);
+            let user = presence::user_from_auth(&result).unwrap_or_else(|e| {
+                tracing::warn!(function = auth, "{e}; the client's presence `user` is null");
+                None
+            });
+            let context = result.get("context").cloned().unwrap_or(Value::Null);
+            Ok((context, user))
+        }
         Err(e) => {
             tracing::info!(addr = %req.addr, error = %e, "auth function refused a client");
             Err((StatusCode::UNAUTHORIZED, format!("unauthorized: {e}\n")).into_response())
@@ -285,6 +303,8 @@ struct Client {
     /// The client's tenant's share of the engine: all it can reach.
     space: Arc<Space>,
     identity: ClientIdentity,
+    /// Its presence member's `user` ("" for null).
+    user: String,
     conn: ConnId,
     outbox: Arc<Outbox>,
     context: Value,
@@ -301,6 +321,7 @@ async fn serve(
     let Admission {
         space,
         identity,
+        user,
         context,
         addr,
         _slots,
@@ -328,6 +349,7 @@ async fn serve(
         engine: engine.clone(),
         space,
         identity,
+        user,
         outbox: outbox.clone(),
         context,
         subs: HashMap::new(),
@@ -356,6 +378,16 @@ async fn serve(
     )
     .await;
     client.leave_all();
+}
+
+/// A client frame's refusal for a quota: `quota_exceeded`, what to fix, and `retry_after_ms`
+/// when waiting would help.
+fn quota_frame(e: &FnError) -> Utf8Bytes {
+    let mut error = json!({"code": QUOTA_EXCEEDED, "message": e.message});
+    if let Some(ms) = e.retry_after_ms {
+        error["retry_after_ms"] = ms.into();
+    }
+    Utf8Bytes::from(json!({"type": "error", "error": error}).to_string())
 }
 
 /// How a socket of these timeouts pings and gives up on its peer.
@@ -483,8 +515,7 @@ impl Client {
                 self.subs.len()
             );
             let e = quotas.over("subscriptions_per_connection", what);
-            self.outbox
-                .push(Utf8Bytes::from(error_frame(QUOTA_EXCEEDED, &e.message)));
+            self.outbox.push(quota_frame(&e.into()));
             return;
         }
         let resume = match sub.resume() {
@@ -522,6 +553,14 @@ impl Client {
             self.outbox.push(Utf8Bytes::from(event.encode()));
             return;
         }
+        // Last, so that only a join about to be made spends the tenant's deliveries.
+        let (stream, group) = (&sub.stream_name, &sub.group_id);
+        let charged =
+            admit::presence_join(&space.functions, stream, group, self.conn, sub.presence);
+        if let Err(e) = charged {
+            self.outbox.push(quota_frame(&e));
+            return;
+        }
         // A join that replaces a subscription of the same group is replaced in place by the
         // hub (by id), so its presence does not flicker out and back in.
         let moved =
@@ -546,7 +585,7 @@ impl Client {
             sub.id.as_deref(),
             resume.as_ref(),
         );
-        let (sub_id, who) = (&sub.subscription_id, &self.identity.sub);
+        let (sub_id, who) = (&sub.subscription_id, &self.user);
         space.hub.present(
             &sub.stream_name,
             &sub.group_id,
