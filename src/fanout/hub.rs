@@ -16,15 +16,20 @@
 //! every later one was held for it, so it follows the `sync`. A join that resumes from an
 //! offset the history still covers is served from the history under the same lock, and then
 //! live, with no snapshot at all.
+//!
+//! When the bus numbers events itself (Redis: `storage::redis::history`), this node's own
+//! events are delivered as the bus hands them back numbered (`publish_at`), in the order every
+//! node hears them, and joins resume from the bus's shared history (`sockets::client`).
 
 use crate::fanout::frame::{Position, StreamEvent, mark_recovered};
 use crate::fanout::history::{Bounds, Log};
 use crate::fanout::outbox::Outbox;
 use crate::metrics::FanoutCounters;
+use crate::storage::EventBus;
 use axum::extract::ws::Utf8Bytes;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 pub type ConnId = u64;
@@ -36,16 +41,17 @@ struct Subscriber {
     outbox: Arc<Outbox>,
     /// (subscription id, item id or None for the whole group)
     subs: Vec<(String, Option<String>)>,
-    /// Frames held while a new subscription's snapshot is read; None when not holding.
-    held: Option<Vec<Utf8Bytes>>,
+    /// Frames held (with their positions) while a new subscription's snapshot is read; None
+    /// when not holding.
+    held: Option<Vec<(Position, Utf8Bytes)>>,
 }
 
 impl Subscriber {
-    fn deliver(&mut self, frame: Utf8Bytes) -> bool {
+    fn deliver(&mut self, frame: Utf8Bytes, at: &Position) -> bool {
         match &mut self.held {
             Some(held) if held.len() >= self.outbox.capacity() => self.outbox.overflowed(),
             Some(held) => {
-                held.push(frame);
+                held.push((at.clone(), frame));
                 true
             }
             None => self.outbox.push(frame),
@@ -68,6 +74,8 @@ struct Group {
     subs: HashMap<ConnId, Subscriber>,
     /// The last event or subscription change, for dropping idle groups.
     active: Instant,
+    /// The position is the bus's (shared by every node), not one this hub numbered.
+    shared: bool,
 }
 
 impl Group {
@@ -116,6 +124,7 @@ impl Shared {
             log: Log::default(),
             subs: HashMap::new(),
             active: Instant::now(),
+            shared: false,
         })
     }
 
@@ -165,6 +174,8 @@ pub struct Hub {
     next_conn: AtomicU64,
     counters: FanoutCounters,
     sweeper: Option<tokio::task::JoinHandle<()>>,
+    /// The bus that numbers events, when it does (see the module comment).
+    numbering: OnceLock<Arc<dyn EventBus>>,
 }
 
 impl Default for Hub {
@@ -201,6 +212,16 @@ impl Hub {
             next_conn: AtomicU64::new(0),
             counters,
             sweeper,
+            numbering: OnceLock::new(),
+        }
+    }
+
+    /// Lets `bus` number this hub's events when it keeps a shared history: from now on
+    /// `publish` delivers nothing itself, and the history bounds are the bus's too.
+    pub fn number_with(&self, bus: Arc<dyn EventBus>) {
+        if bus.shared_history().is_some() {
+            bus.set_history(self.history());
+            let _ = self.numbering.set(bus);
         }
     }
 
@@ -212,6 +233,9 @@ impl Hub {
         self.shared
             .ttl_ms
             .store(bounds.ttl.as_millis() as u64, Ordering::Relaxed);
+        if let Some(bus) = self.numbering.get() {
+            bus.set_history(bounds);
+        }
     }
 
     pub fn history(&self) -> Bounds {
@@ -228,6 +252,7 @@ impl Hub {
             g.log.clear();
             g.offset = 0;
             g.epoch = fresh.epoch;
+            g.shared = false;
         }
     }
 
@@ -312,20 +337,38 @@ impl Hub {
         outbox: &Outbox,
         first: Utf8Bytes,
     ) {
+        self.release_after(stream, group, conn, outbox, vec![first], None);
+    }
+
+    /// As `release`, with several first frames, and without the held frames at or below
+    /// `after` in its epoch (the first frames already cover them).
+    pub fn release_after(
+        &self,
+        stream: &str,
+        group: &str,
+        conn: ConnId,
+        outbox: &Outbox,
+        first: Vec<Utf8Bytes>,
+        after: Option<&Position>,
+    ) {
+        let push_all =
+            |outbox: &Outbox, frames: Vec<Utf8Bytes>| frames.into_iter().all(|f| outbox.push(f));
         let groups = self.shared.groups.read().unwrap();
         let Some(g) = groups.get(stream).and_then(|g| g.get(group)) else {
-            outbox.push(first);
+            push_all(outbox, first);
             return;
         };
         let mut g = g.lock().unwrap();
         let Some(sub) = g.subs.get_mut(&conn) else {
-            outbox.push(first);
+            push_all(outbox, first);
             return;
         };
         let frames = sub.held.take().unwrap_or_default();
-        if sub.outbox.push(first) {
-            for frame in frames {
-                if !sub.outbox.push(frame) {
+        let covered =
+            |at: &Position| after.is_some_and(|p| p.epoch == at.epoch && at.offset <= p.offset);
+        if push_all(&sub.outbox, first) {
+            for (at, frame) in frames {
+                if !covered(&at) && !sub.outbox.push(frame) {
                     break;
                 }
             }
@@ -362,20 +405,73 @@ impl Hub {
     /// Gives an event the group's next offset, keeps it in the group's history, and delivers
     /// it to every socket subscribed to its group (or to its item). Returns how many sockets
     /// it was queued for.
+    ///
+    /// When a bus numbers events (`number_with`), it hands this node's own events back
+    /// numbered, and this delivers nothing.
     pub fn publish(&self, event: &StreamEvent) -> usize {
+        if self.numbering.get().is_some() {
+            return 0;
+        }
+        self.publish_local(event)
+    }
+
+    /// Numbers and delivers an event here, even when a bus numbers the others: an iii node's,
+    /// or one the bus could not number. A group whose offsets were the bus's starts an epoch
+    /// of this hub's own, which no shared history knows, so no client recovers across it.
+    pub fn publish_local(&self, event: &StreamEvent) -> usize {
+        let fresh = || self.shared.new_group().into_inner().unwrap().epoch;
+        self.deliver(event, |g| {
+            if g.shared {
+                g.shared = false;
+                g.epoch = fresh();
+                g.offset = 0;
+                g.log.clear();
+            }
+            g.offset += 1;
+            Some(g.position())
+        })
+    }
+
+    /// Delivers an event the bus numbered, at its position. One at or below what the group
+    /// already delivered in that epoch is skipped.
+    pub fn publish_at(&self, event: &StreamEvent, at: &Position) -> usize {
+        self.deliver(event, |g| {
+            if g.shared && g.epoch == at.epoch && at.offset <= g.offset {
+                return None;
+            }
+            if !g.shared || g.epoch != at.epoch || at.offset != g.offset + 1 {
+                g.log.clear();
+            }
+            g.shared = true;
+            g.epoch = at.epoch.clone();
+            g.offset = at.offset;
+            Some(at.clone())
+        })
+    }
+
+    /// Places the event with `place` (None skips it), keeps it in the history and queues it
+    /// for the group's subscribers, all under the group's lock.
+    fn deliver(
+        &self,
+        event: &StreamEvent,
+        place: impl FnOnce(&mut Group) -> Option<Position>,
+    ) -> usize {
         self.counters.published.inc();
         let bounds = self.shared.bounds();
         let n = self
             .shared
             .with_group(&event.stream_name, &event.group_id, |g| {
-                g.offset += 1;
+                let Some(at) = place(g) else { return 0 };
                 g.active = Instant::now();
-                let frame = Utf8Bytes::from(event.encode_at(&g.position(), None));
-                g.log
-                    .push(g.offset, event.id.as_deref(), frame.clone(), bounds);
+                let frame = Utf8Bytes::from(event.encode_at(&at, None));
+                if self.numbering.get().is_none() {
+                    // With a bus's shared history, joins resume from that instead.
+                    g.log
+                        .push(at.offset, event.id.as_deref(), frame.clone(), bounds);
+                }
                 let mut n = 0;
                 for sub in g.subs.values_mut() {
-                    if sub.wants(event.id.as_deref()) && sub.deliver(frame.clone()) {
+                    if sub.wants(event.id.as_deref()) && sub.deliver(frame.clone(), &at) {
                         n += 1;
                     }
                 }

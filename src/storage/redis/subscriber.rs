@@ -64,6 +64,23 @@ pub struct Registration {
     listener: Arc<Listener>,
 }
 
+/// A bus's way to hand its own tenant a message directly (events it could not number).
+#[derive(Clone)]
+pub struct Local(Arc<Listener>);
+
+impl Local {
+    /// Queues without waiting, as heard messages are (a full queue turns into a gap).
+    pub fn deliver(&self, message: BusMessage) {
+        self.0.deliver(message);
+    }
+}
+
+impl Registration {
+    pub fn local(&self) -> Local {
+        Local(self.listener.clone())
+    }
+}
+
 impl Subscriber {
     pub fn start(target: Arc<RedisTarget>, conn: ConnectionManager) -> Subscriber {
         let state = Arc::new(State::default());
