@@ -143,6 +143,13 @@ pub trait EventBus: Send + Sync {
     /// The events of the other nodes (and this node's own, once numbered), and gaps. Called
     /// once.
     fn subscribe(&self) -> tokio::sync::mpsc::Receiver<BusMessage>;
+    /// Resolves once every event published so far is settled: numbered and published by the
+    /// backend, or given up (and then delivered locally). A writer that awaits it before its
+    /// reply knows that an acknowledged event is in the shared history even if this node dies
+    /// right after.
+    fn settled(&self) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(std::future::ready(()))
+    }
     /// Where offsets and history live when the bus numbers events itself; then the hub
     /// delivers only what the bus hands back (`Numbered`), and joins resume from here.
     fn shared_history(&self) -> Option<Arc<dyn SharedHistory>> {

@@ -25,9 +25,10 @@ use crate::fanout::history::Bounds;
 use crate::storage::{BusMessage, EventBus, SharedHistory};
 use redis::aio::ConnectionManager;
 use serde_json::Value;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 /// The `type` of the message a node publishes after some of its events were dropped.
@@ -58,6 +59,11 @@ pub struct BusStats {
     dropping: AtomicBool,
     /// Set when an event was numbered nowhere: a new epoch generation is due first.
     unnumbered: AtomicBool,
+    /// Events published so far, and (watched) how many of them are settled: numbered, or given
+    /// up. Batches settle in queue order, so one count says which events are done (an event
+    /// refused by a full queue counts at once: under overflow the count runs a little ahead).
+    queued: AtomicU64,
+    settled: watch::Sender<u64>,
 }
 
 impl RedisBus {
@@ -76,6 +82,8 @@ impl RedisBus {
             dropped: AtomicU64::new(0),
             dropping: AtomicBool::new(false),
             unnumbered: AtomicBool::new(false),
+            queued: AtomicU64::new(0),
+            settled: watch::Sender::new(0),
         });
         let (queue, queued) = mpsc::channel(PUBLISH_QUEUE);
         let (hearing, incoming) = subscriber.register(&channel, &node);
@@ -109,6 +117,8 @@ impl RedisBus {
 
     pub fn stop(&self) {
         self.publisher.abort();
+        // Nothing more will be numbered: nobody waits for it.
+        self.stats.settled.send_replace(u64::MAX);
         self.hearing.lock().unwrap().take();
     }
 }
@@ -121,7 +131,9 @@ impl Drop for RedisBus {
 
 impl EventBus for RedisBus {
     fn publish(&self, event: &StreamEvent) {
+        self.stats.queued.fetch_add(1, Ordering::AcqRel);
         if let Err(e) = self.queue.try_send(event.clone()) {
+            self.stats.settle(1);
             self.stats.unnumbered.store(true, Ordering::Release);
             self.stats.drop_publications(
                 1,
@@ -129,6 +141,15 @@ impl EventBus for RedisBus {
             );
             self.local.deliver(BusMessage::Event(e.into_inner()));
         }
+    }
+
+    fn settled(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        let target = self.stats.queued.load(Ordering::Acquire);
+        let mut settled = self.stats.settled.subscribe();
+        Box::pin(async move {
+            // Ends early only if the publishing task is gone (the bus stopped).
+            let _ = settled.wait_for(|n| *n >= target).await;
+        })
     }
 
     fn shared_history(&self) -> Option<Arc<dyn SharedHistory>> {
@@ -150,6 +171,11 @@ impl EventBus for RedisBus {
 }
 
 impl BusStats {
+    fn settle(&self, n: usize) {
+        self.settled
+            .send_modify(|settled| *settled = settled.saturating_add(n as u64));
+    }
+
     fn drop_publications(&self, n: u64, why: &str) {
         let total = self.dropped.fetch_add(n, Ordering::Relaxed) + n;
         if !self.dropping.swap(true, Ordering::Relaxed) {
@@ -201,11 +227,12 @@ async fn publish_loop(mut p: Publisher, mut queued: mpsc::Receiver<StreamEvent>)
                 p.stats
                     .drop_publications(batch.len() as u64, &format!("{e:#}"));
                 // Numbered nowhere (or not known to be): this node's clients still get them.
-                for event in batch.drain(..) {
-                    p.local.deliver(BusMessage::Event(event));
+                for event in &batch {
+                    p.local.deliver(BusMessage::Event(event.clone()));
                 }
             }
         }
+        p.stats.settle(batch.len());
         batch.clear();
     }
 }
