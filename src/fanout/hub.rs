@@ -615,6 +615,41 @@ mod tests {
         assert_eq!(hub.group_count(), 0);
     }
 
+    /// Over a bus that numbers events: positions are the bus's, a frame heard twice goes once,
+    /// a join's release skips what its first frames cover, and an event numbered here starts
+    /// an epoch of this hub's own.
+    #[test]
+    fn numbered_events_keep_the_bus_positions() {
+        let hub = Hub::default();
+        let (outbox, mut rx) = Outbox::new(8, CloseCounters::default());
+        let _ = hub.subscribe("s", "g", 1, &outbox, "a", None, None);
+        let at = |offset| Position {
+            offset,
+            epoch: "bus".into(),
+        };
+        let event = StreamEvent::new("s", "g", None, EventKind::Update(1.into()));
+        hub.publish_at(&event, &at(5));
+        hub.publish_at(&event, &at(5));
+        hub.publish_at(&event, &at(6));
+        let sync = Utf8Bytes::from_static("sync");
+        hub.release_after("s", "g", 1, &outbox, vec![sync], Some(&at(5)));
+        let mut got = Vec::new();
+        while let Ok(frame) = rx.try_recv() {
+            got.push(frame.to_string());
+        }
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(got[0], "sync");
+        let frame: serde_json::Value = serde_json::from_str(&got[1]).unwrap();
+        assert_eq!(
+            (frame["offset"].as_u64(), frame["epoch"].as_str()),
+            (Some(6), Some("bus"))
+        );
+        hub.publish_local(&event);
+        let local = hub.position("s", "g");
+        assert_eq!(local.offset, 1);
+        assert_ne!(&*local.epoch, "bus");
+    }
+
     #[test]
     fn lost_history_means_a_new_epoch_and_no_recovery() {
         let hub = Hub::default();

@@ -286,3 +286,41 @@ async fn events_redis_could_not_number_end_the_epoch() {
     recovered(&mut c, &numbered, &[json!(4)]).await;
     engine.shutdown().await.unwrap();
 }
+
+/// An iii node's event carries no offset and is in no shared history: it is delivered in the
+/// node's own epoch, and the tenant's epochs change, so a resume from before it cannot skip it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_iii_nodes_event_ends_the_epoch() {
+    let redis = RedisServer::start();
+    let engine = start(redis_config(&redis.url())).await;
+    let w = RawWorker::connect(engine.worker_addr).await;
+    let mut watch = observer(engine.client_addr).await;
+    w.ok("stream::send", send(1)).await;
+    let last = watch.next().await;
+    let mut raw = redis.raw().await;
+    let generation = || redis::cmd("GET").arg("streamhost:epoch").to_owned();
+    let before: String = generation().query_async(&mut raw).await.unwrap();
+
+    let iii_frame = json!({"type": "stream", "timestamp": 1, "streamName": "chat",
+        "groupId": "room", "id": null, "event": {"type": "event", "event": {"type": "tick", "data": 2}}});
+    let _: i64 = redis::cmd("PUBLISH")
+        .arg("stream::events")
+        .arg(iii_frame.to_string())
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    let heard = watch.next().await;
+    assert_eq!(data(&heard), 2);
+    assert_ne!(heard["epoch"], last["epoch"], "{heard}");
+    // The new generation is set as the frame is heard.
+    let deadline = Instant::now() + WAIT;
+    while generation().query_async::<String>(&mut raw).await.unwrap() == before {
+        assert!(Instant::now() < deadline, "the epochs never changed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut c = Client::connect(engine.client_addr, "/").await;
+    resume(&mut c, &last).await;
+    let sync = exactly(&mut c, 1).await.remove(0);
+    assert_eq!(sync["recovered"], false, "{sync}");
+    engine.shutdown().await.unwrap();
+}

@@ -4,7 +4,8 @@
 //! Every event this node emits is numbered in Redis (see `history`), which publishes the
 //! numbered frame; every node, this one included, delivers the numbered frames it hears, so a
 //! group's subscribers get its offsets in order on every node. Frames from iii nodes carry no
-//! offset: they are delivered as heard, numbered by the node in an epoch of its own.
+//! offset: they are delivered as heard, numbered by the node in an epoch of its own, and the
+//! tenant's epochs change (a resume from before them cannot recover what Redis never held).
 //!
 //! Publishing never blocks the caller: events queue for a task that numbers them in pipelined
 //! batches, one queue per tenant so that one tenant's burst never drops another's events. An
@@ -86,7 +87,8 @@ impl RedisBus {
             settled: watch::Sender::new(0),
         });
         let (queue, queued) = mpsc::channel(PUBLISH_QUEUE);
-        let (hearing, incoming) = subscriber.register(&channel, &node);
+        let (hearing, incoming) =
+            subscriber.register(&channel, &node, history.clone().on_unnumbered());
         let local = hearing.local();
         let publisher = tokio::spawn(publish_loop(
             Publisher {

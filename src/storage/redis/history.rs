@@ -30,7 +30,7 @@ use crate::storage::{Resumed, SharedHistory};
 use async_trait::async_trait;
 use redis::Script;
 use redis::aio::ConnectionManager;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 
 /// Makes the group's epoch (ARGV[1]) and the tenant's generation when missing; returns the
@@ -115,6 +115,8 @@ pub struct RedisHistory {
     /// Names epochs made by this node: random per process, then a count.
     prefix: String,
     made: AtomicU64,
+    /// Set while a new generation for an iii node's events is on its way.
+    renewing: AtomicBool,
 }
 
 impl RedisHistory {
@@ -128,6 +130,7 @@ impl RedisHistory {
             ttl_ms: AtomicU64::new(bounds.ttl.as_millis() as u64),
             prefix: uuid::Uuid::new_v4().simple().to_string()[..10].to_owned(),
             made: AtomicU64::new(0),
+            renewing: AtomicBool::new(false),
         }
     }
 
@@ -175,6 +178,23 @@ impl RedisHistory {
             .arg(size)
             .arg(ttl)
             .ignore();
+    }
+
+    /// What to do on hearing an event without an offset (an iii node's): give the tenant new
+    /// epochs, once for a burst.
+    pub fn on_unnumbered(self: Arc<Self>) -> Box<dyn Fn() + Send + Sync> {
+        Box::new(move || {
+            if self.renewing.swap(true, Ordering::AcqRel) {
+                return;
+            }
+            let history = self.clone();
+            tokio::spawn(async move {
+                history.renewing.store(false, Ordering::Release);
+                if let Err(e) = history.new_generation().await {
+                    tracing::warn!(error = %format!("{e:#}"), "cannot give new epochs after an event from an iii node; clients may resume across it");
+                }
+            });
+        })
     }
 
     /// Gives every group of the tenant a new epoch, after some events were numbered nowhere.
