@@ -415,8 +415,18 @@ async fn two_nodes_deliver_each_others_events_exactly_once() {
     )
     .await;
     wa.ok("stream::delete", at("chat", "room", "b0")).await;
+    let mut orders = Vec::new();
     for client in [&mut ca, &mut cb] {
         let frames = exactly(client, 12).await;
+        // Numbered in Redis: one order for every node, offsets one apart.
+        let order: Vec<(Value, Value, Value)> = frames
+            .iter()
+            .map(|f| (f["offset"].clone(), f["epoch"].clone(), f["id"].clone()))
+            .collect();
+        for pair in frames.windows(2) {
+            assert_eq!(pair[1]["offset"], pair[0]["offset"].as_u64().unwrap() + 1);
+        }
+        orders.push(order);
         let mut seen: Vec<String> = frames
             .iter()
             .map(|f| {
@@ -442,6 +452,7 @@ async fn two_nodes_deliver_each_others_events_exactly_once() {
             .collect();
         assert_eq!(b_order, ["b0", "b1", "b2", "b3", "b4", "b0"]);
     }
+    assert_eq!(orders[0], orders[1], "both nodes deliver one order");
 
     // Concurrent increments through both nodes: none lost.
     let mut workers = Vec::new();
@@ -470,9 +481,13 @@ async fn nodes_survive_redis_dying_and_resync_their_clients() {
     let mut redis = RedisServer::start();
     let port = redis.port;
     let TwoNodes { a, wa, wb, .. } = &two_nodes(&redis).await;
-    // Written on A: its event is delivered before the reply, so it cannot trail the snapshot.
+    // Over Redis a write's event comes back numbered after the reply: once an observer has
+    // it, it cannot trail the snapshot.
+    let mut observer = Client::connect(a.client_addr, "/stream/chat/room").await;
+    assert_eq!(observer.next().await["event"]["type"], "sync");
     wa.ok("stream::set", with("chat", "room", "m1", json!("before")))
         .await;
+    assert_eq!(observer.next().await["id"], "m1");
 
     let mut ca = Client::connect(a.client_addr, "/stream/chat/room").await;
     assert_eq!(

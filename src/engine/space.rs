@@ -126,6 +126,9 @@ impl Space {
         }));
         hub.set_history(settings.history);
         let bus = store.event_bus();
+        if let Some(bus) = &bus {
+            hub.number_with(bus.clone());
+        }
         // Unlimited until `configure` applies the tenant's.
         let quotas = TenantQuotas::new(tenant.clone(), &Quotas::UNLIMITED, counters.clone());
         let workers = Arc::new(Router::new(settings.max_pending_per_worker, quotas.clone()));
@@ -306,7 +309,10 @@ impl Space {
                 };
                 match msg {
                     BusMessage::Event(event) => {
-                        space.hub.publish(&event);
+                        space.hub.publish_local(&event);
+                    }
+                    BusMessage::Numbered(event, at) => {
+                        space.hub.publish_at(&event, &at);
                     }
                     BusMessage::Gap => {
                         // The history now has holes: no client may recover from it.

@@ -10,6 +10,7 @@
 //! off). The hub drops a group's history once it has been idle (no event and no subscriber)
 //! past `ttl`; a later event starts the group again in a new epoch.
 
+use crate::fanout::frame::{Position, StreamEvent, mark_recovered};
 use axum::extract::ws::Utf8Bytes;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
@@ -139,6 +140,34 @@ impl Log {
         }
         Some(self.entries.iter().filter(move |e| e.offset > from))
     }
+}
+
+/// The frames that answer a join recovered from a shared history (see `storage::redis::history`):
+/// the `recovered` marker, then the missed `frames` (those of `item` only, for an item
+/// subscription), each marked recovered.
+pub fn recovered_frames(
+    stream: &str,
+    group: &str,
+    item: Option<&str>,
+    from: &Position,
+    frames: Vec<String>,
+) -> Vec<Utf8Bytes> {
+    #[derive(Deserialize)]
+    struct About {
+        id: Option<String>,
+    }
+    let missed: Vec<Utf8Bytes> = frames
+        .iter()
+        .filter(|f| {
+            item.is_none()
+                || serde_json::from_str::<About>(f).is_ok_and(|a| a.id.as_deref() == item)
+        })
+        .map(|f| Utf8Bytes::from(mark_recovered(f)))
+        .collect();
+    let marker = StreamEvent::recovered_marker(stream, group, item, from, missed.len());
+    std::iter::once(Utf8Bytes::from(marker))
+        .chain(missed)
+        .collect()
 }
 
 #[cfg(test)]

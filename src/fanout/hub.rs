@@ -16,16 +16,21 @@
 //! every later one was held for it, so it follows the `sync`. A join that resumes from an
 //! offset the history still covers is served from the history under the same lock, and then
 //! live, with no snapshot at all.
+//!
+//! When the bus numbers events itself (Redis: `storage::redis::history`), this node's own
+//! events are delivered as the bus hands them back numbered (`publish_at`), in the order every
+//! node hears them, and joins resume from the bus's shared history (`sockets::client`).
 
 use crate::fanout::frame::{Position, StreamEvent, mark_recovered};
 use crate::fanout::history::{Bounds, Log};
 use crate::fanout::outbox::Outbox;
 use crate::fanout::presence::{self, PresenceRules, Roster};
 use crate::metrics::FanoutCounters;
+use crate::storage::EventBus;
 use axum::extract::ws::Utf8Bytes;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
 
 pub type ConnId = u64;
@@ -37,16 +42,18 @@ struct Subscriber {
     outbox: Arc<Outbox>,
     /// (subscription id, item id or None for the whole group)
     subs: Vec<(String, Option<String>)>,
-    /// Frames held while a new subscription's snapshot is read; None when not holding.
-    held: Option<Vec<Utf8Bytes>>,
+    /// Frames held (with their positions; None for presence frames, which have none) while a
+    /// new subscription's snapshot is read; None when not holding.
+    held: Option<Vec<(Option<Position>, Utf8Bytes)>>,
 }
 
 impl Subscriber {
-    fn deliver(&mut self, frame: Utf8Bytes) -> bool {
+    /// Queues a frame, or holds it; `at` is None for a frame outside the group's history.
+    fn deliver(&mut self, frame: Utf8Bytes, at: Option<&Position>) -> bool {
         match &mut self.held {
             Some(held) if held.len() >= self.outbox.capacity() => self.outbox.overflowed(),
             Some(held) => {
-                held.push(frame);
+                held.push((at.cloned(), frame));
                 true
             }
             None => self.outbox.push(frame),
@@ -71,6 +78,8 @@ struct Group {
     roster: Roster,
     /// The last event or subscription change, for dropping idle groups.
     active: Instant,
+    /// The position is the bus's (shared by every node), not one this hub numbered.
+    shared: bool,
 }
 
 impl Group {
@@ -120,6 +129,7 @@ impl Shared {
             subs: HashMap::new(),
             roster: Roster::default(),
             active: Instant::now(),
+            shared: false,
         })
     }
 
@@ -170,6 +180,8 @@ pub struct Hub {
     counters: FanoutCounters,
     sweeper: Option<tokio::task::JoinHandle<()>>,
     presence: RwLock<PresenceRules>,
+    /// The bus that numbers events, when it does (see the module comment).
+    numbering: OnceLock<Arc<dyn EventBus>>,
 }
 
 impl Default for Hub {
@@ -207,6 +219,16 @@ impl Hub {
             counters,
             sweeper,
             presence: RwLock::default(),
+            numbering: OnceLock::new(),
+        }
+    }
+
+    /// Lets `bus` number this hub's events when it keeps a shared history: from now on
+    /// `publish` delivers nothing itself, and the history bounds are the bus's too.
+    pub fn number_with(&self, bus: Arc<dyn EventBus>) {
+        if bus.shared_history().is_some() {
+            bus.set_history(self.history());
+            let _ = self.numbering.set(bus);
         }
     }
 
@@ -218,6 +240,9 @@ impl Hub {
         self.shared
             .ttl_ms
             .store(bounds.ttl.as_millis() as u64, Ordering::Relaxed);
+        if let Some(bus) = self.numbering.get() {
+            bus.set_history(bounds);
+        }
     }
 
     pub fn history(&self) -> Bounds {
@@ -234,6 +259,7 @@ impl Hub {
             g.log.clear();
             g.offset = 0;
             g.epoch = fresh.epoch;
+            g.shared = false;
         }
     }
 
@@ -318,20 +344,42 @@ impl Hub {
         outbox: &Outbox,
         first: Utf8Bytes,
     ) {
+        self.release_after(stream, group, conn, outbox, vec![first], None);
+    }
+
+    /// As `release`, with several first frames, and without the held frames at or below
+    /// `after` in its epoch (the first frames already cover them).
+    pub fn release_after(
+        &self,
+        stream: &str,
+        group: &str,
+        conn: ConnId,
+        outbox: &Outbox,
+        first: Vec<Utf8Bytes>,
+        after: Option<&Position>,
+    ) {
+        let push_all =
+            |outbox: &Outbox, frames: Vec<Utf8Bytes>| frames.into_iter().all(|f| outbox.push(f));
         let groups = self.shared.groups.read().unwrap();
         let Some(g) = groups.get(stream).and_then(|g| g.get(group)) else {
-            outbox.push(first);
+            push_all(outbox, first);
             return;
         };
         let mut g = g.lock().unwrap();
         let Some(sub) = g.subs.get_mut(&conn) else {
-            outbox.push(first);
+            push_all(outbox, first);
             return;
         };
         let frames = sub.held.take().unwrap_or_default();
-        if sub.outbox.push(first) {
-            for frame in frames {
-                if !sub.outbox.push(frame) {
+        // A presence frame (no position) is never covered by a snapshot of items.
+        let covered = |at: &Option<Position>| {
+            at.as_ref()
+                .zip(after)
+                .is_some_and(|(at, p)| p.epoch == at.epoch && at.offset <= p.offset)
+        };
+        if push_all(&sub.outbox, first) {
+            for (at, frame) in frames {
+                if !covered(&at) && !sub.outbox.push(frame) {
                     break;
                 }
             }
@@ -375,7 +423,7 @@ impl Hub {
             g.roster.watch(conn, sub_id, watch);
             if let (true, Some(sub)) = (watch, g.subs.get_mut(&conn)) {
                 let data = g.roster.snapshot("snapshot");
-                sent += usize::from(sub.deliver(presence::frame(stream, group, &data)));
+                sent += usize::from(sub.deliver(presence::frame(stream, group, &data), None));
             }
             sent
         });
@@ -468,20 +516,73 @@ impl Hub {
     /// Gives an event the group's next offset, keeps it in the group's history, and delivers
     /// it to every socket subscribed to its group (or to its item). Returns how many sockets
     /// it was queued for.
+    ///
+    /// When a bus numbers events (`number_with`), it hands this node's own events back
+    /// numbered, and this delivers nothing.
     pub fn publish(&self, event: &StreamEvent) -> usize {
+        if self.numbering.get().is_some() {
+            return 0;
+        }
+        self.publish_local(event)
+    }
+
+    /// Numbers and delivers an event here, even when a bus numbers the others: an iii node's,
+    /// or one the bus could not number. A group whose offsets were the bus's starts an epoch
+    /// of this hub's own, which no shared history knows, so no client recovers across it.
+    pub fn publish_local(&self, event: &StreamEvent) -> usize {
+        let fresh = || self.shared.new_group().into_inner().unwrap().epoch;
+        self.deliver(event, |g| {
+            if g.shared {
+                g.shared = false;
+                g.epoch = fresh();
+                g.offset = 0;
+                g.log.clear();
+            }
+            g.offset += 1;
+            Some(g.position())
+        })
+    }
+
+    /// Delivers an event the bus numbered, at its position. One at or below what the group
+    /// already delivered in that epoch is skipped.
+    pub fn publish_at(&self, event: &StreamEvent, at: &Position) -> usize {
+        self.deliver(event, |g| {
+            if g.shared && g.epoch == at.epoch && at.offset <= g.offset {
+                return None;
+            }
+            if !g.shared || g.epoch != at.epoch || at.offset != g.offset + 1 {
+                g.log.clear();
+            }
+            g.shared = true;
+            g.epoch = at.epoch.clone();
+            g.offset = at.offset;
+            Some(at.clone())
+        })
+    }
+
+    /// Places the event with `place` (None skips it), keeps it in the history and queues it
+    /// for the group's subscribers, all under the group's lock.
+    fn deliver(
+        &self,
+        event: &StreamEvent,
+        place: impl FnOnce(&mut Group) -> Option<Position>,
+    ) -> usize {
         self.counters.published.inc();
         let bounds = self.shared.bounds();
         let n = self
             .shared
             .with_group(&event.stream_name, &event.group_id, |g| {
-                g.offset += 1;
+                let Some(at) = place(g) else { return 0 };
                 g.active = Instant::now();
-                let frame = Utf8Bytes::from(event.encode_at(&g.position(), None));
-                g.log
-                    .push(g.offset, event.id.as_deref(), frame.clone(), bounds);
+                let frame = Utf8Bytes::from(event.encode_at(&at, None));
+                if self.numbering.get().is_none() {
+                    // With a bus's shared history, joins resume from that instead.
+                    g.log
+                        .push(at.offset, event.id.as_deref(), frame.clone(), bounds);
+                }
                 let mut n = 0;
                 for sub in g.subs.values_mut() {
-                    if sub.wants(event.id.as_deref()) && sub.deliver(frame.clone()) {
+                    if sub.wants(event.id.as_deref()) && sub.deliver(frame.clone(), Some(&at)) {
                         n += 1;
                     }
                 }
@@ -559,7 +660,7 @@ fn tell(g: &mut Group, frame: &Utf8Bytes) -> usize {
     let mut n = 0;
     for conn in g.roster.watchers() {
         if let Some(sub) = g.subs.get_mut(&conn) {
-            n += usize::from(sub.deliver(frame.clone()));
+            n += usize::from(sub.deliver(frame.clone(), None));
         }
     }
     n
@@ -635,6 +736,41 @@ mod tests {
         hub.set_history(Bounds::default());
         hub.unsubscribe("s", "h", 1, "a");
         assert_eq!(hub.group_count(), 0);
+    }
+
+    /// Over a bus that numbers events: positions are the bus's, a frame heard twice goes once,
+    /// a join's release skips what its first frames cover, and an event numbered here starts
+    /// an epoch of this hub's own.
+    #[test]
+    fn numbered_events_keep_the_bus_positions() {
+        let hub = Hub::default();
+        let (outbox, mut rx) = Outbox::new(8, CloseCounters::default());
+        let _ = hub.subscribe("s", "g", 1, &outbox, "a", None, None);
+        let at = |offset| Position {
+            offset,
+            epoch: "bus".into(),
+        };
+        let event = StreamEvent::new("s", "g", None, EventKind::Update(1.into()));
+        hub.publish_at(&event, &at(5));
+        hub.publish_at(&event, &at(5));
+        hub.publish_at(&event, &at(6));
+        let sync = Utf8Bytes::from_static("sync");
+        hub.release_after("s", "g", 1, &outbox, vec![sync], Some(&at(5)));
+        let mut got = Vec::new();
+        while let Ok(frame) = rx.try_recv() {
+            got.push(frame.to_string());
+        }
+        assert_eq!(got.len(), 2, "{got:?}");
+        assert_eq!(got[0], "sync");
+        let frame: serde_json::Value = serde_json::from_str(&got[1]).unwrap();
+        assert_eq!(
+            (frame["offset"].as_u64(), frame["epoch"].as_str()),
+            (Some(6), Some("bus"))
+        );
+        hub.publish_local(&event);
+        let local = hub.position("s", "g");
+        assert_eq!(local.offset, 1);
+        assert_ne!(&*local.epoch, "bus");
     }
 
     #[test]

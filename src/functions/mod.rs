@@ -185,6 +185,16 @@ impl Functions {
         }
     }
 
+    /// Waits until the events emitted so far are in the other nodes' hands: numbered and
+    /// published by the bus (Redis), or given up on and delivered here. A write awaits it
+    /// before its reply, after its group's line has moved on, so that an acknowledged event
+    /// survives this node dying right after; meanwhile its turn goes to other calls.
+    pub async fn published(&self) {
+        if let Some(bus) = &self.bus {
+            crate::fair::idle(bus.settled()).await;
+        }
+    }
+
     /// Runs an event through its stream's fan-out hook. A failing hook delivers nothing: a
     /// hook may exist to keep data from clients, so failing open could leak it.
     async fn fan_out(&self, event: StreamEvent) -> Vec<StreamEvent> {

@@ -203,6 +203,7 @@ async fn set(functions: &Arc<Functions>, p: SetPayload) -> FnResult {
     )
     .await;
     drop(order);
+    functions.published().await;
     Ok(Some(json!({"old_value": old, "new_value": new})))
 }
 
@@ -239,6 +240,7 @@ async fn delete(functions: &Arc<Functions>, p: ItemRef) -> FnResult {
     }
     sequence::emitted();
     drop(order);
+    functions.published().await;
     Ok(Some(json!({"old_value": old})))
 }
 
@@ -311,6 +313,7 @@ async fn send(functions: &Arc<Functions>, p: SendPayload) -> FnResult {
         ))
         .await;
     sequence::emitted();
+    functions.published().await;
     Ok(Some(Value::Null))
 }
 
@@ -353,6 +356,7 @@ async fn update(functions: &Arc<Functions>, p: UpdatePayload) -> FnResult {
     )
     .await;
     drop(order);
+    functions.published().await;
     let mut result = json!({"old_value": outcome.old_value, "new_value": outcome.new_value});
     if !outcome.errors.is_empty() {
         result["errors"] = json!(outcome.errors);

@@ -23,10 +23,12 @@ use crate::engine::admission::take_connection;
 use crate::engine::space::{Kind, Space};
 use crate::error::FnError;
 use crate::fanout::frame::{EventKind, Position, StreamEvent, error_frame, now_millis};
+use crate::fanout::history::recovered_frames;
 use crate::fanout::hub::{ConnId, Joined};
 use crate::fanout::outbox::{self, CLOSE_TOO_BIG, Flow, Keepalive, Outbox, Peer};
 use crate::fanout::presence;
 use crate::functions::admit;
+use crate::storage::{Resumed, SharedHistory};
 use crate::tenants::quotas::SlotPermit;
 use crate::tenants::{ClientIdentity, QUOTA_EXCEEDED};
 use axum::Router;
@@ -576,6 +578,8 @@ impl Client {
         // Subscribe first, then read; the hub holds this group's frames for the socket until
         // the `sync` is queued, so an event racing the snapshot never goes before it. A join
         // that resumes within the group's history is answered from it instead.
+        // Over a shared history (Redis), the join resumes from that, on any node.
+        let shared = space.store().event_bus().and_then(|b| b.shared_history());
         let joined = space.hub.subscribe(
             &sub.stream_name,
             &sub.group_id,
@@ -583,7 +587,7 @@ impl Client {
             &self.outbox,
             &sub.subscription_id,
             sub.id.as_deref(),
-            resume.as_ref(),
+            resume.as_ref().filter(|_| shared.is_none()),
         );
         let (sub_id, who) = (&sub.subscription_id, &self.user);
         space.hub.present(
@@ -594,10 +598,42 @@ impl Client {
             sub.presence,
             || presence::member(self.conn, who, sub.info.clone()),
         );
-        if let Joined::Held(position) = joined {
-            self.sync(&sub, position, resume.is_some()).await;
+        match (joined, shared) {
+            (Joined::Held(held), Some(shared)) => {
+                self.resume_shared(&sub, &*shared, held, resume).await
+            }
+            (Joined::Held(position), None) => self.sync(&sub, position, resume.is_some()).await,
+            (Joined::Recovered, _) => {}
         }
         self.subs.insert(sub.subscription_id.clone(), sub);
+    }
+
+    /// Answers a held join from the shared history: the missed events when it holds them all,
+    /// else a `sync` at the history's position (at the hub's, `held`, when it cannot be read).
+    /// Held frames already covered are not sent again.
+    async fn resume_shared(
+        &self,
+        sub: &JoinData,
+        shared: &dyn SharedHistory,
+        held: Position,
+        resume: Option<Position>,
+    ) {
+        let (stream, group) = (&sub.stream_name, &sub.group_id);
+        match (shared.resume(stream, group, resume.as_ref()).await, resume) {
+            (Ok(Resumed::Recovered { frames, last }), Some(from)) => {
+                let item = sub.id.as_deref();
+                let first = recovered_frames(stream, group, item, &from, frames);
+                let (conn, outbox) = (self.conn, &self.outbox);
+                let hub = &self.space.hub;
+                hub.release_after(stream, group, conn, outbox, first, Some(&last));
+            }
+            (Ok(Resumed::Sync(at)), resume) => self.sync(sub, at, resume.is_some()).await,
+            (Ok(Resumed::Recovered { last, .. }), None) => self.sync(sub, last, false).await,
+            (Err(e), resume) => {
+                tracing::warn!(stream, group, error = %format!("{e:#}"), "cannot read the shared history; the join gets a sync at this node's position");
+                self.sync(sub, held, resume.is_some()).await
+            }
+        }
     }
 
     /// Reads the snapshot of a held subscription and queues its `sync` at `position` (marked
@@ -628,12 +664,13 @@ impl Client {
                 &format!("snapshot of {}/{}: {e}", sub.stream_name, sub.group_id),
             ),
         };
-        space.hub.release(
+        space.hub.release_after(
             &sub.stream_name,
             &sub.group_id,
             self.conn,
             &self.outbox,
-            Utf8Bytes::from(first),
+            vec![Utf8Bytes::from(first)],
+            Some(&position),
         );
     }
 

@@ -16,7 +16,8 @@ pub mod wal;
 pub mod wasm;
 pub mod worker;
 
-use crate::fanout::frame::StreamEvent;
+use crate::fanout::frame::{Position, StreamEvent};
+use crate::fanout::history::Bounds;
 use crate::fanout::order::Order;
 use crate::metrics::Telemetry;
 use crate::storage::update_ops::{OpError, UpdateOps};
@@ -126,8 +127,11 @@ pub trait StreamAdapter: Send + Sync {
 /// What a node hears from the other nodes.
 #[derive(Debug)]
 pub enum BusMessage {
-    /// An event emitted on another node, for this node's subscribers.
+    /// An event with no shared offset (from an iii node, or one of this node's that could not
+    /// be numbered), for this node's subscribers; the hub numbers it in an epoch of its own.
     Event(StreamEvent),
+    /// An event numbered by the bus (any node's, this node's too), delivered at that position.
+    Numbered(StreamEvent, Position),
     /// Events may have been missed (the bus reconnected): subscribers need a fresh `sync`.
     Gap,
 }
@@ -136,6 +140,45 @@ pub enum BusMessage {
 pub trait EventBus: Send + Sync {
     /// Sends an event emitted on this node to the other nodes. It must not block.
     fn publish(&self, event: &StreamEvent);
-    /// The events of the other nodes (never this node's own), and gaps. Called once.
+    /// The events of the other nodes (and this node's own, once numbered), and gaps. Called
+    /// once.
     fn subscribe(&self) -> tokio::sync::mpsc::Receiver<BusMessage>;
+    /// Resolves once every event published so far is settled: numbered and published by the
+    /// backend, or given up (and then delivered locally). A writer that awaits it before its
+    /// reply knows that an acknowledged event is in the shared history even if this node dies
+    /// right after.
+    fn settled(&self) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(std::future::ready(()))
+    }
+    /// Where offsets and history live when the bus numbers events itself; then the hub
+    /// delivers only what the bus hands back (`Numbered`), and joins resume from here.
+    fn shared_history(&self) -> Option<Arc<dyn SharedHistory>> {
+        None
+    }
+    /// The history bounds in force, for a bus that keeps history.
+    fn set_history(&self, bounds: Bounds) {
+        let _ = bounds;
+    }
+}
+
+/// Offsets and history shared by every node (see `redis::history`).
+#[async_trait]
+pub trait SharedHistory: Send + Sync {
+    /// Where a join stands: with `from`, the events after it when the history holds every one
+    /// (same epoch, within the bounds); otherwise the group's position for a `sync`.
+    async fn resume(
+        &self,
+        stream: &str,
+        group: &str,
+        from: Option<&Position>,
+    ) -> anyhow::Result<Resumed>;
+}
+
+/// How a join against a shared history is answered.
+#[derive(Debug)]
+pub enum Resumed {
+    /// Every frame after the join's offset, oldest first; `last` is the group's position.
+    Recovered { frames: Vec<String>, last: Position },
+    /// Not recoverable (or not asked): the position a `sync` read now must carry.
+    Sync(Position),
 }

@@ -36,9 +36,13 @@ async fn tenants_with_the_same_names_stay_apart_across_nodes() {
         wa.ok("stream::set", item("alpha", n)).await;
         wb.ok("stream::set", item("beta", n)).await;
     }
+    let mut last_of_alpha = Value::Null;
     for (client, who) in [(&mut ca, "alpha"), (&mut cb, "beta")] {
         for n in 0..20 {
             let frame = client.next().await;
+            if who == "alpha" {
+                last_of_alpha = frame.clone();
+            }
             assert_eq!(
                 frame["event"]["data"],
                 json!({"by": who, "n": n}),
@@ -79,6 +83,41 @@ async fn tenants_with_the_same_names_stay_apart_across_nodes() {
             .any(|k| k == "streamhost:tenant:beta:stream:chat:room"),
         "{keys:?}"
     );
+
+    // Each tenant numbers its own group: twenty events each, in epochs of their own, and a
+    // client of one tenant cannot resume from the other's position.
+    let mut positions = Vec::new();
+    for tenant in ["alpha", "beta"] {
+        let (offset, epoch): (u64, String) = redis::cmd("HMGET")
+            .arg(format!("streamhost:tenant:{tenant}:offset:chat:room"))
+            .arg("offset")
+            .arg("epoch")
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+        assert_eq!(offset, 20, "{tenant}");
+        positions.push(epoch);
+    }
+    assert_ne!(positions[0], positions[1]);
+    assert_eq!(last_of_alpha["offset"], 20);
+    let mut cb = common::Client::connect_with_token(
+        one.client_addr,
+        "/",
+        &token("beta", SECRET_B, &["*"], 300),
+    )
+    .await;
+    cb.send_json(
+        json!({"type": "join", "data": {"subscriptionId": "s", "streamName": "chat",
+        "groupId": "room", "offset": last_of_alpha["offset"], "epoch": last_of_alpha["epoch"]}}),
+    )
+    .await;
+    let sync = cb.next().await;
+    assert_eq!(
+        (&sync["event"]["type"], &sync["recovered"]),
+        (&json!("sync"), &json!(false)),
+        "{sync}"
+    );
+    assert_eq!(sync["event"]["data"][0]["by"], "beta");
     one.shutdown().await.unwrap();
     two.shutdown().await.unwrap();
 }

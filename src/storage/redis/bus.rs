@@ -1,27 +1,35 @@
 //! One tenant's fan-out between engine nodes over Redis pub/sub (spec §9): the default tenant
 //! on iii's channel `stream::events`, every other tenant on its own (see `keys`).
 //!
-//! Each bus publishes every frame its engine emits, with one extra field `"node"` naming the
-//! bus, and delivers what it hears except its own frames. Frames from iii nodes have no `node`
-//! field and are delivered too. Publishing never blocks the caller: frames queue for a task
-//! that sends them in pipelined batches, one queue per tenant so that one tenant's burst never
-//! drops another's events. What cannot be sent (Redis away, or the queue full) is counted and
-//! logged, and once publishing works again the bus announces the gap on its channel
-//! (`{"type":"streamhost_gap","node":...}`) so that the other nodes resynchronise that
-//! tenant's clients: a dropped event never leaves a silent hole.
+//! Every event this node emits is numbered in Redis (see `history`), which publishes the
+//! numbered frame; every node, this one included, delivers the numbered frames it hears, so a
+//! group's subscribers get its offsets in order on every node. Frames from iii nodes carry no
+//! offset: they are delivered as heard, numbered by the node in an epoch of its own, and the
+//! tenant's epochs change (a resume from before them cannot recover what Redis never held).
+//!
+//! Publishing never blocks the caller: events queue for a task that numbers them in pipelined
+//! batches, one queue per tenant so that one tenant's burst never drops another's events. An
+//! event that cannot be numbered (Redis away, or the queue full) is counted and logged, still
+//! delivered to this node's own subscribers (in a local epoch), and before numbering again the
+//! bus gives the tenant a new epoch generation, so no client recovers across it; then it
+//! announces the gap on its channel (`{"type":"streamhost_gap","node":...}`) so that the other
+//! nodes resynchronise that tenant's clients: a dropped event never leaves a silent hole.
 //!
 //! Hearing goes through the node's one shared subscriber (see `subscriber`), which reports a
 //! `BusMessage::Gap` to each tenant after a reconnect.
 
-use super::subscriber::{Registration, Subscriber};
+use super::history::RedisHistory;
+use super::subscriber::{Local, Registration, Subscriber};
 use super::target::RedisTarget;
-use crate::fanout::frame::StreamEvent;
-use crate::storage::{BusMessage, EventBus};
+use crate::fanout::frame::{Position, StreamEvent};
+use crate::fanout::history::Bounds;
+use crate::storage::{BusMessage, EventBus, SharedHistory};
 use redis::aio::ConnectionManager;
 use serde_json::Value;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 /// The `type` of the message a node publishes after some of its events were dropped.
@@ -32,8 +40,10 @@ const PUBLISH_QUEUE: usize = 65_536;
 const PUBLISH_BATCH: usize = 512;
 
 pub struct RedisBus {
-    node: String,
-    queue: mpsc::Sender<String>,
+    queue: mpsc::Sender<StreamEvent>,
+    /// Where this node's own events go when they cannot be numbered.
+    local: Local,
+    history: Arc<RedisHistory>,
     incoming: Mutex<Option<mpsc::Receiver<BusMessage>>>,
     stats: Arc<BusStats>,
     publisher: JoinHandle<()>,
@@ -48,6 +58,13 @@ pub struct BusStats {
     pub dropped: AtomicU64,
     /// Set while publications are being dropped, so a burst is logged once.
     dropping: AtomicBool,
+    /// Set when an event was numbered nowhere: a new epoch generation is due first.
+    unnumbered: AtomicBool,
+    /// Events published so far, and (watched) how many of them are settled: numbered, or given
+    /// up. Batches settle in queue order, so one count says which events are done (an event
+    /// refused by a full queue counts at once: under overflow the count runs a little ahead).
+    queued: AtomicU64,
+    settled: watch::Sender<u64>,
 }
 
 impl RedisBus {
@@ -58,26 +75,37 @@ impl RedisBus {
         conn: ConnectionManager,
         subscriber: &Subscriber,
         channel: String,
+        history: Arc<RedisHistory>,
     ) -> RedisBus {
         let node = uuid::Uuid::new_v4().to_string();
         let stats = Arc::new(BusStats {
             channel: channel.clone(),
             dropped: AtomicU64::new(0),
             dropping: AtomicBool::new(false),
+            unnumbered: AtomicBool::new(false),
+            queued: AtomicU64::new(0),
+            settled: watch::Sender::new(0),
         });
         let (queue, queued) = mpsc::channel(PUBLISH_QUEUE);
-        let (hearing, incoming) = subscriber.register(&channel, &node);
+        let (hearing, incoming) =
+            subscriber.register(&channel, &node, history.clone().on_unnumbered());
+        let local = hearing.local();
         let publisher = tokio::spawn(publish_loop(
-            target,
-            conn,
-            node.clone(),
-            channel,
+            Publisher {
+                target,
+                conn,
+                node: node.clone(),
+                channel,
+                history: history.clone(),
+                local: local.clone(),
+                stats: stats.clone(),
+            },
             queued,
-            stats.clone(),
         ));
         RedisBus {
-            node,
             queue,
+            local,
+            history,
             incoming: Mutex::new(Some(incoming)),
             stats,
             publisher,
@@ -91,6 +119,8 @@ impl RedisBus {
 
     pub fn stop(&self) {
         self.publisher.abort();
+        // Nothing more will be numbered: nobody waits for it.
+        self.stats.settled.send_replace(u64::MAX);
         self.hearing.lock().unwrap().take();
     }
 }
@@ -103,15 +133,33 @@ impl Drop for RedisBus {
 
 impl EventBus for RedisBus {
     fn publish(&self, event: &StreamEvent) {
-        let mut frame = event.to_value();
-        frame["node"] = Value::String(self.node.clone());
-        match self.queue.try_send(frame.to_string()) {
-            Ok(()) => {}
-            Err(_) => self.stats.drop_publications(
+        self.stats.queued.fetch_add(1, Ordering::AcqRel);
+        if let Err(e) = self.queue.try_send(event.clone()) {
+            self.stats.settle(1);
+            self.stats.unnumbered.store(true, Ordering::Release);
+            self.stats.drop_publications(
                 1,
                 "the publish queue is full (Redis is slow or unreachable)",
-            ),
+            );
+            self.local.deliver(BusMessage::Event(e.into_inner()));
         }
+    }
+
+    fn settled(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        let target = self.stats.queued.load(Ordering::Acquire);
+        let mut settled = self.stats.settled.subscribe();
+        Box::pin(async move {
+            // Ends early only if the publishing task is gone (the bus stopped).
+            let _ = settled.wait_for(|n| *n >= target).await;
+        })
+    }
+
+    fn shared_history(&self) -> Option<Arc<dyn SharedHistory>> {
+        Some(self.history.clone())
+    }
+
+    fn set_history(&self, bounds: Bounds) {
+        self.history.set_bounds(bounds);
     }
 
     fn subscribe(&self) -> mpsc::Receiver<BusMessage> {
@@ -125,6 +173,11 @@ impl EventBus for RedisBus {
 }
 
 impl BusStats {
+    fn settle(&self, n: usize) {
+        self.settled
+            .send_modify(|settled| *settled = settled.saturating_add(n as u64));
+    }
+
     fn drop_publications(&self, n: u64, why: &str) {
         let total = self.dropped.fetch_add(n, Ordering::Relaxed) + n;
         if !self.dropping.swap(true, Ordering::Relaxed) {
@@ -150,31 +203,78 @@ impl BusStats {
     }
 }
 
-/// Sends queued frames in pipelined batches, in the order they were emitted.
-async fn publish_loop(
+/// What the publishing task works with.
+struct Publisher {
     target: Arc<RedisTarget>,
-    mut conn: ConnectionManager,
+    conn: ConnectionManager,
     node: String,
     channel: String,
-    mut queued: mpsc::Receiver<String>,
+    history: Arc<RedisHistory>,
+    local: Local,
     stats: Arc<BusStats>,
-) {
+}
+
+/// Numbers queued events in pipelined batches, in the order they were emitted.
+async fn publish_loop(mut p: Publisher, mut queued: mpsc::Receiver<StreamEvent>) {
     let mut batch = Vec::with_capacity(PUBLISH_BATCH);
     while queued.recv_many(&mut batch, PUBLISH_BATCH).await > 0 {
-        let mut pipe = redis::pipe();
-        for frame in &batch {
-            pipe.cmd("PUBLISH").arg(&channel).arg(frame).ignore();
-        }
-        match target.run("PUBLISH", pipe.exec_async(&mut conn)).await {
+        match p.number(&batch).await {
             Ok(()) => {
-                if stats.published() {
-                    announce_gap(&target, &mut conn, &node, &channel).await;
+                if p.stats.published() {
+                    announce_gap(&p.target, &mut p.conn, &p.node, &p.channel).await;
                 }
             }
-            Err(e) => stats.drop_publications(batch.len() as u64, &format!("{e:#}")),
+            Err(e) => {
+                p.stats.unnumbered.store(true, Ordering::Release);
+                p.stats
+                    .drop_publications(batch.len() as u64, &format!("{e:#}"));
+                // Numbered nowhere (or not known to be): this node's clients still get them.
+                for event in &batch {
+                    p.local.deliver(BusMessage::Event(event.clone()));
+                }
+            }
         }
+        p.stats.settle(batch.len());
         batch.clear();
     }
+}
+
+impl Publisher {
+    /// Numbers and publishes `batch`; after events were numbered nowhere, first gives the
+    /// tenant a new epoch generation (so nothing numbered later continues an old epoch).
+    async fn number(&mut self, batch: &[StreamEvent]) -> anyhow::Result<()> {
+        if self.stats.unnumbered.load(Ordering::Acquire) {
+            self.history.new_generation().await?;
+            self.stats.unnumbered.store(false, Ordering::Release);
+        }
+        let mut pipe = redis::pipe();
+        for event in batch {
+            self.history.number(&mut pipe, event, &self.channel);
+        }
+        let conn = &mut self.conn;
+        let call = async move {
+            match pipe.exec_async(conn).await {
+                // Redis has not got the script (first use, or it restarted): none of the batch
+                // ran, so it is loaded and the batch sent again.
+                Err(e) if no_script(&e) => {
+                    RedisHistory::load_cmd().query_async::<String>(conn).await?;
+                    pipe.exec_async(conn).await
+                }
+                done => done,
+            }
+        };
+        self.target.run("the numbering script", call).await
+    }
+}
+
+/// Whether every command failed for want of the script.
+fn no_script(e: &redis::RedisError) -> bool {
+    e.clone().into_server_errors().is_some_and(|errors| {
+        !errors.is_empty()
+            && errors
+                .iter()
+                .all(|(_, e)| e.kind() == Some(redis::ServerErrorKind::NoScript))
+    })
 }
 
 /// Tells the other nodes that some of this node's events never reached them.
@@ -208,17 +308,27 @@ pub(super) fn decode(payload: &[u8], node: &str, channel: &str) -> Option<BusMes
             return None;
         }
     };
-    if frame.get("node").and_then(Value::as_str) == Some(node) {
+    let numbered = match (frame.get("offset"), frame.get("epoch")) {
+        (Some(offset), Some(Value::String(epoch))) => offset.as_u64().map(|offset| Position {
+            offset,
+            epoch: epoch.as_str().into(),
+        }),
+        _ => None,
+    };
+    if numbered.is_none() && frame.get("node").and_then(Value::as_str) == Some(node) {
         return None;
     }
     if frame.get("type").and_then(Value::as_str) == Some(GAP) {
         return Some(BusMessage::Gap);
     }
-    let event = StreamEvent::from_value(&frame);
-    if event.is_none() {
+    let Some(event) = StreamEvent::from_value(&frame) else {
         tracing::warn!("ignored a message on {channel} that is not a stream frame");
-    }
-    event.map(BusMessage::Event)
+        return None;
+    };
+    Some(match numbered {
+        Some(at) => BusMessage::Numbered(event, at),
+        None => BusMessage::Event(event),
+    })
 }
 
 #[cfg(test)]

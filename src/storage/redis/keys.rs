@@ -80,6 +80,40 @@ impl KeySpace {
         }
     }
 
+    /// The hash holding a group's `offset` and `epoch` (see `history`). Ours alone, so its
+    /// names are encoded for every tenant: two groups never share a numbering.
+    pub fn offsets_key(&self, stream: &str, group: &str) -> String {
+        format!(
+            "{}offset:{}:{}",
+            self.own_root(),
+            encode(stream),
+            encode(group)
+        )
+    }
+
+    /// The Redis stream holding a group's recent frames, by offset.
+    pub fn history_key(&self, stream: &str, group: &str) -> String {
+        format!(
+            "{}history:{}:{}",
+            self.own_root(),
+            encode(stream),
+            encode(group)
+        )
+    }
+
+    /// The tenant's epoch generation: changed when events may have been numbered nowhere.
+    pub fn generation_key(&self) -> String {
+        format!("{}epoch", self.own_root())
+    }
+
+    /// Where keys only streamhost writes begin: `streamhost:` or the tenant's root.
+    fn own_root(&self) -> &str {
+        match self {
+            KeySpace::Default => "streamhost:",
+            KeySpace::Tenant { root, .. } => root,
+        }
+    }
+
     /// The pub/sub channel of this tenant's events.
     pub fn channel(&self) -> String {
         match self {
@@ -165,6 +199,13 @@ mod tests {
         assert_eq!(keys.channel(), "stream::events");
         assert_eq!(keys.stream_prefix("s"), "stream:s:");
         assert_eq!(keys.split("a:b:c"), Some(("a".into(), "b:c".into())));
+        // Numbering keys are ours: names encoded, so `a:b`/`c` and `a`/`b:c` differ.
+        assert_eq!(keys.offsets_key("a:b", "c"), "streamhost:offset:a%3Ab:c");
+        assert_eq!(keys.history_key("a", "b:c"), "streamhost:history:a:b%3Ac");
+        assert_eq!(keys.generation_key(), "streamhost:epoch");
+        let t = KeySpace::of("t").unwrap();
+        assert_eq!(t.offsets_key("s", "g"), "streamhost:tenant:t:offset:s:g");
+        assert_eq!(t.generation_key(), "streamhost:tenant:t:epoch");
     }
 
     #[test]

@@ -24,6 +24,7 @@
 //! size of the whole keyspace, every tenant's keys included.
 
 mod bus;
+mod history;
 mod keys;
 mod scripts;
 mod subscriber;
@@ -172,11 +173,17 @@ impl RedisAdapter {
     }
 
     fn in_key_space(node: Arc<Node>, keys: KeySpace) -> RedisAdapter {
+        let history = Arc::new(history::RedisHistory::new(
+            node.target.clone(),
+            node.conn.clone(),
+            keys.clone(),
+        ));
         let bus = Arc::new(RedisBus::start(
             node.target.clone(),
             node.conn.clone(),
             &node.subscriber,
             keys.channel(),
+            history,
         ));
         RedisAdapter {
             node,

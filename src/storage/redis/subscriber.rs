@@ -54,6 +54,8 @@ struct Listener {
     /// The bus's own frames are not delivered back to it.
     node: String,
     tx: mpsc::Sender<BusMessage>,
+    /// Told of each event heard without an offset (an iii node's), which no shared history holds.
+    on_unnumbered: Box<dyn Fn() + Send + Sync>,
     /// Set while a `Gap` waits for room: what arrives meanwhile is dropped, as the gap covers it.
     behind: AtomicBool,
 }
@@ -62,6 +64,23 @@ struct Listener {
 pub struct Registration {
     state: Arc<State>,
     listener: Arc<Listener>,
+}
+
+/// A bus's way to hand its own tenant a message directly (events it could not number).
+#[derive(Clone)]
+pub struct Local(Arc<Listener>);
+
+impl Local {
+    /// Queues without waiting, as heard messages are (a full queue turns into a gap).
+    pub fn deliver(&self, message: BusMessage) {
+        self.0.deliver(message);
+    }
+}
+
+impl Registration {
+    pub fn local(&self) -> Local {
+        Local(self.listener.clone())
+    }
 }
 
 impl Subscriber {
@@ -76,6 +95,7 @@ impl Subscriber {
         &self,
         channel: &str,
         node: &str,
+        on_unnumbered: Box<dyn Fn() + Send + Sync>,
     ) -> (Registration, mpsc::Receiver<BusMessage>) {
         let (tx, rx) = mpsc::channel(INCOMING_QUEUE);
         let listener = Arc::new(Listener {
@@ -83,6 +103,7 @@ impl Subscriber {
             channel: channel.to_owned(),
             node: node.to_owned(),
             tx,
+            on_unnumbered,
             behind: AtomicBool::new(false),
         });
         self.state
@@ -132,6 +153,9 @@ impl State {
         let listeners = self.listeners.lock().unwrap();
         for listener in listeners.get(channel).into_iter().flatten() {
             if let Some(message) = decode(payload, &listener.node, channel) {
+                if let BusMessage::Event(_) = message {
+                    (listener.on_unnumbered)();
+                }
                 listener.deliver(message);
             }
         }
@@ -328,8 +352,8 @@ mod tests {
             state: Arc::new(state),
             task: tokio::spawn(async {}),
         };
-        let (_slow, mut slow_rx) = subscriber.register("slow", "me");
-        let (_other, mut other_rx) = subscriber.register("other", "me");
+        let (_slow, mut slow_rx) = subscriber.register("slow", "me", Box::new(|| {}));
+        let (_other, mut other_rx) = subscriber.register("other", "me", Box::new(|| {}));
         let n = INCOMING_QUEUE as u64 + 10;
         for i in 0..n {
             subscriber.state.dispatch("slow", &frame(i));
