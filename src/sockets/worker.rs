@@ -40,8 +40,9 @@ use axum::http::HeaderMap;
 use axum::response::Response;
 use serde_json::Value;
 use std::net::SocketAddr;
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
-use std::task::{Context, Waker};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 /// Frames queued for one worker before senders wait.
@@ -467,8 +468,16 @@ fn run_here_or_spawn(call: impl std::future::Future<Output = ()> + Send + 'stati
     // The waker of this first poll is never woken: whatever the call waits on registers
     // again, with the task's own waker, when the task polls it (every future must).
     let mut cx = Context::from_waker(Waker::noop());
-    if call.as_mut().poll(&mut cx).is_pending() {
-        tokio::spawn(call);
+    let first = std::panic::catch_unwind(AssertUnwindSafe(|| call.as_mut().poll(&mut cx)));
+    match first {
+        Ok(Poll::Ready(())) => {}
+        Ok(Poll::Pending) => {
+            tokio::spawn(call);
+        }
+        // As in a task of its own, a panic ends the call, not the worker's socket.
+        Err(_) => {
+            tracing::error!("a worker's call panicked and was dropped (a bug: see the panic above)")
+        }
     }
 }
 
