@@ -58,10 +58,16 @@ pub fn group_of<'a>(function_id: &str, data: &'a Value) -> Option<(&'a str, &'a 
 /// under the lock it applies under; the others may claim before they write, or write more.
 fn storage_for(functions: &Functions, stream: &str) -> Arc<dyn StreamAdapter> {
     let storage = functions.storage.for_stream(stream);
-    if !storage.name().starts_with("kv_") {
+    if !is_engine_store(&*storage) {
         sequence::apply_late();
     }
     storage
+}
+
+/// The engine's own KvStore, which applies a write under its lock and keeps exactly the value
+/// it is given.
+fn is_engine_store(storage: &dyn StreamAdapter) -> bool {
+    storage.name().starts_with("kv_")
 }
 
 /// The calls that count against `writes_per_second`.
@@ -181,7 +187,7 @@ async fn set(functions: &Arc<Functions>, p: SetPayload) -> FnResult {
     let storage = storage_for(functions, &p.stream_name);
     // The engine's store keeps the value it is given, already measured; a worker's stream
     // may store something else.
-    let keeps_data = storage.name().starts_with("kv_");
+    let keeps_data = is_engine_store(&*storage);
     let Stored {
         value: (old, new),
         mut order,
