@@ -163,8 +163,8 @@ fn main() {
             println!("kv durable set       {rate:>10.0} sets/s  ({n} sets, {concurrency} concurrent writers, fsync before every ack)");
         }
 
-        let a = Server::start(engine_config(AdapterConfig::Redis { url: redis.url() })).await.unwrap();
-        let b = Server::start(engine_config(AdapterConfig::Redis { url: redis.url() })).await.unwrap();
+        let a = Server::start(engine_config(AdapterConfig::redis(redis.url()))).await.unwrap();
+        let b = Server::start(engine_config(AdapterConfig::redis(redis.url()))).await.unwrap();
         let (p50, p99) = delivery_latency(&b, &a, samples).await;
         println!("cross-node delivery  p50 {p50:>9.2?}  p99 {p99:>9.2?}  (set on node B to a client of node A, via Redis; {samples} samples)");
         let (p50, p99) = delivery_latency(&a, &a, samples).await;

@@ -30,7 +30,19 @@ pub enum AdapterConfig {
     /// `redis_url` as Redis URLs write it: `redis://[user:pass@]host:port[/db]`, `rediss://` for TLS.
     Redis {
         url: String,
+        /// How long the presence members of a node that died stay listed (`presence_ttl_ms`).
+        presence_ttl: Duration,
     },
+}
+
+impl AdapterConfig {
+    /// The Redis adapter at `url`, with the defaults of its other keys.
+    pub fn redis(url: impl Into<String>) -> AdapterConfig {
+        AdapterConfig::Redis {
+            url: url.into(),
+            presence_ttl: crate::storage::redis::DEFAULT_PRESENCE_TTL,
+        }
+    }
 }
 
 /// A stream served by a WebAssembly component, from the config file.
@@ -374,15 +386,25 @@ fn adapter(value: &Value, warnings: &mut Vec<String>) -> anyhow::Result<AdapterC
         }
         "modules::stream::adapters::RedisAdapter" | "redis" | "RedisAdapter" => {
             let mut url = "redis://localhost:6379".to_owned();
+            let mut presence_ttl = crate::storage::redis::DEFAULT_PRESENCE_TTL;
             for (key, value) in cfg {
                 match key.as_str().unwrap_or_default() {
                     "redis_url" => url = string(value, "redis_url")?,
+                    "presence_ttl_ms" => {
+                        let ms = number(value, "presence_ttl_ms")?;
+                        if !(MIN_PRESENCE_TTL_MS..=MAX_PRESENCE_TTL_MS).contains(&ms) {
+                            bail!(
+                                "presence_ttl_ms {ms} must be from {MIN_PRESENCE_TTL_MS} to {MAX_PRESENCE_TTL_MS}: it is how long the presence members of an engine node that died stay listed"
+                            );
+                        }
+                        presence_ttl = Duration::from_millis(ms);
+                    }
                     other => warnings.push(format!(
                         "unknown key `{other}` in the Redis adapter ignored"
                     )),
                 }
             }
-            Ok(AdapterConfig::Redis { url })
+            Ok(AdapterConfig::Redis { url, presence_ttl })
         }
         other => bail!(
             "adapter `{other}` is not known: use `modules::stream::adapters::KvStore` (`name: kv`) or `modules::stream::adapters::RedisAdapter` (`name: redis`)"
@@ -420,6 +442,11 @@ fn custom_stream(entry: &Value, base: &Path) -> anyhow::Result<CustomStreamConfi
         limits: limits.to_limits(),
     })
 }
+
+/// Bounds of the Redis adapter's `presence_ttl_ms`: under a second, a busy node's renewal may
+/// come late; past an hour, a dead node's members would be listed for that long.
+const MIN_PRESENCE_TTL_MS: u64 = 1_000;
+const MAX_PRESENCE_TTL_MS: u64 = 3_600_000;
 
 fn string(value: &Value, what: &str) -> anyhow::Result<String> {
     match value {

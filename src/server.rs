@@ -213,6 +213,10 @@ impl ServerHandle {
             let _ = tokio::time::timeout(std::time::Duration::from_secs(5), task).await;
         }
         for space in self.engine.spaces() {
+            // Members of shared rosters leave now rather than after this node's ttl.
+            if let Some(presence) = space.hub.shared_presence() {
+                presence.flush(std::time::Duration::from_secs(2)).await;
+            }
             let adapter = space.store().clone();
             tokio::task::spawn_blocking(move || {
                 futures_util::FutureExt::now_or_never(adapter.shutdown())

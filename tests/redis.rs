@@ -7,6 +7,8 @@ mod common;
 mod engine_tenants;
 #[path = "common/limits_helpers.rs"]
 mod limits_helpers;
+#[path = "redis/presence.rs"]
+mod presence;
 #[path = "redis/resume.rs"]
 mod resume;
 #[path = "redis/tenants.rs"]
@@ -132,9 +134,7 @@ fn free_port() -> u16 {
 
 fn redis_config(url: &str) -> Config {
     let mut config = test_config();
-    config.adapter = AdapterConfig::Redis {
-        url: url.to_owned(),
-    };
+    config.adapter = AdapterConfig::redis(url);
     config
 }
 

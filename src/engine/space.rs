@@ -314,9 +314,12 @@ impl Space {
                     BusMessage::Numbered(event, at) => {
                         space.hub.publish_at(&event, &at);
                     }
+                    BusMessage::Presence(change) => space.hub.presence_heard(change),
+                    BusMessage::RostersLost => space.hub.presence_lost(),
                     BusMessage::Gap => {
                         // The history now has holes: no client may recover from it.
                         space.hub.history_lost();
+                        space.hub.presence_lost();
                         space.resync_subscribers().await
                     }
                 }

@@ -35,8 +35,9 @@ impl Stores {
                 let root = path.parent().unwrap_or(Path::new(".")).join("tenants");
                 (Arc::new(KvStore::open(path)?), Stores::Files { root })
             }
-            AdapterConfig::Redis { url } => {
+            AdapterConfig::Redis { url, presence_ttl } => {
                 let redis = Arc::new(RedisAdapter::connect(url).await?);
+                redis.set_presence_ttl(*presence_ttl);
                 (redis.clone(), Stores::Redis(redis))
             }
         })

@@ -23,10 +23,11 @@
 
 use crate::fanout::frame::{Position, StreamEvent, mark_recovered};
 use crate::fanout::history::{Bounds, Log};
+use crate::fanout::mirror::{Applied, Mirror};
 use crate::fanout::outbox::Outbox;
-use crate::fanout::presence::{self, PresenceRules, Roster};
+use crate::fanout::presence::{self, PresenceChange, PresenceRules, Roster};
 use crate::metrics::FanoutCounters;
-use crate::storage::EventBus;
+use crate::storage::{EventBus, SharedPresence};
 use axum::extract::ws::Utf8Bytes;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -76,6 +77,8 @@ struct Group {
     subs: HashMap<ConnId, Subscriber>,
     /// Who is here, on a stream that keeps presence (see `presence`).
     roster: Roster,
+    /// The same, when the nodes share rosters (see `mirror`).
+    mirror: Mirror,
     /// The last event or subscription change, for dropping idle groups.
     active: Instant,
     /// The position is the bus's (shared by every node), not one this hub numbered.
@@ -93,6 +96,7 @@ impl Group {
     /// Nothing here is worth keeping: no subscriber, and no offset a client may resume from.
     fn forgettable(&self, bounds: Bounds, now: Instant) -> bool {
         self.subs.is_empty()
+            && !self.mirror.in_use()
             && (self.offset == 0
                 || bounds.size == 0
                 || now.duration_since(self.active) >= bounds.ttl)
@@ -128,6 +132,7 @@ impl Shared {
             log: Log::default(),
             subs: HashMap::new(),
             roster: Roster::default(),
+            mirror: Mirror::default(),
             active: Instant::now(),
             shared: false,
         })
@@ -182,6 +187,8 @@ pub struct Hub {
     presence: RwLock<PresenceRules>,
     /// The bus that numbers events, when it does (see the module comment).
     numbering: OnceLock<Arc<dyn EventBus>>,
+    /// Where rosters live when the nodes share them (see `mirror`).
+    sharing: OnceLock<Arc<dyn SharedPresence>>,
 }
 
 impl Default for Hub {
@@ -220,12 +227,17 @@ impl Hub {
             sweeper,
             presence: RwLock::default(),
             numbering: OnceLock::new(),
+            sharing: OnceLock::new(),
         }
     }
 
     /// Lets `bus` number this hub's events when it keeps a shared history: from now on
     /// `publish` delivers nothing itself, and the history bounds are the bus's too.
+    /// A bus that shares presence rosters keeps them from now on (see `mirror`).
     pub fn number_with(&self, bus: Arc<dyn EventBus>) {
+        if let Some(presence) = bus.shared_presence() {
+            let _ = self.sharing.set(presence);
+        }
         if bus.shared_history().is_some() {
             bus.set_history(self.history());
             let _ = self.numbering.set(bus);
@@ -405,7 +417,7 @@ impl Hub {
         conn: ConnId,
         sub_id: &str,
         watch: bool,
-        member: impl FnOnce() -> Arc<str>,
+        member: impl FnOnce(&str) -> Arc<str>,
     ) {
         let max = {
             let rules = self.presence.read().unwrap();
@@ -416,7 +428,7 @@ impl Hub {
         };
         let sent = self.shared.with_group(stream, group, |g| {
             let mut sent = 0;
-            if let Some(joined) = g.roster.join(conn, member, max) {
+            if let Some(joined) = g.roster.join(conn, || member(&conn.to_string()), max) {
                 let data = presence::change_data("join", &joined);
                 sent += tell(g, &presence::frame(stream, group, &data));
             }
@@ -443,37 +455,193 @@ impl Hub {
                 .and_then(|g| g.get(group))
                 .map_or((false, 0), |g| {
                     let g = g.lock().unwrap();
-                    (g.roster.contains(conn), g.roster.watcher_count())
+                    let member = g.roster.contains(conn) || g.mirror.client_of(conn).is_some();
+                    (member, g.roster.watcher_count() + g.mirror.watcher_count())
                 });
         presence::join_cost(member, watchers, watch)
     }
 
     /// Counts presence frames queued: among the frames delivered, and on their own.
     fn presence_sent(&self, n: usize) {
-        let n = n as u64;
-        self.counters.delivered.inc_by(n);
-        self.counters.tenant_delivered.inc_by(n);
-        self.counters.tenant_presence.inc_by(n);
+        count_presence(&self.counters, n);
     }
 
     /// `{members, count}` of a group of a stream that keeps presence; None when it does not.
-    pub fn members(&self, stream: &str, group: &str) -> Option<serde_json::Value> {
-        if !self.presence.read().unwrap().enabled(stream) {
-            return None;
+    /// Over shared rosters it is read from them (every node's members), which may fail.
+    pub async fn members(
+        &self,
+        stream: &str,
+        group: &str,
+    ) -> Option<anyhow::Result<serde_json::Value>> {
+        let max = {
+            let rules = self.presence.read().unwrap();
+            if !rules.enabled(stream) {
+                return None;
+            }
+            rules.max_members
+        };
+        if let Some(shared) = self.sharing.get() {
+            let roster = shared.roster(stream, group, max).await;
+            return Some(roster.map(|r| listing(r.count, r.listed.iter().map(|(_, m)| &**m))));
         }
         let groups = self.shared.groups.read().unwrap();
-        let listed = groups
-            .get(stream)
-            .and_then(|g| g.get(group))
-            .map(|g| g.lock().unwrap().roster.snapshot("list"));
-        let mut listed: serde_json::Value = match listed {
-            Some(json) => serde_json::from_str(&json).expect("a roster encodes valid JSON"),
-            None => serde_json::json!({"members": [], "count": 0}),
+        let g = groups.get(stream).and_then(|g| g.get(group));
+        Some(Ok(match g {
+            Some(g) => {
+                let g = g.lock().unwrap();
+                listing(g.roster.count(), g.roster.listed())
+            }
+            None => listing(0, std::iter::empty()),
+        }))
+    }
+
+    /// Rosters shared by the nodes, when they are.
+    pub fn shared_presence(&self) -> Option<&Arc<dyn SharedPresence>> {
+        self.sharing.get()
+    }
+
+    /// Over shared rosters, makes the socket a member of the group before its subscription is
+    /// made (`subscribe`, then `watch_shared`), loading the group's roster first when this node
+    /// holds none. Returns the version a snapshot for it must wait for; 0 when there is nothing
+    /// to wait for (a member already, or a stream that does not keep presence). An error means
+    /// the shared roster could not be read or changed: the join must not be made.
+    pub async fn join_shared(
+        &self,
+        stream: &str,
+        group: &str,
+        conn: ConnId,
+        member: impl FnOnce(&str) -> Arc<str>,
+    ) -> anyhow::Result<u64> {
+        let Some(shared) = self.sharing.get() else {
+            return Ok(0);
         };
-        if let Some(o) = listed.as_object_mut() {
-            o.remove("action");
+        let max = {
+            let rules = self.presence.read().unwrap();
+            if !rules.enabled(stream) {
+                return Ok(0);
+            }
+            rules.max_members
+        };
+        let (load, member_already) = self.shared.with_group(stream, group, |g| {
+            let member_already = g.mirror.client_of(conn).is_some();
+            (g.mirror.start_loading(), member_already)
+        });
+        if load {
+            let roster = shared.roster(stream, group, max).await;
+            let installed = self.shared.with_group(stream, group, |g| match roster {
+                Ok(roster) => {
+                    let applied = g.mirror.install(roster);
+                    let reload = applied.reload;
+                    Ok((announce(g, stream, group, applied), reload))
+                }
+                Err(e) => {
+                    g.mirror.idle_if_unused();
+                    Err(e)
+                }
+            });
+            let (sent, reload) = installed?;
+            self.presence_sent(sent);
+            if reload {
+                self.reload(stream, group);
+            }
         }
-        Some(listed)
+        if member_already {
+            return Ok(0);
+        }
+        let client = format!("{}.{conn}", shared.node());
+        self.shared
+            .with_group(stream, group, |g| g.mirror.add_member(conn, client.clone()));
+        let joined = shared
+            .join(stream, group, &client, member(&client), max)
+            .await;
+        if joined.is_err() {
+            self.shared.with_group(stream, group, |g| {
+                g.mirror.remove_member(conn);
+                g.mirror.idle_if_unused();
+            });
+            // In case it was made after all and only the reply was lost.
+            shared.leave(stream, group, &client, max);
+        }
+        joined
+    }
+
+    /// Over shared rosters, sets whether subscription `sub_id` (made after `join_shared`) gets
+    /// presence frames: a snapshot once the mirror holds version `due`, then every change.
+    pub fn watch_shared(
+        &self,
+        stream: &str,
+        group: &str,
+        conn: ConnId,
+        sub_id: &str,
+        watch: bool,
+        due: u64,
+    ) {
+        if self.sharing.get().is_none() || !self.presence.read().unwrap().enabled(stream) {
+            return;
+        }
+        let sent = self.shared.with_group(stream, group, |g| {
+            g.mirror.watch(conn, sub_id, watch, due);
+            snapshots_due(g, stream, group)
+        });
+        self.presence_sent(sent);
+    }
+
+    /// Applies a change to a shared roster, heard from the bus, to this node's mirror of it
+    /// (if it keeps one), and tells the group's watchers.
+    pub fn presence_heard(&self, change: PresenceChange) {
+        let (stream, group) = (change.stream.clone(), change.group.clone());
+        let reload = {
+            let groups = self.shared.groups.read().unwrap();
+            let Some(g) = groups.get(&stream).and_then(|g| g.get(&group)) else {
+                return;
+            };
+            let mut g = g.lock().unwrap();
+            let applied = g.mirror.heard(change);
+            let reload = applied.reload;
+            self.presence_sent(announce(&mut g, &stream, &group, applied));
+            reload
+        };
+        if reload {
+            self.reload(&stream, &group);
+        }
+    }
+
+    /// Loads every mirrored roster again, after changes may have been missed (the bus lost
+    /// its connection); each watcher then gets a new snapshot.
+    pub fn presence_lost(&self) {
+        if self.sharing.get().is_none() {
+            return;
+        }
+        let mut lost = Vec::new();
+        {
+            let groups = self.shared.groups.read().unwrap();
+            for (stream, by_group) in groups.iter() {
+                for (group, g) in by_group {
+                    if g.lock().unwrap().mirror.lost() {
+                        lost.push((stream.clone(), group.clone()));
+                    }
+                }
+            }
+        }
+        for (stream, group) in lost {
+            self.reload(&stream, &group);
+        }
+    }
+
+    /// Loads a group's shared roster again in the background, retrying until it is loaded or
+    /// no longer needed.
+    fn reload(&self, stream: &str, group: &str) {
+        let Some(presence) = self.sharing.get().cloned() else {
+            return;
+        };
+        let max = self.presence.read().unwrap().max_members;
+        tokio::spawn(reload_roster(
+            Arc::downgrade(&self.shared),
+            presence,
+            self.counters.clone(),
+            (stream.to_owned(), group.to_owned()),
+            max,
+        ));
     }
 
     /// Removes one subscription. A group left with no subscriber keeps its offset and
@@ -492,6 +660,7 @@ impl Hub {
         if let Some(sub) = g.subs.get_mut(&conn) {
             sub.subs.retain(|(id, _)| id != sub_id);
             g.roster.watch(conn, sub_id, false);
+            g.mirror.watch(conn, sub_id, false, 0);
             if sub.subs.is_empty() {
                 g.subs.remove(&conn);
                 // Never refused and never dropped (a leave unsent would leave a ghost in the
@@ -501,6 +670,13 @@ impl Hub {
                     let data = presence::change_data(action, &member);
                     sent += tell(g, &presence::frame(stream, group, &data));
                 }
+                // Over shared rosters, every node hears of the leave and tells its watchers.
+                if let (Some(client), Some(shared)) =
+                    (g.mirror.remove_member(conn), self.sharing.get())
+                {
+                    shared.leave(stream, group, &client, max);
+                }
+                g.mirror.idle_if_unused();
             }
         }
         self.presence_sent(sent);
@@ -664,6 +840,95 @@ fn tell(g: &mut Group, frame: &Utf8Bytes) -> usize {
         }
     }
     n
+}
+
+/// Queues the change frames of a mirror's change for its live watchers, then the snapshots
+/// that are due; returns how many frames were queued.
+fn announce(g: &mut Group, stream: &str, group: &str, applied: Applied) -> usize {
+    let mut n = 0;
+    for data in &applied.changes {
+        let frame = presence::frame(stream, group, data);
+        let live: Vec<ConnId> = g.mirror.live_watchers().collect();
+        for conn in live {
+            if let Some(sub) = g.subs.get_mut(&conn) {
+                n += usize::from(sub.deliver(frame.clone(), None));
+            }
+        }
+    }
+    n + snapshots_due(g, stream, group)
+}
+
+/// Queues the mirror's snapshot for each watcher whose snapshot is due.
+fn snapshots_due(g: &mut Group, stream: &str, group: &str) -> usize {
+    let due = g.mirror.take_due();
+    if due.is_empty() {
+        return 0;
+    }
+    let frame = presence::frame(stream, group, &g.mirror.snapshot("snapshot"));
+    let mut n = 0;
+    for conn in due {
+        if let Some(sub) = g.subs.get_mut(&conn) {
+            n += usize::from(sub.deliver(frame.clone(), None));
+        }
+    }
+    n
+}
+
+/// `{members, count}` for `stream::presence`, from the members' encodings.
+fn listing<'a>(count: usize, members: impl Iterator<Item = &'a str>) -> serde_json::Value {
+    let members: Vec<serde_json::Value> = members
+        .map(|m| serde_json::from_str(m).expect("a member encodes valid JSON"))
+        .collect();
+    serde_json::json!({"members": members, "count": count})
+}
+
+fn count_presence(counters: &FanoutCounters, n: usize) {
+    let n = n as u64;
+    counters.delivered.inc_by(n);
+    counters.tenant_delivered.inc_by(n);
+    counters.tenant_presence.inc_by(n);
+}
+
+/// Loads a mirror's roster while it waits for one (see `Hub::reload`), with backoff while the
+/// backend cannot be read.
+async fn reload_roster(
+    hub: Weak<Shared>,
+    presence: Arc<dyn SharedPresence>,
+    counters: FanoutCounters,
+    (stream, group): (String, String),
+    max: usize,
+) {
+    let mut wait = Duration::from_millis(50);
+    loop {
+        let roster = presence.roster(&stream, &group, max).await;
+        let Some(hub) = hub.upgrade() else { return };
+        let done = {
+            let groups = hub.groups.read().unwrap();
+            let Some(g) = groups.get(&stream).and_then(|g| g.get(&group)) else {
+                return;
+            };
+            let mut g = g.lock().unwrap();
+            if !g.mirror.loading() {
+                return;
+            }
+            match roster {
+                Ok(roster) => {
+                    let applied = g.mirror.install(roster);
+                    let again = applied.reload;
+                    count_presence(&counters, announce(&mut g, &stream, &group, applied));
+                    !again
+                }
+                Err(e) => {
+                    tracing::warn!(stream, group, error = %format!("{e:#}"), "cannot load the group's presence roster; its watchers get a snapshot once it loads");
+                    false
+                }
+            }
+        };
+        if !done {
+            tokio::time::sleep(wait).await;
+            wait = (wait * 2).min(Duration::from_secs(5));
+        }
+    }
 }
 
 /// Sweeps the hub's groups every ttl (at most every `SWEEP_EVERY`) until the hub is dropped.

@@ -5,6 +5,7 @@
 //! - `history`: a group's recent events, for clients that resume after a reconnect;
 //! - `outbox`: each socket's bounded send queue;
 //! - `presence`: who is subscribed to a group, on the streams that keep presence;
+//! - `mirror`: a node's copy of a group's roster when nodes share rosters (Redis);
 //! - `order` and `item_lock`: one item's events leave in the order its writes were applied;
 //! - `sequence`: a worker connection's calls to one group apply and emit in the order sent.
 //!
@@ -16,6 +17,7 @@ pub mod frame;
 pub mod history;
 pub mod hub;
 pub mod item_lock;
+pub mod mirror;
 pub mod order;
 pub mod outbox;
 pub mod presence;

@@ -172,12 +172,55 @@ fn depth(v: &Value) -> usize {
 }
 
 /// A member as listed and announced, encoded once: snapshots are put together from the
-/// members' encodings rather than re-encoding every member for every watcher.
-pub fn member(conn: ConnId, sub: &str, info: Option<Value>) -> Arc<str> {
+/// members' encodings rather than re-encoding every member for every watcher. `client` is
+/// the connection's id, prefixed with its node's name when rosters are shared by nodes.
+pub fn member(client: &str, sub: &str, info: Option<Value>) -> Arc<str> {
     let user = (!sub.is_empty()).then_some(sub);
-    json!({"client": conn.to_string(), "user": user, "info": info})
+    json!({"client": client, "user": user, "info": info})
         .to_string()
         .into()
+}
+
+/// One change to a shared roster, as every node hears it: the group's version after it, its
+/// member count, and what to announce (`join` or `leave`, the member's `client` and encoded
+/// JSON), which is nothing for a member past `max_members`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PresenceChange {
+    pub stream: String,
+    pub group: String,
+    pub version: u64,
+    pub count: usize,
+    pub changes: Vec<Announced>,
+}
+
+/// A listed member that joined or left.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Announced {
+    pub action: &'static str,
+    pub client: String,
+    pub member: Arc<str>,
+}
+
+/// A shared roster as read at one version: the listed members (client, encoded member) in
+/// join order, and how many members there are in all.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SharedRoster {
+    pub version: u64,
+    pub count: usize,
+    pub listed: Vec<(String, Arc<str>)>,
+}
+
+/// `{"action", "count", "members"}` as JSON, from members' encodings.
+pub fn listing<'a>(action: &str, count: usize, members: impl Iterator<Item = &'a str>) -> String {
+    let mut out = format!(r#"{{"action":"{action}","count":{count},"members":["#);
+    for (i, m) in members.enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(m);
+    }
+    out.push_str("]}");
+    out
 }
 
 /// A presence frame: a group frame with no item and no offset; `data` is encoded JSON.
@@ -233,19 +276,13 @@ impl Roster {
     /// `{"action": action, "members", "count"}` as JSON: the listed members in join order,
     /// and how many there are in all.
     pub fn snapshot(&self, action: &str) -> String {
-        let mut out = format!(
-            r#"{{"action":"{action}","count":{},"members":["#,
-            self.count()
-        );
+        listing(action, self.count(), self.listed())
+    }
+
+    /// The listed members' encodings, in join order.
+    pub fn listed(&self) -> impl Iterator<Item = &str> {
         let listed = self.listed.values().filter_map(|c| self.entries.get(c));
-        for (i, e) in listed.enumerate() {
-            if i > 0 {
-                out.push(',');
-            }
-            out.push_str(&e.member);
-        }
-        out.push_str("]}");
-        out
+        listed.map(|e| &*e.member)
     }
 
     pub fn contains(&self, conn: ConnId) -> bool {

@@ -3,7 +3,7 @@
 use super::*;
 
 fn m(n: u64) -> Arc<str> {
-    member(n, &format!("u{n}"), None)
+    member(&n.to_string(), &format!("u{n}"), None)
 }
 
 fn snapshot(r: &Roster) -> Value {
@@ -39,7 +39,7 @@ fn past_max_members_is_counted_not_listed_and_takes_a_freed_place() {
 
 #[test]
 fn frames_are_group_frames_with_the_data_as_given() {
-    let member = member(7, "", Some(json!({"a": "}"})));
+    let member = member("7", "", Some(json!({"a": "}"})));
     let frame = frame("s", "g", &change_data("join", &member));
     let frame: Value = serde_json::from_str(&frame).unwrap();
     assert_eq!(frame["id"], Value::Null);
@@ -107,7 +107,7 @@ fn burst(n: u64, max: usize) -> Vec<usize> {
     for conn in 1..=n {
         let (outbox, rx) = Outbox::new(4096, CloseCounters::default());
         hub.subscribe("s", "g", conn, &outbox, "a", None, None);
-        hub.present("s", "g", conn, "a", true, || member(conn, "", None));
+        hub.present("s", "g", conn, "a", true, |c| member(c, "", None));
         hub.release("s", "g", conn, &outbox, "sync".into());
         queues.push(rx);
     }

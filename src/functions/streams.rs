@@ -149,7 +149,7 @@ pub async fn call(functions: &Arc<Functions>, function_id: &str, data: Value) ->
         "stream::list_all" => list_all(functions).await,
         "stream::send" => send(functions, parse(function_id, data)?).await,
         "stream::update" => update(functions, parse(function_id, data)?).await,
-        "stream::presence" => presence(functions, parse(function_id, data)?),
+        "stream::presence" => presence(functions, parse(function_id, data)?).await,
         _ => Err(FnError::new(
             "function_not_found",
             format!("function {function_id} is not registered"),
@@ -289,9 +289,11 @@ async fn list_all(functions: &Arc<Functions>) -> FnResult {
 
 /// Who is subscribed to a group of a stream that keeps presence: `{members, count}`, the
 /// members listed up to `max_members`, `count` exact (see `fanout::presence`).
-fn presence(functions: &Arc<Functions>, p: GroupRef) -> FnResult {
-    match functions.hub.members(&p.stream_name, &p.group_id) {
-        Some(members) => Ok(Some(members)),
+/// Over Redis, the roster is every node's, read from Redis.
+async fn presence(functions: &Arc<Functions>, p: GroupRef) -> FnResult {
+    match functions.hub.members(&p.stream_name, &p.group_id).await {
+        Some(Ok(members)) => Ok(Some(members)),
+        Some(Err(e)) => Err(FnError::storage("STREAM_PRESENCE_ERROR", e)),
         None => Err(FnError::new(
             crate::fanout::presence::NOT_ENABLED,
             crate::fanout::presence::not_enabled_message(&p.stream_name),

@@ -575,6 +575,27 @@ impl Client {
                 &old.subscription_id,
             );
         }
+        // Over shared rosters (Redis), the socket becomes a member there first: a join that
+        // cannot be made there is refused before anything is subscribed.
+        let (sub_id, who) = (&sub.subscription_id, &self.user);
+        let member = |client: &str| presence::member(client, who, sub.info.clone());
+        let due = match space
+            .hub
+            .join_shared(stream, group, self.conn, member)
+            .await
+        {
+            Ok(due) => due,
+            Err(e) => {
+                let message = format!(
+                    "cannot add this socket to the presence roster of {stream}/{group}: {e:#}; join again once the store answers"
+                );
+                self.outbox.push(Utf8Bytes::from(error_frame(
+                    "presence_unavailable",
+                    &message,
+                )));
+                return;
+            }
+        };
         // Subscribe first, then read; the hub holds this group's frames for the socket until
         // the `sync` is queued, so an event racing the snapshot never goes before it. A join
         // that resumes within the group's history is answered from it instead.
@@ -589,15 +610,14 @@ impl Client {
             sub.id.as_deref(),
             resume.as_ref().filter(|_| shared.is_none()),
         );
-        let (sub_id, who) = (&sub.subscription_id, &self.user);
-        space.hub.present(
-            &sub.stream_name,
-            &sub.group_id,
-            self.conn,
-            sub_id,
-            sub.presence,
-            || presence::member(self.conn, who, sub.info.clone()),
-        );
+        if space.hub.shared_presence().is_some() {
+            let hub = &space.hub;
+            hub.watch_shared(stream, group, self.conn, sub_id, sub.presence, due);
+        } else {
+            let member = |client: &str| presence::member(client, who, sub.info.clone());
+            let hub = &space.hub;
+            hub.present(stream, group, self.conn, sub_id, sub.presence, member);
+        }
         match (joined, shared) {
             (Joined::Held(held), Some(shared)) => {
                 self.resume_shared(&sub, &*shared, held, resume).await

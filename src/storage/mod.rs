@@ -19,6 +19,7 @@ pub mod worker;
 use crate::fanout::frame::{Position, StreamEvent};
 use crate::fanout::history::Bounds;
 use crate::fanout::order::Order;
+use crate::fanout::presence::{PresenceChange, SharedRoster};
 use crate::metrics::Telemetry;
 use crate::storage::update_ops::{OpError, UpdateOps};
 use async_trait::async_trait;
@@ -134,6 +135,11 @@ pub enum BusMessage {
     Numbered(StreamEvent, Position),
     /// Events may have been missed (the bus reconnected): subscribers need a fresh `sync`.
     Gap,
+    /// A change to a group's shared presence roster (any node's, this node's too).
+    Presence(PresenceChange),
+    /// The shared rosters lost changes (Redis lost its data, or this node was cut off past
+    /// its ttl): mirrors must be loaded again.
+    RostersLost,
 }
 
 /// Carries events between engine nodes, so each node's clients see every node's changes.
@@ -159,6 +165,38 @@ pub trait EventBus: Send + Sync {
     fn set_history(&self, bounds: Bounds) {
         let _ = bounds;
     }
+    /// Where presence rosters live when every node shares them; then the hub mirrors the
+    /// rosters of the groups it serves from the changes the bus hands it (`Presence`).
+    fn shared_presence(&self) -> Option<Arc<dyn SharedPresence>> {
+        None
+    }
+}
+
+/// Presence rosters shared by every node (see `redis::presence`). Changes are applied in one
+/// order by the backend, numbered per group (`version`), and heard by every node as
+/// `BusMessage::Presence`.
+#[async_trait]
+pub trait SharedPresence: Send + Sync {
+    /// This node's name, unique among the live nodes: it prefixes its members' `client`.
+    fn node(&self) -> &str;
+    /// Adds a member (`member` is its encoded JSON) unless it is one already; returns the
+    /// group's version once the change is made. Joins and leaves are applied in call order.
+    async fn join(
+        &self,
+        stream: &str,
+        group: &str,
+        client: &str,
+        member: Arc<str>,
+        max: usize,
+    ) -> anyhow::Result<u64>;
+    /// Removes a member. Never fails: a leave that cannot be made now is retried until it is,
+    /// and a node that dies has its members removed by the others.
+    fn leave(&self, stream: &str, group: &str, client: &str, max: usize);
+    /// The group's roster as it is now: its version, its member count, the first `max`.
+    async fn roster(&self, stream: &str, group: &str, max: usize) -> anyhow::Result<SharedRoster>;
+    /// Waits, at most `within`, until every join and leave asked so far is made: an engine
+    /// that stops cleanly takes its members out before it goes.
+    async fn flush(&self, within: std::time::Duration);
 }
 
 /// Offsets and history shared by every node (see `redis::history`).

@@ -9,7 +9,7 @@ use common::tenants::*;
 async fn tenants_with_the_same_names_stay_apart_across_nodes() {
     let redis = RedisServer::start();
     let config = || Config {
-        adapter: AdapterConfig::Redis { url: redis.url() },
+        adapter: AdapterConfig::redis(redis.url()),
         ..two_tenants("")
     };
     let (one, two) = (start(config()).await, start(config()).await);

@@ -257,6 +257,10 @@ async fn hear(
             BusMessage::Numbered(event, _) => event,
             BusMessage::Event(event) => panic!("seed {seed}: an event not numbered: {event:?}"),
             BusMessage::Gap => continue, // a slow first subscription drops nothing here
+            BusMessage::Presence(c) => {
+                panic!("seed {seed}: a presence change with no member: {c:?}")
+            }
+            BusMessage::RostersLost => panic!("seed {seed}: rosters lost with no member"),
         };
         let data = event.to_value()["event"]["data"].clone();
         assert_eq!(

@@ -19,11 +19,12 @@
 //! `BusMessage::Gap` to each tenant after a reconnect.
 
 use super::history::RedisHistory;
+use super::presence::{self, RedisPresence};
 use super::subscriber::{Local, Registration, Subscriber};
 use super::target::RedisTarget;
 use crate::fanout::frame::{Position, StreamEvent};
 use crate::fanout::history::Bounds;
-use crate::storage::{BusMessage, EventBus, SharedHistory};
+use crate::storage::{BusMessage, EventBus, SharedHistory, SharedPresence};
 use redis::aio::ConnectionManager;
 use serde_json::Value;
 use std::pin::Pin;
@@ -49,6 +50,9 @@ pub struct RedisBus {
     publisher: JoinHandle<()>,
     /// Dropped on stop, which unsubscribes the channel once no other bus of this node uses it.
     hearing: Mutex<Option<Registration>>,
+    /// The tenant's presence rosters, whose changes this bus hears too.
+    presence: Arc<RedisPresence>,
+    hearing_presence: Mutex<Option<Registration>>,
 }
 
 /// Publications that never reached Redis.
@@ -76,6 +80,7 @@ impl RedisBus {
         subscriber: &Subscriber,
         channel: String,
         history: Arc<RedisHistory>,
+        presence: Arc<RedisPresence>,
     ) -> RedisBus {
         let node = uuid::Uuid::new_v4().to_string();
         let stats = Arc::new(BusStats {
@@ -89,7 +94,9 @@ impl RedisBus {
         let (queue, queued) = mpsc::channel(PUBLISH_QUEUE);
         let (hearing, incoming) =
             subscriber.register(&channel, &node, history.clone().on_unnumbered());
+        let hearing_presence = subscriber.register_also(presence.channel(), &hearing);
         let local = hearing.local();
+        presence.tell(local.clone());
         let publisher = tokio::spawn(publish_loop(
             Publisher {
                 target,
@@ -110,6 +117,8 @@ impl RedisBus {
             stats,
             publisher,
             hearing: Mutex::new(Some(hearing)),
+            presence,
+            hearing_presence: Mutex::new(Some(hearing_presence)),
         }
     }
 
@@ -122,6 +131,8 @@ impl RedisBus {
         // Nothing more will be numbered: nobody waits for it.
         self.stats.settled.send_replace(u64::MAX);
         self.hearing.lock().unwrap().take();
+        self.hearing_presence.lock().unwrap().take();
+        self.presence.stop();
     }
 }
 
@@ -160,6 +171,10 @@ impl EventBus for RedisBus {
 
     fn set_history(&self, bounds: Bounds) {
         self.history.set_bounds(bounds);
+    }
+
+    fn shared_presence(&self) -> Option<Arc<dyn SharedPresence>> {
+        Some(self.presence.clone())
     }
 
     fn subscribe(&self) -> mpsc::Receiver<BusMessage> {
@@ -318,8 +333,16 @@ pub(super) fn decode(payload: &[u8], node: &str, channel: &str) -> Option<BusMes
     if numbered.is_none() && frame.get("node").and_then(Value::as_str) == Some(node) {
         return None;
     }
-    if frame.get("type").and_then(Value::as_str) == Some(GAP) {
-        return Some(BusMessage::Gap);
+    match frame.get("type").and_then(Value::as_str) {
+        Some(GAP) => return Some(BusMessage::Gap),
+        Some(presence::CHANGE) => {
+            let change = presence::decode(&frame);
+            if change.is_none() {
+                tracing::warn!("ignored a presence change on {channel} that does not parse");
+            }
+            return change.map(BusMessage::Presence);
+        }
+        _ => {}
     }
     let Some(event) = StreamEvent::from_value(&frame) else {
         tracing::warn!("ignored a message on {channel} that is not a stream frame");

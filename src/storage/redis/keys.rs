@@ -106,6 +106,45 @@ impl KeySpace {
         format!("{}epoch", self.own_root())
     }
 
+    /// A group's presence roster (see `presence`): a hash of members by `client`.
+    pub fn roster_key(&self, stream: &str, group: &str) -> String {
+        self.own_group_key("presence", stream, group)
+    }
+
+    /// A group's members in join order: a sorted set of `client`s scored by a count.
+    pub fn roster_order_key(&self, stream: &str, group: &str) -> String {
+        self.own_group_key("presence-order", stream, group)
+    }
+
+    /// A group's roster `ver`sion, join count (`seq`) and `max` listed.
+    pub fn roster_meta_key(&self, stream: &str, group: &str) -> String {
+        self.own_group_key("presence-meta", stream, group)
+    }
+
+    /// The tenant's nodes that have members, each scored by when it is dead unless renewed.
+    pub fn presence_nodes_key(&self) -> String {
+        format!("{}presence-nodes", self.own_root())
+    }
+
+    /// Followed by a node's name: the set of that node's members, for removal if it dies.
+    pub fn presence_node_prefix(&self) -> String {
+        format!("{}presence-node:", self.own_root())
+    }
+
+    /// The channel of roster changes: apart from the events, so iii nodes never hear them.
+    pub fn presence_channel(&self) -> String {
+        format!("{}presence", self.own_root())
+    }
+
+    fn own_group_key(&self, kind: &str, stream: &str, group: &str) -> String {
+        format!(
+            "{}{kind}:{}:{}",
+            self.own_root(),
+            encode(stream),
+            encode(group)
+        )
+    }
+
     /// Where keys only streamhost writes begin: `streamhost:` or the tenant's root.
     fn own_root(&self) -> &str {
         match self {

@@ -26,12 +26,14 @@
 mod bus;
 mod history;
 mod keys;
+mod presence;
 mod scripts;
 mod subscriber;
 mod target;
 
 pub use bus::RedisBus;
 pub use keys::{CHANNEL, DEFAULT_TENANT, KeySpace};
+pub use presence::{DEFAULT_PRESENCE_TTL, RedisPresence};
 pub use target::{COMMAND_TIMEOUT, CONNECT_TIMEOUT, RedisTarget, redact};
 
 use super::{EventBus, Stored, StreamAdapter, Telemetry, UpdateOutcome};
@@ -66,6 +68,8 @@ struct Node {
     target: Arc<RedisTarget>,
     conn: ConnectionManager,
     subscriber: Subscriber,
+    /// How long a node's presence members outlive it (see `presence`), in ms.
+    presence_ttl: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl RedisAdapter {
@@ -156,6 +160,13 @@ impl RedisAdapter {
             target,
             conn,
             subscriber,
+            presence_ttl: Arc::new(
+                DEFAULT_PRESENCE_TTL
+                    .as_millis()
+                    .try_into()
+                    .unwrap_or(u64::MAX)
+                    .into(),
+            ),
         });
         Ok(RedisAdapter::in_key_space(node, KeySpace::Default))
     }
@@ -178,12 +189,19 @@ impl RedisAdapter {
             node.conn.clone(),
             keys.clone(),
         ));
+        let presence = RedisPresence::start(
+            node.target.clone(),
+            node.conn.clone(),
+            keys.clone(),
+            node.presence_ttl.clone(),
+        );
         let bus = Arc::new(RedisBus::start(
             node.target.clone(),
             node.conn.clone(),
             &node.subscriber,
             keys.channel(),
             history,
+            presence,
         ));
         RedisAdapter {
             node,
@@ -192,6 +210,16 @@ impl RedisAdapter {
             locks: ItemLocks::default(),
             turns: Turns::default(),
         }
+    }
+
+    /// How long this node's presence members outlive it, should it die without removing
+    /// them: it renews them three times per `ttl`, and the others remove them past it. For
+    /// every tenant of the node, from their next renewal.
+    pub fn set_presence_ttl(&self, ttl: Duration) {
+        let ms = ttl.as_millis().clamp(1, u64::MAX as u128) as u64;
+        self.node
+            .presence_ttl
+            .store(ms, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The tenant whose key space this adapter reads and writes.

@@ -56,6 +56,8 @@ struct Listener {
     tx: mpsc::Sender<BusMessage>,
     /// Told of each event heard without an offset (an iii node's), which no shared history holds.
     on_unnumbered: Box<dyn Fn() + Send + Sync>,
+    /// Told of reconnects with a `Gap`: one listener per bus is, the first it registered.
+    gaps: bool,
     /// Set while a `Gap` waits for room: what arrives meanwhile is dropped, as the gap covers it.
     behind: AtomicBool,
 }
@@ -104,6 +106,7 @@ impl Subscriber {
             node: node.to_owned(),
             tx,
             on_unnumbered,
+            gaps: true,
             behind: AtomicBool::new(false),
         });
         self.state
@@ -119,6 +122,33 @@ impl Subscriber {
             listener,
         };
         (registration, rx)
+    }
+
+    /// Hears `channel` too, for the bus that holds `first`, into the same queue. A reconnect
+    /// gives that bus one `Gap`, through `first`.
+    pub fn register_also(&self, channel: &str, first: &Registration) -> Registration {
+        let like = &first.listener;
+        let listener = Arc::new(Listener {
+            id: self.state.next_id.fetch_add(1, Ordering::Relaxed),
+            channel: channel.to_owned(),
+            node: like.node.clone(),
+            tx: like.tx.clone(),
+            on_unnumbered: Box::new(|| {}),
+            gaps: false,
+            behind: AtomicBool::new(false),
+        });
+        self.state
+            .listeners
+            .lock()
+            .unwrap()
+            .entry(channel.to_owned())
+            .or_default()
+            .push(listener.clone());
+        self.state.changed.notify_one();
+        Registration {
+            state: self.state.clone(),
+            listener,
+        }
     }
 }
 
@@ -164,7 +194,9 @@ impl State {
     /// Tells every bus that it may have missed events.
     fn gap_everywhere(&self) {
         for listener in self.listeners.lock().unwrap().values().flatten() {
-            listener.deliver(BusMessage::Gap);
+            if listener.gaps {
+                listener.deliver(BusMessage::Gap);
+            }
         }
     }
 }
