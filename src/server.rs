@@ -214,9 +214,12 @@ impl ServerHandle {
         }
         for space in self.engine.spaces() {
             // Members of shared rosters leave now rather than after this node's ttl.
-            if let Some(presence) = space.hub.shared_presence() {
-                presence.flush(std::time::Duration::from_secs(2)).await;
-            }
+            let within = self
+                .engine
+                .config
+                .close_grace
+                .min(std::time::Duration::from_secs(3));
+            space.leave_shared_rosters(within).await;
             let adapter = space.store().clone();
             tokio::task::spawn_blocking(move || {
                 futures_util::FutureExt::now_or_never(adapter.shutdown())

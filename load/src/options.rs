@@ -14,12 +14,15 @@ pub const USAGE: &str = "usage: streamhost-load [options]
   --events E            events to publish, spread round-robin over the groups (default 1000)
   --size S              bytes of padding in each event (default 100)
   --rate R              events per second; 0 publishes as fast as the window allows (default 0)
-  --function send|set   stream::send (ephemeral) or stream::set (stored) (default send)
+  --function send|set|get
+                        stream::send (ephemeral), stream::set (stored), or stream::get of one
+                        stored item (each worker stores it first; --item names it) (default send)
   --window W            calls in flight per worker connection (default 256)
   --workers W           worker connections publishing in parallel (default 1)
   --stream NAME         stream name (default bench)
   --seconds S           stop publishing after S seconds even if events remain (default: none)
-  --item ID             every stream::set writes this item id (default: one item per event)
+  --item ID             every stream::set writes (or stream::get reads) this item id (default:
+                        one item per event for set, `bench-item` for get)
   --adapter FILE        bind a WebAssembly component first (streamhost::create_stream); worker
                         w then writes to its own stream NAME-w, bound to it
   --adapter-limits JSON the binding's limits (default {\"timeout_ms\": 100})
@@ -39,6 +42,24 @@ pub const USAGE: &str = "usage: streamhost-load [options]
   --engine-pid PID      read the engine's memory from /proc/PID/status
   --json FILE           also write the report as JSON";
 
+/// What each publishing call is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Function {
+    Send,
+    Set,
+    Get,
+}
+
+impl Function {
+    pub fn id(self) -> &'static str {
+        match self {
+            Function::Send => "stream::send",
+            Function::Set => "stream::set",
+            Function::Get => "stream::get",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Options {
     pub client: String,
@@ -50,7 +71,7 @@ pub struct Options {
     pub events: u64,
     pub size: usize,
     pub rate: f64,
-    pub set: bool,
+    pub function: Function,
     pub window: usize,
     pub workers: usize,
     pub stream: String,
@@ -73,6 +94,11 @@ pub struct Options {
 }
 
 impl Options {
+    /// The item `--function get` reads.
+    pub fn get_item(&self) -> &str {
+        self.item.as_deref().unwrap_or("bench-item")
+    }
+
     pub fn parse(args: impl Iterator<Item = String>) -> anyhow::Result<Options> {
         let mut o = Options {
             client: "ws://127.0.0.1:3112".into(),
@@ -84,7 +110,7 @@ impl Options {
             events: 1000,
             size: 100,
             rate: 0.0,
-            set: false,
+            function: Function::Send,
             window: 256,
             workers: 1,
             stream: "bench".into(),
@@ -137,10 +163,11 @@ impl Options {
                         .with_context(|| format!("--rate takes a number, not {value:?}"))?
                 }
                 "--function" => {
-                    o.set = match value.as_str() {
-                        "send" => false,
-                        "set" => true,
-                        v => bail!("--function takes send or set, not {v:?}"),
+                    o.function = match value.as_str() {
+                        "send" => Function::Send,
+                        "set" => Function::Set,
+                        "get" => Function::Get,
+                        v => bail!("--function takes send, set or get, not {v:?}"),
                     }
                 }
                 "--window" => o.window = num(&value)?.max(1) as usize,

@@ -1,9 +1,10 @@
-//! The publisher: raw worker connections calling `stream::send` or `stream::set`, with a
+//! The publisher: raw worker connections calling `stream::send`, `stream::set` or `stream::get`
+//! (of one item each worker stores first: the read path, with nothing to fan out), with a
 //! window of calls in flight, as fast as possible or at a fixed rate, for a number of events or
 //! of seconds. The workers draw sequence numbers from one counter, so that what was published
 //! is always 0..n, whichever worker stopped first: the subscribers' loss count relies on it.
 
-use crate::options::Options;
+use crate::options::{Function, Options};
 use crate::{Counters, adapter, refusals};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -53,6 +54,9 @@ async fn worker(
     let (mut ws, _) = tokio_tungstenite::connect_async(request).await?;
     let stream_name = o.stream_of(w);
     adapter::bind(&o, &stream_name, &mut ws).await?;
+    if o.function == Function::Get {
+        store_item(&mut ws, &stream_name, o.get_item(), o.size).await?;
+    }
     let (mut sink, mut stream) = ws.split();
     let window = Arc::new(Semaphore::new(o.window));
     let outstanding = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -91,7 +95,7 @@ async fn worker(
         // The socket is gone: a send waiting for room in the window fails now, not never.
         win.close();
     });
-    let function = if o.set { "stream::set" } else { "stream::send" };
+    let function = o.function.id();
     let pad = "x".repeat(o.size);
     let per_worker_rate = o.rate / o.workers as f64;
     let started = Instant::now();
@@ -124,11 +128,17 @@ async fn worker(
         let group = format!("g{}", o.group_of(seq));
         let t = epoch.elapsed().as_nanos() as u64;
         let event = json!({"seq": seq, "t": t, "p": pad});
-        let data = if o.set {
-            let item = o.item.clone().unwrap_or_else(|| format!("i{seq}"));
-            json!({"stream_name": stream_name, "group_id": group, "item_id": item, "data": event})
-        } else {
-            json!({"stream_name": stream_name, "group_id": group, "type": "bench", "data": event})
+        let data = match o.function {
+            Function::Set => {
+                let item = o.item.clone().unwrap_or_else(|| format!("i{seq}"));
+                json!({"stream_name": stream_name, "group_id": group, "item_id": item, "data": event})
+            }
+            Function::Get => {
+                json!({"stream_name": stream_name, "group_id": "g0", "item_id": o.get_item()})
+            }
+            Function::Send => {
+                json!({"stream_name": stream_name, "group_id": group, "type": "bench", "data": event})
+            }
         };
         let frame = json!({"type": "invokefunction", "invocation_id": format!("{seq}"), "function_id": function, "data": data});
         sent_at.lock().unwrap().insert(seq, t);
@@ -151,4 +161,30 @@ async fn worker(
     }
     reader.abort();
     Ok(sent)
+}
+
+/// Stores the item that `--function get` reads, `size` bytes of padding like an event, and
+/// waits for the engine's answer.
+async fn store_item<S>(ws: &mut S, stream: &str, item: &str, size: usize) -> anyhow::Result<()>
+where
+    S: futures_util::Sink<Message, Error = tokio_tungstenite::tungstenite::Error>
+        + futures_util::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>>
+        + Unpin,
+{
+    let data = json!({"stream_name": stream, "group_id": "g0", "item_id": item, "data": {"p": "x".repeat(size)}});
+    let frame = json!({"type": "invokefunction", "invocation_id": "store", "function_id": "stream::set", "data": data});
+    ws.send(Message::text(frame.to_string())).await?;
+    while let Some(msg) = ws.next().await {
+        let Message::Text(text) = msg? else { continue };
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        if v["invocation_id"] == "store" {
+            anyhow::ensure!(
+                refusals::error_code(&v).is_none(),
+                "storing the item to read failed: {}",
+                v["error"]
+            );
+            return Ok(());
+        }
+    }
+    anyhow::bail!("the engine closed the worker socket before storing the item to read")
 }

@@ -91,7 +91,7 @@ impl Report {
         let json = json!({
             "config": {
                 "subscribers": o.subscribers, "groups": o.groups, "events": o.events, "size": o.size,
-                "rate": o.rate, "function": if o.set { "stream::set" } else { "stream::send" },
+                "rate": o.rate, "function": o.function.id(),
                 "window": o.window, "workers": o.workers, "join": if o.join_path { "path" } else { "frame" },
                 "pause_ms": o.pause_ms, "seconds": o.seconds, "tenant": o.tenant,
                 "stream": o.stream, "adapter": o.adapter.as_ref().map(|p| p.display().to_string()),

@@ -189,6 +189,13 @@ impl Engine {
             );
             tracing::info!(tenant = id, closed, "tenant deleted");
             self.metrics.tenants.forget(id);
+            // Before the store stops: its members leave shared rosters (their leaves would be
+            // dropped with the store, and no node would renew or remove them).
+            let within = self
+                .config
+                .close_grace
+                .min(std::time::Duration::from_secs(3));
+            space.leave_shared_rosters(within).await;
             space
                 .store()
                 .shutdown()

@@ -242,6 +242,25 @@ impl Space {
             .set(self.hub.subscription_count() as i64);
     }
 
+    /// Takes this space's members out of rosters shared with other nodes before it stops: waits,
+    /// at most `within`, for its client sockets to go (each leaves its groups as it goes), then
+    /// for their leaves to be made. Otherwise the other nodes would list them until this
+    /// node's presence ttl passes.
+    pub async fn leave_shared_rosters(&self, within: std::time::Duration) {
+        let Some(presence) = self.hub.shared_presence() else {
+            return;
+        };
+        let deadline = tokio::time::Instant::now() + within;
+        let clients_left = || {
+            let sockets = self.sockets.lock().unwrap();
+            sockets.values().any(|s| s.kind == Kind::Client)
+        };
+        while clients_left() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        presence.flush(within).await;
+    }
+
     /// Every open socket of this space.
     pub fn sockets(&self) -> Vec<SocketInfo> {
         let mut all: Vec<SocketInfo> = self

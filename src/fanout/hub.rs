@@ -25,7 +25,7 @@ use crate::fanout::frame::{Position, StreamEvent, mark_recovered};
 use crate::fanout::history::{Bounds, Log};
 use crate::fanout::mirror::{Applied, Mirror};
 use crate::fanout::outbox::Outbox;
-use crate::fanout::presence::{self, PresenceChange, PresenceRules, Roster};
+use crate::fanout::presence::{self, PresenceChange, PresenceRules, Roster, SharedRoster};
 use crate::metrics::FanoutCounters;
 use crate::storage::{EventBus, SharedPresence};
 use axum::extract::ws::Utf8Bytes;
@@ -482,17 +482,17 @@ impl Hub {
         };
         if let Some(shared) = self.sharing.get() {
             let roster = shared.roster(stream, group, max).await;
-            return Some(roster.map(|r| listing(r.count, r.listed.iter().map(|(_, m)| &**m))));
+            return Some(roster.and_then(|r| listing(r.count, r.listed.iter().map(|(_, m)| &**m))));
         }
         let groups = self.shared.groups.read().unwrap();
         let g = groups.get(stream).and_then(|g| g.get(group));
-        Some(Ok(match g {
+        Some(match g {
             Some(g) => {
                 let g = g.lock().unwrap();
                 listing(g.roster.count(), g.roster.listed())
             }
             None => listing(0, std::iter::empty()),
-        }))
+        })
     }
 
     /// Rosters shared by the nodes, when they are.
@@ -522,47 +522,66 @@ impl Hub {
             }
             rules.max_members
         };
+        // Made a member here first, in the same step as the load is asked for, so the mirror
+        // cannot be dropped between the two (a mirror with a member is kept).
+        let client = format!("{}.{conn}", shared.node());
         let (load, member_already) = self.shared.with_group(stream, group, |g| {
             let member_already = g.mirror.client_of(conn).is_some();
+            if !member_already {
+                g.mirror.add_member(conn, client.clone());
+            }
             (g.mirror.start_loading(), member_already)
         });
-        if load {
-            let roster = shared.roster(stream, group, max).await;
-            let installed = self.shared.with_group(stream, group, |g| match roster {
-                Ok(roster) => {
-                    let applied = g.mirror.install(roster);
-                    let reload = applied.reload;
-                    Ok((announce(g, stream, group, applied), reload))
-                }
-                Err(e) => {
+        let undo = |e: anyhow::Error| {
+            if !member_already {
+                self.shared.with_group(stream, group, |g| {
+                    g.mirror.remove_member(conn);
                     g.mirror.idle_if_unused();
-                    Err(e)
-                }
-            });
-            let (sent, reload) = installed?;
-            self.presence_sent(sent);
-            if reload {
-                self.reload(stream, group);
+                });
+                // In case it was made after all and only the reply was lost.
+                shared.leave(stream, group, &client, max);
+            }
+            Err(e)
+        };
+        if let Some(generation) = load {
+            match shared.roster(stream, group, max).await {
+                Ok(roster) => self.install(stream, group, generation, roster),
+                Err(e) => return undo(e),
             }
         }
         if member_already {
             return Ok(0);
         }
-        let client = format!("{}.{conn}", shared.node());
-        self.shared
-            .with_group(stream, group, |g| g.mirror.add_member(conn, client.clone()));
-        let joined = shared
+        match shared
             .join(stream, group, &client, member(&client), max)
-            .await;
-        if joined.is_err() {
-            self.shared.with_group(stream, group, |g| {
-                g.mirror.remove_member(conn);
-                g.mirror.idle_if_unused();
-            });
-            // In case it was made after all and only the reply was lost.
-            shared.leave(stream, group, &client, max);
+            .await
+        {
+            Ok(joined) => {
+                if joined.lost {
+                    // The backend's versions are not the mirrors' any more: every mirror loads
+                    // again (this join included), and its watchers get new snapshots.
+                    self.presence_lost();
+                } else if let Some(change) = joined.change {
+                    // Applied now rather than when heard: the joiner's snapshot waits for it.
+                    self.apply_change(change, true);
+                }
+                Ok(joined.version)
+            }
+            Err(e) => undo(e),
         }
-        joined
+    }
+
+    /// Installs a roster that a load of `generation` read, and tells the watchers.
+    fn install(&self, stream: &str, group: &str, generation: u64, roster: SharedRoster) {
+        let (sent, reload) = self.shared.with_group(stream, group, |g| {
+            let applied = g.mirror.install(generation, roster);
+            let reload = applied.reload;
+            (announce(g, stream, group, applied), reload)
+        });
+        self.presence_sent(sent);
+        if reload {
+            self.reload(stream, group);
+        }
     }
 
     /// Over shared rosters, sets whether subscription `sub_id` (made after `join_shared`) gets
@@ -589,6 +608,11 @@ impl Hub {
     /// Applies a change to a shared roster, heard from the bus, to this node's mirror of it
     /// (if it keeps one), and tells the group's watchers.
     pub fn presence_heard(&self, change: PresenceChange) {
+        self.apply_change(change, false);
+    }
+
+    /// Applies a change heard, or `made` by this node's own join.
+    fn apply_change(&self, change: PresenceChange, made: bool) {
         let (stream, group) = (change.stream.clone(), change.group.clone());
         let reload = {
             let groups = self.shared.groups.read().unwrap();
@@ -596,7 +620,10 @@ impl Hub {
                 return;
             };
             let mut g = g.lock().unwrap();
-            let applied = g.mirror.heard(change);
+            let applied = match made {
+                true => g.mirror.made(change),
+                false => g.mirror.heard(change),
+            };
             let reload = applied.reload;
             self.presence_sent(announce(&mut g, &stream, &group, applied));
             reload
@@ -874,12 +901,17 @@ fn snapshots_due(g: &mut Group, stream: &str, group: &str) -> usize {
     n
 }
 
-/// `{members, count}` for `stream::presence`, from the members' encodings.
-fn listing<'a>(count: usize, members: impl Iterator<Item = &'a str>) -> serde_json::Value {
-    let members: Vec<serde_json::Value> = members
-        .map(|m| serde_json::from_str(m).expect("a member encodes valid JSON"))
-        .collect();
-    serde_json::json!({"members": members, "count": count})
+/// `{members, count}` for `stream::presence`, from the members' encodings (which a shared
+/// roster's backend may hold corrupted).
+fn listing<'a>(
+    count: usize,
+    members: impl Iterator<Item = &'a str>,
+) -> anyhow::Result<serde_json::Value> {
+    let members = members
+        .map(serde_json::from_str)
+        .collect::<Result<Vec<serde_json::Value>, _>>()
+        .map_err(|e| anyhow::anyhow!("a presence member in the roster is not JSON: {e}"))?;
+    Ok(serde_json::json!({"members": members, "count": count}))
 }
 
 fn count_presence(counters: &FanoutCounters, n: usize) {
@@ -900,6 +932,17 @@ async fn reload_roster(
 ) {
     let mut wait = Duration::from_millis(50);
     loop {
+        let generation = {
+            let Some(hub) = hub.upgrade() else { return };
+            let groups = hub.groups.read().unwrap();
+            let Some(g) = groups.get(&stream).and_then(|g| g.get(&group)) else {
+                return;
+            };
+            let Some(generation) = g.lock().unwrap().mirror.loading() else {
+                return;
+            };
+            generation
+        };
         let roster = presence.roster(&stream, &group, max).await;
         let Some(hub) = hub.upgrade() else { return };
         let done = {
@@ -908,12 +951,9 @@ async fn reload_roster(
                 return;
             };
             let mut g = g.lock().unwrap();
-            if !g.mirror.loading() {
-                return;
-            }
             match roster {
                 Ok(roster) => {
-                    let applied = g.mirror.install(roster);
+                    let applied = g.mirror.install(generation, roster);
                     let again = applied.reload;
                     count_presence(&counters, announce(&mut g, &stream, &group, applied));
                     !again

@@ -19,13 +19,16 @@ use crate::fanout::presence::{self, PresenceChange, SharedRoster};
 use std::collections::HashMap;
 use std::sync::Arc;
 
-/// Changes kept while a roster loads; past this the oldest go (a load usually covers them,
-/// and one it does not shows as a skipped version, which loads again).
-const MAX_PENDING: usize = 65_536;
+/// Changes kept while a roster loads; past this they are dropped and the roster is loaded
+/// again after the load under way (which may not cover them).
+const MAX_PENDING: usize = 4_096;
 
 #[derive(Default)]
 pub struct Mirror {
     state: State,
+    /// Counts the loads asked for: a load's roster is taken only if no later load (after a
+    /// loss) was asked since it started.
+    generation: u64,
     count: usize,
     /// Listed members, (client, encoded member), in join order.
     listed: Vec<(String, Arc<str>)>,
@@ -40,8 +43,9 @@ enum State {
     /// No local member: changes heard are not this node's business.
     #[default]
     Idle,
-    /// A load is on its way; what is heard meanwhile waits for it.
-    Loading(Vec<PresenceChange>),
+    /// A load is on its way; what is heard meanwhile waits for it (None: too much was heard,
+    /// load again after).
+    Loading(Option<Vec<PresenceChange>>),
     Loaded(u64),
 }
 
@@ -66,38 +70,47 @@ impl Mirror {
         matches!(self.state, State::Loaded(_))
     }
 
-    pub fn loading(&self) -> bool {
-        matches!(self.state, State::Loading(_))
-    }
-
     /// Whether the group must be kept for the mirror: a local member, or a load under way.
     pub fn in_use(&self) -> bool {
-        !self.members.is_empty() || !self.watchers.is_empty() || self.loading()
+        !self.members.is_empty() || !self.watchers.is_empty() || self.loading().is_some()
     }
 
-    /// Readies the mirror for a load unless it holds the roster already; true when a load is
-    /// needed.
-    pub fn start_loading(&mut self) -> bool {
+    /// Readies the mirror for a load unless it holds the roster already; the load's
+    /// generation when one is needed.
+    pub fn start_loading(&mut self) -> Option<u64> {
         match self.state {
-            State::Loaded(_) => false,
-            State::Loading(_) => true,
-            State::Idle => {
-                self.state = State::Loading(Vec::new());
-                true
-            }
+            State::Loaded(_) => None,
+            State::Loading(_) => Some(self.generation),
+            State::Idle => Some(self.load_again(Vec::new())),
         }
     }
 
-    /// Takes a loaded roster, unless the mirror holds one already (the changes heard since
-    /// bring it on), then what was heard during the load. Every watcher gets a snapshot.
-    pub fn install(&mut self, roster: SharedRoster) -> Applied {
-        let pending = match std::mem::take(&mut self.state) {
+    /// The generation of the load under way, if one is.
+    pub fn loading(&self) -> Option<u64> {
+        matches!(self.state, State::Loading(_)).then_some(self.generation)
+    }
+
+    fn load_again(&mut self, pending: Vec<PresenceChange>) -> u64 {
+        self.state = State::Loading(Some(pending));
+        self.generation += 1;
+        self.generation
+    }
+
+    /// Takes the roster a load of `generation` read, unless the mirror holds one already
+    /// (the changes heard since bring it on) or a later load was asked; then what was heard
+    /// during the load. Every watcher gets a snapshot.
+    pub fn install(&mut self, generation: u64, roster: SharedRoster) -> Applied {
+        if generation != self.generation {
+            return Applied::default();
+        }
+        let (pending, overflowed) = match std::mem::take(&mut self.state) {
             State::Loaded(v) => {
                 self.state = State::Loaded(v);
                 return Applied::default();
             }
-            State::Loading(pending) => pending,
-            State::Idle => Vec::new(),
+            State::Loading(Some(pending)) => (pending, false),
+            State::Loading(None) => (Vec::new(), true),
+            State::Idle => (Vec::new(), false),
         };
         self.count = roster.count;
         self.listed = roster.listed;
@@ -115,6 +128,10 @@ impl Mirror {
                 break;
             }
         }
+        if overflowed && !out.reload {
+            self.load_again(Vec::new());
+            out.reload = true;
+        }
         // Every watcher is due a snapshot: change frames would repeat it.
         out.changes.clear();
         out
@@ -125,10 +142,11 @@ impl Mirror {
         let version = match &mut self.state {
             State::Idle => return Applied::default(),
             State::Loading(pending) => {
-                if pending.len() >= MAX_PENDING {
-                    pending.remove(0);
+                match pending {
+                    Some(p) if p.len() >= MAX_PENDING => *pending = None,
+                    Some(p) => p.push(change),
+                    None => {}
                 }
-                pending.push(change);
                 return Applied::default();
             }
             State::Loaded(version) => *version,
@@ -137,7 +155,7 @@ impl Mirror {
             return Applied::default();
         }
         if change.version > version + 1 {
-            self.state = State::Loading(vec![change]);
+            self.load_again(vec![change]);
             return Applied {
                 changes: Vec::new(),
                 reload: true,
@@ -159,13 +177,26 @@ impl Mirror {
         }
     }
 
-    /// Starts loading again after messages may have been lost; false when there is nothing to
-    /// load (no local member).
+    /// Applies the change of a join this node made, unless changes before it have yet to be
+    /// heard: then it waits to be heard in its turn, rather than look like a gap.
+    pub fn made(&mut self, change: PresenceChange) -> Applied {
+        match self.state {
+            State::Loaded(version) if change.version > version + 1 => Applied::default(),
+            _ => self.heard(change),
+        }
+    }
+
+    /// Starts loading again after changes may have been lost, or the backend's versions
+    /// started again; false when there is nothing to load (no local member). Every watcher
+    /// then gets a snapshot of the new load, whatever version it was waiting for.
     pub fn lost(&mut self) -> bool {
         if matches!(self.state, State::Idle) {
             return false;
         }
-        self.state = State::Loading(Vec::new());
+        self.load_again(Vec::new());
+        for w in self.watchers.values_mut() {
+            w.due = Some(0);
+        }
         true
     }
 
@@ -274,13 +305,13 @@ mod tests {
     #[test]
     fn changes_heard_during_a_load_apply_after_it_and_those_it_covers_are_skipped() {
         let mut m = Mirror::default();
-        assert!(m.start_loading());
+        let load = m.start_loading().unwrap();
         m.add_member(1, "n.1".into());
         // Heard before the load's reply: version 3 is in the load, 4 is not.
         m.heard(change(3, 1, "join", "a"));
         m.heard(change(4, 2, "join", "b"));
         m.watch(1, "s1", true, 0);
-        assert_eq!(m.install(roster(3, &["a"])), Applied::default());
+        assert_eq!(m.install(load, roster(3, &["a"])), Applied::default());
         assert_eq!(m.take_due(), vec![1]);
         assert_eq!(
             m.snapshot("snapshot"),
@@ -299,17 +330,19 @@ mod tests {
     #[test]
     fn a_skipped_version_loads_again_and_every_watcher_gets_a_new_snapshot() {
         let mut m = Mirror::default();
-        m.start_loading();
+        let load = m.start_loading().unwrap();
         m.add_member(1, "n.1".into());
         m.watch(1, "s1", true, 0);
-        m.install(roster(1, &["n.1"]));
+        m.install(load, roster(1, &["n.1"]));
         assert_eq!(m.take_due(), vec![1]);
         let gap = m.heard(change(3, 2, "join", "c"));
         assert!(gap.reload && gap.changes.is_empty());
         assert!(!m.loaded());
-        // Until loaded again, nothing is announced.
+        // Until loaded again, nothing is announced; a load from before the gap is not taken.
         assert_eq!(m.heard(change(4, 1, "leave", "c")), Applied::default());
-        m.install(roster(3, &["n.1", "c"]));
+        assert_eq!(m.install(load, roster(1, &["n.1"])), Applied::default());
+        assert!(!m.loaded());
+        m.install(m.loading().unwrap(), roster(3, &["n.1", "c"]));
         assert_eq!(m.take_due(), vec![1]);
         assert_eq!(
             m.snapshot("snapshot"),
@@ -320,8 +353,8 @@ mod tests {
     #[test]
     fn a_joiners_snapshot_waits_for_its_own_join() {
         let mut m = Mirror::default();
-        m.start_loading();
-        m.install(roster(4, &[]));
+        let load = m.start_loading().unwrap();
+        m.install(load, roster(4, &[]));
         m.add_member(9, "n.9".into());
         m.watch(9, "s", true, 5);
         assert!(m.take_due().is_empty());
@@ -334,13 +367,44 @@ mod tests {
     #[test]
     fn the_mirror_is_forgotten_with_its_last_local_member() {
         let mut m = Mirror::default();
-        m.start_loading();
+        let load = m.start_loading().unwrap();
         m.add_member(1, "n.1".into());
-        m.install(roster(2, &["x"]));
+        m.install(load, roster(2, &["x"]));
         assert_eq!(m.remove_member(1).as_deref(), Some("n.1"));
         m.idle_if_unused();
         assert!(!m.loaded());
         assert_eq!(m.heard(change(3, 0, "leave", "x")), Applied::default());
-        assert!(m.start_loading());
+        assert!(m.start_loading().is_some());
+    }
+
+    #[test]
+    fn after_a_loss_a_load_from_before_is_refused_and_every_watcher_gets_a_snapshot() {
+        let mut m = Mirror::default();
+        let load = m.start_loading().unwrap();
+        m.add_member(1, "n.1".into());
+        m.install(load, roster(57, &["n.1"]));
+        m.watch(1, "s", true, 58);
+        // Redis lost its data: versions start again, below what the watcher waited for.
+        let before = m.start_loading();
+        assert_eq!(before, None);
+        assert!(m.lost());
+        let stale = m.loading().unwrap() - 1;
+        assert_eq!(m.install(stale, roster(57, &["n.1"])), Applied::default());
+        m.install(m.loading().unwrap(), roster(1, &["n.1"]));
+        assert_eq!(m.take_due(), vec![1]);
+        assert_eq!(m.heard(change(2, 2, "join", "b")).changes.len(), 1);
+    }
+
+    #[test]
+    fn too_much_heard_during_a_load_loads_again() {
+        let mut m = Mirror::default();
+        let load = m.start_loading().unwrap();
+        m.add_member(1, "n.1".into());
+        for v in 1..=(MAX_PENDING as u64 + 1) {
+            m.heard(change(v, 1, "join", "x"));
+        }
+        let applied = m.install(load, roster(0, &[]));
+        assert!(applied.reload);
+        assert!(m.loading().is_some());
     }
 }

@@ -201,6 +201,18 @@ pub struct Announced {
     pub member: Arc<str>,
 }
 
+/// A join to a shared roster as made: the roster's version after it, and the change it
+/// published (None when the client was a member already), which the joining node applies at
+/// once rather than wait to hear it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JoinedRoster {
+    pub version: u64,
+    pub change: Option<PresenceChange>,
+    /// The backend had lost this node's members (cut off past its ttl, or data lost): every
+    /// mirror must load again, and the change is in the new load.
+    pub lost: bool,
+}
+
 /// A shared roster as read at one version: the listed members (client, encoded member) in
 /// join order, and how many members there are in all.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -19,7 +19,7 @@ pub mod worker;
 use crate::fanout::frame::{Position, StreamEvent};
 use crate::fanout::history::Bounds;
 use crate::fanout::order::Order;
-use crate::fanout::presence::{PresenceChange, SharedRoster};
+use crate::fanout::presence::{JoinedRoster, PresenceChange, SharedRoster};
 use crate::metrics::Telemetry;
 use crate::storage::update_ops::{OpError, UpdateOps};
 use async_trait::async_trait;
@@ -180,7 +180,8 @@ pub trait SharedPresence: Send + Sync {
     /// This node's name, unique among the live nodes: it prefixes its members' `client`.
     fn node(&self) -> &str;
     /// Adds a member (`member` is its encoded JSON) unless it is one already; returns the
-    /// group's version once the change is made. Joins and leaves are applied in call order.
+    /// group's version once the change is made, and the change. Joins and leaves are applied
+    /// in call order. `max` is the members listed, for a roster this join starts.
     async fn join(
         &self,
         stream: &str,
@@ -188,7 +189,7 @@ pub trait SharedPresence: Send + Sync {
         client: &str,
         member: Arc<str>,
         max: usize,
-    ) -> anyhow::Result<u64>;
+    ) -> anyhow::Result<JoinedRoster>;
     /// Removes a member. Never fails: a leave that cannot be made now is retried until it is,
     /// and a node that dies has its members removed by the others.
     fn leave(&self, stream: &str, group: &str, client: &str, max: usize);

@@ -8,6 +8,10 @@ use common::tenants::*;
 
 /// Two engines' worth of config: Redis, and presence on `chat` listing `max` members.
 fn presence_config(url: &str, max: usize) -> Config {
+    presence_config_ttl(url, max, 1_500)
+}
+
+fn presence_config_ttl(url: &str, max: usize, ttl_ms: u64) -> Config {
     let yaml = format!(
         "workers:\n  - name: iii-stream\n    config: {{ presence: {{ streams: [chat], max_members: {max} }} }}\n"
     );
@@ -16,7 +20,7 @@ fn presence_config(url: &str, max: usize) -> Config {
         presence: parsed.presence,
         adapter: AdapterConfig::Redis {
             url: url.to_owned(),
-            presence_ttl: Duration::from_millis(1_500),
+            presence_ttl: Duration::from_millis(ttl_ms),
         },
         ..test_config()
     }
@@ -47,6 +51,25 @@ fn names(list: &Value) -> Vec<String> {
     list.iter()
         .map(|m| m["info"]["name"].as_str().unwrap_or("?").to_owned())
         .collect()
+}
+
+/// Reads `c`'s presence frames as an app does (a snapshot replaces the list, a join adds, a
+/// leave removes) until its list is `want`, by name, in order.
+async fn view_becomes(c: &mut Client, want: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut view: Vec<String> = Vec::new();
+    while view != want {
+        let data = tokio::time::timeout_at(deadline.into(), presence_data(c))
+            .await
+            .unwrap_or_else(|_| panic!("the watcher's list stayed {view:?}, not {want:?}"));
+        let name = |m: &Value| m["info"]["name"].as_str().unwrap_or("?").to_owned();
+        match data["action"].as_str() {
+            Some("snapshot") => view = names(&data["members"]),
+            Some("join") => view.push(name(&data["member"])),
+            Some("leave") => view.retain(|n| *n != name(&data["member"])),
+            other => panic!("unknown presence action {other:?}"),
+        }
+    }
 }
 
 async fn roster(w: &RawWorker, group: &str) -> Value {
@@ -219,8 +242,10 @@ fn process_config(dir: &Path, url: &str, ttl_ms: u64) -> std::path::PathBuf {
 async fn a_node_killed_without_leaving_has_its_members_removed_within_its_ttl() {
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let mut doomed = EngineProcess::spawn(&process_config(dir.path(), &redis.url(), 1_500));
-    let survivor = start(presence_config(&redis.url(), 100)).await;
+    let mut doomed = EngineProcess::spawn(&process_config(dir.path(), &redis.url(), 3_000));
+    // The survivor's own ttl is long: this test's 500 sockets keep its runtime busy, and a
+    // renewal late past the ttl would (rightly) have the doomed node remove its members.
+    let survivor = start(presence_config_ttl(&redis.url(), 1_000, 20_000)).await;
     let w = RawWorker::connect(survivor.worker_addr).await;
     let doomed_worker = RawWorker::connect(doomed.worker_addr).await;
     wait_for_fan_out(&doomed_worker, survivor.client_addr).await;
@@ -237,24 +262,48 @@ async fn a_node_killed_without_leaving_has_its_members_removed_within_its_ttl() 
         );
         ghosts.push(c);
     }
+    // More members than one renewal removes (500): they go over several renewals.
+    let mut crowd = Vec::new();
+    for n in 0..501 {
+        let mut c = Client::connect(doomed.client_addr, "/").await;
+        c.send_json(
+            json!({"type": "join", "data": {"subscriptionId": "p", "streamName": "chat",
+            "groupId": "room", "info": {"name": format!("c{n}")}}}),
+        )
+        .await;
+        crowd.push(c);
+    }
+    for c in &mut crowd {
+        assert_eq!(c.next().await["event"]["type"], "sync");
+    }
+    let mut announced = 0;
+    while announced < 501 {
+        let joined = presence_data(&mut ann).await;
+        assert_eq!(joined["action"], "join", "{joined}");
+        announced += 1;
+    }
+    assert_eq!(roster(&w, "room").await["count"], 504);
     // kill -9: no socket closes cleanly, no leave is sent.
     doomed.kill9();
     let killed = Instant::now();
     let mut gone = Vec::new();
-    for _ in 0..2 {
+    let mut first_leave = None;
+    for _ in 0..503 {
         let left = tokio::time::timeout(Duration::from_secs(10), presence_data(&mut ann))
             .await
-            .expect("the dead node's members leave within its ttl and a renewal");
+            .expect("the dead node's members leave within its ttl and a few renewals");
         assert_eq!(left["action"], "leave", "{left}");
+        first_leave.get_or_insert_with(|| killed.elapsed());
         gone.push(left["member"]["info"]["name"].as_str().unwrap().to_owned());
     }
+    gone.retain(|n| !n.starts_with('c') || n == "cat");
     gone.sort();
     assert_eq!(gone, ["bob", "cat"]);
-    // Not before the ttl (1.5 s) has passed since the last renewal (every 0.5 s).
+    // Not before the ttl (3 s) has passed since the last renewal (every second).
+    let first_leave = first_leave.unwrap();
     assert!(
-        killed.elapsed() >= Duration::from_millis(900),
-        "{:?}",
-        killed.elapsed()
+        first_leave >= Duration::from_millis(1_900),
+        "{first_leave:?}"
     );
     let r = roster(&w, "room").await;
     assert_eq!(
@@ -347,4 +396,64 @@ async fn a_node_stopped_cleanly_takes_its_members_out_at_once() {
         (&left["action"], &left["member"]["info"]["name"]),
         (&json!("leave"), &json!("bob"))
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_that_finds_its_node_gone_from_redis_brings_the_nodes_members_back_at_once() {
+    let redis = RedisServer::start();
+    // A minute's ttl: a renewal comes every 20 s, so only the join below can notice.
+    let one = start(presence_config_ttl(&redis.url(), 100, 60_000)).await;
+    let w = RawWorker::connect(one.worker_addr).await;
+    let mut ann = Client::connect(one.client_addr, "/").await;
+    watch(&mut ann, "room", json!({"name": "ann"})).await;
+    let mut bob = Client::connect(one.client_addr, "/").await;
+    watch(&mut bob, "room", json!({"name": "bob"})).await;
+    presence_data(&mut ann).await;
+    let mut raw = redis.raw().await;
+    let _: () = redis::cmd("FLUSHALL").query_async(&mut raw).await.unwrap();
+    let mut cat = Client::connect(one.client_addr, "/").await;
+    c_watch_then(&mut cat).await;
+    roster_becomes(&w, "room", &["cat", "ann", "bob"]).await;
+    // Every watcher's list ends right, in Redis's new order.
+    for c in [&mut ann, &mut bob, &mut cat] {
+        view_becomes(c, &["cat", "ann", "bob"]).await;
+    }
+}
+
+/// Joins as `cat` asking for presence frames, and takes the `sync` (its snapshot is read by
+/// `view_becomes` with the rest).
+async fn c_watch_then(c: &mut Client) {
+    c.send_json(
+        json!({"type": "join", "data": {"subscriptionId": "p", "streamName": "chat",
+        "groupId": "room", "presence": true, "info": {"name": "cat"}}}),
+    )
+    .await;
+    assert_eq!(c.next().await["event"]["type"], "sync");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rosters_max_members_is_fixed_by_its_first_member_whatever_each_node_says() {
+    let redis = RedisServer::start();
+    let (one, two) = (
+        start(presence_config(&redis.url(), 1)).await,
+        start(presence_config(&redis.url(), 5)).await,
+    );
+    let w2 = RawWorker::connect(two.worker_addr).await;
+    let mut ann = Client::connect(one.client_addr, "/").await;
+    watch(&mut ann, "room", json!({"name": "ann"})).await;
+    // Node two would list five; the roster started with one.
+    let mut bob = Client::connect(two.client_addr, "/").await;
+    let snap = watch(&mut bob, "room", json!({"name": "bob"})).await;
+    assert_eq!(
+        (names(&snap["members"]), &snap["count"]),
+        (vec!["ann".into()], &json!(2))
+    );
+    let r = roster(&w2, "room").await;
+    assert_eq!(
+        (names(&r["members"]), &r["count"]),
+        (vec!["ann".into()], &json!(2))
+    );
+    // ann's leave lets bob in, announced on both nodes.
+    drop(ann);
+    view_becomes(&mut bob, &["bob"]).await;
 }

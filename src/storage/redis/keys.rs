@@ -131,6 +131,16 @@ impl KeySpace {
         format!("{}presence-node:", self.own_root())
     }
 
+    /// The drains: sets of dead nodes' members still to be removed.
+    pub fn presence_drains_key(&self) -> String {
+        format!("{}presence-drains", self.own_root())
+    }
+
+    /// Followed by a node's name: its members still to be removed, once it was found dead.
+    pub fn presence_drain_prefix(&self) -> String {
+        format!("{}presence-drain:", self.own_root())
+    }
+
     /// The channel of roster changes: apart from the events, so iii nodes never hear them.
     pub fn presence_channel(&self) -> String {
         format!("{}presence", self.own_root())

@@ -27,6 +27,7 @@ mod bus;
 mod history;
 mod keys;
 mod presence;
+mod roster_scripts;
 mod scripts;
 mod subscriber;
 mod target;

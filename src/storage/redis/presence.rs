@@ -1,35 +1,35 @@
 //! Presence rosters shared by every node through Redis, so that each group has one member list
 //! whichever node its clients are on.
 //!
-//! Per group (see `keys`): a hash of members by `client`, a sorted set of `client`s in join
-//! order, and a meta hash holding the roster's `ver`sion, a join count (`seq`) and the `max`
-//! listed. Every join and leave is one script that changes the roster, adds one to `ver`, works
-//! out what to announce (only the first `max` members are listed; a listed member's leave lets
-//! the next one in) and publishes it on the tenant's presence channel, apart from the events so
-//! that iii nodes never hear it. Every node, the one that made the change included, applies the
-//! changes it hears in `ver` order to its mirror of the roster (`fanout::mirror`).
+//! Every join and leave is one script (`roster_scripts`) that changes the group's roster, adds
+//! one to its `ver`sion, works out what to announce (only the first `max` members are listed;
+//! a listed member's leave lets the next one in) and publishes it on the tenant's presence
+//! channel, apart from the events so that iii nodes never hear it. Every node applies the
+//! changes it hears in version order to its mirror of the roster (`fanout::mirror`); the node
+//! that joins applies its own change as soon as the script returns it.
 //!
 //! A node's calls go through one queue, in order, so a socket's leave never overtakes its join.
-//! A leave that fails (Redis away) is retried until it is made: a leave is never lost.
+//! A leave that Redis could not take (unreachable, slow) is retried until it is made; one that
+//! Redis refused (a script error) is logged and dropped, so it cannot block the queue.
 //!
-//! Nodes die without leaving. Each node with members keeps a score in the tenant's node set
-//! (`presence-nodes`), renewed three times per `ttl`, and a set of its members' entries. Every
-//! renewal also removes the members of nodes whose score has passed (announcing their leaves,
-//! a bounded batch per run). A node that finds itself gone from the node set (it was cut off
-//! from Redis for longer than the ttl, or Redis lost its data) joins its members again.
+//! Nodes die without leaving. Each node with members keeps a score in the tenant's node set,
+//! renewed three times per `ttl`, and a set of its members' entries; every renewal also removes
+//! the members of nodes whose score has passed, announcing their leaves. A node that finds
+//! itself gone from the node set, at a renewal or a join (it was cut off from Redis past the
+//! ttl, or Redis lost its data), joins its members again and has its mirrors loaded anew.
 
 use super::keys::KeySpace;
+use super::roster_scripts::{JOIN, LEAVE, RENEW, ROSTER};
 use super::subscriber::Local;
-use super::target::RedisTarget;
-use crate::fanout::presence::{Announced, PresenceChange, SharedRoster};
+use super::target::{Failed, RedisTarget};
+use crate::fanout::presence::{Announced, JoinedRoster, PresenceChange, SharedRoster};
 use crate::storage::{BusMessage, SharedPresence};
 use async_trait::async_trait;
-use redis::Script;
 use redis::aio::ConnectionManager;
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -45,121 +45,6 @@ const JOIN_WAIT: Duration = Duration::from_secs(10);
 /// A roster's meta hash outlives its last member this long (ms): its version must not restart
 /// while a node may still mirror it.
 const META_TTL_MS: u64 = 3_600_000;
-
-/// What every script shares: the time, and the change announced for a leave.
-const COMMON: &str = r#"
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-local function change(action, client, member)
-  return '{"action":"' .. action .. '","client":' .. cjson.encode(client) .. ',"member":' .. member .. '}'
-end
-local function announce(chan, stream, group, ver, count, changes)
-  redis.call('PUBLISH', chan, '{"type":"streamhost_presence","stream":' .. cjson.encode(stream)
-    .. ',"group":' .. cjson.encode(group) .. ',"version":' .. ver .. ',"count":' .. count
-    .. ',"changes":[' .. table.concat(changes, ',') .. ']}')
-end
-local function leave(roster, order, meta, chan, stream, group, client, max, meta_ttl)
-  local rank = redis.call('ZRANK', order, client)
-  if not rank then return false end
-  local member = redis.call('HGET', roster, client) or 'null'
-  redis.call('ZREM', order, client)
-  redis.call('HDEL', roster, client)
-  local ver = redis.call('HINCRBY', meta, 'ver', 1)
-  local count = redis.call('ZCARD', order)
-  local changes = {}
-  if rank < max then
-    changes[1] = change('leave', client, member)
-    if count >= max then
-      local nxt = redis.call('ZRANGE', order, max - 1, max - 1)[1]
-      changes[2] = change('join', nxt, redis.call('HGET', roster, nxt))
-    end
-  end
-  if count == 0 then redis.call('PEXPIRE', meta, meta_ttl) end
-  announce(chan, stream, group, ver, count, changes)
-  return ver
-end
-"#;
-
-/// KEYS: roster, order, meta, nodes, node's set. ARGV: channel, stream, group, client, member
-/// JSON, max, entry, node, ttl ms. Returns the roster's version after the join.
-static JOIN: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
-        r"{COMMON}
-local max = tonumber(ARGV[6])
-redis.call('ZADD', KEYS[4], now_ms() + tonumber(ARGV[9]), ARGV[8])
-redis.call('SADD', KEYS[5], ARGV[7])
-if redis.call('HEXISTS', KEYS[1], ARGV[4]) == 1 then
-  return tonumber(redis.call('HGET', KEYS[3], 'ver') or '0')
-end
-local seq = redis.call('HINCRBY', KEYS[3], 'seq', 1)
-redis.call('HSET', KEYS[3], 'max', max)
-redis.call('PERSIST', KEYS[3])
-redis.call('HSET', KEYS[1], ARGV[4], ARGV[5])
-redis.call('ZADD', KEYS[2], seq, ARGV[4])
-local ver = redis.call('HINCRBY', KEYS[3], 'ver', 1)
-local count = redis.call('ZCARD', KEYS[2])
-local changes = {{}}
-if count <= max then changes[1] = change('join', ARGV[4], ARGV[5]) end
-announce(ARGV[1], ARGV[2], ARGV[3], ver, count, changes)
-return ver
-"
-    ))
-});
-
-/// KEYS: roster, order, meta, node's set. ARGV: channel, stream, group, client, max, entry,
-/// meta ttl. Returns the version after the leave, 0 when it was no member.
-static LEAVE: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
-        r"{COMMON}
-redis.call('SREM', KEYS[4], ARGV[6])
-return leave(KEYS[1], KEYS[2], KEYS[3], ARGV[1], ARGV[2], ARGV[3], ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[7])) or 0
-"
-    ))
-});
-
-/// KEYS: roster, order, meta. ARGV: max. Returns {version, count, client, member, ...} for the
-/// first `max` members in join order, read together.
-static ROSTER: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r"
-local out = {tonumber(redis.call('HGET', KEYS[3], 'ver') or '0'), redis.call('ZCARD', KEYS[2])}
-for _, c in ipairs(redis.call('ZRANGE', KEYS[2], 0, tonumber(ARGV[1]) - 1)) do
-  out[#out + 1] = c
-  out[#out + 1] = redis.call('HGET', KEYS[1], c) or 'null'
-end
-return out
-",
-    )
-});
-
-/// KEYS: nodes. ARGV: node, ttl ms, node set prefix, channel, batch, meta ttl. Renews the node,
-/// removes a batch of each dead node's members. Returns {1 if the node was still in the set,
-/// members removed}.
-static RENEW: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(&format!(
-        r"{COMMON}
-local now = now_ms()
-local present = redis.call('ZSCORE', KEYS[1], ARGV[1])
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[1])
-local removed = 0
-for _, node in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, 16)) do
-  local set = ARGV[3] .. node
-  for _, entry in ipairs(redis.call('SPOP', set, tonumber(ARGV[5]))) do
-    local e = cjson.decode(entry)
-    local max = tonumber(redis.call('HGET', e[3], 'max') or '1000')
-    if leave(e[1], e[2], e[3], ARGV[4], e[4], e[5], e[6], max, tonumber(ARGV[6])) then
-      removed = removed + 1
-    end
-  end
-  if redis.call('SCARD', set) == 0 then redis.call('ZREM', KEYS[1], node) end
-end
-if present then return {{1, removed}} end
-return {{0, removed}}
-"
-    ))
-});
 
 /// A member of this node: (stream, group, client).
 type Key = (String, String, String);
@@ -177,7 +62,7 @@ enum Op {
         key: Key,
         member: Arc<str>,
         max: usize,
-        reply: Option<oneshot::Sender<anyhow::Result<u64>>>,
+        reply: Option<oneshot::Sender<anyhow::Result<JoinedRoster>>>,
     },
     Leave {
         key: Key,
@@ -191,7 +76,6 @@ enum Op {
 pub struct RedisPresence {
     node: String,
     channel: String,
-    ops: mpsc::UnboundedSender<Op>,
     state: Arc<State>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
@@ -214,6 +98,10 @@ struct State {
     used: AtomicBool,
     /// Ops queued and not yet done (see `flush`).
     pending: watch::Sender<u64>,
+    /// Set once this node is in the node set: not finding it there later means it was
+    /// removed (as dead, or with Redis's data).
+    registered: AtomicBool,
+    ops: mpsc::UnboundedSender<Op>,
 }
 
 impl RedisPresence {
@@ -225,6 +113,7 @@ impl RedisPresence {
     ) -> Arc<RedisPresence> {
         let node = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
         let channel = keys.presence_channel();
+        let (ops, queued) = mpsc::unbounded_channel();
         let state = Arc::new(State {
             target,
             conn,
@@ -237,16 +126,16 @@ impl RedisPresence {
             hearing: OnceLock::new(),
             used: AtomicBool::new(false),
             pending: watch::Sender::new(0),
+            registered: AtomicBool::new(false),
+            ops,
         });
-        let (ops, queued) = mpsc::unbounded_channel();
         let tasks = vec![
             tokio::spawn(run_queue(state.clone(), queued)),
-            tokio::spawn(renew_loop(state.clone(), ops.clone())),
+            tokio::spawn(renew_loop(state.clone())),
         ];
         Arc::new(RedisPresence {
             node,
             channel,
-            ops,
             state,
             tasks: Mutex::new(tasks),
         })
@@ -288,7 +177,7 @@ impl SharedPresence for RedisPresence {
         client: &str,
         member: Arc<str>,
         max: usize,
-    ) -> anyhow::Result<u64> {
+    ) -> anyhow::Result<JoinedRoster> {
         self.state.used.store(true, Ordering::Relaxed);
         let key = (stream.to_owned(), group.to_owned(), client.to_owned());
         let seq = self.state.joins.fetch_add(1, Ordering::Relaxed);
@@ -309,10 +198,7 @@ impl SharedPresence for RedisPresence {
             max,
             reply: Some(reply),
         };
-        anyhow::ensure!(
-            self.state.send(&self.ops, op),
-            "the presence queue has stopped"
-        );
+        anyhow::ensure!(self.state.send(op), "the presence queue has stopped");
         match tokio::time::timeout(JOIN_WAIT, answer).await {
             Ok(Ok(joined)) => joined,
             Ok(Err(_)) => anyhow::bail!("the presence queue has stopped"),
@@ -326,7 +212,7 @@ impl SharedPresence for RedisPresence {
     fn leave(&self, stream: &str, group: &str, client: &str, max: usize) {
         let key = (stream.to_owned(), group.to_owned(), client.to_owned());
         self.state.members.lock().unwrap().remove(&key);
-        self.state.send(&self.ops, Op::Leave { key, max });
+        self.state.send(Op::Leave { key, max });
     }
 
     async fn roster(&self, stream: &str, group: &str, max: usize) -> anyhow::Result<SharedRoster> {
@@ -375,9 +261,9 @@ impl SharedPresence for RedisPresence {
 
 impl State {
     /// Queues an op, counted until it is done.
-    fn send(&self, ops: &mpsc::UnboundedSender<Op>, op: Op) -> bool {
+    fn send(&self, op: Op) -> bool {
         self.pending.send_modify(|n| *n += 1);
-        let sent = ops.send(op).is_ok();
+        let sent = self.ops.send(op).is_ok();
         if !sent {
             self.pending.send_modify(|n| *n -= 1);
         }
@@ -406,7 +292,7 @@ impl State {
         self.ttl_ms.load(Ordering::Relaxed)
     }
 
-    async fn join(&self, key: &Key, member: &str, max: usize) -> anyhow::Result<u64> {
+    async fn join(&self, key: &Key, member: &str, max: usize) -> Result<JoinedRoster, Failed> {
         let (stream, group, client) = key;
         let keys = &self.keys;
         let mut call = JOIN.key(keys.roster_key(stream, group));
@@ -414,6 +300,7 @@ impl State {
             .key(keys.roster_meta_key(stream, group))
             .key(keys.presence_nodes_key())
             .key(self.node_set())
+            .key(keys.presence_drains_key())
             .arg(&self.channel)
             .arg(stream)
             .arg(group)
@@ -422,14 +309,23 @@ impl State {
             .arg(max)
             .arg(self.entry(key))
             .arg(&self.node)
-            .arg(self.ttl_ms());
+            .arg(self.ttl_ms())
+            .arg(self.own_drain());
         let mut conn = self.conn.clone();
-        self.target
-            .run("the presence join script", call.invoke_async(&mut conn))
-            .await
+        let (version, known, change): (u64, u8, String) = self
+            .target
+            .try_run("the presence join script", call.invoke_async(&mut conn))
+            .await?;
+        let lost = self.found(known == 1);
+        let change = serde_json::from_str(&change).ok().and_then(|m| decode(&m));
+        Ok(JoinedRoster {
+            version,
+            change,
+            lost,
+        })
     }
 
-    async fn leave(&self, key: &Key, max: usize) -> anyhow::Result<u64> {
+    async fn leave(&self, key: &Key, max: usize) -> Result<u64, Failed> {
         let (stream, group, client) = key;
         let keys = &self.keys;
         let mut call = LEAVE.key(keys.roster_key(stream, group));
@@ -445,20 +341,21 @@ impl State {
             .arg(META_TTL_MS);
         let mut conn = self.conn.clone();
         self.target
-            .run("the presence leave script", call.invoke_async(&mut conn))
+            .try_run("the presence leave script", call.invoke_async(&mut conn))
             .await
     }
 
-    /// Renews this node and removes a batch of dead nodes' members; true when this node was
-    /// still known.
-    async fn renew(&self) -> anyhow::Result<bool> {
+    /// Renews this node and removes a batch of dead nodes' members.
+    async fn renew(&self) -> anyhow::Result<()> {
         let mut call = RENEW.key(self.keys.presence_nodes_key());
-        call.arg(&self.node)
+        call.key(self.keys.presence_drains_key())
+            .arg(&self.node)
             .arg(self.ttl_ms())
             .arg(self.keys.presence_node_prefix())
             .arg(&self.channel)
             .arg(SWEEP_BATCH)
-            .arg(META_TTL_MS);
+            .arg(META_TTL_MS)
+            .arg(self.keys.presence_drain_prefix());
         let mut conn = self.conn.clone();
         let (known, removed): (u8, u64) = self
             .target
@@ -467,12 +364,46 @@ impl State {
         if removed > 0 {
             tracing::info!(channel = %self.channel, removed, "removed the presence members of engine nodes that stopped renewing them");
         }
-        Ok(known == 1)
+        if self.found(known == 1) {
+            self.send(Op::Lost);
+        }
+        Ok(())
+    }
+
+    fn own_drain(&self) -> String {
+        format!("{}{}", self.keys.presence_drain_prefix(), self.node)
+    }
+
+    /// Takes what a script found of this node: once registered, a node missing from the node
+    /// set was removed (as dead, or with Redis's data), so its members join again, in their
+    /// join order. True then: the hub's mirrors must load anew.
+    fn found(&self, known: bool) -> bool {
+        let was_registered = self.registered.swap(true, Ordering::AcqRel);
+        if known || !was_registered {
+            return false;
+        }
+        let mut members: Vec<(Key, Member)> = self
+            .members
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        tracing::warn!(channel = %self.channel, members = members.len(), "this node was gone from Redis's presence nodes (cut off past the ttl, or Redis lost its data); joining its members again");
+        members.sort_by_key(|(_, m)| m.seq);
+        for (key, m) in members {
+            self.send(Op::Join {
+                key,
+                member: m.member,
+                max: m.max,
+                reply: None,
+            });
+        }
+        true
     }
 }
 
-/// Makes the queued joins and leaves in order. A failed join is refused to its caller; a
-/// failed leave is tried again, with backoff, until Redis takes it.
+/// Makes the queued joins and leaves in order, each counted done once made.
 async fn run_queue(state: Arc<State>, mut ops: mpsc::UnboundedReceiver<Op>) {
     while let Some(op) = ops.recv().await {
         run_op(&state, op).await;
@@ -480,6 +411,8 @@ async fn run_queue(state: Arc<State>, mut ops: mpsc::UnboundedReceiver<Op>) {
     }
 }
 
+/// A join asked by a socket is made once (its caller is told); a join made again, or a leave,
+/// is retried while Redis is unreachable, until it is made (a join: or its member left).
 async fn run_op(state: &State, op: Op) {
     match op {
         Op::Join {
@@ -488,9 +421,13 @@ async fn run_op(state: &State, op: Op) {
             max,
             reply: Some(reply),
         } => {
-            let _ = reply.send(state.join(&key, &member, max).await);
+            // Its caller gave up waiting (and will leave): nothing to make.
+            if reply.is_closed() {
+                return;
+            }
+            let joined = state.join(&key, &member, max).await;
+            let _ = reply.send(joined.map_err(|f| f.error));
         }
-        // A join made again is retried like a leave, until it is made or the member has left.
         Op::Join {
             key,
             member,
@@ -502,14 +439,20 @@ async fn run_op(state: &State, op: Op) {
             while still_here() {
                 match state.join(&key, &member, max).await {
                     Ok(_) => return,
-                    Err(e) => wait.after(&key, "join a presence member again", e).await,
+                    Err(f) => {
+                        if !wait.after(&key, "join a presence member again", f).await {
+                            return;
+                        }
+                    }
                 }
             }
         }
         Op::Leave { key, max } => {
             let mut wait = Backoff::default();
-            while let Err(e) = state.leave(&key, max).await {
-                wait.after(&key, "remove a presence member", e).await;
+            while let Err(f) = state.leave(&key, max).await {
+                if !wait.after(&key, "remove a presence member", f).await {
+                    return;
+                }
             }
         }
         Op::Lost => {
@@ -520,7 +463,7 @@ async fn run_op(state: &State, op: Op) {
     }
 }
 
-/// Waits between the tries of an op Redis did not take: 50 ms, doubling up to 5 s.
+/// Waits between the tries of an op Redis could not take: 50 ms, doubling up to 5 s.
 struct Backoff(Duration);
 
 impl Default for Backoff {
@@ -530,53 +473,35 @@ impl Default for Backoff {
 }
 
 impl Backoff {
-    async fn after(&mut self, (stream, group, _): &Key, what: &str, e: anyhow::Error) {
-        tracing::warn!(stream, group, error = %format!("{e:#}"), "cannot {what} yet; retrying");
+    /// Logs the failure; waits and returns true when trying again may help.
+    async fn after(&mut self, (stream, group, _): &Key, what: &str, f: Failed) -> bool {
+        let error = format!("{:#}", f.error);
+        if !f.transient {
+            tracing::error!(
+                stream,
+                group,
+                error,
+                "cannot {what}: Redis refused it; giving it up"
+            );
+            return false;
+        }
+        tracing::warn!(stream, group, error, "cannot {what} yet; retrying");
         tokio::time::sleep(self.0).await;
         self.0 = (self.0 * 2).min(Duration::from_secs(5));
+        true
     }
 }
 
-/// Renews this node three times per ttl once presence is used; when the node was found gone,
-/// joins its members again.
-async fn renew_loop(state: Arc<State>, ops: mpsc::UnboundedSender<Op>) {
+/// Renews this node three times per ttl once presence is used.
+async fn renew_loop(state: Arc<State>) {
     loop {
         let every = Duration::from_millis((state.ttl_ms() / 3).max(10));
         tokio::time::sleep(every).await;
         if !state.used.load(Ordering::Relaxed) {
             continue;
         }
-        match state.renew().await {
-            Ok(true) => {}
-            Ok(false) => {
-                let mut members: Vec<(Key, Member)> = state
-                    .members
-                    .lock()
-                    .unwrap()
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect();
-                if members.is_empty() {
-                    continue;
-                }
-                tracing::warn!(channel = %state.channel, members = members.len(), "this node's presence members were removed from Redis (cut off past the ttl, or Redis lost its data); joining them again");
-                members.sort_by_key(|(_, m)| m.seq);
-                for (key, m) in members {
-                    let op = Op::Join {
-                        key,
-                        member: m.member,
-                        max: m.max,
-                        reply: None,
-                    };
-                    state.send(&ops, op);
-                }
-                // The mirrors hold versions Redis no longer has: they load again, once the
-                // members are back.
-                state.send(&ops, Op::Lost);
-            }
-            Err(e) => {
-                tracing::warn!(channel = %state.channel, error = %format!("{e:#}"), "cannot renew this node's presence members; others remove them if this lasts past the ttl");
-            }
+        if let Err(e) = state.renew().await {
+            tracing::warn!(channel = %state.channel, error = %format!("{e:#}"), "cannot renew this node's presence members; others remove them if this lasts past the ttl");
         }
     }
 }

@@ -24,12 +24,26 @@ impl RedisTarget {
         what: &str,
         call: impl Future<Output = redis::RedisResult<T>>,
     ) -> anyhow::Result<T> {
+        self.try_run(what, call).await.map_err(|f| f.error)
+    }
+
+    /// As `run`, saying also whether trying again may help: Redis was unreachable or slow,
+    /// rather than refusing the call itself (a script error, a key of the wrong type).
+    pub async fn try_run<T>(
+        &self,
+        what: &str,
+        call: impl Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, Failed> {
+        let transient = |error| Failed {
+            error,
+            transient: true,
+        };
         match tokio::time::timeout(COMMAND_TIMEOUT, call).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) if e.to_string().contains("certificate") => Err(anyhow!(
+            Ok(Err(e)) if e.to_string().contains("certificate") => Err(transient(anyhow!(
                 "redis at {}: the TLS handshake failed: {e} ({what} was not done; trust the server's CA by pointing SSL_CERT_FILE at it, or fix the certificate)",
                 self.url
-            )),
+            ))),
             Ok(Err(e))
                 if e.is_io_error()
                     || e.is_timeout()
@@ -37,19 +51,29 @@ impl RedisTarget {
                     || e.is_connection_dropped()
                     || e.is_unrecoverable_error() =>
             {
-                Err(anyhow!(
+                Err(transient(anyhow!(
                     "redis at {} is unreachable: {e} ({what} was not done or not confirmed; streamhost reconnects by itself once Redis is back)",
                     self.url
-                ))
+                )))
             }
-            Ok(Err(e)) => Err(anyhow!("redis at {} refused {what}: {e}", self.url)),
-            Err(_) => Err(anyhow!(
+            Ok(Err(e)) => Err(Failed {
+                error: anyhow!("redis at {} refused {what}: {e}", self.url),
+                transient: false,
+            }),
+            Err(_) => Err(transient(anyhow!(
                 "redis at {} is unreachable: no answer to {what} within {:?} (streamhost reconnects by itself once Redis is back)",
                 self.url,
                 COMMAND_TIMEOUT
-            )),
+            ))),
         }
     }
+}
+
+/// A Redis call that failed.
+pub struct Failed {
+    pub error: anyhow::Error,
+    /// Redis was unreachable or did not answer in time: the same call may work later.
+    pub transient: bool,
 }
 
 /// The URL with its password replaced by `***`.
