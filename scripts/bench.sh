@@ -6,13 +6,13 @@
 #   scripts/bench.sh --floor fanout-1000   one scenario, streamhost then the floor
 #   scripts/bench.sh --floor --repeat 3    each run three times, alternating; the table shows
 #                                          the median (this machine is noisy: use it)
-#   scripts/bench.sh --redis --repeat 3 writes-durable writes-memory
-#                                          each writes scenario alternated with redis-server
+#   scripts/bench.sh --redis --repeat 3 writes-durable writes-memory reads-memory
+#                                          each writes (and reads) scenario alternated with redis-server
 #                                          (AOF with appendfsync always, or no persistence) under
 #                                          redis-benchmark at the same pipelining; prints the ratio
 #
 # Scenarios: fanout-1000 fanout-8000 groups-8000 idle-8000 burst paced-1000 paced-8000 storm-8000
-#            writes-memory writes-durable
+#            writes-memory writes-durable reads-memory
 # Results: bench-results/<target>-<scenario>.json and a table at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,7 +31,7 @@ while [ $# -gt 0 ]; do
     *) scenarios+=("$arg") ;;
   esac
 done
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(fanout-1000 fanout-8000 groups-8000 idle-8000 burst paced-1000 paced-8000 storm-8000 writes-memory writes-durable)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(fanout-1000 fanout-8000 groups-8000 idle-8000 burst paced-1000 paced-8000 storm-8000 writes-memory writes-durable reads-memory)
 
 target_dir="${CARGO_TARGET_DIR:-target}"
 echo "== building (release)"
@@ -70,6 +70,8 @@ options() {  # the load generator's options for a scenario
     storm-8000)     echo "--subscribers 8000 --events 600 --rate 40 --storm-after 5" ;;
     # 4 connections with 1,024 calls in flight each, 100-byte values: what redis_run gives Redis.
     writes-memory|writes-durable) echo "--subscribers 0 --function set --events 200000 --window 1024 --workers 4" ;;
+    # The same load reading one stored item: the read path, to set beside writes-memory.
+    reads-memory)   echo "--subscribers 0 --function get --events 200000 --window 1024 --workers 4" ;;
     *) echo "unknown scenario $1" >&2; exit 2 ;;
   esac
 }
@@ -100,8 +102,9 @@ run() {  # $1: streamhost | floor, $2: scenario, $3: round
   sleep 1
 }
 
-redis_run() {  # $1: writes-durable | writes-memory, $2: round; Redis pinned as streamhost is
-  local scenario=$1 round=$2 pid port=16379 persist
+redis_run() {  # $1: writes-durable | writes-memory | reads-memory, $2: round; Redis pinned as streamhost is
+  local scenario=$1 round=$2 pid port=16379 persist test=set
+  [ "$scenario" = reads-memory ] && test=get
   rm -rf "$work/redis"; mkdir -p "$work/redis"
   if [ "$scenario" = writes-durable ]; then
     persist=(--appendonly yes --appendfsync always --save '')
@@ -112,14 +115,16 @@ redis_run() {  # $1: writes-durable | writes-memory, $2: round; Redis pinned as 
   pid=$!
   for _ in $(seq 100); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
   echo "== redis $scenario (round $round)"
-  taskset -c 1 redis-benchmark -p "$port" -P 1024 -c 4 -d 100 -t set -n 200000 --csv > "$work/redis.csv"
-  python3 - "$work/redis.csv" "bench-results/redis-$scenario-$round.json" <<'PY'
+  # GET reads the key SET wrote (redis-benchmark's default key): a stored value, as streamhost's
+  taskset -c 1 redis-benchmark -p "$port" -P 1024 -c 4 -d 100 -t set -n 1 -q > /dev/null
+  taskset -c 1 redis-benchmark -p "$port" -P 1024 -c 4 -d 100 -t "$test" -n 200000 --csv > "$work/redis.csv"
+  python3 - "$work/redis.csv" "bench-results/redis-$scenario-$round.json" "$test" <<'PY'
 import csv, json, sys
 rows = {r[0]: r for r in csv.reader(open(sys.argv[1])) if r}
-head, row = rows["test"], rows["SET"]
+head, row = rows["test"], rows[sys.argv[3].upper()]
 f = dict(zip(head, row))
 rps = float(f["rps"])
-print(f"  {rps:.0f} sets/s")
+print(f"  {rps:.0f} {sys.argv[3]}s/s")
 json.dump({"deliveries_per_second": 0, "calls_per_second": rps,
            "latency_us": {"p50": float(f.get("p50_latency_ms", 0)) * 1000, "p99": float(f.get("p99_latency_ms", 0)) * 1000},
            "lost": 0, "duplicated": 0, "closed_as_slow_and_told": 0}, open(sys.argv[2], "w"))
@@ -133,7 +138,7 @@ for round in $(seq "$repeat"); do
   for s in "${scenarios[@]}"; do
     run streamhost "$s" "$round"
     case "$s" in
-      writes-*) if [ "$redis" = 1 ]; then redis_run "$s" "$round"; fi ;;
+      writes-*|reads-*) if [ "$redis" = 1 ]; then redis_run "$s" "$round"; fi ;;
       *) if [ "$floor" = 1 ]; then run floor "$s" "$round"; fi ;;
     esac
   done
