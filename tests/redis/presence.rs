@@ -457,3 +457,61 @@ async fn a_rosters_max_members_is_fixed_by_its_first_member_whatever_each_node_s
     drop(ann);
     view_becomes(&mut bob, &["bob"]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_deleted_on_one_node_takes_its_members_there_out_of_the_shared_roster() {
+    let redis = RedisServer::start();
+    const OPERATOR: &str = "operator-key-for-the-presence-tests-01";
+    // A minute's ttl: the leave below cannot come from it.
+    let config = |admin: bool| Config {
+        adapter: presence_config_ttl(&redis.url(), 100, 60_000).adapter,
+        presence: presence_config(&redis.url(), 100).presence,
+        admin: admin.then(|| streamhost::admin::AdminConfig {
+            host: "127.0.0.1".into(),
+            port: 0,
+            key_sha256: streamhost::tenants::hash_key(OPERATOR),
+        }),
+        ..two_tenants("")
+    };
+    let (one, two) = (start(config(true)).await, start(config(false)).await);
+    let wa = RawWorker::connect_with_key(one.worker_addr, KEY_A).await;
+    wait_for_tenant_fan_out(&wa, two.client_addr).await;
+    let alpha = token("alpha", SECRET_A, &["*"], 300);
+    let mut ann = Client::connect_with_token(two.client_addr, "/", &alpha).await;
+    watch(&mut ann, "room", json!({"name": "ann"})).await;
+    let mut bob = Client::connect_with_token(one.client_addr, "/", &alpha).await;
+    watch(&mut bob, "room", json!({"name": "bob"})).await;
+    assert_eq!(
+        presence_data(&mut ann).await["member"]["info"]["name"],
+        "bob"
+    );
+    let admin = one.admin_addr.unwrap();
+    let (status, body) = http_request(admin, "DELETE", "/tenants/alpha", Some(OPERATOR), b"").await;
+    assert_eq!(status, 200, "{body}");
+    let left = tokio::time::timeout(Duration::from_secs(5), presence_data(&mut ann))
+        .await
+        .expect("the deleted tenant's members on node one leave at once");
+    assert_eq!(
+        (&left["action"], &left["member"]["info"]["name"]),
+        (&json!("leave"), &json!("bob"))
+    );
+}
+
+/// Waits until tenant alpha's events written on one node reach its clients on `to`.
+async fn wait_for_tenant_fan_out(from: &RawWorker, to: std::net::SocketAddr) {
+    let alpha = token("alpha", SECRET_A, &["*"], 300);
+    let mut probe = Client::connect_with_token(to, "/stream/probe/ready", &alpha).await;
+    assert_eq!(probe.next().await["event"]["type"], "sync");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ping = json!({"stream_name": "probe", "group_id": "ready", "type": "ping", "data": {}});
+        from.ok("stream::send", ping).await;
+        if probe.try_next(Duration::from_millis(200)).await.is_some() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "events never crossed between the nodes"
+        );
+    }
+}
