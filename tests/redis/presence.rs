@@ -324,6 +324,12 @@ async fn members_that_redis_lost_are_joined_again_and_watchers_hear_them() {
     presence_data(&mut ann).await;
     let mut raw = redis.raw().await;
     let _: () = redis::cmd("FLUSHALL").query_async(&mut raw).await.unwrap();
+    // Its scripts too: the joins made again meet NOSCRIPT, load them, and go through.
+    let _: () = redis::cmd("SCRIPT")
+        .arg("FLUSH")
+        .query_async(&mut raw)
+        .await
+        .unwrap();
     assert_eq!(roster(&w, "room").await["count"], 0);
     // The next renewal finds the node gone and joins both again; the watchers' view follows.
     roster_becomes(&w, "room", &["ann", "bob"]).await;

@@ -25,6 +25,7 @@ use super::target::{Failed, RedisTarget};
 use crate::fanout::presence::{Announced, JoinedRoster, PresenceChange, SharedRoster};
 use crate::storage::{BusMessage, SharedPresence};
 use async_trait::async_trait;
+use redis::ScriptInvocation;
 use redis::aio::ConnectionManager;
 use serde_json::Value;
 use std::collections::HashMap;
@@ -38,6 +39,8 @@ use tokio::task::JoinHandle;
 pub const CHANGE: &str = "streamhost_presence";
 /// How long a node's members outlive it unless configured (`presence_ttl_ms`).
 pub const DEFAULT_PRESENCE_TTL: Duration = Duration::from_secs(15);
+/// Joins and leaves sent to Redis in one pipeline.
+const BATCH: usize = 256;
 /// Members of dead nodes removed per node and renewal, so that one script stays short.
 const SWEEP_BATCH: usize = 500;
 /// How long a join waits for its turn and its script before it is refused.
@@ -292,7 +295,7 @@ impl State {
         self.ttl_ms.load(Ordering::Relaxed)
     }
 
-    async fn join(&self, key: &Key, member: &str, max: usize) -> Result<JoinedRoster, Failed> {
+    fn join_call(&self, key: &Key, member: &str, max: usize) -> ScriptInvocation<'static> {
         let (stream, group, client) = key;
         let keys = &self.keys;
         let mut call = JOIN.key(keys.roster_key(stream, group));
@@ -311,11 +314,12 @@ impl State {
             .arg(&self.node)
             .arg(self.ttl_ms())
             .arg(self.own_drain());
-        let mut conn = self.conn.clone();
-        let (version, known, change): (u64, u8, String) = self
-            .target
-            .try_run("the presence join script", call.invoke_async(&mut conn))
-            .await?;
+        call
+    }
+
+    /// What a join's script returned.
+    fn joined(&self, reply: redis::Value) -> anyhow::Result<JoinedRoster> {
+        let (version, known, change): (u64, u8, String) = redis::from_redis_value(reply)?;
         let lost = self.found(known == 1);
         let change = serde_json::from_str(&change).ok().and_then(|m| decode(&m));
         Ok(JoinedRoster {
@@ -325,7 +329,7 @@ impl State {
         })
     }
 
-    async fn leave(&self, key: &Key, max: usize) -> Result<u64, Failed> {
+    fn leave_call(&self, key: &Key, max: usize) -> ScriptInvocation<'static> {
         let (stream, group, client) = key;
         let keys = &self.keys;
         let mut call = LEAVE.key(keys.roster_key(stream, group));
@@ -339,10 +343,7 @@ impl State {
             .arg(max)
             .arg(self.entry(key))
             .arg(META_TTL_MS);
-        let mut conn = self.conn.clone();
-        self.target
-            .try_run("the presence leave script", call.invoke_async(&mut conn))
-            .await
+        call
     }
 
     /// Renews this node and removes a batch of dead nodes' members.
@@ -403,63 +404,127 @@ impl State {
     }
 }
 
-/// Makes the queued joins and leaves in order, each counted done once made.
+/// Makes the queued joins and leaves in order, in pipelined batches (one round trip for up to
+/// `BATCH` ops: a reconnect storm is thousands of them), each counted done once made.
 async fn run_queue(state: Arc<State>, mut ops: mpsc::UnboundedReceiver<Op>) {
-    while let Some(op) = ops.recv().await {
-        run_op(&state, op).await;
-        state.pending.send_modify(|n| *n -= 1);
+    let mut batch = Vec::with_capacity(BATCH);
+    while ops.recv_many(&mut batch, BATCH).await > 0 {
+        let n = batch.len() as u64;
+        let mut segment = Vec::with_capacity(batch.len());
+        for op in batch.drain(..) {
+            match op {
+                // After what was queued before it, as it says those are made.
+                Op::Lost => {
+                    run_pipelined(&state, std::mem::take(&mut segment)).await;
+                    if let Some(hearing) = state.hearing.get() {
+                        hearing.deliver(BusMessage::RostersLost);
+                    }
+                }
+                // Its caller gave up waiting (and will leave): nothing to make.
+                Op::Join {
+                    reply: Some(ref reply),
+                    ..
+                } if reply.is_closed() => {}
+                op => segment.push(op),
+            }
+        }
+        run_pipelined(&state, segment).await;
+        state.pending.send_modify(|p| *p -= n);
     }
 }
 
-/// A join asked by a socket is made once (its caller is told); a join made again, or a leave,
-/// is retried while Redis is unreachable, until it is made (a join: or its member left).
-async fn run_op(state: &State, op: Op) {
-    match op {
-        Op::Join {
-            key,
-            member,
-            max,
-            reply: Some(reply),
-        } => {
-            // Its caller gave up waiting (and will leave): nothing to make.
-            if reply.is_closed() {
-                return;
-            }
-            let joined = state.join(&key, &member, max).await;
-            let _ = reply.send(joined.map_err(|f| f.error));
+/// Sends `ops` as one pipeline. A join asked by a socket is tried once (its caller is told);
+/// a join made again, or a leave, is tried again while Redis is unreachable, until it is made
+/// (a join: or its member left). Ops Redis refused are logged and dropped.
+async fn run_pipelined(state: &State, mut ops: Vec<Op>) {
+    let mut wait = Backoff::default();
+    let mut conn = state.conn.clone();
+    loop {
+        ops.retain(|op| match op {
+            Op::Join {
+                key, reply: None, ..
+            } => state.members.lock().unwrap().contains_key(key),
+            _ => true,
+        });
+        if ops.is_empty() {
+            return;
         }
-        Op::Join {
-            key,
-            member,
-            max,
-            reply: None,
-        } => {
-            let still_here = || state.members.lock().unwrap().contains_key(&key);
-            let mut wait = Backoff::default();
-            while still_here() {
-                match state.join(&key, &member, max).await {
-                    Ok(_) => return,
-                    Err(f) => {
-                        if !wait.after(&key, "join a presence member again", f).await {
-                            return;
-                        }
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for op in &ops {
+            match op {
+                Op::Join {
+                    key, member, max, ..
+                } => pipe.invoke_script(&state.join_call(key, member, *max)),
+                Op::Leave { key, max } => pipe.invoke_script(&state.leave_call(key, *max)),
+                Op::Lost => unreachable!("run_queue keeps Lost out of pipelines"),
+            };
+        }
+        let replies: Vec<redis::Value> = match state
+            .target
+            .try_run("the presence scripts", pipe.query_async(&mut conn))
+            .await
+        {
+            Ok(replies) => replies,
+            Err(f) => {
+                // Joins fail to their callers at once; the rest wait for Redis.
+                let error = format!("{:#}", f.error);
+                ops.retain_mut(|op| match op {
+                    Op::Join { reply, .. } if reply.is_some() => {
+                        let reply = reply.take().expect("checked");
+                        let _ = reply.send(Err(anyhow::anyhow!("{error}")));
+                        false
                     }
-                }
-            }
-        }
-        Op::Leave { key, max } => {
-            let mut wait = Backoff::default();
-            while let Err(f) = state.leave(&key, max).await {
-                if !wait.after(&key, "remove a presence member", f).await {
+                    _ => true,
+                });
+                if ops.is_empty() || !wait.after("make presence joins and leaves", f).await {
                     return;
                 }
+                continue;
+            }
+        };
+        let mut again = Vec::new();
+        let mut reload = false;
+        for (op, reply) in ops.drain(..).zip(replies) {
+            if let redis::Value::ServerError(e) = &reply
+                && e.kind() == Some(redis::ServerErrorKind::NoScript)
+            {
+                reload = true;
+                again.push(op);
+                continue;
+            }
+            match op {
+                Op::Join {
+                    reply: Some(answer),
+                    ..
+                } => {
+                    let _ = answer.send(state.joined(reply));
+                }
+                Op::Join { key, .. } => {
+                    if let Err(e) = state.joined(reply) {
+                        let (stream, group, _) = &key;
+                        tracing::error!(stream, group, error = %format!("{e:#}"), "Redis refused to join a presence member again; giving it up");
+                    }
+                }
+                Op::Leave { key, .. } => {
+                    if let redis::Value::ServerError(e) = reply {
+                        let (stream, group, _) = &key;
+                        tracing::error!(stream, group, error = ?e, "Redis refused a presence leave; giving it up");
+                    }
+                }
+                Op::Lost => {}
             }
         }
-        Op::Lost => {
-            if let Some(hearing) = state.hearing.get() {
-                hearing.deliver(BusMessage::RostersLost);
+        if !reload {
+            return;
+        }
+        // Redis lost its scripts (a restart, SCRIPT FLUSH): load them and send those again.
+        for script in [&*JOIN, &*LEAVE] {
+            if let Err(e) = script.prepare_invoke().load_async(&mut conn).await {
+                tracing::warn!(error = %e, "cannot load the presence scripts into Redis");
             }
         }
+        ops = again;
     }
 }
 
@@ -474,18 +539,13 @@ impl Default for Backoff {
 
 impl Backoff {
     /// Logs the failure; waits and returns true when trying again may help.
-    async fn after(&mut self, (stream, group, _): &Key, what: &str, f: Failed) -> bool {
+    async fn after(&mut self, what: &str, f: Failed) -> bool {
         let error = format!("{:#}", f.error);
         if !f.transient {
-            tracing::error!(
-                stream,
-                group,
-                error,
-                "cannot {what}: Redis refused it; giving it up"
-            );
+            tracing::error!(error, "cannot {what}: Redis refused it; giving it up");
             return false;
         }
-        tracing::warn!(stream, group, error, "cannot {what} yet; retrying");
+        tracing::warn!(error, "cannot {what} yet; retrying");
         tokio::time::sleep(self.0).await;
         self.0 = (self.0 * 2).min(Duration::from_secs(5));
         true
