@@ -324,3 +324,48 @@ async fn an_iii_nodes_event_ends_the_epoch() {
     assert_eq!(sync["recovered"], false, "{sync}");
     engine.shutdown().await.unwrap();
 }
+
+/// Keeps Redis busy in a script for `ms`: every other command waits behind it.
+async fn stall(redis: &RedisServer, ms: u64) {
+    let config = redis::AsyncConnectionConfig::new().set_response_timeout(None);
+    let mut raw = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection_with_config(&config)
+        .await
+        .unwrap();
+    let busy = "local t0 = redis.call('TIME') local start = t0[1] * 1000000 + t0[2] \
+        while true do local t = redis.call('TIME') \
+        if t[1] * 1000000 + t[2] - start > tonumber(ARGV[1]) * 1000 then break end end return 1";
+    let _: i64 = redis::cmd("EVAL")
+        .arg(busy)
+        .arg(0)
+        .arg(ms)
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_whose_numbering_timed_out_but_ran_later_reaches_a_client_once() {
+    let redis = RedisServer::start();
+    let engine = start(redis_config(&redis.url())).await;
+    let w = RawWorker::connect(engine.worker_addr).await;
+    let mut watch = observer(engine.client_addr).await;
+    w.ok("stream::send", send(1)).await;
+    assert_eq!(data(&watch.next().await), 1);
+    // Redis is busy past the engine's 3 s command timeout: the numbering of 2 times out, so
+    // the engine delivers it itself; then Redis runs the batch after all and publishes it.
+    let busy = tokio::spawn(async move {
+        stall(&redis, 4_000).await;
+        redis
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    w.ok("stream::send", send(2)).await;
+    assert_eq!(data(&watch.next().await), 2);
+    let _redis = busy.await.unwrap();
+    w.ok("stream::send", send(3)).await;
+    // 2 once, then 3: its numbered copy is not delivered again.
+    let next = watch.next().await;
+    assert_eq!(data(&next), 3, "{next}");
+    assert!(watch.try_next(Duration::from_millis(500)).await.is_none());
+}

@@ -14,10 +14,13 @@
 //! bus gives the tenant a new epoch generation, so no client recovers across it; then it
 //! announces the gap on its channel (`{"type":"streamhost_gap","node":...}`) so that the other
 //! nodes resynchronise that tenant's clients: a dropped event never leaves a silent hole.
+//! A batch that timed out may still be run by a Redis that was only busy: its numbered
+//! copies are then dropped on arrival (`echoes`), so no client gets an event twice.
 //!
 //! Hearing goes through the node's one shared subscriber (see `subscriber`), which reports a
 //! `BusMessage::Gap` to each tenant after a reconnect.
 
+use super::echoes::Echoes;
 use super::history::RedisHistory;
 use super::presence::{self, RedisPresence};
 use super::subscriber::{Local, Registration, Subscriber};
@@ -92,8 +95,18 @@ impl RedisBus {
             settled: watch::Sender::new(0),
         });
         let (queue, queued) = mpsc::channel(PUBLISH_QUEUE);
-        let (hearing, incoming) =
-            subscriber.register(&channel, &node, history.clone().on_unnumbered());
+        let echoes = Arc::new(Echoes::default());
+        let on_unnumbered = history.clone().on_unnumbered();
+        let heard_echoes = echoes.clone();
+        let admit = Box::new(move |message: &BusMessage| match message {
+            BusMessage::Event(_) => {
+                on_unnumbered();
+                true
+            }
+            BusMessage::Numbered(event, _) => !heard_echoes.take(event),
+            _ => true,
+        });
+        let (hearing, incoming) = subscriber.register(&channel, &node, admit);
         let hearing_presence = subscriber.register_also(presence.channel(), &hearing);
         let local = hearing.local();
         presence.tell(local.clone());
@@ -106,6 +119,7 @@ impl RedisBus {
                 history: history.clone(),
                 local: local.clone(),
                 stats: stats.clone(),
+                echoes,
             },
             queued,
         ));
@@ -227,6 +241,8 @@ struct Publisher {
     history: Arc<RedisHistory>,
     local: Local,
     stats: Arc<BusStats>,
+    /// Events delivered here after a failed numbering, whose numbered copies are not.
+    echoes: Arc<Echoes>,
 }
 
 /// Numbers queued events in pipelined batches, in the order they were emitted.
@@ -243,7 +259,9 @@ async fn publish_loop(mut p: Publisher, mut queued: mpsc::Receiver<StreamEvent>)
                 p.stats.unnumbered.store(true, Ordering::Release);
                 p.stats
                     .drop_publications(batch.len() as u64, &format!("{e:#}"));
-                // Numbered nowhere (or not known to be): this node's clients still get them.
+                // Numbered nowhere (or not known to be): this node's clients still get them,
+                // and not again should Redis have numbered them after all (a timeout).
+                p.echoes.expect(&batch);
                 for event in &batch {
                     p.local.deliver(BusMessage::Event(event.clone()));
                 }

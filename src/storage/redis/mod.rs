@@ -24,6 +24,7 @@
 //! size of the whole keyspace, every tenant's keys included.
 
 mod bus;
+mod echoes;
 mod history;
 mod keys;
 mod presence;

@@ -54,13 +54,17 @@ struct Listener {
     /// The bus's own frames are not delivered back to it.
     node: String,
     tx: mpsc::Sender<BusMessage>,
-    /// Told of each event heard without an offset (an iii node's), which no shared history holds.
-    on_unnumbered: Box<dyn Fn() + Send + Sync>,
+    /// Sees each message first: false drops it (see `bus`: events heard without an offset,
+    /// and numbered copies of events this node already delivered).
+    admit: Admit,
     /// Told of reconnects with a `Gap`: one listener per bus is, the first it registered.
     gaps: bool,
     /// Set while a `Gap` waits for room: what arrives meanwhile is dropped, as the gap covers it.
     behind: AtomicBool,
 }
+
+/// What a listener is asked of each message before it is queued.
+pub type Admit = Box<dyn Fn(&BusMessage) -> bool + Send + Sync>;
 
 /// A bus's place on a channel; leaving it (drop) unsubscribes once no bus is left there.
 pub struct Registration {
@@ -97,7 +101,7 @@ impl Subscriber {
         &self,
         channel: &str,
         node: &str,
-        on_unnumbered: Box<dyn Fn() + Send + Sync>,
+        admit: Admit,
     ) -> (Registration, mpsc::Receiver<BusMessage>) {
         let (tx, rx) = mpsc::channel(INCOMING_QUEUE);
         let listener = Arc::new(Listener {
@@ -105,7 +109,7 @@ impl Subscriber {
             channel: channel.to_owned(),
             node: node.to_owned(),
             tx,
-            on_unnumbered,
+            admit,
             gaps: true,
             behind: AtomicBool::new(false),
         });
@@ -133,7 +137,7 @@ impl Subscriber {
             channel: channel.to_owned(),
             node: like.node.clone(),
             tx: like.tx.clone(),
-            on_unnumbered: Box::new(|| {}),
+            admit: Box::new(|_| true),
             gaps: false,
             behind: AtomicBool::new(false),
         });
@@ -182,10 +186,9 @@ impl State {
     fn dispatch(&self, channel: &str, payload: &[u8]) {
         let listeners = self.listeners.lock().unwrap();
         for listener in listeners.get(channel).into_iter().flatten() {
-            if let Some(message) = decode(payload, &listener.node, channel) {
-                if let BusMessage::Event(_) = message {
-                    (listener.on_unnumbered)();
-                }
+            if let Some(message) = decode(payload, &listener.node, channel)
+                && (listener.admit)(&message)
+            {
                 listener.deliver(message);
             }
         }
@@ -384,8 +387,8 @@ mod tests {
             state: Arc::new(state),
             task: tokio::spawn(async {}),
         };
-        let (_slow, mut slow_rx) = subscriber.register("slow", "me", Box::new(|| {}));
-        let (_other, mut other_rx) = subscriber.register("other", "me", Box::new(|| {}));
+        let (_slow, mut slow_rx) = subscriber.register("slow", "me", Box::new(|_| true));
+        let (_other, mut other_rx) = subscriber.register("other", "me", Box::new(|_| true));
         let n = INCOMING_QUEUE as u64 + 10;
         for i in 0..n {
             subscriber.state.dispatch("slow", &frame(i));
