@@ -22,6 +22,12 @@ impl Hub {
         self.presence.read().unwrap().clone()
     }
 
+    /// The members listed per group of `stream`; None when it does not keep presence.
+    fn presence_max(&self, stream: &str) -> Option<usize> {
+        let rules = self.presence.read().unwrap();
+        rules.enabled(stream).then_some(rules.max_members)
+    }
+
     /// Makes a subscribed socket a member of the group, if its stream keeps presence: other
     /// watchers hear of it, and with `watch` the subscription gets the group's snapshot (held
     /// behind its `sync` like any frame) and then its joins and leaves.
@@ -34,12 +40,8 @@ impl Hub {
         watch: bool,
         member: impl FnOnce(&str) -> Arc<str>,
     ) {
-        let max = {
-            let rules = self.presence.read().unwrap();
-            if !rules.enabled(stream) {
-                return;
-            }
-            rules.max_members
+        let Some(max) = self.presence_max(stream) else {
+            return;
         };
         let sent = self.shared.with_group(stream, group, |g| {
             let mut sent = 0;
@@ -88,13 +90,7 @@ impl Hub {
         stream: &str,
         group: &str,
     ) -> Option<anyhow::Result<serde_json::Value>> {
-        let max = {
-            let rules = self.presence.read().unwrap();
-            if !rules.enabled(stream) {
-                return None;
-            }
-            rules.max_members
-        };
+        let max = self.presence_max(stream)?;
         if let Some(shared) = self.sharing.get() {
             let roster = shared.roster(stream, group, max).await;
             return Some(roster.and_then(|r| listing(r.count, r.listed.iter().map(|(_, m)| &**m))));
@@ -130,12 +126,8 @@ impl Hub {
         let Some(shared) = self.sharing.get() else {
             return Ok(0);
         };
-        let max = {
-            let rules = self.presence.read().unwrap();
-            if !rules.enabled(stream) {
-                return Ok(0);
-            }
-            rules.max_members
+        let Some(max) = self.presence_max(stream) else {
+            return Ok(0);
         };
         // Made a member here first, in the same step as the load is asked for, so the mirror
         // cannot be dropped between the two (a mirror with a member is kept).

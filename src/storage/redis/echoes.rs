@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 /// How long a locally delivered event waits for its numbered copy.
 const KEEP: Duration = Duration::from_secs(120);
-/// Events remembered at most; past this the oldest go (their copies would be delivered).
+/// Events remembered at most; past this, newer ones are not (their copies would be delivered).
 const MAX: usize = 65_536;
 
 #[derive(Default)]

@@ -25,8 +25,8 @@ use super::target::{Failed, RedisTarget};
 use crate::fanout::presence::{Announced, JoinedRoster, PresenceChange, SharedRoster};
 use crate::storage::{BusMessage, SharedPresence};
 use async_trait::async_trait;
-use redis::ScriptInvocation;
 use redis::aio::ConnectionManager;
+use redis::{Script, ScriptInvocation};
 use serde_json::Value;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -220,11 +220,8 @@ impl SharedPresence for RedisPresence {
 
     async fn roster(&self, stream: &str, group: &str, max: usize) -> anyhow::Result<SharedRoster> {
         self.state.used.store(true, Ordering::Relaxed);
-        let keys = &self.state.keys;
-        let mut call = ROSTER.key(keys.roster_key(stream, group));
-        call.key(keys.roster_order_key(stream, group))
-            .key(keys.roster_meta_key(stream, group))
-            .arg(max);
+        let mut call = self.state.on_roster(&ROSTER, stream, group);
+        call.arg(max);
         let mut conn = self.state.conn.clone();
         let reply: Vec<redis::Value> = self
             .state
@@ -295,13 +292,25 @@ impl State {
         self.ttl_ms.load(Ordering::Relaxed)
     }
 
+    /// `script` with a group's roster keys (roster, order, meta) as its first three KEYS.
+    fn on_roster(
+        &self,
+        script: &'static Script,
+        stream: &str,
+        group: &str,
+    ) -> ScriptInvocation<'static> {
+        let keys = &self.keys;
+        let mut call = script.key(keys.roster_key(stream, group));
+        call.key(keys.roster_order_key(stream, group))
+            .key(keys.roster_meta_key(stream, group));
+        call
+    }
+
     fn join_call(&self, key: &Key, member: &str, max: usize) -> ScriptInvocation<'static> {
         let (stream, group, client) = key;
         let keys = &self.keys;
-        let mut call = JOIN.key(keys.roster_key(stream, group));
-        call.key(keys.roster_order_key(stream, group))
-            .key(keys.roster_meta_key(stream, group))
-            .key(keys.presence_nodes_key())
+        let mut call = self.on_roster(&JOIN, stream, group);
+        call.key(keys.presence_nodes_key())
             .key(self.node_set())
             .key(keys.presence_drains_key())
             .arg(&self.channel)
@@ -331,11 +340,8 @@ impl State {
 
     fn leave_call(&self, key: &Key, max: usize) -> ScriptInvocation<'static> {
         let (stream, group, client) = key;
-        let keys = &self.keys;
-        let mut call = LEAVE.key(keys.roster_key(stream, group));
-        call.key(keys.roster_order_key(stream, group))
-            .key(keys.roster_meta_key(stream, group))
-            .key(self.node_set())
+        let mut call = self.on_roster(&LEAVE, stream, group);
+        call.key(self.node_set())
             .arg(&self.channel)
             .arg(stream)
             .arg(group)

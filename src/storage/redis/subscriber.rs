@@ -113,19 +113,23 @@ impl Subscriber {
             gaps: true,
             behind: AtomicBool::new(false),
         });
+        (self.listen(listener), rx)
+    }
+
+    /// Adds a listener to its channel, which the connection subscribes if it is new there.
+    fn listen(&self, listener: Arc<Listener>) -> Registration {
         self.state
             .listeners
             .lock()
             .unwrap()
-            .entry(channel.to_owned())
+            .entry(listener.channel.clone())
             .or_default()
             .push(listener.clone());
         self.state.changed.notify_one();
-        let registration = Registration {
+        Registration {
             state: self.state.clone(),
             listener,
-        };
-        (registration, rx)
+        }
     }
 
     /// Hears `channel` too, for the bus that holds `first`, into the same queue. A reconnect
@@ -141,18 +145,7 @@ impl Subscriber {
             gaps: false,
             behind: AtomicBool::new(false),
         });
-        self.state
-            .listeners
-            .lock()
-            .unwrap()
-            .entry(channel.to_owned())
-            .or_default()
-            .push(listener.clone());
-        self.state.changed.notify_one();
-        Registration {
-            state: self.state.clone(),
-            listener,
-        }
+        self.listen(listener)
     }
 }
 
