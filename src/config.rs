@@ -611,6 +611,38 @@ mod tests {
     }
 
     #[test]
+    fn presence_ttl_is_taken_at_its_bounds_and_refused_past_them() {
+        let with = |ms: u64| {
+            Config::parse(&format!(
+                "workers:\n  - name: iii-stream\n    config: {{ adapter: {{ name: redis, config: {{ redis_url: \"redis://h:1\", presence_ttl_ms: {ms} }} }} }}\n"
+            ))
+        };
+        for ms in [MIN_PRESENCE_TTL_MS, MAX_PRESENCE_TTL_MS] {
+            let AdapterConfig::Redis { presence_ttl, .. } = with(ms).unwrap().adapter else {
+                panic!("a Redis adapter");
+            };
+            assert_eq!(presence_ttl, Duration::from_millis(ms));
+        }
+        for ms in [MIN_PRESENCE_TTL_MS - 1, MAX_PRESENCE_TTL_MS + 1] {
+            let err = format!("{:#}", with(ms).unwrap_err());
+            assert!(
+                err.contains(&format!(
+                    "presence_ttl_ms {ms} must be from 1000 to 3600000"
+                )),
+                "{err}"
+            );
+        }
+        let default = Config::parse(
+            "workers:\n  - name: iii-stream\n    config: { adapter: { name: redis } }\n",
+        )
+        .unwrap();
+        assert_eq!(
+            default.adapter,
+            AdapterConfig::redis("redis://localhost:6379")
+        );
+    }
+
+    #[test]
     fn socket_timeouts_and_caps_load_per_socket() {
         let c = Config::parse(
             "workers:\n  - name: iii-stream\n    config: { handshake_timeout_ms: 500, idle_timeout_ms: 7000, send_queue_bytes: 4096, max_connections: 100 }\n  - name: iii-worker-manager\n    config: { ping_interval_ms: 250 }\n",
