@@ -6,6 +6,7 @@
 
 use serde::Serialize;
 use serde_json::{Value, json};
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -154,6 +155,20 @@ impl StreamEvent {
                 .unwrap_or_else(now_millis),
             kind,
         })
+    }
+
+    /// Names the event apart from its place in a history: two copies of one event, numbered
+    /// differently (or not at all), have the same fingerprint.
+    pub fn fingerprint(&self) -> u64 {
+        let mut h = DefaultHasher::new();
+        self.to_value().to_string().hash(&mut h);
+        h.finish()
+    }
+
+    /// The fingerprint of an encoded frame; None when it is not an event's.
+    pub fn fingerprint_of(frame: &str) -> Option<u64> {
+        let value: Value = serde_json::from_str(frame).ok()?;
+        Some(StreamEvent::from_value(&value)?.fingerprint())
     }
 
     /// The frame as text, encoded once and shared by every subscriber.

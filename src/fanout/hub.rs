@@ -19,7 +19,10 @@
 //!
 //! When the bus numbers events itself (Redis: `storage::redis::history`), this node's own
 //! events are delivered as the bus hands them back numbered (`publish_at`), in the order every
-//! node hears them, and joins resume from the bus's shared history (`sockets::client`).
+//! node hears them. The history kept here is then this node's copy of the bus's, as heard (a
+//! gap in what it heard clears it): a join it covers is answered from it, as above, and any
+//! other from the bus's shared history (`sockets::client`), so a reconnect storm does not
+//! become one round trip to the bus per client.
 
 use crate::fanout::frame::{Position, StreamEvent, mark_recovered};
 use crate::fanout::history::{Bounds, Log};
@@ -363,8 +366,11 @@ impl Hub {
         self.release_after(stream, group, conn, outbox, vec![first], None);
     }
 
-    /// As `release`, with several first frames, and without the held frames at or below
-    /// `after` in its epoch (the first frames already cover them).
+    /// As `release`, with several first frames, and without the held frames the first
+    /// frames already cover: those at or below `after` in its epoch, and, from another epoch,
+    /// copies of an event among the first frames. (An event this node delivered in an epoch
+    /// of its own, because the bus's numbering of it timed out, may still have been numbered
+    /// by the bus, and so be in a shared history's recovery too.)
     pub fn release_after(
         &self,
         stream: &str,
@@ -393,9 +399,38 @@ impl Hub {
                 .zip(after)
                 .is_some_and(|(at, p)| p.epoch == at.epoch && at.offset <= p.offset)
         };
+        let elsewhere = |at: &Option<Position>| {
+            at.as_ref()
+                .zip(after)
+                .is_some_and(|(at, p)| p.epoch != at.epoch)
+        };
+        // Counted, so that two identical events sent are two.
+        let mut copies: HashMap<u64, usize> = HashMap::new();
+        if frames.iter().any(|(at, _)| elsewhere(at)) {
+            // The first frame is a `sync` or a `recovered` marker, never an event sent.
+            for f in first
+                .iter()
+                .skip(1)
+                .filter_map(|f| StreamEvent::fingerprint_of(f))
+            {
+                *copies.entry(f).or_default() += 1;
+            }
+        }
+        let mut copy = |frame: &str| match StreamEvent::fingerprint_of(frame)
+            .and_then(|f| copies.get_mut(&f))
+        {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                true
+            }
+            _ => false,
+        };
         if push_all(&sub.outbox, first) {
             for (at, frame) in frames {
-                if !covered(&at) && !sub.outbox.push(frame) {
+                if covered(&at) || (elsewhere(&at) && copy(&frame)) {
+                    continue;
+                }
+                if !sub.outbox.push(frame) {
                     break;
                 }
             }
@@ -509,11 +544,10 @@ impl Hub {
                 let Some(at) = place(g) else { return 0 };
                 g.active = Instant::now();
                 let frame = Utf8Bytes::from(event.encode_at(&at, None));
-                if self.numbering.get().is_none() {
-                    // With a bus's shared history, joins resume from that instead.
-                    g.log
-                        .push(at.offset, event.id.as_deref(), frame.clone(), bounds);
-                }
+                // With a bus's shared history too: this node's copy of it, as heard, answers
+                // the joins whose gap it covers without asking the bus.
+                g.log
+                    .push(at.offset, event.id.as_deref(), frame.clone(), bounds);
                 let mut n = 0;
                 for sub in g.subs.values_mut() {
                     if sub.wants(event.id.as_deref()) && sub.deliver(frame.clone(), Some(&at)) {
@@ -693,6 +727,40 @@ mod tests {
         let local = hub.position("s", "g");
         assert_eq!(local.offset, 1);
         assert_ne!(&*local.epoch, "bus");
+    }
+
+    /// Held frames of this hub's own epoch that repeat an event of the recovery go no more
+    /// often than they were sent.
+    #[test]
+    fn a_release_skips_held_copies_of_recovered_events_one_for_one() {
+        let hub = Hub::default();
+        hub.set_history(Bounds::default());
+        let (outbox, mut rx) = Outbox::new(16, CloseCounters::default());
+        let _ = hub.subscribe("s", "g", 1, &outbox, "a", None, None);
+        let a = StreamEvent::new("s", "g", None, EventKind::Update(1.into()));
+        let b = StreamEvent::new("s", "g", None, EventKind::Update(2.into()));
+        for event in [&a, &a, &b] {
+            hub.publish_local(event);
+        }
+        let bus = Position {
+            offset: 9,
+            epoch: "bus".into(),
+        };
+        let first = vec![
+            Utf8Bytes::from_static("marker"),
+            Utf8Bytes::from(mark_recovered(&a.encode_at(&bus, None))),
+        ];
+        hub.release_after("s", "g", 1, &outbox, first, Some(&bus));
+        let mut got = Vec::new();
+        while let Ok(frame) = rx.try_recv() {
+            got.push(StreamEvent::fingerprint_of(&frame));
+        }
+        let (a, b) = (Some(a.fingerprint()), Some(b.fingerprint()));
+        assert_eq!(
+            got,
+            [None, a, a, b],
+            "the marker, a recovered, then a once more and b"
+        );
     }
 
     #[test]

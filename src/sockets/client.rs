@@ -598,8 +598,9 @@ impl Client {
         };
         // Subscribe first, then read; the hub holds this group's frames for the socket until
         // the `sync` is queued, so an event racing the snapshot never goes before it. A join
-        // that resumes within the group's history is answered from it instead.
-        // Over a shared history (Redis), the join resumes from that, on any node.
+        // that resumes within the group's history is answered from it instead. Over a shared
+        // history (Redis), that is this node's copy of it; a join it does not cover resumes
+        // from the shared history itself, on any node.
         let shared = space.store().event_bus().and_then(|b| b.shared_history());
         let joined = space.hub.subscribe(
             &sub.stream_name,
@@ -608,7 +609,7 @@ impl Client {
             &self.outbox,
             &sub.subscription_id,
             sub.id.as_deref(),
-            resume.as_ref().filter(|_| shared.is_none()),
+            resume.as_ref(),
         );
         if space.hub.shared_presence().is_some() {
             let hub = &space.hub;

@@ -369,3 +369,84 @@ async fn an_event_whose_numbering_timed_out_but_ran_later_reaches_a_client_once(
     assert_eq!(data(&next), 3, "{next}");
     assert!(watch.try_next(Duration::from_millis(500)).await.is_none());
 }
+
+/// A node answers a join from its own copy of the history it heard, when that covers the gap:
+/// a reconnect storm is not one Redis round trip per client, and a busy Redis does not turn
+/// every resume into a fresh `sync`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_resumes_a_client_from_what_it_heard_while_redis_is_busy() {
+    let redis = RedisServer::start();
+    let engine = start(redis_config(&redis.url())).await;
+    let w = RawWorker::connect(engine.worker_addr).await;
+    let mut c = observer(engine.client_addr).await;
+    w.ok("stream::send", send(1)).await;
+    let last = c.next().await;
+    drop(c);
+    let mut watch = observer(engine.client_addr).await;
+    for n in 2..=3 {
+        w.ok("stream::send", send(n)).await;
+    }
+    // Both heard back numbered: this node's copy holds them.
+    let seen = exactly(&mut watch, 2).await;
+    // Redis is busy past the engine's 3 s command timeout: a resume that asked it would get a
+    // `sync` marked `recovered:false`.
+    let busy = tokio::spawn(async move {
+        stall(&redis, 4_000).await;
+        redis
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut c = Client::connect(engine.client_addr, "/").await;
+    resume(&mut c, &last).await;
+    let at = recovered(&mut c, &last, &[json!(2), json!(3)]).await;
+    assert_eq!(at["offset"], seen[1]["offset"]);
+    assert!(!busy.is_finished(), "answered only after Redis was free");
+    let _redis = busy.await.unwrap();
+    w.ok("stream::send", send(4)).await;
+    let live = exactly(&mut c, 1).await.remove(0);
+    assert_eq!(data(&live), 4);
+    assert_eq!(live["offset"], at["offset"].as_u64().unwrap() + 1);
+    engine.shutdown().await.unwrap();
+}
+
+/// An event whose numbering timed out is delivered by its node in an epoch of its own, and
+/// may be numbered by Redis later all the same. A client resuming from Redis meanwhile (on a
+/// node that had not heard its gap) must get it once: from the recovery, not again as held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_from_redis_does_not_repeat_an_event_delivered_while_its_numbering_timed_out() {
+    let redis = RedisServer::start();
+    let one = start(redis_config(&redis.url())).await;
+    let w1 = RawWorker::connect(one.worker_addr).await;
+    let mut c = observer(one.client_addr).await;
+    w1.ok("stream::send", send(1)).await;
+    let last = c.next().await;
+    drop(c);
+    // A node that never heard 1: it has no copy of chat/room, so it resumes from Redis.
+    let two = start(redis_config(&redis.url())).await;
+    let w2 = RawWorker::connect(two.worker_addr).await;
+    wait_for_fan_out(&w1, two.client_addr).await;
+    // Redis busy for 3.8 s, on its own connection. The engine's connection is one pipe, in
+    // order: the numbering of 2 (sent at 0.1 s, given up at 3.1 s, so node two delivers it
+    // itself) runs before the resume (sent at 1.5 s, within its 3 s).
+    let busy = tokio::spawn(async move {
+        stall(&redis, 3_800).await;
+        redis
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let sent = tokio::spawn(async move {
+        w2.ok("stream::send", send(2)).await;
+        w2
+    });
+    tokio::time::sleep(Duration::from_millis(1_400)).await;
+    let mut c = Client::connect(two.client_addr, "/").await;
+    resume(&mut c, &last).await;
+    let at = recovered(&mut c, &last, &[json!(2)]).await;
+    let _redis = busy.await.unwrap();
+    let w2 = sent.await.unwrap();
+    w2.ok("stream::send", send(3)).await;
+    // 3 next: 2 is not delivered again, neither as held in node two's own epoch nor live.
+    let next = exactly(&mut c, 1).await.remove(0);
+    assert_eq!(data(&next), 3, "after {at}: {next}");
+    assert!(c.try_next(Duration::from_millis(500)).await.is_none());
+    one.shutdown().await.unwrap();
+    two.shutdown().await.unwrap();
+}

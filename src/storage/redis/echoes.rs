@@ -9,7 +9,6 @@
 
 use crate::fanout::frame::StreamEvent;
 use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -37,7 +36,7 @@ impl Echoes {
             if expected.len() >= MAX {
                 break;
             }
-            let entry = expected.entry(fingerprint(event)).or_insert((0, now));
+            let entry = expected.entry(event.fingerprint()).or_insert((0, now));
             *entry = (entry.0 + 1, now);
         }
         self.any.store(!expected.is_empty(), Ordering::Release);
@@ -50,7 +49,7 @@ impl Echoes {
             return false;
         }
         let mut expected = self.expected.lock().unwrap();
-        let key = fingerprint(event);
+        let key = event.fingerprint();
         let Some((count, _)) = expected.get_mut(&key) else {
             return false;
         };
@@ -61,12 +60,6 @@ impl Echoes {
         self.any.store(!expected.is_empty(), Ordering::Release);
         true
     }
-}
-
-fn fingerprint(event: &StreamEvent) -> u64 {
-    let mut h = DefaultHasher::new();
-    event.to_value().to_string().hash(&mut h);
-    h.finish()
 }
 
 #[cfg(test)]
