@@ -13,6 +13,8 @@
 #
 # Scenarios: fanout-1000 fanout-8000 groups-8000 idle-8000 burst paced-1000 paced-8000 storm-8000
 #            writes-memory writes-durable reads-memory
+#            storm-redis storm-redis-presence (the storm with the Redis adapter, on a
+#            redis-server the script starts; the second keeps presence on the stream)
 # Results: bench-results/<target>-<scenario>.json and a table at the end.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -44,7 +46,12 @@ mkdir -p bench-results
 work=$(mktemp -d)
 trap 'pkill -f "$work" 2>/dev/null || true; pkill -x raw-floor 2>/dev/null || true; rm -rf "$work"' EXIT
 
-config() {  # $1: in_memory | file_based
+config() {  # $1: in_memory | file_based | redis | redis-presence
+  local adapter="{ name: kv, config: { store_method: $1, file_path: $work/store } }" presence=""
+  case "$1" in
+    redis*) adapter="{ name: redis, config: { redis_url: \"redis://127.0.0.1:16390\" } }" ;;
+  esac
+  [ "$1" = redis-presence ] && presence="      presence: { streams: [bench], max_members: 1000 }"
   cat > "$work/iii-config.yaml" <<YAML
 workers:
   - name: iii-worker-manager
@@ -53,7 +60,8 @@ workers:
     config:
       host: 127.0.0.1
       port: 3112
-      adapter: { name: kv, config: { store_method: $1, file_path: $work/store } }
+$presence
+      adapter: $adapter
 YAML
 }
 
@@ -67,7 +75,7 @@ options() {  # the load generator's options for a scenario
     paced-1000)     echo "--subscribers 1000 --events 400 --rate 40" ;;
     paced-8000)     echo "--subscribers 8000 --events 5 --rate 1" ;;
     # A reconnect storm: 5 s into 40 sends/s, all 8,000 drop and rejoin from their offsets.
-    storm-8000)     echo "--subscribers 8000 --events 600 --rate 40 --storm-after 5" ;;
+    storm-8000|storm-redis|storm-redis-presence) echo "--subscribers 8000 --events 600 --rate 40 --storm-after 5" ;;
     # 4 connections with 1,024 calls in flight each, 100-byte values: what redis_run gives Redis.
     writes-memory|writes-durable) echo "--subscribers 0 --function set --events 200000 --window 1024 --workers 4" ;;
     # The same load reading one stored item: the read path, to set beside writes-memory.
@@ -90,7 +98,17 @@ run() {  # $1: streamhost | floor, $2: scenario, $3: round
   if [ "$target" = floor ]; then
     taskset -c 0 /tmp/raw-floor/release/raw-floor > "$work/floor.log" 2>&1 &
   else
-    if [ "$scenario" = writes-durable ]; then config file_based; else config in_memory; fi
+    case "$scenario" in
+      writes-durable) config file_based ;;
+      storm-redis) config redis ;;
+      storm-redis-presence) config redis-presence ;;
+      *) config in_memory ;;
+    esac
+    if [[ "$scenario" = storm-redis* ]]; then
+      # Unpinned, without persistence: a shared Redis of its own, as a deployment has.
+      redis-server --port 16390 --bind 127.0.0.1 --save '' --appendonly no > "$work/redis.log" 2>&1 &
+      for _ in $(seq 100); do redis-cli -p 16390 ping >/dev/null 2>&1 && break; sleep 0.1; done
+    fi
     taskset -c 0 "$target_dir/release/streamhost" serve --config "$work/iii-config.yaml" > "$work/engine.log" 2>&1 &
   fi
   pid=$!
@@ -99,6 +117,7 @@ run() {  # $1: streamhost | floor, $2: scenario, $3: round
   # shellcheck disable=SC2046
   taskset -c 1 "$target_dir/release/streamhost-load" $(options "$scenario") --engine-pid "$pid" --json "bench-results/$target-$scenario-$round.json" 2>&1 | grep -v '^  sent'
   kill "$pid"; wait "$pid" 2>/dev/null || true
+  if [[ "$scenario" = storm-redis* ]]; then redis-cli -p 16390 shutdown nosave >/dev/null 2>&1 || true; fi
   sleep 1
 }
 
@@ -150,18 +169,18 @@ python3 - "${scenarios[@]}" <<'PY'
 import glob, json, statistics, sys
 def med(runs, f):
     return statistics.median(f(j) for j in runs)
-print(f"{'scenario':<16}{'target':<12}{'runs':>5}{'deliveries/s':>14}{'calls/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'KB/conn':>9}{'lost':>7}{'dup':>6}{'closed':>8}")
+print(f"{'scenario':<22}{'target':<12}{'runs':>5}{'deliveries/s':>14}{'calls/s':>11}{'p50 ms':>9}{'p99 ms':>9}{'KB/conn':>9}{'lost':>7}{'dup':>6}{'closed':>8}")
 for s in sys.argv[1:]:
     for t in ("streamhost", "floor", "redis"):
-        runs = [json.load(open(p)) for p in sorted(glob.glob(f"bench-results/{t}-{s}-*.json"))]
+        runs = [json.load(open(p)) for p in sorted(glob.glob(f"bench-results/{t}-{s}-[0-9]*.json"))]
         if not runs: continue
-        print(f"{s:<16}{t:<12}{len(runs):>5}{med(runs, lambda j: j['deliveries_per_second']):>14.0f}{med(runs, lambda j: j['calls_per_second']):>11.0f}"
+        print(f"{s:<22}{t:<12}{len(runs):>5}{med(runs, lambda j: j['deliveries_per_second']):>14.0f}{med(runs, lambda j: j['calls_per_second']):>11.0f}"
               f"{med(runs, lambda j: j['latency_us']['p50'])/1000:>9.1f}{med(runs, lambda j: j['latency_us']['p99'])/1000:>9.1f}"
               f"{med(runs, lambda j: (j.get('engine_bytes_per_connection') or 0))/1000:>9.1f}"
               f"{sum(j['lost'] for j in runs):>7}{sum(j['duplicated'] for j in runs):>6}{sum(j['closed_as_slow_and_told'] for j in runs):>8}")
-    ours = [json.load(open(p)) for p in glob.glob(f"bench-results/streamhost-{s}-*.json")]
-    theirs = [json.load(open(p)) for p in glob.glob(f"bench-results/redis-{s}-*.json")]
+    ours = [json.load(open(p)) for p in glob.glob(f"bench-results/streamhost-{s}-[0-9]*.json")]
+    theirs = [json.load(open(p)) for p in glob.glob(f"bench-results/redis-{s}-[0-9]*.json")]
     if ours and theirs:
         ratio = med(ours, lambda j: j['calls_per_second']) / med(theirs, lambda j: j['calls_per_second'])
-        print(f"{s:<16}streamhost / redis (median calls/s): {ratio:.2f}x")
+        print(f"{s:<22}streamhost / redis (median calls/s): {ratio:.2f}x")
 PY
