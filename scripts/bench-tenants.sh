@@ -247,12 +247,13 @@ for c in sys.argv[1:]:
     if a:
         print(f"{'':<9}A's errors by code (first run): {a[0]['errors']}")
 if "tenancy" in sys.argv[1:]:
-    print(f"\n{'tenancy':<12}{'runs':>5}{'deliveries/s':>14}{'p50 ms':>9}{'p99 ms':>9}{'lost':>7}")
+    cpu = lambda j: j.get("engine_cpu_ns_per_delivery") or float("nan")
+    print(f"\n{'tenancy':<12}{'runs':>5}{'deliveries/s':>14}{'p50 ms':>9}{'p99 ms':>9}{'CPU ns/delivery':>17}{'lost':>7}")
     for side in ("plain", "tenant", "old"):
         rs = runs(f"tenancy-{side}")
         if rs:
             print(f"{side:<12}{len(rs):>5}{med(rs, lambda j: j['deliveries_per_second']):>14.0f}"
-                  f"{med(rs, ms('p50')):>9.1f}{med(rs, ms('p99')):>9.1f}{sum(j['lost'] for j in rs):>7}")
+                  f"{med(rs, ms('p50')):>9.1f}{med(rs, ms('p99')):>9.1f}{med(rs, cpu):>17.1f}{sum(j['lost'] for j in rs):>7}")
     tenant = runs("tenancy-tenant")
     for other in ("plain", "old"):
         base = runs(f"tenancy-{other}")
@@ -260,6 +261,8 @@ if "tenancy" in sys.argv[1:]:
             continue
         thr = sorted(t["deliveries_per_second"] / max(1, b["deliveries_per_second"]) for b, t in zip(base, tenant))
         p99 = sorted(t["latency_us"]["p99"] / max(1, b["latency_us"]["p99"]) for b, t in zip(base, tenant))
+        cost = sorted(cpu(t) / cpu(b) for b, t in zip(base, tenant))
         print(f"tenant / {other}, paired by round: throughput median {statistics.median(thr):.3f} "
-              f"(range {thr[0]:.3f}-{thr[-1]:.3f}), p99 median {statistics.median(p99):.3f} (range {p99[0]:.3f}-{p99[-1]:.3f})")
+              f"(range {thr[0]:.3f}-{thr[-1]:.3f}), p99 median {statistics.median(p99):.3f} (range {p99[0]:.3f}-{p99[-1]:.3f}), "
+              f"engine CPU per delivery median {statistics.median(cost):.3f} (range {cost[0]:.3f}-{cost[-1]:.3f})")
 PY

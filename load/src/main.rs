@@ -103,6 +103,7 @@ async fn run(o: Options) -> anyhow::Result<i32> {
 
     let done = Arc::new(AtomicBool::new(false));
     let progress = tokio::spawn(report::progress(counters.clone(), done.clone()));
+    let cpu_before = o.engine_pid.and_then(report::cpu_ns);
     let publish_started = Instant::now();
     let storm = o.storm_after.map(|after| {
         let subs = subs.storm_handle();
@@ -135,6 +136,11 @@ async fn run(o: Options) -> anyhow::Result<i32> {
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let deliver_time = publish_started.elapsed();
+    let engine_cpu_ns = o
+        .engine_pid
+        .and_then(report::cpu_ns)
+        .zip(cpu_before)
+        .map(|(after, before)| after.saturating_sub(before));
     done.store(true, Ordering::Relaxed);
     let _ = progress.await;
 
@@ -149,6 +155,7 @@ async fn run(o: Options) -> anyhow::Result<i32> {
         connect_time,
         rss_before,
         rss_after,
+        engine_cpu_ns,
     );
     println!("{}", report.human());
     if let Some(path) = &o.json {

@@ -39,7 +39,8 @@ pub const USAGE: &str = "usage: streamhost-load [options]
   --start-when FILE     once connected, wait (at most 5 min) until FILE exists, then publish:
                         another load generator can start in between (see bench-tenants.sh)
   --drain-seconds S     longest wait for deliveries after publishing (default 30)
-  --engine-pid PID      read the engine's memory from /proc/PID/status
+  --engine-pid PID      read the engine's memory (/proc/PID/status) and its CPU time over the run
+                        (/proc/PID/task/*/schedstat): per delivery and per call
   --json FILE           also write the report as JSON";
 
 /// What each publishing call is.

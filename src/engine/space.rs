@@ -335,6 +335,12 @@ impl Space {
                     }
                     BusMessage::Presence(change) => space.hub.presence_heard(change),
                     BusMessage::RostersLost => space.hub.presence_lost(),
+                    BusMessage::Skipped { stream, group, at } => {
+                        space.hub.skipped_at(&stream, &group, &at)
+                    }
+                    BusMessage::Flush(done) => {
+                        let _ = done.send(());
+                    }
                     BusMessage::Gap => {
                         // The history now has holes: no client may recover from it.
                         space.hub.history_lost();

@@ -90,6 +90,8 @@ struct Group {
     active: Instant,
     /// The position is the bus's (shared by every node), not one this hub numbered.
     shared: bool,
+    /// When a socket of this node last joined or left the group.
+    watched: Option<Instant>,
 }
 
 impl Group {
@@ -98,6 +100,11 @@ impl Group {
             offset: self.offset,
             epoch: self.epoch.clone(),
         }
+    }
+
+    /// Whether a socket of this node is subscribed, or was within `ttl`.
+    fn served_within(&self, ttl: Duration) -> bool {
+        !self.subs.is_empty() || self.watched.is_some_and(|at| at.elapsed() < ttl)
     }
 
     /// Nothing here is worth keeping: no subscriber, and no offset a client may resume from.
@@ -131,6 +138,13 @@ impl Shared {
         }
     }
 
+    /// Whether this hub named `epoch` (and not a bus).
+    fn made_epoch(&self, epoch: &str) -> bool {
+        epoch
+            .strip_prefix(self.epoch_prefix.as_str())
+            .is_some_and(|rest| rest.starts_with('-'))
+    }
+
     fn new_group(&self) -> Mutex<Group> {
         let n = self.epochs.fetch_add(1, Ordering::Relaxed) + 1;
         Mutex::new(Group {
@@ -142,6 +156,7 @@ impl Shared {
             mirror: Mirror::default(),
             active: Instant::now(),
             shared: false,
+            watched: None,
         })
     }
 
@@ -315,6 +330,7 @@ impl Hub {
         let bounds = self.shared.bounds();
         self.shared.with_group(stream, group, |g| {
             g.active = Instant::now();
+            g.watched = Some(g.active);
             let recovered = resume.filter(|from| from.epoch == g.epoch && bounds.size > 0);
             let missed = recovered.and_then(|from| {
                 g.log.expire(bounds.ttl, Instant::now());
@@ -399,14 +415,15 @@ impl Hub {
                 .zip(after)
                 .is_some_and(|(at, p)| p.epoch == at.epoch && at.offset <= p.offset)
         };
-        let elsewhere = |at: &Option<Position>| {
+        // Only an epoch of this hub's own can hold a copy of an event the bus numbered.
+        let own = |at: &Option<Position>| {
             at.as_ref()
                 .zip(after)
-                .is_some_and(|(at, p)| p.epoch != at.epoch)
+                .is_some_and(|(at, p)| p.epoch != at.epoch && self.shared.made_epoch(&at.epoch))
         };
         // Counted, so that two identical events sent are two.
         let mut copies: HashMap<u64, usize> = HashMap::new();
-        if frames.iter().any(|(at, _)| elsewhere(at)) {
+        if frames.iter().any(|(at, _)| own(at)) {
             // The first frame is a `sync` or a `recovered` marker, never an event sent.
             for f in first
                 .iter()
@@ -416,8 +433,9 @@ impl Hub {
                 *copies.entry(f).or_default() += 1;
             }
         }
-        let mut copy = |frame: &str| match StreamEvent::fingerprint_of(frame)
-            .and_then(|f| copies.get_mut(&f))
+        let mut copy = |frame: &str| match Some(&mut copies)
+            .filter(|c| !c.is_empty())
+            .and_then(|c| c.get_mut(&StreamEvent::fingerprint_of(frame)?))
         {
             Some(n) if *n > 0 => {
                 *n -= 1;
@@ -427,7 +445,7 @@ impl Hub {
         };
         if push_all(&sub.outbox, first) {
             for (at, frame) in frames {
-                if covered(&at) || (elsewhere(&at) && copy(&frame)) {
+                if covered(&at) || (own(&at) && copy(&frame)) {
                     continue;
                 }
                 if !sub.outbox.push(frame) {
@@ -474,6 +492,7 @@ impl Hub {
         }
         self.presence_sent(sent);
         g.active = Instant::now();
+        g.watched = Some(g.active);
         if g.forgettable(bounds, Instant::now()) {
             by_group.remove(group);
             if by_group.is_empty() {
@@ -529,6 +548,23 @@ impl Hub {
         })
     }
 
+    /// Notes that the bus numbered an event at `at` which this node delivered before, in an
+    /// epoch of its own (`BusMessage::Skipped`). The copy of the history kept here lacks it,
+    /// so it is cleared, and a join from before `at` asks the bus.
+    pub fn skipped_at(&self, stream: &str, group: &str, at: &Position) {
+        let groups = self.shared.groups.read().unwrap();
+        let Some(g) = groups.get(stream).and_then(|g| g.get(group)) else {
+            return;
+        };
+        let mut g = g.lock().unwrap();
+        if g.shared {
+            g.log.clear();
+            if g.epoch == at.epoch && at.offset > g.offset {
+                g.offset = at.offset;
+            }
+        }
+    }
+
     /// Places the event with `place` (None skips it), keeps it in the history and queues it
     /// for the group's subscribers, all under the group's lock.
     fn deliver(
@@ -545,9 +581,15 @@ impl Hub {
                 g.active = Instant::now();
                 let frame = Utf8Bytes::from(event.encode_at(&at, None));
                 // With a bus's shared history too: this node's copy of it, as heard, answers
-                // the joins whose gap it covers without asking the bus.
-                g.log
-                    .push(at.offset, event.id.as_deref(), frame.clone(), bounds);
+                // the joins whose gap it covers without asking the bus. Only for groups this
+                // node serves (or did within the ttl), as every node hears every group: one
+                // skipped event makes a hole, so the copy then starts again.
+                if self.numbering.get().is_none() || g.served_within(bounds.ttl) {
+                    g.log
+                        .push(at.offset, event.id.as_deref(), frame.clone(), bounds);
+                } else {
+                    g.log.clear();
+                }
                 let mut n = 0;
                 for sub in g.subs.values_mut() {
                     if sub.wants(event.id.as_deref()) && sub.deliver(frame.clone(), Some(&at)) {
@@ -760,6 +802,33 @@ mod tests {
             got,
             [None, a, a, b],
             "the marker, a recovered, then a once more and b"
+        );
+    }
+
+    /// An event this node delivered in its own epoch, numbered by the bus later: its numbered
+    /// copy is not delivered (`Skipped`), but no join may recover across its position from
+    /// this node's copy, which lacks it.
+    #[test]
+    fn a_skipped_position_is_a_hole_no_join_recovers_across() {
+        let hub = Hub::default();
+        let (outbox, _rx) = Outbox::new(8, CloseCounters::default());
+        let _ = hub.subscribe("s", "g", 1, &outbox, "a", None, None);
+        let at = |offset| Position {
+            offset,
+            epoch: "bus".into(),
+        };
+        let x = StreamEvent::new("s", "g", None, EventKind::Update(1.into()));
+        let y = StreamEvent::new("s", "g", None, EventKind::Update(2.into()));
+        hub.publish_at(&y, &at(6));
+        hub.publish_local(&x);
+        hub.publish_at(&y, &at(7));
+        hub.skipped_at("s", "g", &at(8));
+        assert_eq!(hub.position("s", "g"), at(8));
+        let from = at(7);
+        let joined = hub.subscribe("s", "g", 2, &outbox, "b", None, Some(&from));
+        assert!(
+            matches!(joined, Joined::Held(_)),
+            "recovered from 7 without the event at 8"
         );
     }
 

@@ -140,6 +140,16 @@ pub enum BusMessage {
     /// The shared rosters lost changes (Redis lost its data, or this node was cut off past
     /// its ttl): mirrors must be loaded again.
     RostersLost,
+    /// An event of this node's, numbered by the bus at this position after this node had
+    /// delivered it in an epoch of its own (its numbering timed out): not delivered again, but
+    /// the position is taken, so this node's copy of the history has a hole there.
+    Skipped {
+        stream: String,
+        group: String,
+        at: Position,
+    },
+    /// Answered once everything queued before it has been handled.
+    Flush(tokio::sync::oneshot::Sender<()>),
 }
 
 /// Carries events between engine nodes, so each node's clients see every node's changes.

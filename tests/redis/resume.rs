@@ -345,6 +345,29 @@ async fn stall(redis: &RedisServer, ms: u64) {
         .unwrap();
 }
 
+/// Keeps Redis busy for `ms` (as `stall`), and returns once it is: a PING goes unanswered.
+async fn stall_now(redis: RedisServer, ms: u64) -> tokio::task::JoinHandle<RedisServer> {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let mut probe = client.get_multiplexed_async_connection().await.unwrap();
+    let busy = tokio::spawn(async move {
+        stall(&redis, ms).await;
+        redis
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let ping = redis::cmd("PING");
+        let answer = ping.query_async::<String>(&mut probe);
+        if tokio::time::timeout(Duration::from_millis(100), answer)
+            .await
+            .is_err()
+        {
+            return busy;
+        }
+        assert!(Instant::now() < deadline, "Redis never got busy");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_whose_numbering_timed_out_but_ran_later_reaches_a_client_once() {
     let redis = RedisServer::start();
@@ -390,11 +413,7 @@ async fn a_node_resumes_a_client_from_what_it_heard_while_redis_is_busy() {
     let seen = exactly(&mut watch, 2).await;
     // Redis is busy past the engine's 3 s command timeout: a resume that asked it would get a
     // `sync` marked `recovered:false`.
-    let busy = tokio::spawn(async move {
-        stall(&redis, 4_000).await;
-        redis
-    });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    let busy = stall_now(redis, 4_000).await;
     let mut c = Client::connect(engine.client_addr, "/").await;
     resume(&mut c, &last).await;
     let at = recovered(&mut c, &last, &[json!(2), json!(3)]).await;
@@ -424,19 +443,15 @@ async fn a_resume_from_redis_does_not_repeat_an_event_delivered_while_its_number
     let two = start(redis_config(&redis.url())).await;
     let w2 = RawWorker::connect(two.worker_addr).await;
     wait_for_fan_out(&w1, two.client_addr).await;
-    // Redis busy for 3.8 s, on its own connection. The engine's connection is one pipe, in
-    // order: the numbering of 2 (sent at 0.1 s, given up at 3.1 s, so node two delivers it
-    // itself) runs before the resume (sent at 1.5 s, within its 3 s).
-    let busy = tokio::spawn(async move {
-        stall(&redis, 3_800).await;
-        redis
-    });
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Redis busy for 3.6 s from t = 0, on its own connection. The engine's connection is one
+    // pipe, in order: the numbering of 2 (sent at once, given up at about 3 s, so node two
+    // delivers it itself) runs before the resume (sent at 1.8 s, within its 3 s).
+    let busy = stall_now(redis, 3_600).await;
     let sent = tokio::spawn(async move {
         w2.ok("stream::send", send(2)).await;
         w2
     });
-    tokio::time::sleep(Duration::from_millis(1_400)).await;
+    tokio::time::sleep(Duration::from_millis(1_800)).await;
     let mut c = Client::connect(two.client_addr, "/").await;
     resume(&mut c, &last).await;
     let at = recovered(&mut c, &last, &[json!(2)]).await;

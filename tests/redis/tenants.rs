@@ -261,6 +261,7 @@ async fn hear(
                 panic!("seed {seed}: a presence change with no member: {c:?}")
             }
             BusMessage::RostersLost => panic!("seed {seed}: rosters lost with no member"),
+            other => panic!("seed {seed}: nothing here times out, yet: {other:?}"),
         };
         let data = event.to_value()["event"]["data"].clone();
         assert_eq!(

@@ -98,18 +98,25 @@ impl RedisBus {
         let echoes = Arc::new(Echoes::default());
         let on_unnumbered = history.clone().on_unnumbered();
         let heard_echoes = echoes.clone();
-        let admit = Box::new(move |message: &BusMessage| match message {
+        let admit = Box::new(move |message: BusMessage| match message {
             BusMessage::Event(_) => {
                 on_unnumbered();
-                true
+                Some(message)
             }
-            BusMessage::Numbered(event, _) => !heard_echoes.take(event),
-            _ => true,
+            BusMessage::Numbered(event, at) if heard_echoes.take(&event) => {
+                Some(BusMessage::Skipped {
+                    stream: event.stream_name,
+                    group: event.group_id,
+                    at,
+                })
+            }
+            _ => Some(message),
         });
         let (hearing, incoming) = subscriber.register(&channel, &node, admit);
         let hearing_presence = subscriber.register_also(presence.channel(), &hearing);
         let local = hearing.local();
         presence.tell(local.clone());
+        history.hear_echoes(echoes.clone(), local.clone());
         let publisher = tokio::spawn(publish_loop(
             Publisher {
                 target,

@@ -24,12 +24,15 @@ pub struct Echoes {
     expected: Mutex<HashMap<u64, (u32, Instant)>>,
     /// Set while anything is remembered: the common case costs one load.
     any: AtomicBool,
+    /// When events were last delivered here unnumbered.
+    last: Mutex<Option<Instant>>,
 }
 
 impl Echoes {
     /// Remembers events delivered locally whose numbered copies may still come.
     pub fn expect(&self, events: &[StreamEvent]) {
         let now = Instant::now();
+        *self.last.lock().unwrap() = Some(now);
         let mut expected = self.expected.lock().unwrap();
         expected.retain(|_, (_, at)| now.duration_since(*at) < KEEP);
         for event in events {
@@ -40,6 +43,15 @@ impl Echoes {
             *entry = (entry.0 + 1, now);
         }
         self.any.store(!expected.is_empty(), Ordering::Release);
+    }
+
+    /// Whether events were delivered here unnumbered within the last `KEEP`: their local
+    /// copies may still be on their way to the hub (see `RedisHistory::resume`).
+    pub fn recent(&self) -> bool {
+        self.last
+            .lock()
+            .unwrap()
+            .is_some_and(|at| at.elapsed() < KEEP)
     }
 
     /// Whether `event`, heard numbered, is the copy of one delivered locally (then it is

@@ -22,16 +22,24 @@
 //! Entries also hold the Redis time they were added at: a resume is served only when every
 //! missed event is younger than the ttl (the stream keeps up to `size` entries otherwise).
 
+use super::echoes::Echoes;
 use super::keys::KeySpace;
+use super::subscriber::Local;
 use super::target::RedisTarget;
 use crate::fanout::frame::{Position, StreamEvent};
 use crate::fanout::history::Bounds;
-use crate::storage::{Resumed, SharedHistory};
+use crate::storage::{BusMessage, Resumed, SharedHistory};
 use async_trait::async_trait;
 use redis::Script;
 use redis::aio::ConnectionManager;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock};
+use std::sync::{Arc, LazyLock, OnceLock};
+use std::time::Duration;
+use tokio::sync::oneshot;
+
+/// How long a recovery waits for the hub to catch up (see `RedisHistory::flushed`); past
+/// it, the join gets a `sync` instead, which never repeats an event.
+const FLUSH_WAIT: Duration = Duration::from_secs(2);
 
 /// Makes the group's epoch (ARGV[1]) and the tenant's generation when missing; returns the
 /// group's full epoch in `epoch`. Deletes an orphaned history when the epoch is new.
@@ -117,6 +125,8 @@ pub struct RedisHistory {
     made: AtomicU64,
     /// Set while a new generation for an iii node's events is on its way.
     renewing: AtomicBool,
+    /// The bus's events delivered here unnumbered, and its queue to the hub (see `resume`).
+    echoes: OnceLock<(Arc<Echoes>, Local)>,
 }
 
 impl RedisHistory {
@@ -131,9 +141,29 @@ impl RedisHistory {
             prefix: uuid::Uuid::new_v4().simple().to_string()[..10].to_owned(),
             made: AtomicU64::new(0),
             renewing: AtomicBool::new(false),
+            echoes: OnceLock::new(),
         }
     }
 
+    /// Tells the history of the bus's events delivered unnumbered, and of its queue to the hub.
+    pub fn hear_echoes(&self, echoes: Arc<Echoes>, local: Local) {
+        let _ = self.echoes.set((echoes, local));
+    }
+
+    /// Waits until the hub has handled what the bus queued for it so far, when some of it may
+    /// be the local copy of an event a recovery from Redis holds: that copy then reaches the
+    /// joining subscription while it is still held, where the release drops it (see
+    /// `Hub::release_after`), and not live after the recovery. False when the hub does not
+    /// answer within `FLUSH_WAIT`.
+    async fn flushed(&self) -> bool {
+        let Some((_, local)) = self.echoes.get().filter(|(e, _)| e.recent()) else {
+            return true;
+        };
+        let (tx, rx) = oneshot::channel();
+        local.deliver(BusMessage::Flush(tx));
+        // A full queue drops the flush (and gives a gap, which resynchronises): not waited for.
+        matches!(tokio::time::timeout(FLUSH_WAIT, rx).await, Ok(Ok(())))
+    }
     pub fn set_bounds(&self, bounds: Bounds) {
         self.size.store(bounds.size as u64, Ordering::Relaxed);
         self.ttl_ms
@@ -247,10 +277,12 @@ impl SharedHistory for RedisHistory {
             offset,
             epoch: epoch.into(),
         };
-        Ok(if recovered == 1 {
-            Resumed::Recovered { frames, last: at }
-        } else {
-            Resumed::Sync(at)
-        })
+        Ok(
+            if recovered == 1 && (frames.is_empty() || self.flushed().await) {
+                Resumed::Recovered { frames, last: at }
+            } else {
+                Resumed::Sync(at)
+            },
+        )
     }
 }

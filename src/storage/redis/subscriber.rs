@@ -64,7 +64,8 @@ struct Listener {
 }
 
 /// What a listener is asked of each message before it is queued.
-pub type Admit = Box<dyn Fn(&BusMessage) -> bool + Send + Sync>;
+/// What a bus makes of a message it hears: itself, another, or nothing.
+pub type Admit = Box<dyn Fn(BusMessage) -> Option<BusMessage> + Send + Sync>;
 
 /// A bus's place on a channel; leaving it (drop) unsubscribes once no bus is left there.
 pub struct Registration {
@@ -141,7 +142,7 @@ impl Subscriber {
             channel: channel.to_owned(),
             node: like.node.clone(),
             tx: like.tx.clone(),
-            admit: Box::new(|_| true),
+            admit: Box::new(Some),
             gaps: false,
             behind: AtomicBool::new(false),
         });
@@ -179,8 +180,8 @@ impl State {
     fn dispatch(&self, channel: &str, payload: &[u8]) {
         let listeners = self.listeners.lock().unwrap();
         for listener in listeners.get(channel).into_iter().flatten() {
-            if let Some(message) = decode(payload, &listener.node, channel)
-                && (listener.admit)(&message)
+            if let Some(message) =
+                decode(payload, &listener.node, channel).and_then(|m| (listener.admit)(m))
             {
                 listener.deliver(message);
             }
@@ -380,8 +381,8 @@ mod tests {
             state: Arc::new(state),
             task: tokio::spawn(async {}),
         };
-        let (_slow, mut slow_rx) = subscriber.register("slow", "me", Box::new(|_| true));
-        let (_other, mut other_rx) = subscriber.register("other", "me", Box::new(|_| true));
+        let (_slow, mut slow_rx) = subscriber.register("slow", "me", Box::new(Some));
+        let (_other, mut other_rx) = subscriber.register("other", "me", Box::new(Some));
         let n = INCOMING_QUEUE as u64 + 10;
         for i in 0..n {
             subscriber.state.dispatch("slow", &frame(i));
