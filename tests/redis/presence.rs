@@ -39,6 +39,23 @@ async fn watch(c: &mut Client, group: &str, info: Value) -> Value {
     snap
 }
 
+/// Ann watches chat/room on the node at `ann_at`, then bob on the node at `bob_at`; ann
+/// hears bob join.
+async fn ann_then_bob(
+    ann_at: std::net::SocketAddr,
+    bob_at: std::net::SocketAddr,
+) -> (Client, Client) {
+    let mut ann = Client::connect(ann_at, "/").await;
+    watch(&mut ann, "room", json!({"name": "ann"})).await;
+    let mut bob = Client::connect(bob_at, "/").await;
+    watch(&mut bob, "room", json!({"name": "bob"})).await;
+    assert_eq!(
+        presence_data(&mut ann).await["member"]["info"]["name"],
+        "bob"
+    );
+    (ann, bob)
+}
+
 /// The next frame, which must be a presence frame; returns its data.
 async fn presence_data(c: &mut Client) -> Value {
     let frame = c.next().await;
@@ -194,14 +211,7 @@ async fn max_members_applies_to_the_whole_roster_and_a_freed_place_goes_to_the_n
     );
     let w1 = RawWorker::connect(one.worker_addr).await;
     wait_for_fan_out(&w1, two.client_addr).await;
-    let mut ann = Client::connect(one.client_addr, "/").await;
-    watch(&mut ann, "room", json!({"name": "ann"})).await;
-    let mut bob = Client::connect(two.client_addr, "/").await;
-    watch(&mut bob, "room", json!({"name": "bob"})).await;
-    assert_eq!(
-        presence_data(&mut ann).await["member"]["info"]["name"],
-        "bob"
-    );
+    let (mut ann, mut bob) = ann_then_bob(one.client_addr, two.client_addr).await;
     // The bound (2) is reached: a third member is counted, neither listed nor announced.
     let mut cat = Client::connect(one.client_addr, "/").await;
     let snap = watch(&mut cat, "room", json!({"name": "cat"})).await;
@@ -317,11 +327,7 @@ async fn members_that_redis_lost_are_joined_again_and_watchers_hear_them() {
     let redis = RedisServer::start();
     let one = start(presence_config(&redis.url(), 100)).await;
     let w = RawWorker::connect(one.worker_addr).await;
-    let mut ann = Client::connect(one.client_addr, "/").await;
-    watch(&mut ann, "room", json!({"name": "ann"})).await;
-    let mut bob = Client::connect(one.client_addr, "/").await;
-    watch(&mut bob, "room", json!({"name": "bob"})).await;
-    presence_data(&mut ann).await;
+    let (mut ann, _bob) = ann_then_bob(one.client_addr, one.client_addr).await;
     let mut raw = redis.raw().await;
     let _: () = redis::cmd("FLUSHALL").query_async(&mut raw).await.unwrap();
     // Its scripts too: the joins made again meet NOSCRIPT, load them, and go through.
@@ -386,14 +392,7 @@ async fn a_node_stopped_cleanly_takes_its_members_out_at_once() {
     let survivor = start(presence_config(&redis.url(), 100)).await;
     let stopping_worker = RawWorker::connect(stopping.worker_addr).await;
     wait_for_fan_out(&stopping_worker, survivor.client_addr).await;
-    let mut ann = Client::connect(survivor.client_addr, "/").await;
-    watch(&mut ann, "room", json!({"name": "ann"})).await;
-    let mut bob = Client::connect(stopping.client_addr, "/").await;
-    watch(&mut bob, "room", json!({"name": "bob"})).await;
-    assert_eq!(
-        presence_data(&mut ann).await["member"]["info"]["name"],
-        "bob"
-    );
+    let (mut ann, _bob) = ann_then_bob(survivor.client_addr, stopping.client_addr).await;
     assert!(stopping.terminate().success());
     let left = tokio::time::timeout(Duration::from_secs(5), presence_data(&mut ann))
         .await
@@ -410,11 +409,7 @@ async fn a_join_that_finds_its_node_gone_from_redis_brings_the_nodes_members_bac
     // A minute's ttl: a renewal comes every 20 s, so only the join below can notice.
     let one = start(presence_config_ttl(&redis.url(), 100, 60_000)).await;
     let w = RawWorker::connect(one.worker_addr).await;
-    let mut ann = Client::connect(one.client_addr, "/").await;
-    watch(&mut ann, "room", json!({"name": "ann"})).await;
-    let mut bob = Client::connect(one.client_addr, "/").await;
-    watch(&mut bob, "room", json!({"name": "bob"})).await;
-    presence_data(&mut ann).await;
+    let (mut ann, mut bob) = ann_then_bob(one.client_addr, one.client_addr).await;
     let mut raw = redis.raw().await;
     let _: () = redis::cmd("FLUSHALL").query_async(&mut raw).await.unwrap();
     let mut cat = Client::connect(one.client_addr, "/").await;
