@@ -433,15 +433,17 @@ impl Hub {
                 *copies.entry(f).or_default() += 1;
             }
         }
-        let mut copy = |frame: &str| match Some(&mut copies)
-            .filter(|c| !c.is_empty())
-            .and_then(|c| c.get_mut(&StreamEvent::fingerprint_of(frame)?))
-        {
-            Some(n) if *n > 0 => {
-                *n -= 1;
-                true
+        let mut copy = |frame: &str| {
+            if copies.is_empty() {
+                return false;
             }
-            _ => false,
+            match StreamEvent::fingerprint_of(frame).and_then(|f| copies.get_mut(&f)) {
+                Some(n) if *n > 0 => {
+                    *n -= 1;
+                    true
+                }
+                _ => false,
+            }
         };
         if push_all(&sub.outbox, first) {
             for (at, frame) in frames {
