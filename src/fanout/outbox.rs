@@ -18,7 +18,7 @@ use crate::fair::Turns;
 use crate::metrics::CloseCounters;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
@@ -58,6 +58,8 @@ pub struct Outbox {
     counters: CloseCounters,
     /// The tenant's fan-out turns, for a client socket; a worker socket writes at once.
     turns: OnceLock<Turns>,
+    /// Whether a write waits one round of the runtime for more frames (see `gather`).
+    gathers: AtomicBool,
 }
 
 impl Outbox {
@@ -86,6 +88,7 @@ impl Outbox {
             room: Notify::new(),
             counters,
             turns: OnceLock::new(),
+            gathers: AtomicBool::new(false),
         };
         (Arc::new(outbox), rx)
     }
@@ -113,6 +116,15 @@ impl Outbox {
     /// Makes this socket's writes take turns with the other sockets holding `turns`.
     pub fn take_turns(&self, turns: &Turns) {
         let _ = self.turns.set(turns.clone());
+    }
+
+    /// Makes this socket, woken for a short queue, let the tasks already woken run before it
+    /// writes. A worker's answers come from its calls' tasks, woken together (a sync of the
+    /// log answers hundreds): without this the socket ran between them and wrote each answer
+    /// alone, a socket write per call. A client socket does not wait: its frames come from
+    /// one publish at a time, and waiting would only add to their latency.
+    pub fn gather(&self) {
+        self.gathers.store(true, Ordering::Relaxed);
     }
 
     /// Bytes queued and not yet written.
@@ -268,6 +280,9 @@ pub async fn drive(
             }
             frame = rx.recv() => {
                 let Some(first) = frame else { break };
+                if outbox.gathers.load(Ordering::Relaxed) && rx.len() + 1 < MAX_BATCH {
+                    tokio::task::yield_now().await;
+                }
                 let write = write_batch(&mut ws, first, &mut rx, &outbox, dead_at);
                 let written = match outbox.turns.get() {
                     Some(turns) => turns.burst(write).await,

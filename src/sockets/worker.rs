@@ -113,6 +113,7 @@ async fn serve(engine: Arc<Engine>, admitted: Admitted, addr: SocketAddr, socket
     let _open = engine.metrics.connections.worker_opened();
     let closes = engine.metrics.connections.closes();
     let (outbox, rx) = Outbox::bounded(WORKER_QUEUE, WORKER_QUEUE_BYTES, closes);
+    outbox.gather();
     let _listed = engine.list_socket(
         &space,
         Kind::Worker,

@@ -63,6 +63,50 @@ impl std::error::Error for WriteError {}
 
 type Waiter = oneshot::Sender<Result<(), WriteError>>;
 
+/// Hands writers the answer of their sync. Sent from the flusher's thread, each answer would
+/// wake the runtime from outside (a syscall each), and the runtime, woken per writer, ran each
+/// writer's reply to its socket alone: a socket write per call. A task on the runtime takes a
+/// whole sync's writers in one wake-up and answers them from inside, where their replies gather.
+enum Answers {
+    /// No runtime (a test driving the log by hand): the flusher answers itself.
+    Here,
+    Runtime(tokio::sync::mpsc::UnboundedSender<(Vec<Waiter>, Result<(), WriteError>)>),
+}
+
+impl Answers {
+    fn start() -> Answers {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return Answers::Here;
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        runtime.spawn(async move {
+            while let Some((waiters, result)) = rx.recv().await {
+                answer(waiters, result);
+            }
+        });
+        Answers::Runtime(tx)
+    }
+
+    fn send(&self, waiters: Vec<Waiter>, result: Result<(), WriteError>) {
+        match self {
+            Answers::Here => answer(waiters, result),
+            // The runtime is gone: answer here, to whoever still waits.
+            Answers::Runtime(tx) => {
+                if let Err(back) = tx.send((waiters, result)) {
+                    let (waiters, result) = back.0;
+                    answer(waiters, result);
+                }
+            }
+        }
+    }
+}
+
+fn answer(waiters: Vec<Waiter>, result: Result<(), WriteError>) {
+    for w in waiters {
+        let _ = w.send(result.clone());
+    }
+}
+
 /// A record's place in the log: wait on it to know the record is on disk.
 pub struct Ticket(oneshot::Receiver<Result<(), WriteError>>);
 
@@ -154,6 +198,7 @@ impl Opened {
         });
         let flusher = Flusher {
             shared: shared.clone(),
+            answers: Answers::start(),
             log_bytes: self.recovery.bytes,
             rewritten_bytes: 0,
             rewrite: None,
@@ -338,6 +383,7 @@ impl Drop for Wal {
 /// The flusher thread's state: the log file and everything only it touches.
 struct Flusher {
     shared: Arc<Shared>,
+    answers: Answers,
     disk: Arc<dyn Disk>,
     dir: PathBuf,
     file: Box<dyn DiskFile>,
@@ -395,9 +441,7 @@ impl Flusher {
                 match self.file.append(&buf).and_then(|_| self.file.sync()) {
                     Ok(()) => {
                         self.log_bytes += buf.len() as u64;
-                        for w in waiters {
-                            let _ = w.send(Ok(()));
-                        }
+                        self.answers.send(waiters, Ok(()));
                     }
                     Err(e) => {
                         if !self.fail(waiters, &e.to_string()) {
@@ -491,9 +535,7 @@ impl Flusher {
             )),
             Err(_) => WriteError::InDoubt(format!("the store's disk failed ({reason})")),
         };
-        for w in waiters {
-            let _ = w.send(Err(error.clone()));
-        }
+        self.answers.send(waiters, Err(error));
         self.probe_until_healthy()
     }
 
