@@ -19,7 +19,7 @@ use crate::metrics::CloseCounters;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use futures_util::SinkExt;
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -38,6 +38,12 @@ pub const CLOSE_IDLE: u16 = 4010;
 
 /// At most this many frames are written before a flush, so one flush stays bounded.
 const MAX_BATCH: usize = 256;
+/// At most this many bytes are taken off the queue for one write (one frame alone always
+/// is): frames taken are no longer counted against the queue's bound, so this is all a
+/// stuck write holds beyond it.
+const MAX_BATCH_BYTES: usize = 128 << 10;
+/// A queue that grew past this many frames in a burst gives the room back once it empties.
+const KEEP_FRAMES: usize = MAX_BATCH;
 
 #[derive(Debug, Clone)]
 pub struct CloseReason {
@@ -68,6 +74,8 @@ pub struct Outbox {
     max_bytes: usize,
     /// Wakes a `send` waiting for room in the queue.
     room: Notify,
+    /// How many `send`s wait for room: a take wakes them only if there are any.
+    waiting: AtomicUsize,
     /// Counts slow-client disconnects across the engine.
     counters: CloseCounters,
     /// The tenant's fan-out turns, for a client socket; a worker socket writes at once.
@@ -96,6 +104,7 @@ impl Outbox {
             capacity: capacity.max(1),
             max_bytes,
             room: Notify::new(),
+            waiting: AtomicUsize::new(0),
             counters,
             turns: OnceLock::new(),
             gathers: AtomicBool::new(false),
@@ -237,7 +246,7 @@ impl Frames {
     /// Takes the oldest frame, if any.
     pub fn try_recv(&mut self) -> Option<Utf8Bytes> {
         let mut batch = Vec::with_capacity(1);
-        self.take(1, &mut batch);
+        self.take(1, 0, &mut batch);
         batch.pop()
     }
 
@@ -246,19 +255,27 @@ impl Frames {
         self.outbox.queued.notified().await
     }
 
-    /// Moves up to `max` of the oldest frames into `into`.
-    fn take(&mut self, max: usize, into: &mut Vec<Utf8Bytes>) {
+    /// Moves the oldest frames into `into`: at most `max` of them, and no more than
+    /// `max_bytes` unless the first alone is larger.
+    fn take(&mut self, max: usize, max_bytes: usize, into: &mut Vec<Utf8Bytes>) {
         let outbox = &self.outbox;
         let more = {
             let mut guard = outbox.queue.lock().unwrap();
             let queue = &mut *guard;
-            let n = max.min(queue.frames.len());
-            if n == 0 {
-                return;
+            let mut bytes = 0;
+            while into.len() < max {
+                let Some(len) = queue.frames.front().map(|f| f.len()) else {
+                    break;
+                };
+                if bytes > 0 && bytes + len > max_bytes {
+                    break;
+                }
+                bytes += len;
+                queue.bytes -= len;
+                into.extend(queue.frames.pop_front());
             }
-            for frame in queue.frames.drain(..n) {
-                queue.bytes -= frame.len();
-                into.push(frame);
+            if queue.frames.is_empty() && queue.frames.capacity() > KEEP_FRAMES {
+                queue.frames.shrink_to(KEEP_FRAMES);
             }
             !queue.frames.is_empty()
         };
@@ -267,17 +284,21 @@ impl Frames {
         if more {
             outbox.queued.notify_one();
         }
-        outbox.room.notify_waiters();
+        // Counted before a sender looks for room, so one that found none is seen here.
+        if outbox.waiting.load(Ordering::SeqCst) > 0 {
+            outbox.room.notify_waiters();
+        }
     }
 }
 
 impl Drop for Frames {
     fn drop(&mut self) {
-        let mut queue = self.outbox.queue.lock().unwrap();
-        queue.closed = true;
-        queue.frames.clear();
-        queue.bytes = 0;
-        drop(queue);
+        // The outbox outlives its socket in the hub's and the registry's hands: its frames
+        // and their room go now.
+        *self.outbox.queue.lock().unwrap() = Queue {
+            closed: true,
+            ..Queue::default()
+        };
         self.outbox.room.notify_waiters();
     }
 }
@@ -331,7 +352,6 @@ pub async fn drive(
     let mut ping =
         tokio::time::interval_at(heard + keepalive.ping_interval, keepalive.ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut batch = Vec::new();
     // One timer for the socket's life, moved on only when it fires: setting a timer on every
     // turn of the loop (every read and write) cost fan-out a timer-wheel insert and removal
     // per write, 7% of its CPU.
@@ -378,11 +398,7 @@ pub async fn drive(
                 if outbox.gathers.load(Ordering::Relaxed) && rx.len() < MAX_BATCH {
                     tokio::task::yield_now().await;
                 }
-                rx.take(MAX_BATCH, &mut batch);
-                if batch.is_empty() {
-                    continue;
-                }
-                let write = write_batch(&mut ws, &mut batch, &outbox, dead.as_mut(), dead_at);
+                let write = write_batch(&mut ws, &mut rx, &outbox, dead.as_mut(), dead_at);
                 let written = match outbox.turns.get() {
                     Some(turns) => turns.burst(write).await,
                     None => write.await,
@@ -396,6 +412,8 @@ pub async fn drive(
             }
         }
     }
+    // Nothing more is written but the close: what is still queued goes, and pushes fail now.
+    drop(rx);
     let reason = outbox.close_reason();
     // The close frame waits behind what the kernel already holds for this peer, so a slow
     // client needs time to read up to it; a shutdown, or a peer that answers nothing, does
@@ -443,18 +461,24 @@ fn idle(outbox: &Outbox, timeout: Duration) {
     }
 }
 
-/// Writes the batch, then flushes once; false when the socket is done (an error, a close
-/// asked for while a flush was stuck on a slow peer, or `dead_at` passed with the write still
-/// stuck).
+/// Takes a batch of queued frames and writes it, then flushes once; false when the socket is
+/// done (an error, a close asked for while a flush was stuck on a slow peer, or `dead_at`
+/// passed with the write still stuck). The frames are taken on the write's first poll, under
+/// the turn a client socket waits for, so frames queued while it waited go in this write.
 async fn write_batch(
     ws: &mut WebSocket,
-    batch: &mut Vec<Utf8Bytes>,
+    rx: &mut Frames,
     outbox: &Outbox,
     mut dead: std::pin::Pin<&mut tokio::time::Sleep>,
     dead_at: Instant,
 ) -> bool {
     let write = async {
-        for frame in batch.drain(..) {
+        let mut batch = Vec::new();
+        rx.take(MAX_BATCH, MAX_BATCH_BYTES, &mut batch);
+        if batch.is_empty() {
+            return true;
+        }
+        for frame in batch {
             if ws.feed(Message::Text(frame)).await.is_err() {
                 return false;
             }
@@ -490,6 +514,13 @@ impl Outbox {
     /// Queues a frame, waiting for room in frames and in bytes (one frame alone always fits):
     /// for peers (workers) whose frames must not be dropped. False once the socket is done.
     pub async fn send(&self, frame: Utf8Bytes) -> bool {
+        self.waiting.fetch_add(1, Ordering::SeqCst);
+        let sent = self.send_when_room(frame).await;
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
+        sent
+    }
+
+    async fn send_when_room(&self, frame: Utf8Bytes) -> bool {
         loop {
             if self.is_closing() {
                 return false;
@@ -606,7 +637,7 @@ mod tests {
         }
         let mut batch = Vec::new();
         rx.ready().await;
-        rx.take(MAX_BATCH, &mut batch);
+        rx.take(MAX_BATCH, usize::MAX, &mut batch);
         assert_eq!(batch.len(), MAX_BATCH, "one batch at most");
         assert_eq!(outbox.queued_bytes(), 10);
         // Pushes wake the socket only into an empty queue: the rest must wake it by itself.
@@ -614,9 +645,40 @@ mod tests {
             .await
             .expect("the socket is woken for the frames left");
         batch.clear();
-        rx.take(MAX_BATCH, &mut batch);
+        rx.take(MAX_BATCH, usize::MAX, &mut batch);
         assert_eq!(batch.len(), 10);
         assert_eq!(outbox.queued_bytes(), 0);
+    }
+
+    #[test]
+    fn a_batch_holds_its_byte_bound_and_one_frame_past_it_waits() {
+        let (outbox, mut rx) = Outbox::new(100, CloseCounters::default());
+        for len in [400, 600, 1] {
+            assert!(outbox.push(frame(len)));
+        }
+        let mut batch = Vec::new();
+        rx.take(MAX_BATCH, 1000, &mut batch);
+        assert_eq!(batch.len(), 2, "exactly the byte bound is taken");
+        assert_eq!(
+            outbox.queued_bytes(),
+            1,
+            "the frame past it stays queued, counted"
+        );
+        batch.clear();
+        assert!(outbox.push(frame(5000)));
+        rx.take(MAX_BATCH, 1000, &mut batch);
+        assert_eq!(
+            batch.len(),
+            1,
+            "the small frame, not the large one behind it"
+        );
+        batch.clear();
+        rx.take(MAX_BATCH, 1000, &mut batch);
+        assert_eq!(
+            batch[0].len(),
+            5000,
+            "a frame larger than the bound goes alone"
+        );
     }
 
     #[test]
