@@ -9,7 +9,7 @@
 use crate::fair::Turns;
 use crate::fanout::frame::{EventKind, StreamEvent};
 use crate::fanout::history::Bounds;
-use crate::fanout::hub::Hub;
+use crate::fanout::hub::{ConnId, Hub};
 use crate::fanout::outbox::Outbox;
 use crate::fanout::presence::PresenceRules;
 use crate::functions::{Functions, Parts};
@@ -355,20 +355,19 @@ impl Space {
     /// Sends every subscription a new `sync` snapshot, after events may have been missed.
     /// Each group (or item) is read once, however many sockets subscribe to it.
     pub async fn resync_subscribers(&self) {
-        let mut by_target: HashMap<(String, String, Option<String>), Vec<Arc<Outbox>>> =
-            HashMap::new();
-        for (stream, group, item, outbox) in self.hub.subscriptions() {
+        let mut by_target: HashMap<(String, String, Option<String>), Vec<ConnId>> = HashMap::new();
+        for (stream, group, item, conn) in self.hub.subscriptions() {
             by_target
                 .entry((stream, group, item))
                 .or_default()
-                .push(outbox);
+                .push(conn);
         }
         tracing::info!(
             tenant = %self.tenant,
             targets = by_target.len(),
             "resynchronising subscribers after a gap in events from other nodes"
         );
-        for ((stream, group, item), outboxes) in by_target {
+        for ((stream, group, item), conns) in by_target {
             // Read before the snapshot: every event at or below it is stored by then.
             let position = self.hub.position(&stream, &group);
             let snapshot = match &item {
@@ -400,8 +399,8 @@ impl Space {
                         StreamEvent::new(&stream, &group, item.as_deref(), EventKind::Sync(data))
                             .encode_at(&position, None)
                             .into();
-                    for outbox in outboxes {
-                        outbox.push(frame.clone());
+                    for conn in conns {
+                        self.hub.send_to(&stream, &group, conn, frame.clone());
                     }
                 }
                 Err(e) => {

@@ -50,29 +50,58 @@ struct Subscriber {
     outbox: Arc<Outbox>,
     /// (subscription id, item id or None for the whole group)
     subs: Vec<(String, Option<String>)>,
-    /// Frames held (with their positions; None for presence frames, which have none) while a
-    /// new subscription's snapshot is read; None when not holding.
-    held: Option<Vec<(Option<Position>, Utf8Bytes)>>,
+    /// Frames held while a new subscription's snapshot is read; None when not holding.
+    held: Option<Held>,
+}
+
+/// What a socket holds back while a new subscription's snapshot is read (see
+/// [`Hub::subscribe`]). The join's first frames may cover some of it, but only for the
+/// joining subscription: one the socket had before goes on getting every event it wants.
+struct Held {
+    /// The subscriptions whose first frames are not queued yet.
+    joining: Vec<String>,
+    frames: Vec<HeldFrame>,
+}
+
+struct HeldFrame {
+    /// None for a frame outside the group's history (presence), which nothing covers.
+    at: Option<Position>,
+    frame: Utf8Bytes,
+    /// Another subscription of the socket, not one joining, wants it: it goes whatever the
+    /// join's first frames cover.
+    live: bool,
+}
+
+/// Whether a subscription to `want` (an item, or None for the whole group) wants an event
+/// of item `id`.
+fn matches(want: &Option<String>, id: Option<&str>) -> bool {
+    want.as_deref().is_none_or(|want| id == Some(want))
 }
 
 impl Subscriber {
-    /// Queues a frame, or holds it; `at` is None for a frame outside the group's history.
-    fn deliver(&mut self, frame: Utf8Bytes, at: Option<&Position>) -> bool {
-        match &mut self.held {
-            Some(held) if held.len() >= self.outbox.capacity() => self.outbox.overflowed(),
+    /// Queues a frame, or holds it; `at` is None for a frame outside the group's history, and
+    /// `item` the item of the event it carries.
+    fn deliver(&mut self, frame: Utf8Bytes, at: Option<&Position>, item: Option<&str>) -> bool {
+        let Subscriber { outbox, subs, held } = self;
+        match held {
+            Some(held) if held.frames.len() >= outbox.capacity() => outbox.overflowed(),
             Some(held) => {
-                held.push((at.cloned(), frame));
+                let live = subs
+                    .iter()
+                    .any(|(id, want)| !held.joining.contains(id) && matches(want, item));
+                held.frames.push(HeldFrame {
+                    at: at.cloned(),
+                    frame,
+                    live,
+                });
                 true
             }
-            None => self.outbox.push(frame),
+            None => outbox.push(frame),
         }
     }
 
     fn wants(&self, id: Option<&str>) -> bool {
-        self.subs.iter().any(|(_, item)| match item {
-            None => true,
-            Some(item) => id == Some(item.as_str()),
-        })
+        self.subs.iter().any(|(_, want)| matches(want, id))
     }
 }
 
@@ -361,7 +390,11 @@ impl Hub {
             sub.subs.retain(|(id, _)| id != sub_id);
             sub.subs.push((sub_id.to_owned(), item.map(str::to_owned)));
             if holding {
-                sub.held.get_or_insert_with(Vec::new);
+                let held = sub.held.get_or_insert_with(|| Held {
+                    joining: Vec::new(),
+                    frames: Vec::new(),
+                });
+                held.joining.push(sub_id.to_owned());
                 Joined::Held(g.position())
             } else {
                 Joined::Recovered
@@ -386,7 +419,9 @@ impl Hub {
     /// frames already cover: those at or below `after` in its epoch, and, from another epoch,
     /// copies of an event among the first frames. (An event this node delivered in an epoch
     /// of its own, because the bus's numbering of it timed out, may still have been numbered
-    /// by the bus, and so be in a shared history's recovery too.)
+    /// by the bus, and so be in a shared history's recovery too.) A covered frame that
+    /// another subscription of the socket wants still goes: that one has no `sync` covering
+    /// it, and a repeat is better than a loss.
     pub fn release_after(
         &self,
         stream: &str,
@@ -408,7 +443,7 @@ impl Hub {
             push_all(outbox, first);
             return;
         };
-        let frames = sub.held.take().unwrap_or_default();
+        let frames = sub.held.take().map(|h| h.frames).unwrap_or_default();
         // A presence frame (no position) is never covered by a snapshot of items.
         let covered = |at: &Option<Position>| {
             at.as_ref()
@@ -423,7 +458,7 @@ impl Hub {
         };
         // Counted, so that two identical events sent are two.
         let mut copies: HashMap<u64, usize> = HashMap::new();
-        if frames.iter().any(|(at, _)| own(at)) {
+        if frames.iter().any(|f| own(&f.at)) {
             // The first frame is a `sync` or a `recovered` marker, never an event sent.
             for f in first
                 .iter()
@@ -446,8 +481,8 @@ impl Hub {
             }
         };
         if push_all(&sub.outbox, first) {
-            for (at, frame) in frames {
-                if covered(&at) || (own(&at) && copy(&frame)) {
+            for HeldFrame { at, frame, live } in frames {
+                if !live && (covered(&at) || (own(&at) && copy(&frame))) {
                     continue;
                 }
                 if !sub.outbox.push(frame) {
@@ -592,9 +627,9 @@ impl Hub {
                 } else {
                     g.log.clear();
                 }
-                let mut n = 0;
+                let (item, mut n) = (event.id.as_deref(), 0);
                 for sub in g.subs.values_mut() {
-                    if sub.wants(event.id.as_deref()) && sub.deliver(frame.clone(), Some(&at)) {
+                    if sub.wants(item) && sub.deliver(frame.clone(), Some(&at), item) {
                         n += 1;
                     }
                 }
@@ -628,24 +663,41 @@ impl Hub {
     }
 
     /// Every subscription as (stream, group, item, socket), for resynchronising them.
-    pub fn subscriptions(&self) -> Vec<(String, String, Option<String>, Arc<Outbox>)> {
+    pub fn subscriptions(&self) -> Vec<(String, String, Option<String>, ConnId)> {
         let groups = self.shared.groups.read().unwrap();
         let mut out = Vec::new();
         for (stream, by_group) in groups.iter() {
             for (group, g) in by_group {
-                for sub in g.lock().unwrap().subs.values() {
+                for (conn, sub) in &g.lock().unwrap().subs {
                     for (_, item) in &sub.subs {
-                        out.push((
-                            stream.clone(),
-                            group.clone(),
-                            item.clone(),
-                            sub.outbox.clone(),
-                        ));
+                        out.push((stream.clone(), group.clone(), item.clone(), *conn));
                     }
                 }
             }
         }
         out
+    }
+
+    /// Queues a frame for one socket subscribed to the group (a resynchronising `sync`), or
+    /// holds it behind a join's first frames while the socket is joining: sent straight away,
+    /// it could go before that join's `sync`, whose older snapshot would then undo it.
+    pub fn send_to(&self, stream: &str, group: &str, conn: ConnId, frame: Utf8Bytes) -> bool {
+        let groups = self.shared.groups.read().unwrap();
+        let Some(g) = groups.get(stream).and_then(|g| g.get(group)) else {
+            return false;
+        };
+        let mut g = g.lock().unwrap();
+        let Some(sub) = g.subs.get_mut(&conn) else {
+            return false;
+        };
+        match &mut sub.held {
+            Some(held) => {
+                let (at, live) = (None, true);
+                held.frames.push(HeldFrame { at, frame, live });
+                true
+            }
+            None => sub.outbox.push(frame),
+        }
     }
 
     /// Subscriptions held, for metrics and tests.
@@ -831,6 +883,80 @@ mod tests {
         assert!(
             matches!(joined, Joined::Held(_)),
             "recovered from 7 without the event at 8"
+        );
+    }
+
+    fn drain(rx: &mut crate::fanout::outbox::Frames) -> Vec<String> {
+        let mut got = Vec::new();
+        while let Some(frame) = rx.try_recv() {
+            let text = frame.to_string();
+            let kind = serde_json::from_str::<serde_json::Value>(&text)
+                .ok()
+                .and_then(|f| Some(format!("{}", f["event"]["data"].as_i64()?)));
+            got.push(kind.unwrap_or(text));
+        }
+        got
+    }
+
+    fn update(hub: &Hub, item: &str, n: i64) {
+        let event = StreamEvent::new("s", "g", Some(item), EventKind::Update(n.into()));
+        hub.publish(&event);
+    }
+
+    /// A second subscription joining on a socket: its `sync` covers what came before its
+    /// snapshot for it alone. The socket's live subscription still gets every event it wants
+    /// (after the `sync`, repeated for the new one); an event only the new one wants, and its
+    /// `sync` covers, does not go twice.
+    #[test]
+    fn a_join_takes_no_event_from_the_sockets_live_subscription() {
+        let hub = Hub::default();
+        let (outbox, mut rx) = Outbox::new(32, CloseCounters::default());
+        let sync = |name: &'static str| vec![Utf8Bytes::from_static(name)];
+        let Joined::Held(at) = hub.subscribe("s", "g", 1, &outbox, "a", Some("x"), None) else {
+            panic!("held");
+        };
+        hub.release_after("s", "g", 1, &outbox, sync("sync-a"), Some(&at));
+        update(&hub, "x", 1);
+        let _ = hub.subscribe("s", "g", 1, &outbox, "b", None, None);
+        update(&hub, "x", 2);
+        update(&hub, "y", 3);
+        let covers = hub.position("s", "g");
+        update(&hub, "y", 4);
+        hub.release_after("s", "g", 1, &outbox, sync("sync-b"), Some(&covers));
+        update(&hub, "x", 5);
+        assert_eq!(
+            drain(&mut rx),
+            ["sync-a", "1", "sync-b", "2", "4", "5"],
+            "x:2 goes for `a` though `b`'s sync covers it; y:3 only `b` wants, and it is covered"
+        );
+    }
+
+    /// A resynchronising `sync` for a socket in the middle of a join goes after that join's
+    /// first frames, never before its older snapshot.
+    #[test]
+    fn a_frame_sent_to_a_joining_socket_waits_for_the_join() {
+        let hub = Hub::default();
+        let (outbox, mut rx) = Outbox::new(32, CloseCounters::default());
+        let (a, b) = (
+            Utf8Bytes::from_static("sync-a"),
+            Utf8Bytes::from_static("resync"),
+        );
+        let Joined::Held(at) = hub.subscribe("s", "g", 1, &outbox, "a", None, None) else {
+            panic!("held");
+        };
+        update(&hub, "x", 1);
+        assert!(hub.send_to("s", "g", 1, b.clone()));
+        assert!(
+            drain(&mut rx).is_empty(),
+            "nothing goes before the join's sync"
+        );
+        hub.release_after("s", "g", 1, &outbox, vec![a], Some(&at));
+        assert_eq!(drain(&mut rx), ["sync-a", "1", "resync"]);
+        assert!(hub.send_to("s", "g", 1, b));
+        assert_eq!(drain(&mut rx), ["resync"], "a live socket gets it at once");
+        assert!(
+            !hub.send_to("s", "g", 2, Utf8Bytes::from_static("x")),
+            "not subscribed"
         );
     }
 

@@ -52,7 +52,7 @@ impl Hub {
             g.roster.watch(conn, sub_id, watch);
             if let (true, Some(sub)) = (watch, g.subs.get_mut(&conn)) {
                 let data = g.roster.snapshot("snapshot");
-                sent += usize::from(sub.deliver(presence::frame(stream, group, &data), None));
+                sent += usize::from(sub.deliver(presence::frame(stream, group, &data), None, None));
             }
             sent
         });
@@ -285,7 +285,7 @@ pub(super) fn tell(g: &mut Group, frame: &Utf8Bytes) -> usize {
     let mut n = 0;
     for conn in g.roster.watchers() {
         if let Some(sub) = g.subs.get_mut(&conn) {
-            n += usize::from(sub.deliver(frame.clone(), None));
+            n += usize::from(sub.deliver(frame.clone(), None, None));
         }
     }
     n
@@ -300,7 +300,7 @@ fn announce(g: &mut Group, stream: &str, group: &str, applied: Applied) -> usize
         let live: Vec<ConnId> = g.mirror.live_watchers().collect();
         for conn in live {
             if let Some(sub) = g.subs.get_mut(&conn) {
-                n += usize::from(sub.deliver(frame.clone(), None));
+                n += usize::from(sub.deliver(frame.clone(), None, None));
             }
         }
     }
@@ -317,7 +317,7 @@ fn snapshots_due(g: &mut Group, stream: &str, group: &str) -> usize {
     let mut n = 0;
     for conn in due {
         if let Some(sub) = g.subs.get_mut(&conn) {
-            n += usize::from(sub.deliver(frame.clone(), None));
+            n += usize::from(sub.deliver(frame.clone(), None, None));
         }
     }
     n
