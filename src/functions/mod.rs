@@ -175,13 +175,21 @@ impl Functions {
     /// Sends a stored change or an ephemeral event to subscribers, `stream` triggers and the
     /// other engine nodes. Triggers fire only on the node where the change was made, and see
     /// the change itself; clients see what the stream's fan-out hook, if any, makes of it.
-    pub async fn emit(self: &Arc<Self>, event: StreamEvent) {
+    /// The event comes back unchanged, so that a write can answer with its value without
+    /// copying it first.
+    pub async fn emit(self: &Arc<Self>, event: StreamEvent) -> StreamEvent {
         self.triggers.fire_stream(self, &event);
-        for event in self.fan_out(event).await {
-            self.hub.publish(&event);
-            if let Some(bus) = &self.bus {
-                bus.publish(&event);
-            }
+        match self.fan_out(&event).await {
+            None => self.publish(&event),
+            Some(events) => events.iter().for_each(|e| self.publish(e)),
+        }
+        event
+    }
+
+    fn publish(&self, event: &StreamEvent) {
+        self.hub.publish(event);
+        if let Some(bus) = &self.bus {
+            bus.publish(event);
         }
     }
 
@@ -195,27 +203,28 @@ impl Functions {
         }
     }
 
-    /// Runs an event through its stream's fan-out hook. A failing hook delivers nothing: a
-    /// hook may exist to keep data from clients, so failing open could leak it.
-    async fn fan_out(&self, event: StreamEvent) -> Vec<StreamEvent> {
-        let Some(adapter) = self.storage.wasm().get(&event.stream_name) else {
-            return vec![event];
-        };
-        match adapter.fanout(&event).await {
-            None => vec![event],
-            Some(Ok(events)) => events
-                .into_iter()
-                .filter(|e| {
-                    let same = e.stream_name == event.stream_name;
-                    if !same {
-                        tracing::warn!(stream = %shown(&event.stream_name), to = %shown(&e.stream_name), "a fan-out hook may route only within its own stream; event dropped");
-                    }
-                    same
-                })
-                .collect(),
+    /// Runs an event through its stream's fan-out hook: None when the stream has none (the
+    /// event goes as it is). A failing hook delivers nothing: a hook may exist to keep data
+    /// from clients, so failing open could leak it.
+    async fn fan_out(&self, event: &StreamEvent) -> Option<Vec<StreamEvent>> {
+        let adapter = self.storage.wasm().get(&event.stream_name)?;
+        match adapter.fanout(event).await {
+            None => None,
+            Some(Ok(events)) => Some(
+                events
+                    .into_iter()
+                    .filter(|e| {
+                        let same = e.stream_name == event.stream_name;
+                        if !same {
+                            tracing::warn!(stream = %shown(&event.stream_name), to = %shown(&e.stream_name), "a fan-out hook may route only within its own stream; event dropped");
+                        }
+                        same
+                    })
+                    .collect(),
+            ),
             Some(Err(e)) => {
                 tracing::error!(stream = %shown(&event.stream_name), error = %format!("{e:#}"), "fan-out hook failed; the event was not delivered");
-                Vec::new()
+                Some(Vec::new())
             }
         }
     }

@@ -157,6 +157,7 @@ pub async fn call(functions: &Arc<Functions>, function_id: &str, data: Value) ->
     }
 }
 
+/// Emits a stored write's change, and gives back its new value for the answer.
 async fn emit_write(
     functions: &Arc<Functions>,
     stream: &str,
@@ -164,16 +165,20 @@ async fn emit_write(
     item: &str,
     old: &Option<Value>,
     new: Value,
-) {
+) -> Value {
     let kind = if old.is_some() {
         EventKind::Update(new)
     } else {
         EventKind::Create(new)
     };
-    functions
+    let event = functions
         .emit(StreamEvent::new(stream, group, Some(item), kind))
         .await;
     sequence::emitted();
+    match event.kind {
+        EventKind::Update(new) | EventKind::Create(new) => new,
+        _ => unreachable!("emit gives the event back as it was"),
+    }
 }
 
 async fn set(functions: &Arc<Functions>, p: SetPayload) -> FnResult {
@@ -199,15 +204,8 @@ async fn set(functions: &Arc<Functions>, p: SetPayload) -> FnResult {
     reserved.settle(new_bytes, old.as_ref().map_or(0, admit::size));
     sequence::before_emit().await;
     order.ready().await;
-    emit_write(
-        functions,
-        &p.stream_name,
-        &p.group_id,
-        &p.item_id,
-        &old,
-        new.clone(),
-    )
-    .await;
+    let (stream, group, item) = (&p.stream_name, &p.group_id, &p.item_id);
+    let new = emit_write(functions, stream, group, item, &old, new).await;
     drop(order);
     functions.published().await;
     Ok(Some(json!({"old_value": old, "new_value": new})))
@@ -234,16 +232,17 @@ async fn delete(functions: &Arc<Functions>, p: ItemRef) -> FnResult {
     admit::freed(functions, &old);
     sequence::before_emit().await;
     order.ready().await;
-    if let Some(old) = &old {
-        functions
-            .emit(StreamEvent::new(
-                &p.stream_name,
-                &p.group_id,
-                Some(&p.item_id),
-                EventKind::Delete(old.clone()),
-            ))
-            .await;
-    }
+    let old = match old {
+        Some(old) => {
+            let (stream, group, item) = (&p.stream_name, &p.group_id, Some(p.item_id.as_str()));
+            let event = StreamEvent::new(stream, group, item, EventKind::Delete(old));
+            match functions.emit(event).await.kind {
+                EventKind::Delete(old) => Some(old),
+                _ => unreachable!("emit gives the event back as it was"),
+            }
+        }
+        None => None,
+    };
     sequence::emitted();
     drop(order);
     functions.published().await;
@@ -350,22 +349,16 @@ async fn update(functions: &Arc<Functions>, p: UpdatePayload) -> FnResult {
         .update(&p.stream_name, &p.group_id, &p.item_id, &ops)
         .await
         .map_err(|e| over_quota(FnError::storage("STREAM_UPDATE_ERROR", e)))?;
-    let old = outcome.old_value.as_ref().map_or(0, admit::size);
-    reserved.settle(admit::size(&outcome.new_value), old);
+    let old_bytes = outcome.old_value.as_ref().map_or(0, admit::size);
+    reserved.settle(admit::size(&outcome.new_value), old_bytes);
     sequence::before_emit().await;
     order.ready().await;
-    emit_write(
-        functions,
-        &p.stream_name,
-        &p.group_id,
-        &p.item_id,
-        &outcome.old_value,
-        outcome.new_value.clone(),
-    )
-    .await;
+    let (stream, group, item) = (&p.stream_name, &p.group_id, &p.item_id);
+    let (old, new) = (outcome.old_value, outcome.new_value);
+    let new = emit_write(functions, stream, group, item, &old, new).await;
     drop(order);
     functions.published().await;
-    let mut result = json!({"old_value": outcome.old_value, "new_value": outcome.new_value});
+    let mut result = json!({"old_value": old, "new_value": new});
     if !outcome.errors.is_empty() {
         result["errors"] = json!(outcome.errors);
     }
