@@ -4,12 +4,13 @@
 //! workers' functions, the triggers, and the way out to subscribers (the hub, and the bus to
 //! other nodes). The sockets reach it through the engine; nothing in here knows about sockets.
 //!
-//! - `streams`: the built-in `stream::*` functions, admitted by `admit` against the
-//!   tenant's quotas;
+//! - `streams`: the built-in `stream::*` functions, their payloads read by `payloads` and
+//!   admitted by `admit` against the tenant's quotas;
 //! - `triggers`: `stream`, `stream:join` and `stream:leave` triggers;
 //! - `wasm_bindings`: the `streamhost::*` functions that bind WebAssembly adapters to streams.
 
 pub mod admit;
+mod payloads;
 pub mod streams;
 pub mod triggers;
 pub mod wasm_bindings;

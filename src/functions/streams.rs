@@ -14,13 +14,14 @@
 
 use super::Functions;
 use super::admit::{self, Reserved};
+use super::payloads::{
+    GroupRef, ItemRef, SendPayload, SetPayload, StreamRef, UpdatePayload, parse,
+};
 use crate::error::{FnError, FnResult};
 use crate::fanout::frame::{EventKind, StreamEvent};
 use crate::fanout::sequence;
 use crate::storage::update_ops::UpdateOps;
 use crate::storage::{Stored, StreamAdapter};
-use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use std::sync::Arc;
 
@@ -76,66 +77,6 @@ pub fn is_write(function_id: &str) -> bool {
         function_id,
         "stream::set" | "stream::update" | "stream::delete" | "stream::send"
     )
-}
-
-#[derive(Deserialize, Serialize)]
-struct ItemRef {
-    stream_name: String,
-    group_id: String,
-    item_id: String,
-}
-
-#[derive(Deserialize, Serialize)]
-struct SetPayload {
-    stream_name: String,
-    group_id: String,
-    item_id: String,
-    data: Value,
-}
-
-#[derive(Deserialize, Serialize)]
-struct GroupRef {
-    stream_name: String,
-    group_id: String,
-}
-
-#[derive(Deserialize, Serialize)]
-struct StreamRef {
-    stream_name: String,
-}
-
-#[derive(Deserialize, Serialize)]
-struct SendPayload {
-    stream_name: String,
-    group_id: String,
-    /// The iii skill writes `event_type`; the SDKs and the spec write `type`.
-    #[serde(rename = "type", alias = "event_type")]
-    event_type: String,
-    #[serde(default)]
-    data: Value,
-    #[serde(default)]
-    id: Option<String>,
-}
-
-#[derive(Deserialize, Serialize)]
-struct UpdatePayload {
-    stream_name: String,
-    group_id: String,
-    item_id: String,
-    ops: Vec<Value>,
-}
-
-/// Parses a payload, moving its values; the error names the field that did not fit.
-fn parse<T: DeserializeOwned>(function_id: &str, data: Value) -> Result<T, FnError> {
-    serde_path_to_error::deserialize(data).map_err(|e| {
-        let path = e.path().to_string();
-        let inner = e.into_inner();
-        if path == "." {
-            FnError::deserialization(function_id, inner)
-        } else {
-            FnError::deserialization(function_id, format!("field `{path}`: {inner}"))
-        }
-    })
 }
 
 /// Runs a built-in function; the caller has checked `is_builtin`.
