@@ -616,18 +616,29 @@ impl Hub {
             .with_group(&event.stream_name, &event.group_id, |g| {
                 let Some(at) = place(g) else { return 0 };
                 g.active = Instant::now();
-                let frame = Utf8Bytes::from(event.encode_at(&at, None));
-                // With a bus's shared history too: this node's copy of it, as heard, answers
-                // the joins whose gap it covers without asking the bus. Only for groups this
-                // node serves (or did within the ttl), as every node hears every group: one
-                // skipped event makes a hole, so the copy then starts again.
-                if self.numbering.get().is_none() || g.served_within(bounds.ttl) {
-                    g.log
-                        .push(at.offset, event.id.as_deref(), frame.clone(), bounds);
-                } else {
+                // Only a socket that joined the group in this epoch can hold a position to
+                // resume from, so history is kept from the first join on. With a bus's shared
+                // history, this node's copy of it, as heard, answers the joins whose gap it
+                // covers without asking the bus: kept only for groups this node serves (or did
+                // within the ttl), as every node hears every group, and one skipped event
+                // makes a hole, so the copy then starts again.
+                let keep = match self.numbering.get() {
+                    None => g.watched.is_some(),
+                    Some(_) => g.served_within(bounds.ttl),
+                };
+                let item = event.id.as_deref();
+                if !keep {
                     g.log.clear();
+                    if !g.subs.values().any(|s| s.wants(item)) {
+                        // Nobody can receive it, now or by resuming: no frame is made.
+                        return 0;
+                    }
                 }
-                let (item, mut n) = (event.id.as_deref(), 0);
+                let frame = Utf8Bytes::from(event.encode_at(&at, None));
+                if keep {
+                    g.log.push(at.offset, item, frame.clone(), bounds);
+                }
+                let mut n = 0;
                 for sub in g.subs.values_mut() {
                     if sub.wants(item) && sub.deliver(frame.clone(), Some(&at), item) {
                         n += 1;
@@ -958,6 +969,35 @@ mod tests {
             !hub.send_to("s", "g", 2, Utf8Bytes::from_static("x")),
             "not subscribed"
         );
+    }
+
+    /// Events to a group that no socket has joined in its epoch make no frame and no
+    /// history: no client can hold a position in it. From the first join on, history is kept
+    /// for resuming, through times without subscribers.
+    #[test]
+    fn history_is_kept_from_a_groups_first_join() {
+        let hub = Hub::default();
+        send(&hub, "g");
+        send(&hub, "g");
+        let two = hub.position("s", "g");
+        assert_eq!(two.offset, 2, "offsets count every event");
+        let (outbox, mut rx) = Outbox::new(16, CloseCounters::default());
+        let one = Position {
+            offset: 1,
+            epoch: two.epoch.clone(),
+        };
+        let joined = hub.subscribe("s", "g", 1, &outbox, "a", None, Some(&one));
+        let Joined::Held(at) = joined else {
+            panic!("recovered from history kept before any join");
+        };
+        assert_eq!(at, two);
+        hub.unsubscribe("s", "g", 1, "a");
+        send(&hub, "g");
+        send(&hub, "g");
+        let joined = hub.subscribe("s", "g", 2, &outbox, "b", None, Some(&two));
+        assert!(matches!(joined, Joined::Recovered), "kept since the join");
+        let got = drain(&mut rx);
+        assert_eq!(got.len(), 3, "the marker and the two events: {got:?}");
     }
 
     #[test]
