@@ -78,9 +78,10 @@ impl Answers {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return Answers::Here;
         };
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut answering = Answering(rx);
         runtime.spawn(async move {
-            while let Some((waiters, result)) = rx.recv().await {
+            while let Some((waiters, result)) = answering.0.recv().await {
                 answer(waiters, result);
             }
         });
@@ -100,6 +101,20 @@ impl Answers {
                     answer(waiters, result);
                 }
             }
+        }
+    }
+}
+
+/// The answering task's end of the channel. Dropped with its runtime (a shutdown), it still
+/// answers the syncs queued in it, so that a write on disk is never told it is in doubt; the
+/// flusher answers any later sync itself.
+struct Answering(tokio::sync::mpsc::UnboundedReceiver<(Vec<Waiter>, Result<(), WriteError>)>);
+
+impl Drop for Answering {
+    fn drop(&mut self) {
+        self.0.close();
+        while let Ok((waiters, result)) = self.0.try_recv() {
+            answer(waiters, result);
         }
     }
 }
@@ -362,7 +377,7 @@ impl Wal {
         match ticket.0.await {
             Ok(result) => result,
             Err(_) => Err(WriteError::InDoubt(
-                "the store's log flusher stopped before the write was on disk".into(),
+                "the store's log flusher stopped before the write was known to be on disk".into(),
             )),
         }
     }
@@ -616,6 +631,34 @@ impl Flusher {
 
 #[cfg(test)]
 mod tests {
+    /// Syncs answered while the runtime that answers them shuts down still reach their
+    /// writers as done, not as in doubt.
+    #[test]
+    fn answers_queued_when_their_runtime_stops_still_arrive() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let answers = {
+            let _entered = runtime.enter();
+            super::Answers::start()
+        };
+        assert!(matches!(answers, super::Answers::Runtime(_)));
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        // Queued, never run: the runtime is not driven before it is dropped.
+        answers.send(vec![tx], Ok(()));
+        drop(runtime);
+        assert!(
+            matches!(rx.try_recv(), Ok(Ok(()))),
+            "the queued answer was lost"
+        );
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        answers.send(vec![tx], Ok(()));
+        assert!(
+            matches!(rx.try_recv(), Ok(Ok(()))),
+            "no runtime: answered in place"
+        );
+    }
+
     use super::*;
     use serde_json::{Value, json};
     use std::collections::BTreeMap;
