@@ -13,7 +13,8 @@
 #                   older engine binary (without quotas, which it may not know), alternated
 #
 # The engine is pinned to core 0, both load generators to core 1 (A's at nice 10, so that B's
-# measurement loses as little as possible to A's own load generator). A's subscribers read
+# measurement loses as little as possible to A's own load generator; A_SCHED="chrt --idle 0"
+# runs it only when B's has nothing to do). A's subscribers read
 # and discard their bytes undecoded (`--read discard`): in a deployment they are on other
 # machines; here decoding 50,000 frames a second would take B's load generator's core. A's
 # deliveries are then its admitted sends times its subscribers.
@@ -40,6 +41,8 @@ ADAPTER_CRATE=hostile
 SPIN_ITEM=loop
 SPIN_LIMITS='{"timeout_ms": 100}'
 A_SECONDS=20   # A publishes this long: longer than B's connect, 10 s of events and settle
+# How A's load generator shares core 1 with B's (A_SCHED may be set in the environment).
+A_SCHED=${A_SCHED:-nice -n 10}
 
 KEY_A=shk_bench_tenant_a_worker_key_0123456789
 KEY_B=shk_bench_tenant_b_worker_key_0123456789
@@ -166,7 +169,7 @@ noisy() {  # $1: case, $2: round
   b_pid=$!
   wait_for "waiting for" "$work/b.out" "$b_pid"
   # shellcheck disable=SC2046
-  nice -n 10 taskset -c 1 "$load" --worker-key "$KEY_A" $(a_options "$c") \
+  $A_SCHED taskset -c 1 "$load" --worker-key "$KEY_A" $(a_options "$c") \
     --adapter-limits "$SPIN_LIMITS" --events 100000000 --seconds "$A_SECONDS" --drain-seconds 30 \
     --json "bench-results/tenants-$c-a-$r.json" > "$work/a.out" 2> "$work/a.err" &
   a_pid=$!
