@@ -701,14 +701,8 @@ impl Hub {
         let Some(sub) = g.subs.get_mut(&conn) else {
             return false;
         };
-        match &mut sub.held {
-            Some(held) => {
-                let (at, live) = (None, true);
-                held.frames.push(HeldFrame { at, frame, live });
-                true
-            }
-            None => sub.outbox.push(frame),
-        }
+        // Without a position, nothing a join's first frames cover: held, it goes after them.
+        sub.deliver(frame, None, None)
     }
 
     /// Subscriptions held, for metrics and tests.

@@ -631,6 +631,12 @@ impl Flusher {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+    use std::collections::BTreeMap;
+    use std::io::Write;
+    use std::sync::mpsc;
+
     /// Syncs answered while the runtime that answers them shuts down still reach their
     /// writers as done, not as in doubt.
     #[test]
@@ -640,9 +646,9 @@ mod tests {
             .unwrap();
         let answers = {
             let _entered = runtime.enter();
-            super::Answers::start()
+            Answers::start()
         };
-        assert!(matches!(answers, super::Answers::Runtime(_)));
+        assert!(matches!(answers, Answers::Runtime(_)));
         let (tx, mut rx) = tokio::sync::oneshot::channel();
         // Queued, never run: the runtime is not driven before it is dropped.
         answers.send(vec![tx], Ok(()));
@@ -658,12 +664,6 @@ mod tests {
             "no runtime: answered in place"
         );
     }
-
-    use super::*;
-    use serde_json::{Value, json};
-    use std::collections::BTreeMap;
-    use std::io::Write;
-    use std::sync::mpsc;
 
     type Items = BTreeMap<String, Value>;
 
