@@ -210,6 +210,68 @@ async fn a_write_whose_fan_out_is_over_the_deliveries_quota_is_refused() {
     assert!(refusals(&engine, "deliveries_per_second").await >= 1.0);
 }
 
+/// Subscribes `n` clients of `tenant` to `chat/room`, each past its `sync`.
+async fn subscribers(engine: &ServerHandle, tenant: &str, secret: &str, n: usize) -> Vec<Client> {
+    let mut clients = Vec::new();
+    for _ in 0..n {
+        let token = token(tenant, secret, &["*"], 300);
+        let mut c =
+            Client::connect_with_token(engine.client_addr, "/stream/chat/room", &token).await;
+        assert_eq!(c.next().await["event"]["type"], "sync");
+        clients.push(c);
+    }
+    clients
+}
+
+/// When each client's next frame, which must be a `create`, arrived.
+async fn arrivals(clients: &mut [Client]) -> Vec<Instant> {
+    let each = clients.iter_mut().map(|c| async move {
+        let frame = c.next().await;
+        assert_eq!(frame["event"]["type"], "create", "{frame}");
+        Instant::now()
+    });
+    futures_util::future::join_all(each).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_fan_out_goes_out_at_its_deliveries_rate() {
+    // 200 a second, one every 5 ms: the window (64 frames at this rate) and as much of idle
+    // credit let at most 129 frames go at once, and the rest of one write's 200 follow at
+    // the rate, the last at least 355 ms later. Unpaced, 200 local writes take a few ms.
+    let quotas = Quotas {
+        deliveries_per_second: Some(Rate::new(200, 200)),
+        ..Quotas::UNLIMITED
+    };
+    let (engine, a, b) = engine(quotas).await;
+    let mut alpha = subscribers(&engine, "alpha", SECRET_A, 200).await;
+    let mut beta = subscribers(&engine, "beta", SECRET_B, 1).await;
+
+    // Times are taken from before the write: a frame read late can only seem later.
+    let written = Instant::now();
+    a.ok("stream::set", set("room", "x", json!(1))).await;
+    let alpha_arrived = tokio::spawn(async move { arrivals(&mut alpha).await });
+    // beta (paced at the default quota, 1,000,000 a second) is not held behind alpha's
+    // paced fan-out: its event arrives while alpha's are still going out.
+    b.ok("stream::set", set("room", "y", json!(2))).await;
+    let beta_arrived = arrivals(&mut beta).await[0];
+    let alpha_arrived = alpha_arrived.await.unwrap();
+    let last = *alpha_arrived.iter().max().unwrap();
+    assert!(
+        last - written >= Duration::from_millis(300),
+        "alpha's 200 deliveries were all out {:?} after the write: not paced at 200 a second",
+        last - written
+    );
+    assert!(
+        beta_arrived < last,
+        "beta's event waited {:?} behind the end of alpha's fan-out",
+        beta_arrived - last
+    );
+    let late = Duration::from_millis(100);
+    let paced = alpha_arrived.iter().filter(|t| **t > written + late);
+    assert!(paced.count() >= 50, "{alpha_arrived:?}");
+    engine.shutdown().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stored_bytes_hold_at_the_quota_and_come_back_on_delete() {
     // Items of 11 bytes as JSON: {"v":"abc"}.

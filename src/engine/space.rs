@@ -11,6 +11,7 @@ use crate::fanout::frame::{EventKind, StreamEvent};
 use crate::fanout::history::Bounds;
 use crate::fanout::hub::{ConnId, Hub};
 use crate::fanout::outbox::Outbox;
+use crate::fanout::pace::Pace;
 use crate::fanout::presence::PresenceRules;
 use crate::functions::{Functions, Parts};
 use crate::limits::ValueLimits;
@@ -53,6 +54,8 @@ pub struct Space {
     pub hub: Arc<Hub>,
     /// The turns the tenant's client sockets take to write (`fair`).
     pub fanout_turns: Turns,
+    /// The pace of those writes: the tenant's `deliveries_per_second` (`fanout::pace`).
+    pub fanout_pace: Arc<Pace>,
     bus: Option<Arc<dyn EventBus>>,
     sockets: Mutex<HashMap<u64, Socket>>,
     next_socket: AtomicU64,
@@ -156,6 +159,7 @@ impl Space {
             functions,
             hub,
             fanout_turns: Turns::new(settings.fanout_in_flight),
+            fanout_pace: Arc::default(),
             bus,
             sockets: Mutex::default(),
             next_socket: AtomicU64::new(1),
@@ -172,6 +176,11 @@ impl Space {
     pub fn configure(&self, tenant: &crate::tenants::TenantConfig) {
         self.functions.set_ceilings(tenant.adapter_ceilings);
         self.functions.quotas.set(&tenant.quotas);
+        let pace = tenant
+            .quotas
+            .deliveries_per_second
+            .map(|r| (r.per_second, r.burst));
+        self.fanout_pace.set(pace);
         let history = tenant.history.unwrap_or_default();
         self.hub.set_history(history.over(self.history));
         let presence = tenant.presence.clone().unwrap_or_default();

@@ -4,6 +4,7 @@
 //! - `hub`: who subscribes to which group or item, and each group's offsets;
 //! - `history`: a group's recent events, for clients that resume after a reconnect;
 //! - `outbox`: each socket's bounded send queue;
+//! - `pace`: a tenant's socket writes spread over time at its delivery quota;
 //! - `presence`: who is subscribed to a group, on the streams that keep presence;
 //! - `mirror`: a node's copy of a group's roster when nodes share rosters (Redis);
 //! - `order` and `item_lock`: one item's events leave in the order its writes were applied;
@@ -20,5 +21,6 @@ pub mod item_lock;
 pub mod mirror;
 pub mod order;
 pub mod outbox;
+pub mod pace;
 pub mod presence;
 pub mod sequence;

@@ -8,12 +8,14 @@
 //!
 //! A client socket's writes take turns with the other sockets of its tenant
 //! ([`Outbox::take_turns`], `fair::Turns::burst`), so that one tenant's fan-out to thousands
-//! of sockets does not fill the runtime's run queue ahead of another tenant's.
+//! of sockets does not fill the runtime's run queue ahead of another tenant's, and they keep
+//! to its delivery pace (`pace`), so that its bursts are spread over time.
 //!
 //! The same task keeps the socket honest about being alive: it pings every `ping_interval`
 //! and closes with [`CLOSE_IDLE`] a peer that has sent nothing, not even a pong, for
 //! `idle_timeout`; a write stuck on such a peer ends then too.
 
+use super::pace::Pace;
 use crate::fair::Turns;
 use crate::metrics::CloseCounters;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
@@ -78,8 +80,9 @@ pub struct Outbox {
     waiting: AtomicUsize,
     /// Counts slow-client disconnects across the engine.
     counters: CloseCounters,
-    /// The tenant's fan-out turns, for a client socket; a worker socket writes at once.
-    turns: OnceLock<Turns>,
+    /// The tenant's fan-out turns and pace, for a client socket; a worker socket writes at
+    /// once.
+    turns: OnceLock<(Turns, Arc<Pace>)>,
     /// Whether a write waits one round of the runtime for more frames (see `gather`).
     gathers: AtomicBool,
 }
@@ -150,9 +153,10 @@ impl Outbox {
         }
     }
 
-    /// Makes this socket's writes take turns with the other sockets holding `turns`.
-    pub fn take_turns(&self, turns: &Turns) {
-        let _ = self.turns.set(turns.clone());
+    /// Makes this socket's writes take turns with the other sockets holding `turns`, and keep
+    /// to `pace` with them.
+    pub fn take_turns(&self, turns: &Turns, pace: &Arc<Pace>) {
+        let _ = self.turns.set((turns.clone(), pace.clone()));
     }
 
     /// Makes this socket, woken for a short queue, let the tasks already woken run before it
@@ -243,7 +247,8 @@ impl Frames {
         self.len() == 0
     }
 
-    /// Takes the oldest frame, if any.
+    /// Takes the oldest frame, if any: for tests, which look at what was queued.
+    #[cfg(test)]
     pub fn try_recv(&mut self) -> Option<Utf8Bytes> {
         let mut batch = Vec::with_capacity(1);
         self.take(1, 0, &mut batch);
@@ -357,6 +362,7 @@ pub async fn drive(
     // per write, 7% of its CPU.
     let dead = tokio::time::sleep_until(heard + keepalive.idle_timeout);
     tokio::pin!(dead);
+    let mut write_at = None;
     loop {
         let dead_at = heard + keepalive.idle_timeout;
         let paused = peer.read_after().filter(|at| *at > Instant::now());
@@ -394,19 +400,23 @@ pub async fn drive(
                     break;
                 }
             }
-            _ = rx.ready() => {
+            // A write that waits for its tenant's pace (see `pace`); the socket reads and
+            // pings meanwhile.
+            _ = pause_over(write_at), if write_at.is_some() => {
+                write_at = None;
+                if !write_queued(&mut ws, &mut rx, &outbox, dead.as_mut(), dead_at, keepalive).await {
+                    break;
+                }
+            }
+            _ = rx.ready(), if write_at.is_none() => {
+                if let Some(at) = outbox.turns.get().and_then(|(_, pace)| pace.reserve()) {
+                    write_at = Some(at);
+                    continue;
+                }
                 if outbox.gathers.load(Ordering::Relaxed) && rx.len() < MAX_BATCH {
                     tokio::task::yield_now().await;
                 }
-                let write = write_batch(&mut ws, &mut rx, &outbox, dead.as_mut(), dead_at);
-                let written = match outbox.turns.get() {
-                    Some(turns) => turns.burst(write).await,
-                    None => write.await,
-                };
-                if !written {
-                    if Instant::now() >= dead_at {
-                        idle(&outbox, keepalive.idle_timeout);
-                    }
+                if !write_queued(&mut ws, &mut rx, &outbox, dead.as_mut(), dead_at, keepalive).await {
                     break;
                 }
             }
@@ -461,10 +471,28 @@ fn idle(outbox: &Outbox, timeout: Duration) {
     }
 }
 
+/// Writes a batch (see `write_batch`); false when the socket is done. A write still stuck
+/// when the idle timeout passed closes the socket as idle.
+async fn write_queued(
+    ws: &mut WebSocket,
+    rx: &mut Frames,
+    outbox: &Outbox,
+    dead: std::pin::Pin<&mut tokio::time::Sleep>,
+    dead_at: Instant,
+    keepalive: Keepalive,
+) -> bool {
+    let written = write_batch(ws, rx, outbox, dead, dead_at).await;
+    if !written && Instant::now() >= dead_at {
+        idle(outbox, keepalive.idle_timeout);
+    }
+    written
+}
+
 /// Takes a batch of queued frames and writes it, then flushes once; false when the socket is
 /// done (an error, a close asked for while a flush was stuck on a slow peer, or `dead_at`
-/// passed with the write still stuck). The frames are taken on the write's first poll, under
-/// the turn a client socket waits for, so frames queued while it waited go in this write.
+/// passed with the write still stuck). A client socket waits for a turn; the frames are taken
+/// on the write's first poll, under the turn, so frames queued while it waited go in this
+/// write. Its tenant's pace counts them.
 async fn write_batch(
     ws: &mut WebSocket,
     rx: &mut Frames,
@@ -472,11 +500,17 @@ async fn write_batch(
     mut dead: std::pin::Pin<&mut tokio::time::Sleep>,
     dead_at: Instant,
 ) -> bool {
-    let write = async {
+    let turns = outbox.turns.get();
+    let pace = turns.map(|(_, pace)| &**pace);
+    let batch = async {
         let mut batch = Vec::new();
         rx.take(MAX_BATCH, MAX_BATCH_BYTES, &mut batch);
         if batch.is_empty() {
             return true;
+        }
+        // The pace reserved one frame: the rest of the batch counts too.
+        if let Some(pace) = pace {
+            pace.spent(batch.len() - 1);
         }
         for frame in batch {
             if ws.feed(Message::Text(frame)).await.is_err() {
@@ -484,6 +518,12 @@ async fn write_batch(
             }
         }
         ws.flush().await.is_ok()
+    };
+    let write = async {
+        match turns {
+            Some((turns, _)) => turns.burst(batch).await,
+            None => batch.await,
+        }
     };
     tokio::pin!(write);
     loop {

@@ -334,7 +334,7 @@ async fn serve(
         engine.config.send_queue_bytes,
         engine.metrics.connections.closes(),
     );
-    outbox.take_turns(&space.fanout_turns);
+    outbox.take_turns(&space.fanout_turns, &space.fanout_pace);
     let _listed = engine.list_socket(
         &space,
         Kind::Client,
