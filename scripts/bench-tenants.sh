@@ -11,6 +11,9 @@
 #   scripts/bench-tenants.sh --repeat 3 writes     a case three times; the table shows medians
 #   OLD_ENGINE=path scripts/bench-tenants.sh tenancy   also runs the one-tenant case on an
 #                   older engine binary (without quotas, which it may not know), alternated
+#   ENGINE=path     runs another engine binary instead of this tree's (A/B between commits)
+#   B_EVENTS=1200   B publishes this many events (40 a second; default 400): B's p99 is about
+#                   its four worst events in 400, so longer runs are steadier
 #
 # The engine is pinned to core 0, both load generators to core 1 (A's at nice 10, so that B's
 # measurement loses as little as possible to A's own load generator; A_SCHED="chrt --idle 0"
@@ -40,7 +43,9 @@ QUOTAS_ONE="{ writes_per_second: 10000000, deliveries_per_second: 100000000, con
 ADAPTER_CRATE=hostile
 SPIN_ITEM=loop
 SPIN_LIMITS='{"timeout_ms": 100}'
-A_SECONDS=20   # A publishes this long: longer than B's connect, 10 s of events and settle
+B_EVENTS=${B_EVENTS:-400}
+# A publishes this long: longer than B's connect, B's events (40 a second) and settle.
+A_SECONDS=$((B_EVENTS / 40 + 10))
 # How A's load generator shares core 1 with B's (A_SCHED may be set in the environment).
 A_SCHED=${A_SCHED:-nice -n 10}
 
@@ -53,7 +58,7 @@ while [ $# -gt 0 ]; do
   arg=$1; shift
   case "$arg" in
     --repeat) repeat=$1; shift ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     writes|fanout|adapter|tenancy) cases+=("$arg") ;;
     *) echo "unknown case $arg (writes fanout adapter tenancy)" >&2; exit 2 ;;
   esac
@@ -72,7 +77,7 @@ work=$(mktemp -d)
 engine_pid=
 trap '[ -n "$engine_pid" ] && kill "$engine_pid" 2>/dev/null; rm -rf "$work"' EXIT
 
-engine=$target_dir/release/streamhost
+engine=${ENGINE:-$target_dir/release/streamhost}
 load=$target_dir/release/streamhost-load
 quotas=1
 
@@ -136,7 +141,7 @@ stop_engine() {
 b() {  # B's paced subscribers; $1: result file, then more options
   local json=$1; shift
   taskset -c 1 "$load" --tenant b --worker-key "$KEY_B" --stream b-paced \
-    --subscribers 1000 --events 400 --rate 40 --engine-pid "$engine_pid" --json "$json" "$@" 2>&1 | grep --line-buffered -v '^  sent'
+    --subscribers 1000 --events "$B_EVENTS" --rate 40 --engine-pid "$engine_pid" --json "$json" "$@" 2>&1 | grep --line-buffered -v '^  sent'
 }
 
 a_options() {  # A's load for a case
