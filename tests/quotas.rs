@@ -180,14 +180,7 @@ async fn a_write_whose_fan_out_is_over_the_deliveries_quota_is_refused() {
         ..Quotas::UNLIMITED
     };
     let (engine, a, b) = engine(quotas).await;
-    let mut clients = Vec::new();
-    for _ in 0..3 {
-        let token = token("alpha", SECRET_A, &["*"], 300);
-        let mut c =
-            Client::connect_with_token(engine.client_addr, "/stream/chat/room", &token).await;
-        assert_eq!(c.next().await["event"]["type"], "sync");
-        clients.push(c);
-    }
+    let mut clients = subscribers(&engine, "alpha", SECRET_A, 3).await;
     // Three subscribers: the first write costs the whole burst of 3, and is delivered.
     a.ok("stream::set", set("room", "x", json!(1))).await;
     for c in &mut clients {
