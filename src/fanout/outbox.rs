@@ -501,7 +501,6 @@ async fn write_batch(
     dead_at: Instant,
 ) -> bool {
     let turns = outbox.turns.get();
-    let pace = turns.map(|(_, pace)| &**pace);
     let batch = async {
         let mut batch = Vec::new();
         rx.take(MAX_BATCH, MAX_BATCH_BYTES, &mut batch);
@@ -509,7 +508,7 @@ async fn write_batch(
             return true;
         }
         // The pace reserved one frame: the rest of the batch counts too.
-        if let Some(pace) = pace {
+        if let Some((_, pace)) = turns {
             pace.spent(batch.len() - 1);
         }
         for frame in batch {
