@@ -12,6 +12,7 @@
 //!     streamhost-load --help
 
 mod adapter;
+mod calls;
 mod histogram;
 mod options;
 mod publisher;
@@ -104,6 +105,7 @@ async fn run(o: Options) -> anyhow::Result<i32> {
     let done = Arc::new(AtomicBool::new(false));
     let progress = tokio::spawn(report::progress(counters.clone(), done.clone()));
     let cpu_before = o.engine_pid.and_then(report::cpu_ns);
+    let own_cpu_before = report::cpu_ns(std::process::id());
     let publish_started = Instant::now();
     let storm = o.storm_after.map(|after| {
         let subs = subs.storm_handle();
@@ -141,6 +143,9 @@ async fn run(o: Options) -> anyhow::Result<i32> {
         .and_then(report::cpu_ns)
         .zip(cpu_before)
         .map(|(after, before)| after.saturating_sub(before));
+    let own_cpu_ns = report::cpu_ns(std::process::id())
+        .zip(own_cpu_before)
+        .map(|(after, before)| after.saturating_sub(before));
     done.store(true, Ordering::Relaxed);
     let _ = progress.await;
 
@@ -156,6 +161,7 @@ async fn run(o: Options) -> anyhow::Result<i32> {
         rss_before,
         rss_after,
         engine_cpu_ns,
+        own_cpu_ns,
     );
     println!("{}", report.human());
     if let Some(path) = &o.json {

@@ -4,6 +4,7 @@
 //! of seconds. The workers draw sequence numbers from one counter, so that what was published
 //! is always 0..n, whichever worker stopped first: the subscribers' loss count relies on it.
 
+use crate::calls::{Answer, CallFrames};
 use crate::options::{Function, Options};
 use crate::{Counters, adapter, refusals};
 use futures_util::{SinkExt, StreamExt};
@@ -75,15 +76,17 @@ async fn worker(
             if !text.contains("invocationresult") {
                 continue;
             }
-            let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-            let id = v["invocation_id"].as_str().and_then(|id| id.parse().ok());
-            if let Some(t) = id.and_then(|id| at.lock().unwrap().remove(&id)) {
+            let Some(answer) = Answer::read(&text) else {
+                continue;
+            };
+            if let Some(t) = answer.seq().and_then(|seq| at.lock().unwrap().remove(&seq)) {
                 let us = (epoch.elapsed().as_nanos() as u64).saturating_sub(t) / 1000;
                 ctr.call_latency.lock().unwrap().record(us);
             }
-            if let Some(code) = refusals::error_code(&v) {
+            if let Some(code) = answer.error_code() {
                 ctr.refusals.record(code);
                 if ctr.failed.fetch_add(1, Ordering::Relaxed) == 0 {
+                    let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
                     eprintln!("a call failed: {}", v["error"]);
                 }
             } else {
@@ -95,8 +98,12 @@ async fn worker(
         // The socket is gone: a send waiting for room in the window fails now, not never.
         win.close();
     });
-    let function = o.function.id();
-    let pad = "x".repeat(o.size);
+    let item = match o.function {
+        Function::Get => Some(o.get_item()),
+        Function::Set | Function::Send => o.item.as_deref(),
+    };
+    let frames = CallFrames::new(o.function, &stream_name, item, o.size);
+    let mut frame = String::new();
     let per_worker_rate = o.rate / o.workers as f64;
     let started = Instant::now();
     let mut sent = 0u64;
@@ -125,24 +132,10 @@ async fn worker(
         if seq >= o.events {
             break;
         }
-        let group = format!("g{}", o.group_of(seq));
         let t = epoch.elapsed().as_nanos() as u64;
-        let event = json!({"seq": seq, "t": t, "p": pad});
-        let data = match o.function {
-            Function::Set => {
-                let item = o.item.clone().unwrap_or_else(|| format!("i{seq}"));
-                json!({"stream_name": stream_name, "group_id": group, "item_id": item, "data": event})
-            }
-            Function::Get => {
-                json!({"stream_name": stream_name, "group_id": "g0", "item_id": o.get_item()})
-            }
-            Function::Send => {
-                json!({"stream_name": stream_name, "group_id": group, "type": "bench", "data": event})
-            }
-        };
-        let frame = json!({"type": "invokefunction", "invocation_id": format!("{seq}"), "function_id": function, "data": data});
+        frames.write(&mut frame, seq, t, o.group_of(seq));
         sent_at.lock().unwrap().insert(seq, t);
-        sink.feed(Message::text(frame.to_string())).await?;
+        sink.feed(Message::text(frame.as_str())).await?;
         outstanding.fetch_add(1, Ordering::Relaxed);
         counters.sent.fetch_add(1, Ordering::Relaxed);
         sent += 1;

@@ -68,6 +68,7 @@ impl Report {
         rss_before: Option<u64>,
         rss_after: Option<u64>,
         engine_cpu_ns: Option<u64>,
+        own_cpu_ns: Option<u64>,
     ) -> Report {
         let mut latency = Histogram::default();
         let (mut received, mut lost, mut dup) = (0, 0, 0);
@@ -144,6 +145,9 @@ impl Report {
             "engine_cpu_seconds": engine_cpu_ns.map(|ns| ns as f64 / 1e9),
             "engine_cpu_ns_per_delivery": engine_cpu_ns.filter(|_| received > 0).map(|ns| ns as f64 / received as f64),
             "engine_cpu_ns_per_call": engine_cpu_ns.filter(|_| acked > 0).map(|ns| ns as f64 / acked as f64),
+            // The load generator's own: when it nears a core's worth, it is what limits the run.
+            "load_cpu_seconds": own_cpu_ns.map(|ns| ns as f64 / 1e9),
+            "load_cpu_ns_per_call": own_cpu_ns.filter(|_| acked > 0).map(|ns| ns as f64 / acked as f64),
             "storm": storm,
         });
         Report { json }
@@ -244,6 +248,14 @@ impl Report {
                 "  engine CPU   {cpu:.2} s from the first call to the end: {} per delivery, {} per call\n",
                 per("engine_cpu_ns_per_delivery"),
                 per("engine_cpu_ns_per_call"),
+            );
+        }
+        if let Some(cpu) = j["load_cpu_seconds"].as_f64() {
+            let per_call = j["load_cpu_ns_per_call"]
+                .as_f64()
+                .map_or("-".into(), |ns| format!("{ns:.0} ns"));
+            s += &format!(
+                "  load CPU     {cpu:.2} s (this load generator's own): {per_call} per call\n"
             );
         }
         if let Some(b) = j["engine_bytes_per_connection"].as_f64() {
