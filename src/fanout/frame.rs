@@ -32,6 +32,21 @@ pub struct Position {
     pub epoch: Arc<str>,
 }
 
+impl Position {
+    /// Whether an event at this position comes at or before `other`: in the same epoch, or in
+    /// another generation of the same bus epoch. A bus names its epochs `<epoch>.<generation>`
+    /// (`storage::redis::history`) and a new generation goes on with the same offsets, so a
+    /// node that lags can still hold events of the generation before.
+    pub fn at_or_before(&self, other: &Position) -> bool {
+        fn run(epoch: &str) -> Option<&str> {
+            epoch.rsplit_once('.').map(|(run, _)| run)
+        }
+        self.offset <= other.offset
+            && (self.epoch == other.epoch
+                || run(&self.epoch).is_some_and(|r| run(&other.epoch) == Some(r)))
+    }
+}
+
 /// One event on a group, optionally about one item.
 #[derive(Debug, Clone)]
 pub struct StreamEvent {

@@ -416,12 +416,13 @@ impl Hub {
     }
 
     /// As `release`, with several first frames, and without the held frames the first
-    /// frames already cover: those at or below `after` in its epoch, and, from another epoch,
-    /// copies of an event among the first frames. (An event this node delivered in an epoch
-    /// of its own, because the bus's numbering of it timed out, may still have been numbered
-    /// by the bus, and so be in a shared history's recovery too.) A covered frame that
-    /// another subscription of the socket wants still goes: that one has no `sync` covering
-    /// it, and a repeat is better than a loss.
+    /// frames already cover: those at or below `after` in its epoch (or an older generation
+    /// of it, which a lagging node may still hold: `Position::at_or_before`), and, from
+    /// another epoch, copies of an event among the first frames. (An event this node
+    /// delivered in an epoch of its own, because the bus's numbering of it timed out, may
+    /// still have been numbered by the bus, and so be in a shared history's recovery too.)
+    /// A covered frame that another subscription of the socket wants still goes: that one
+    /// has no `sync` covering it, and a repeat is better than a loss.
     pub fn release_after(
         &self,
         stream: &str,
@@ -448,7 +449,7 @@ impl Hub {
         let covered = |at: &Option<Position>| {
             at.as_ref()
                 .zip(after)
-                .is_some_and(|(at, p)| p.epoch == at.epoch && at.offset <= p.offset)
+                .is_some_and(|(at, p)| at.at_or_before(p))
         };
         // Only an epoch of this hub's own can hold a copy of an event the bus numbered.
         let own = |at: &Option<Position>| {
@@ -1008,5 +1009,41 @@ mod tests {
         };
         assert_ne!(at.epoch, from.epoch);
         assert_eq!(at.offset, 0);
+    }
+
+    /// A node that lags can still hold events of a bus epoch's older generation when a join's
+    /// recovery (or `sync`) from the shared history is in the newer one. Generations go on
+    /// with the same offsets, so those events are covered: they do not follow the recovery,
+    /// a second time and older than it.
+    #[test]
+    fn a_release_covers_held_events_of_an_older_generation() {
+        let hub = Hub::default();
+        let (recovering, mut recovered) = Outbox::new(16, CloseCounters::default());
+        let (syncing, mut synced) = Outbox::new(16, CloseCounters::default());
+        let _ = hub.subscribe("s", "g", 1, &recovering, "a", None, None);
+        let _ = hub.subscribe("s", "g", 2, &syncing, "b", None, None);
+        let at = |offset, epoch: &str| Position {
+            offset,
+            epoch: epoch.into(),
+        };
+        let event = |n: i64| StreamEvent::new("s", "g", None, EventKind::Update(n.into()));
+        for (n, epoch) in [(10, "e.g1"), (11, "e.g1"), (12, "e.g2"), (13, "e.g2")] {
+            hub.publish_at(&event(n), &at(n as u64, epoch));
+        }
+        // Socket 1 saw 12 on another node: the shared history recovers 13.
+        let last = at(13, "e.g2");
+        let first = vec![
+            Utf8Bytes::from_static("marker"),
+            Utf8Bytes::from(mark_recovered(&event(13).encode_at(&last, None))),
+        ];
+        hub.release_after("s", "g", 1, &recovering, first, Some(&last));
+        let sync = vec![Utf8Bytes::from_static("sync")];
+        hub.release_after("s", "g", 2, &syncing, sync, Some(&last));
+        hub.publish_at(&event(14), &at(14, "e.g2"));
+        assert_eq!(drain(&mut recovered), ["marker", "13", "14"]);
+        assert_eq!(drain(&mut synced), ["sync", "14"]);
+        // Another bus epoch counts offsets of its own: nothing there is covered.
+        assert!(!at(5, "f.g2").at_or_before(&last));
+        assert!(!at(5, "local-1").at_or_before(&at(6, "local-2")));
     }
 }

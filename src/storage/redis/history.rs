@@ -42,7 +42,8 @@ use tokio::sync::oneshot;
 const FLUSH_WAIT: Duration = Duration::from_secs(2);
 
 /// Makes the group's epoch (ARGV[1]) and the tenant's generation when missing; returns the
-/// group's full epoch in `epoch`. Deletes an orphaned history when the epoch is new.
+/// group's full epoch in `epoch`. Deletes an orphaned history when the epoch is new. The hub
+/// reads the generation after the last '.' (`Position::at_or_before`), so neither part has one.
 const EPOCH_OF: &str = r"
 local function epoch_of(meta, log, gen_key, candidate, ttl)
   if redis.call('HSETNX', meta, 'epoch', candidate) == 1 then
