@@ -10,6 +10,7 @@
 //! - `wasm_bindings`: the `streamhost::*` functions that bind WebAssembly adapters to streams.
 
 pub mod admit;
+pub mod command;
 mod payloads;
 pub mod streams;
 pub mod triggers;
@@ -26,6 +27,7 @@ use crate::storage::router::StorageRouter;
 use crate::tenants::{AdapterCeilings, TenantQuotas};
 use crate::workers::router::Router;
 use crate::workers::shown::shown;
+use command::Command;
 use serde_json::Value;
 use std::future::Future;
 use std::pin::Pin;
@@ -54,6 +56,12 @@ pub struct Functions {
     pub quotas: Arc<TenantQuotas>,
     /// The tenant's share of the engine's time: its workers' calls run in these turns.
     pub turns: Turns,
+}
+
+/// A call's input: a built-in function's command, or the data (and metadata) of any other.
+enum Input {
+    Command(Result<Command, FnError>),
+    Value(Value, Option<Value>),
 }
 
 /// What `Functions` is built from.
@@ -121,8 +129,27 @@ impl Functions {
         data: Value,
         metadata: Option<Value>,
     ) -> Result<Call, FnError> {
+        let input = match streams::is_builtin(function_id) {
+            true => Input::Command(Command::parse(function_id, data)),
+            false => Input::Value(data, metadata),
+        };
+        self.begin_input(function_id, input)
+    }
+
+    /// As `begin`, for a built-in call whose payload the caller has read already (a worker's
+    /// call, read from its frame's text: see `command`). An unreadable payload is answered
+    /// as the call's error, after the call is admitted as any other.
+    pub fn begin_command(
+        self: &Arc<Self>,
+        function_id: &str,
+        command: Result<Command, FnError>,
+    ) -> Result<Call, FnError> {
+        self.begin_input(function_id, Input::Command(command))
+    }
+
+    fn begin_input(self: &Arc<Self>, function_id: &str, input: Input) -> Result<Call, FnError> {
         let started = Instant::now();
-        let run = self.admit(function_id, data, metadata).inspect_err(|e| {
+        let run = self.admit(function_id, input).inspect_err(|e| {
             self.calls
                 .record(function_id, started.elapsed(), Some(e.code.as_str()))
         })?;
@@ -135,24 +162,19 @@ impl Functions {
         }))
     }
 
-    fn admit(
-        self: &Arc<Self>,
-        function_id: &str,
-        data: Value,
-        metadata: Option<Value>,
-    ) -> Result<Call, FnError> {
+    fn admit(self: &Arc<Self>, function_id: &str, input: Input) -> Result<Call, FnError> {
         let this = self.clone();
-        if streams::is_builtin(function_id) {
-            // A write over the tenant's rate is refused here, before it costs a task or a
-            // turn: a tenant far over its quota pays only for reading and answering it.
-            if streams::is_write(function_id) {
-                admit::write_token(self)?;
+        let (data, metadata) = match input {
+            Input::Command(command) => {
+                // A write over the tenant's rate is refused here, before it costs a task or a
+                // turn: a tenant far over its quota pays only for reading and answering it.
+                if streams::is_write(function_id) {
+                    admit::write_token(self)?;
+                }
+                return Ok(Box::pin(async move { streams::run(&this, command?).await }));
             }
-            let id = function_id.to_owned();
-            return Ok(Box::pin(
-                async move { streams::call(&this, &id, data).await },
-            ));
-        }
+            Input::Value(data, metadata) => (data, metadata),
+        };
         if wasm_bindings::is_function(function_id) {
             let id = function_id.to_owned();
             return Ok(Box::pin(async move {

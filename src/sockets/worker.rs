@@ -24,10 +24,11 @@ use crate::engine::space::Kind;
 use crate::error::{FnError, FnResult};
 use crate::fanout::outbox::{self, CLOSE_TOO_BIG, Flow, Outbox, Peer};
 use crate::fanout::sequence::Lines;
+use crate::functions::command::Command;
 use crate::functions::{Functions, streams};
 use crate::tenants::{QUOTA_EXCEEDED, TenantId};
 use crate::workers::messages::{
-    EngineMessage, FUNCTION_NAMESPACE_CONFLICT, INVOKE_SHAPE, Invoke, Malformed, Problem,
+    Data, EngineMessage, FUNCTION_NAMESPACE_CONFLICT, INVOKE_SHAPE, Invoke, Malformed, Problem,
     RegisterTrigger, WorkerMessage,
 };
 use crate::workers::namespace::{self, NAMESPACE_NOT_ALLOWED};
@@ -211,8 +212,8 @@ fn handle(peer: &mut WorkerPeer, text: &str) {
             }
         }
         WorkerMessage::UnregisterTrigger(t) => functions.triggers.unregister(&t.id, &worker.id),
-        WorkerMessage::InvokeFunction(call) => {
-            if call_namespace_ok(peer, &call)
+        WorkerMessage::InvokeFunction(mut call) => {
+            if call_namespace_ok(peer, &mut call)
                 && let Some(pause) = invoke(&peer.functions, &peer.worker, &mut peer.lines, call)
             {
                 peer.read_after = Some(tokio::time::Instant::now() + pause);
@@ -363,13 +364,14 @@ fn trigger_namespace_ok(peer: &WorkerPeer, t: &RegisterTrigger) -> bool {
 /// Worker metadata (`engine::workers::register`) naming a namespace that is not the worker's
 /// tenant is refused with `registrationrejected`; a call naming one is answered with an
 /// error. The socket stays open: the SDKs take the rejection as fatal and stop themselves.
-fn call_namespace_ok(peer: &WorkerPeer, call: &Invoke) -> bool {
+fn call_namespace_ok(peer: &WorkerPeer, call: &mut Invoke) -> bool {
     let (tenant, worker) = (peer.tenant.as_str(), &peer.worker);
     let id = || call.invocation_id.clone().map(Value::String);
     if call.function_id == "engine::workers::register" {
-        let declared = call.data.get("namespace").and_then(Value::as_str);
+        let data = call.data.as_value();
+        let declared = data.get("namespace").and_then(Value::as_str);
         if let Err(why) = namespace::check(tenant, declared, false) {
-            let name = call.data.get("name").and_then(Value::as_str);
+            let name = data.get("name").and_then(Value::as_str);
             let name = name.map(namespace::echoed);
             let declared = namespace::echoed(declared.unwrap_or_default());
             tracing::warn!(worker = %worker.id, tenant, worker_name = name.as_deref(), "worker registration refused ({NAMESPACE_NOT_ALLOWED}): {why}");
@@ -410,14 +412,23 @@ fn invoke(
     lines: &mut Lines,
     call: Invoke,
 ) -> Option<Duration> {
-    let group = streams::group_of(&call.function_id, &call.data)
-        .map(|(stream, group)| lines.key(stream, group));
+    let mut group = None;
     // The SDKs announce themselves with this call; it is for logs, and answers nothing.
     let admitted = if call.function_id == "engine::workers::register" {
-        tracing::debug!(worker = %worker.id, metadata = %call.data, "worker metadata");
+        tracing::debug!(worker = %worker.id, metadata = %call.data.into_value(), "worker metadata");
         Ok(None)
+    } else if streams::is_builtin(&call.function_id) {
+        let command = match call.data {
+            Data::Text(text) => Command::parse_text(&call.function_id, text),
+            Data::Value(value) => Command::parse(&call.function_id, value),
+        };
+        let in_group = command.as_ref().ok().and_then(Command::group);
+        group = in_group.map(|(stream, group)| lines.key(stream, group));
+        functions
+            .begin_command(&call.function_id, command)
+            .map(Some)
     } else {
-        let (data, metadata) = (call.data, call.metadata);
+        let (data, metadata) = (call.data.into_value(), call.metadata);
         functions.begin(&call.function_id, data, metadata).map(Some)
     };
     let (worker, function_id, invocation_id) =

@@ -15,16 +15,17 @@ use super::shown::shown;
 use crate::error::FnError;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 /// A frame from a worker.
 #[derive(Debug, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
-pub enum WorkerMessage {
+pub enum WorkerMessage<'a> {
     RegisterFunction(FunctionRef),
     UnregisterFunction(FunctionRef),
     RegisterTrigger(RegisterTrigger),
     UnregisterTrigger(TriggerRef),
-    InvokeFunction(Invoke),
+    InvokeFunction(Invoke<'a>),
     InvocationResult(InvocationResult),
     Ping,
     Pong,
@@ -76,18 +77,76 @@ pub struct RegisterTrigger {
 }
 
 #[derive(Debug, Deserialize)]
-pub struct Invoke {
+pub struct Invoke<'a> {
     /// None for a fire-and-forget call.
     pub invocation_id: Option<String>,
     pub function_id: String,
     #[serde(default)]
-    pub data: Value,
+    pub data: Data<'a>,
     /// Forwarded unchanged to the worker that serves the call.
     #[serde(default)]
     pub metadata: Option<Value>,
     /// Where iii would route the call: checked against the worker's tenant (`namespace`).
     #[serde(default)]
     pub namespace: Option<String>,
+}
+
+/// A call's `data`: its text in the frame, when the call was read in the one-pass way (a
+/// built-in call's payload is then read from the text into its command, with no `Value` for
+/// the payload itself); else a `Value`.
+#[derive(Debug)]
+pub enum Data<'a> {
+    Text(&'a RawValue),
+    Value(Value),
+}
+
+impl<'a> Data<'a> {
+    /// A call's data as its frame's one-pass read left it, or None when the frame must be
+    /// read again to be refused as a whole read would refuse it. serde skips the text
+    /// without counting its depth or checking a `\u` escape's surrogates (`\ud83d` alone).
+    fn checked(text: Option<&'a RawValue>) -> Option<Data<'a>> {
+        let Some(text) = text else {
+            return Some(Data::default());
+        };
+        if too_deep(text) {
+            return None;
+        }
+        if text.get().contains("\\u") {
+            return serde_json::from_str(text.get()).ok().map(Data::Value);
+        }
+        Some(Data::Text(text))
+    }
+
+    /// The data as a `Value`, read from the text the first time.
+    pub fn as_value(&mut self) -> &Value {
+        if let Data::Text(_) = self {
+            *self = Data::Value(std::mem::take(self).into_value());
+        }
+        match self {
+            Data::Value(value) => value,
+            Data::Text(_) => unreachable!("read just above"),
+        }
+    }
+
+    pub fn into_value(self) -> Value {
+        match self {
+            // `checked` let through only text that reads.
+            Data::Text(text) => serde_json::from_str(text.get()).unwrap_or_default(),
+            Data::Value(value) => value,
+        }
+    }
+}
+
+impl Default for Data<'_> {
+    fn default() -> Self {
+        Data::Value(Value::Null)
+    }
+}
+
+impl<'de> Deserialize<'de> for Data<'_> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Value::deserialize(d).map(Data::Value)
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -132,23 +191,24 @@ struct InvokeFrame<'a> {
     #[serde(default)]
     invocation_id: Option<String>,
     function_id: String,
-    #[serde(default)]
-    data: Value,
+    #[serde(default, borrow)]
+    data: Option<&'a RawValue>,
     #[serde(default)]
     metadata: Option<Value>,
     #[serde(default)]
     namespace: Option<String>,
 }
 
-impl WorkerMessage {
-    pub fn parse(text: &str) -> WorkerMessage {
+impl<'a> WorkerMessage<'a> {
+    pub fn parse(text: &'a str) -> WorkerMessage<'a> {
         if let Ok(call) = serde_json::from_str::<InvokeFrame>(text)
             && call.kind == "invokefunction"
+            && let Some(data) = Data::checked(call.data)
         {
             return WorkerMessage::InvokeFunction(Invoke {
                 invocation_id: call.invocation_id,
                 function_id: call.function_id,
-                data: call.data,
+                data,
                 metadata: call.metadata,
                 namespace: call.namespace,
             });
@@ -157,7 +217,7 @@ impl WorkerMessage {
     }
 
     /// The slow path, for a frame the typed pass refused.
-    fn reparse(text: &str) -> WorkerMessage {
+    fn reparse(text: &str) -> WorkerMessage<'a> {
         let value: Value = match serde_json::from_str(text) {
             Ok(v) => v,
             Err(e) => return Self::unreadable(text, &e),
@@ -183,7 +243,7 @@ impl WorkerMessage {
         })
     }
 
-    fn unreadable(text: &str, err: &serde_json::Error) -> WorkerMessage {
+    fn unreadable(text: &str, err: &serde_json::Error) -> WorkerMessage<'a> {
         let found = scan::envelope(text);
         let detail = err.to_string();
         let hint = if detail.contains("recursion limit") {
@@ -201,6 +261,15 @@ impl WorkerMessage {
             problem: Problem::NotJson(format!("the frame is not valid JSON: {detail}{hint}")),
         })
     }
+}
+
+/// Whether a call's `data`, kept as text, nests deeper than serde_json reads a frame (127
+/// levels, the frame's own object included): serde skips such text without counting, and
+/// the frame must be refused as if it had been read whole, with the reason.
+fn too_deep(data: &RawValue) -> bool {
+    const MOST: usize = 126;
+    // Each level takes two bytes at least: shorter text cannot be too deep.
+    data.get().len() > 2 * MOST && scan::depth(data.get()) > MOST
 }
 
 /// Why a frame does not fit the message `kind` names, with the path of the field at fault;
@@ -307,7 +376,11 @@ mod tests {
             panic!("not a call")
         };
         assert_eq!(call.invocation_id.as_deref(), Some("c-1"));
-        assert_eq!(call.data, json!({"a": [1, 2.5, null]}));
+        assert!(
+            matches!(call.data, Data::Text(_)),
+            "the data is kept as its text"
+        );
+        assert_eq!(call.data.into_value(), json!({"a": [1, 2.5, null]}));
         assert_eq!(call.metadata, None);
         // A unit message may carry anything (a padded ping, say).
         assert!(serde_json::from_str::<WorkerMessage>(r#"{"type":"ping","pad":"xx"}"#).is_ok());
@@ -327,6 +400,35 @@ mod tests {
                 "{kind}"
             );
         }
+    }
+
+    /// Data kept as text is held to the depth a frame read whole may have: 126 levels under
+    /// the frame's object pass, one more is refused with the reason, as before.
+    #[test]
+    fn data_kept_as_text_nests_no_deeper_than_a_frame_may() {
+        let nested = |n: usize| "[".repeat(n) + &"]".repeat(n);
+        let frame = |data: &str| {
+            format!(
+                r#"{{"type":"invokefunction","invocation_id":"c","function_id":"f","data":{data}}}"#
+            )
+        };
+        let text = frame(&nested(126));
+        let WorkerMessage::InvokeFunction(call) = WorkerMessage::parse(&text) else {
+            panic!("126 levels of data are a call")
+        };
+        assert_eq!(call.data.into_value().to_string(), nested(126));
+        let (_, id, problem) = shape_of(&frame(&nested(127)));
+        assert_eq!(id, Some(json!("c")));
+        let Problem::NotJson(why) = problem else {
+            panic!("{problem:?}")
+        };
+        assert!(why.contains("127 levels"), "{why}");
+        // Brackets inside strings do not count.
+        let text = frame(&format!(r#"["{}"]"#, "[".repeat(300)));
+        assert!(matches!(
+            WorkerMessage::parse(&text),
+            WorkerMessage::InvokeFunction(_)
+        ));
     }
 
     #[test]

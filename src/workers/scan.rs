@@ -28,6 +28,33 @@ pub fn envelope(text: &str) -> Envelope {
     found
 }
 
+/// How deep arrays and objects nest in `text` (0 for a scalar), counting brackets outside
+/// strings. For JSON already known to be valid: it does not check the grammar.
+pub fn depth(text: &str) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0, false, false);
+    for &b in text.as_bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
 struct Scanner<'a> {
     bytes: &'a [u8],
     at: usize,
@@ -220,6 +247,18 @@ impl Scanner<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn depth_counts_brackets_outside_strings() {
+        for (text, deepest) in [
+            ("1", 0),
+            ("[]", 1),
+            (r#"{"a":[{"b":[]}],"c":{}}"#, 4),
+            (r#"["[[[", "\"[[", {"k\\":"]]]"}]"#, 2),
+        ] {
+            assert_eq!(depth(text), deepest, "{text}");
+        }
+    }
 
     fn env(kind: Option<&str>, id: Option<&str>, function: Option<&str>) -> Envelope {
         Envelope {
