@@ -9,7 +9,7 @@
 use crate::fair::Turns;
 use crate::fanout::frame::{EventKind, StreamEvent};
 use crate::fanout::history::Bounds;
-use crate::fanout::hub::{ConnId, Hub};
+use crate::fanout::hub::Hub;
 use crate::fanout::outbox::Outbox;
 use crate::fanout::pace::Pace;
 use crate::fanout::presence::PresenceRules;
@@ -362,23 +362,29 @@ impl Space {
     }
 
     /// Sends every subscription a new `sync` snapshot, after events may have been missed.
-    /// Each group (or item) is read once, however many sockets subscribe to it.
+    /// Each group (or item) is read once, however many sockets subscribe to it. Its sockets
+    /// are held while it is read, as a join's are: an event published meanwhile goes after
+    /// the `sync`, not before it, where the older snapshot would undo it.
     pub async fn resync_subscribers(&self) {
-        let mut by_target: HashMap<(String, String, Option<String>), Vec<ConnId>> = HashMap::new();
-        for (stream, group, item, conn) in self.hub.subscriptions() {
-            by_target
-                .entry((stream, group, item))
-                .or_default()
-                .push(conn);
-        }
+        let mut targets: Vec<(String, String, Option<String>)> = self
+            .hub
+            .subscriptions()
+            .into_iter()
+            .map(|(stream, group, item, _)| (stream, group, item))
+            .collect();
+        targets.sort();
+        targets.dedup();
         tracing::info!(
             tenant = %self.tenant,
-            targets = by_target.len(),
+            targets = targets.len(),
             "resynchronising subscribers after a gap in events from other nodes"
         );
-        for ((stream, group, item), conns) in by_target {
-            // Read before the snapshot: every event at or below it is stored by then.
-            let position = self.hub.position(&stream, &group);
+        for (stream, group, item) in targets {
+            // The position is read as the sockets are held: every event at or below it is
+            // stored before the snapshot is read, and every later one is held.
+            let Some((position, conns)) = self.hub.hold(&stream, &group, item.as_deref()) else {
+                continue;
+            };
             let snapshot = match &item {
                 Some(item) => {
                     self.functions
@@ -397,25 +403,26 @@ impl Space {
                         .await
                 }
             };
-            match snapshot {
+            let sync = match snapshot {
                 Ok(data) => {
                     let data = data.unwrap_or(if item.is_some() {
                         Value::Null
                     } else {
                         json!([])
                     });
-                    let frame: Utf8Bytes =
-                        StreamEvent::new(&stream, &group, item.as_deref(), EventKind::Sync(data))
-                            .encode_at(&position, None)
-                            .into();
-                    for conn in conns {
-                        self.hub.send_to(&stream, &group, conn, frame.clone());
-                    }
+                    let event =
+                        StreamEvent::new(&stream, &group, item.as_deref(), EventKind::Sync(data));
+                    Some(Utf8Bytes::from(event.encode_at(&position, None)))
                 }
                 Err(e) => {
-                    tracing::warn!(tenant = %self.tenant, %stream, %group, error = %e, "cannot resynchronise a subscription")
+                    tracing::warn!(tenant = %self.tenant, %stream, %group, error = %e, "cannot resynchronise a subscription");
+                    None
                 }
-            }
+            };
+            // Released even without a `sync`, so that live events are not held for ever.
+            let sync = sync.map(|frame| (frame, &position));
+            self.hub
+                .release_held(&stream, &group, item.as_deref(), &conns, sync);
         }
     }
 }

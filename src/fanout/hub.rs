@@ -55,11 +55,17 @@ struct Subscriber {
 }
 
 /// What a socket holds back while a new subscription's snapshot is read (see
-/// [`Hub::subscribe`]). The join's first frames may cover some of it, but only for the
-/// joining subscription: one the socket had before goes on getting every event it wants.
+/// [`Hub::subscribe`]), or a resynchronised one's (see [`Hub::hold`]). The first frames may
+/// cover some of it, but only for the subscriptions they are for: another of the socket goes
+/// on getting every event it wants. A join and a resynchronisation may hold the socket at
+/// once (a socket joins one subscription at a time, and one resynchronisation runs at a
+/// time): each releases its own, and the frames go once neither holds them.
+#[derive(Default)]
 struct Held {
-    /// The subscriptions whose first frames are not queued yet.
+    /// The subscriptions of a join whose first frames are not queued yet.
     joining: Vec<String>,
+    /// The subscriptions of a resynchronisation whose `sync` is not queued yet.
+    resyncing: Vec<String>,
     frames: Vec<HeldFrame>,
 }
 
@@ -67,9 +73,14 @@ struct HeldFrame {
     /// None for a frame outside the group's history (presence), which nothing covers.
     at: Option<Position>,
     frame: Utf8Bytes,
-    /// Another subscription of the socket, not one joining, wants it: it goes whatever the
-    /// join's first frames cover.
-    live: bool,
+    /// The item of the event it carries: a frame another subscription wants goes whatever
+    /// the first frames cover.
+    item: Option<String>,
+}
+
+/// Queues frames in order, as long as the socket's queue takes them.
+fn push_all(outbox: &Outbox, frames: Vec<Utf8Bytes>) -> bool {
+    frames.into_iter().all(|f| outbox.push(f))
 }
 
 /// Whether a subscription to `want` (an item, or None for the whole group) wants an event
@@ -82,17 +93,14 @@ impl Subscriber {
     /// Queues a frame, or holds it; `at` is None for a frame outside the group's history, and
     /// `item` the item of the event it carries.
     fn deliver(&mut self, frame: Utf8Bytes, at: Option<&Position>, item: Option<&str>) -> bool {
-        let Subscriber { outbox, subs, held } = self;
+        let Subscriber { outbox, held, .. } = self;
         match held {
             Some(held) if held.frames.len() >= outbox.capacity() => outbox.overflowed(),
             Some(held) => {
-                let live = subs
-                    .iter()
-                    .any(|(id, want)| !held.joining.contains(id) && matches(want, item));
                 held.frames.push(HeldFrame {
                     at: at.cloned(),
                     frame,
-                    live,
+                    item: item.map(str::to_owned),
                 });
                 true
             }
@@ -390,10 +398,7 @@ impl Hub {
             sub.subs.retain(|(id, _)| id != sub_id);
             sub.subs.push((sub_id.to_owned(), item.map(str::to_owned)));
             if holding {
-                let held = sub.held.get_or_insert_with(|| Held {
-                    joining: Vec::new(),
-                    frames: Vec::new(),
-                });
+                let held = sub.held.get_or_insert_with(Held::default);
                 held.joining.push(sub_id.to_owned());
                 Joined::Held(g.position())
             } else {
@@ -432,8 +437,6 @@ impl Hub {
         first: Vec<Utf8Bytes>,
         after: Option<&Position>,
     ) {
-        let push_all =
-            |outbox: &Outbox, frames: Vec<Utf8Bytes>| frames.into_iter().all(|f| outbox.push(f));
         let groups = self.shared.groups.read().unwrap();
         let Some(g) = groups.get(stream).and_then(|g| g.get(group)) else {
             push_all(outbox, first);
@@ -444,7 +447,106 @@ impl Hub {
             push_all(outbox, first);
             return;
         };
-        let frames = sub.held.take().map(|h| h.frames).unwrap_or_default();
+        self.unhold(sub, first, after, false);
+    }
+
+    /// Holds the group's frames for every socket subscribed to `item` (None: the whole
+    /// group) while a resynchronisation reads its snapshot, as a join's are (see
+    /// [`Hub::subscribe`]); returns the position its `sync` must carry and the sockets held,
+    /// or None when there are none. A socket another resynchronisation holds is left out.
+    pub fn hold(
+        &self,
+        stream: &str,
+        group: &str,
+        item: Option<&str>,
+    ) -> Option<(Position, Vec<ConnId>)> {
+        let groups = self.shared.groups.read().unwrap();
+        let mut g = groups
+            .get(stream)
+            .and_then(|g| g.get(group))?
+            .lock()
+            .unwrap();
+        let mut conns = Vec::new();
+        for (conn, sub) in &mut g.subs {
+            let ids: Vec<String> = sub
+                .subs
+                .iter()
+                .filter(|(_, want)| want.as_deref() == item)
+                .map(|(id, _)| id.clone())
+                .collect();
+            if ids.is_empty() || sub.held.as_ref().is_some_and(|h| !h.resyncing.is_empty()) {
+                continue;
+            }
+            sub.held.get_or_insert_with(Held::default).resyncing = ids;
+            conns.push(*conn);
+        }
+        (!conns.is_empty()).then(|| (g.position(), conns))
+    }
+
+    /// Ends a [`Hub::hold`] of `conns`: queues `sync` for each still subscribed to `item`,
+    /// then what was held for it, without what the `sync` covers (as `release_after`). With
+    /// no `sync` (the snapshot could not be read) the held frames go all the same.
+    pub fn release_held(
+        &self,
+        stream: &str,
+        group: &str,
+        item: Option<&str>,
+        conns: &[ConnId],
+        sync: Option<(Utf8Bytes, &Position)>,
+    ) {
+        let groups = self.shared.groups.read().unwrap();
+        let Some(g) = groups.get(stream).and_then(|g| g.get(group)) else {
+            return;
+        };
+        let mut g = g.lock().unwrap();
+        for conn in conns {
+            // A socket that left since is not held any more, nor one that left and joined
+            // again (its hold is its join's).
+            let Some(sub) = g.subs.get_mut(conn) else {
+                continue;
+            };
+            let Some(held) = sub.held.as_ref().filter(|h| !h.resyncing.is_empty()) else {
+                continue;
+            };
+            let still = sub
+                .subs
+                .iter()
+                .any(|(id, want)| held.resyncing.contains(id) && want.as_deref() == item);
+            match &sync {
+                Some((frame, at)) if still => self.unhold(sub, vec![frame.clone()], Some(at), true),
+                _ => self.unhold(sub, Vec::new(), None, true),
+            }
+        }
+    }
+
+    /// Queues `first` for the socket, and ends the hold of the join (or with `resync`, the
+    /// resynchronisation) that sent it: the held frames `first` covers are dropped (see
+    /// `release_after`), and the rest go once nothing else holds them.
+    fn unhold(
+        &self,
+        sub: &mut Subscriber,
+        first: Vec<Utf8Bytes>,
+        after: Option<&Position>,
+        resync: bool,
+    ) {
+        let Subscriber { outbox, subs, held } = sub;
+        let Some(h) = held else {
+            push_all(outbox, first);
+            return;
+        };
+        let done = std::mem::take(if resync {
+            &mut h.resyncing
+        } else {
+            &mut h.joining
+        });
+        let frames = std::mem::take(&mut h.frames);
+        // What another subscription wants goes, even one the other hold waits on.
+        let wanted = |item: Option<&str>| {
+            subs.iter().any(|(id, want)| {
+                (!done.contains(id) || h.joining.contains(id) || h.resyncing.contains(id))
+                    && matches(want, item)
+            })
+        };
         // A presence frame (no position) is never covered by a snapshot of items.
         let covered = |at: &Option<Position>| {
             at.as_ref()
@@ -481,12 +583,30 @@ impl Hub {
                 _ => false,
             }
         };
-        if push_all(&sub.outbox, first) {
-            for HeldFrame { at, frame, live } in frames {
-                if !live && (covered(&at) || (own(&at) && copy(&frame))) {
-                    continue;
-                }
-                if !sub.outbox.push(frame) {
+        let kept = frames.into_iter().filter(|f| {
+            wanted(f.item.as_deref()) || !(covered(&f.at) || (own(&f.at) && copy(&f.frame)))
+        });
+        // A resynchronising `sync` goes after the first frames of a join still held: they
+        // may come from an older snapshot (read before the gap), which would undo it.
+        if resync && !h.joining.is_empty() {
+            let first = first.into_iter().map(|frame| HeldFrame {
+                at: None,
+                frame,
+                item: None,
+            });
+            h.frames = first.chain(kept).collect();
+            return;
+        }
+        let kept: Vec<HeldFrame> = kept.collect();
+        let pushed = push_all(outbox, first);
+        if !h.joining.is_empty() || !h.resyncing.is_empty() {
+            h.frames = kept;
+            return;
+        }
+        *held = None;
+        if pushed {
+            for HeldFrame { frame, .. } in kept {
+                if !outbox.push(frame) {
                     break;
                 }
             }
@@ -688,22 +808,6 @@ impl Hub {
             }
         }
         out
-    }
-
-    /// Queues a frame for one socket subscribed to the group (a resynchronising `sync`), or
-    /// holds it behind a join's first frames while the socket is joining: sent straight away,
-    /// it could go before that join's `sync`, whose older snapshot would then undo it.
-    pub fn send_to(&self, stream: &str, group: &str, conn: ConnId, frame: Utf8Bytes) -> bool {
-        let groups = self.shared.groups.read().unwrap();
-        let Some(g) = groups.get(stream).and_then(|g| g.get(group)) else {
-            return false;
-        };
-        let mut g = g.lock().unwrap();
-        let Some(sub) = g.subs.get_mut(&conn) else {
-            return false;
-        };
-        // Without a position, nothing a join's first frames cover: held, it goes after them.
-        sub.deliver(frame, None, None)
     }
 
     /// Subscriptions held, for metrics and tests.
@@ -937,33 +1041,117 @@ mod tests {
         );
     }
 
-    /// A resynchronising `sync` for a socket in the middle of a join goes after that join's
-    /// first frames, never before its older snapshot.
+    fn live(hub: &Hub, conn: ConnId, outbox: &Arc<Outbox>, sub: &str, item: Option<&str>) {
+        let Joined::Held(at) = hub.subscribe("s", "g", conn, outbox, sub, item, None) else {
+            panic!("held");
+        };
+        let sync = vec![Utf8Bytes::from_static("sync")];
+        hub.release_after("s", "g", conn, outbox, sync, Some(&at));
+    }
+
+    /// A resynchronisation holds the sockets while it reads its snapshot: an event published
+    /// meanwhile (stored too late for the snapshot) goes after the `sync`, not before it,
+    /// where the older snapshot would undo it.
     #[test]
-    fn a_frame_sent_to_a_joining_socket_waits_for_the_join() {
+    fn a_resync_holds_what_is_published_while_it_reads() {
         let hub = Hub::default();
         let (outbox, mut rx) = Outbox::new(32, CloseCounters::default());
-        let (a, b) = (
-            Utf8Bytes::from_static("sync-a"),
-            Utf8Bytes::from_static("resync"),
+        live(&hub, 1, &outbox, "a", None);
+        update(&hub, "x", 1);
+        let (at, conns) = hub.hold("s", "g", None).expect("a socket subscribes");
+        assert_eq!(conns, [1]);
+        update(&hub, "x", 2);
+        assert_eq!(drain(&mut rx), ["sync", "1"], "2 waits for the resync");
+        let resync = Utf8Bytes::from_static("resync");
+        hub.release_held("s", "g", None, &conns, Some((resync, &at)));
+        update(&hub, "x", 3);
+        assert_eq!(drain(&mut rx), ["resync", "2", "3"]);
+    }
+
+    /// A snapshot that cannot be read: the held events go all the same, without a `sync`.
+    #[test]
+    fn a_failed_resync_releases_what_it_held() {
+        let hub = Hub::default();
+        let (outbox, mut rx) = Outbox::new(32, CloseCounters::default());
+        live(&hub, 1, &outbox, "a", Some("x"));
+        let (_, conns) = hub.hold("s", "g", Some("x")).expect("a socket subscribes");
+        assert!(
+            hub.hold("s", "g", None).is_none(),
+            "none subscribes to the group"
         );
-        let Joined::Held(at) = hub.subscribe("s", "g", 1, &outbox, "a", None, None) else {
+        update(&hub, "x", 1);
+        hub.release_held("s", "g", Some("x"), &conns, None);
+        update(&hub, "x", 2);
+        assert_eq!(drain(&mut rx), ["sync", "1", "2"]);
+    }
+
+    /// A socket joining when a resynchronisation holds it, or held by a join when one starts:
+    /// each releases its own, the frames go once neither holds them, and the resynchronising
+    /// `sync` never goes before the join's, whose snapshot may be older.
+    #[test]
+    fn a_resync_and_a_join_of_one_socket_release_their_own() {
+        let hub = Hub::default();
+        let (outbox, mut rx) = Outbox::new(32, CloseCounters::default());
+        let resync = || Utf8Bytes::from_static("resync");
+        let join_sync = || vec![Utf8Bytes::from_static("sync-b")];
+        live(&hub, 1, &outbox, "a", Some("x"));
+        // Joined first; the resynchronisation is released first.
+        let Joined::Held(b) = hub.subscribe("s", "g", 1, &outbox, "b", None, None) else {
             panic!("held");
         };
         update(&hub, "x", 1);
-        assert!(hub.send_to("s", "g", 1, b.clone()));
-        assert!(
-            drain(&mut rx).is_empty(),
-            "nothing goes before the join's sync"
+        let (at, conns) = hub.hold("s", "g", Some("x")).expect("a socket subscribes");
+        update(&hub, "x", 2);
+        hub.release_held("s", "g", Some("x"), &conns, Some((resync(), &at)));
+        assert_eq!(drain(&mut rx), ["sync"], "the join still holds the socket");
+        hub.release_after("s", "g", 1, &outbox, join_sync(), Some(&b));
+        assert_eq!(drain(&mut rx), ["sync-b", "resync", "1", "2"]);
+        hub.unsubscribe("s", "g", 1, "b");
+
+        // Held first; the join is released first.
+        let (at, conns) = hub.hold("s", "g", Some("x")).expect("a socket subscribes");
+        let Joined::Held(b) = hub.subscribe("s", "g", 1, &outbox, "b", None, None) else {
+            panic!("held");
+        };
+        update(&hub, "x", 3);
+        hub.release_after("s", "g", 1, &outbox, join_sync(), Some(&b));
+        update(&hub, "x", 4);
+        assert_eq!(
+            drain(&mut rx),
+            ["sync-b"],
+            "the resynchronisation still holds"
         );
-        hub.release_after("s", "g", 1, &outbox, vec![a], Some(&at));
-        assert_eq!(drain(&mut rx), ["sync-a", "1", "resync"]);
-        assert!(hub.send_to("s", "g", 1, b));
-        assert_eq!(drain(&mut rx), ["resync"], "a live socket gets it at once");
-        assert!(
-            !hub.send_to("s", "g", 2, Utf8Bytes::from_static("x")),
-            "not subscribed"
-        );
+        hub.release_held("s", "g", Some("x"), &conns, Some((resync(), &at)));
+        update(&hub, "x", 5);
+        assert_eq!(drain(&mut rx), ["resync", "3", "4", "5"]);
+    }
+
+    /// A socket that left while it was held gets no `sync`, and is not subscribed again; one
+    /// that left and joined again keeps its join's hold.
+    #[test]
+    fn a_resync_leaves_alone_the_sockets_that_left() {
+        let hub = Hub::default();
+        let (gone, mut gone_rx) = Outbox::new(32, CloseCounters::default());
+        let (back, mut back_rx) = Outbox::new(32, CloseCounters::default());
+        live(&hub, 1, &gone, "a", None);
+        live(&hub, 2, &back, "a", None);
+        assert_eq!(drain(&mut gone_rx), ["sync"]);
+        assert_eq!(drain(&mut back_rx), ["sync"]);
+        let (at, conns) = hub.hold("s", "g", None).expect("sockets subscribe");
+        hub.unsubscribe("s", "g", 1, "a");
+        hub.unsubscribe("s", "g", 2, "a");
+        let Joined::Held(b) = hub.subscribe("s", "g", 2, &back, "a", None, None) else {
+            panic!("held");
+        };
+        update(&hub, "x", 1);
+        let resync = Utf8Bytes::from_static("resync");
+        hub.release_held("s", "g", None, &conns, Some((resync, &at)));
+        assert!(drain(&mut gone_rx).is_empty());
+        assert!(drain(&mut back_rx).is_empty(), "its join still holds it");
+        assert_eq!(hub.subscription_count(), 1);
+        let sync = vec![Utf8Bytes::from_static("sync-b")];
+        hub.release_after("s", "g", 2, &back, sync, Some(&b));
+        assert_eq!(drain(&mut back_rx), ["sync-b", "1"]);
     }
 
     /// Events to a group that no socket has joined in its epoch make no frame and no
