@@ -4,8 +4,8 @@
 //! workers' functions, the triggers, and the way out to subscribers (the hub, and the bus to
 //! other nodes). The sockets reach it through the engine; nothing in here knows about sockets.
 //!
-//! - `streams`: the built-in `stream::*` functions, their payloads read by `payloads` and
-//!   admitted by `admit` against the tenant's quotas;
+//! - `streams`: the built-in `stream::*` functions, run as typed commands (`command`) whose
+//!   payloads `payloads` reads, admitted by `admit` against the tenant's quotas;
 //! - `triggers`: `stream`, `stream:join` and `stream:leave` triggers;
 //! - `wasm_bindings`: the `streamhost::*` functions that bind WebAssembly adapters to streams.
 

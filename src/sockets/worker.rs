@@ -14,7 +14,9 @@
 //! Every call that carries an `invocation_id` is answered, a malformed one too: its caller
 //! gets an `invocationresult` error saying what was wrong rather than waiting out its
 //! timeout. `messages` reads each frame once into a typed message (a frame serde cannot read
-//! at all goes through `scan` to find the id) and encodes every frame the engine writes.
+//! at all goes through `scan` to find the id) and encodes every frame the engine writes. A
+//! call's data stays the frame's text until it is read: a built-in call's payload straight
+//! into its command (`functions::command`), any other call's into a `Value`.
 
 use super::accept::ConnSlot;
 use super::credentials;
@@ -368,7 +370,19 @@ fn call_namespace_ok(peer: &WorkerPeer, call: &mut Invoke) -> bool {
     let (tenant, worker) = (peer.tenant.as_str(), &peer.worker);
     let id = || call.invocation_id.clone().map(Value::String);
     if call.function_id == "engine::workers::register" {
-        let data = call.data.as_value();
+        let data = match call.data.as_value() {
+            Ok(data) => data,
+            Err(why) => {
+                refuse_call(
+                    worker,
+                    id(),
+                    &call.function_id,
+                    "deserialization_error",
+                    why,
+                );
+                return false;
+            }
+        };
         let declared = data.get("namespace").and_then(Value::as_str);
         if let Err(why) = namespace::check(tenant, declared, false) {
             let name = data.get("name").and_then(Value::as_str);
@@ -410,12 +424,14 @@ fn invoke(
     functions: &Arc<Functions>,
     worker: &Arc<WorkerHandle>,
     lines: &mut Lines,
-    call: Invoke,
+    mut call: Invoke,
 ) -> Option<Duration> {
     let mut group = None;
     // The SDKs announce themselves with this call; it is for logs, and answers nothing.
     let admitted = if call.function_id == "engine::workers::register" {
-        tracing::debug!(worker = %worker.id, metadata = %call.data.into_value(), "worker metadata");
+        // Read already, by `call_namespace_ok`.
+        let data = call.data.as_value().unwrap_or(&Value::Null);
+        tracing::debug!(worker = %worker.id, metadata = %data, "worker metadata");
         Ok(None)
     } else if streams::is_builtin(&call.function_id) {
         let command = match call.data {
@@ -428,8 +444,12 @@ fn invoke(
             .begin_command(&call.function_id, command)
             .map(Some)
     } else {
-        let (data, metadata) = (call.data.into_value(), call.metadata);
-        functions.begin(&call.function_id, data, metadata).map(Some)
+        match call.data.into_value() {
+            Ok(data) => functions
+                .begin(&call.function_id, data, call.metadata)
+                .map(Some),
+            Err(why) => Err(FnError::new("deserialization_error", why)),
+        }
     };
     let (worker, function_id, invocation_id) =
         (worker.clone(), call.function_id, call.invocation_id);

@@ -117,24 +117,29 @@ impl<'a> Data<'a> {
         Some(Data::Text(text))
     }
 
-    /// The data as a `Value`, read from the text the first time.
-    pub fn as_value(&mut self) -> &Value {
-        if let Data::Text(_) = self {
-            *self = Data::Value(std::mem::take(self).into_value());
+    /// The data as a `Value`, read from the text the first time. Text serde let through may
+    /// still not read as a `Value` (a number out of range): the error says why, as the frame's
+    /// would have.
+    pub fn as_value(&mut self) -> Result<&Value, String> {
+        if let Data::Text(text) = self {
+            *self = Data::Value(read(text)?);
         }
         match self {
-            Data::Value(value) => value,
+            Data::Value(value) => Ok(value),
             Data::Text(_) => unreachable!("read just above"),
         }
     }
 
-    pub fn into_value(self) -> Value {
+    pub fn into_value(self) -> Result<Value, String> {
         match self {
-            // `checked` let through only text that reads.
-            Data::Text(text) => serde_json::from_str(text.get()).unwrap_or_default(),
-            Data::Value(value) => value,
+            Data::Text(text) => read(text),
+            Data::Value(value) => Ok(value),
         }
     }
+}
+
+fn read(text: &RawValue) -> Result<Value, String> {
+    serde_json::from_str(text.get()).map_err(|e| format!("the frame is not valid JSON: {e}"))
 }
 
 impl Default for Data<'_> {
@@ -380,7 +385,7 @@ mod tests {
             matches!(call.data, Data::Text(_)),
             "the data is kept as its text"
         );
-        assert_eq!(call.data.into_value(), json!({"a": [1, 2.5, null]}));
+        assert_eq!(call.data.into_value(), Ok(json!({"a": [1, 2.5, null]})));
         assert_eq!(call.metadata, None);
         // A unit message may carry anything (a padded ping, say).
         assert!(serde_json::from_str::<WorkerMessage>(r#"{"type":"ping","pad":"xx"}"#).is_ok());
@@ -416,13 +421,20 @@ mod tests {
         let WorkerMessage::InvokeFunction(call) = WorkerMessage::parse(&text) else {
             panic!("126 levels of data are a call")
         };
-        assert_eq!(call.data.into_value().to_string(), nested(126));
+        assert_eq!(call.data.into_value().unwrap().to_string(), nested(126));
         let (_, id, problem) = shape_of(&frame(&nested(127)));
         assert_eq!(id, Some(json!("c")));
         let Problem::NotJson(why) = problem else {
             panic!("{problem:?}")
         };
         assert!(why.contains("127 levels"), "{why}");
+        // A number serde skips but a `Value` cannot hold is an error when the data is read.
+        let text = frame("[1e400]");
+        let WorkerMessage::InvokeFunction(call) = WorkerMessage::parse(&text) else {
+            panic!("a call")
+        };
+        let why = call.data.into_value().unwrap_err();
+        assert!(why.contains("number out of range"), "{why}");
         // Brackets inside strings do not count.
         let text = frame(&format!(r#"["{}"]"#, "[".repeat(300)));
         assert!(matches!(
