@@ -191,6 +191,29 @@ async fn malformed_calls_are_answered_with_what_was_wrong() {
         .unwrap();
     assert_eq!(answer["result"], "hi 😀", "{answer}");
 
+    // A number past f64, to a worker's function and to a built-in one: the frame's data is
+    // kept as text and read later, and is refused with the reason all the same.
+    for (function, data) in [
+        ("app::echo", "[1e400]".to_owned()),
+        (
+            "stream::set",
+            r#"{"stream_name":"s","group_id":"g","item_id":"i","data":1e400}"#.to_owned(),
+        ),
+    ] {
+        let answer = w
+            .try_call_text(|id| {
+                format!(r#"{{"type":"invokefunction","invocation_id":"{id}","function_id":"{function}","data":{data}}}"#)
+            })
+            .await
+            .unwrap();
+        let (code, message) = error_of(answer);
+        assert_eq!(code, "deserialization_error", "{function}");
+        assert!(
+            message.contains("number out of range"),
+            "{function}: {message}"
+        );
+    }
+
     // Not JSON at all, but the id is readable before the break.
     let answer = w
         .try_call_text(|id| {
