@@ -52,6 +52,11 @@ struct Subscriber {
     subs: Vec<(String, Option<String>)>,
     /// Frames held while a new subscription's snapshot is read; None when not holding.
     held: Option<Held>,
+    /// For a subscription whose first frames (a recovery from the shared history, a `sync`)
+    /// covered the group up to a position, that position: a live event at or before it is one
+    /// they gave already, which a node whose bus lags behind the shared history delivers late.
+    /// Dropped once a later event of its run has gone.
+    floors: Vec<(String, Position)>,
 }
 
 /// What a socket holds back while a new subscription's snapshot is read (see
@@ -110,6 +115,29 @@ impl Subscriber {
 
     fn wants(&self, id: Option<&str>) -> bool {
         self.subs.iter().any(|(_, want)| matches(want, id))
+    }
+
+    /// Whether a subscription wants the live event at `at`: one whose first frames did not
+    /// cover it already.
+    fn wants_at(&mut self, id: Option<&str>, at: &Position) -> bool {
+        if self.floors.is_empty() {
+            return self.wants(id);
+        }
+        let Subscriber { subs, floors, .. } = self;
+        let wanted = subs.iter().any(|(sub, want)| {
+            matches(want, id)
+                && !floors
+                    .iter()
+                    .any(|(floored, floor)| floored == sub && at.at_or_before(floor))
+        });
+        // A floor the event is past (in its run) has nothing left to cover.
+        floors.retain(|(_, floor)| !floor.at_or_before(at) || at.at_or_before(floor));
+        wanted
+    }
+
+    fn forget(&mut self, sub_id: &str) {
+        self.subs.retain(|(id, _)| id != sub_id);
+        self.floors.retain(|(id, _)| id != sub_id);
     }
 }
 
@@ -394,8 +422,9 @@ impl Hub {
                 outbox: outbox.clone(),
                 subs: Vec::new(),
                 held: None,
+                floors: Vec::new(),
             });
-            sub.subs.retain(|(id, _)| id != sub_id);
+            sub.forget(sub_id);
             sub.subs.push((sub_id.to_owned(), item.map(str::to_owned)));
             if holding {
                 let held = sub.held.get_or_insert_with(Held::default);
@@ -529,7 +558,12 @@ impl Hub {
         after: Option<&Position>,
         resync: bool,
     ) {
-        let Subscriber { outbox, subs, held } = sub;
+        let Subscriber {
+            outbox,
+            subs,
+            held,
+            floors,
+        } = sub;
         let Some(h) = held else {
             push_all(outbox, first);
             return;
@@ -539,6 +573,13 @@ impl Hub {
         } else {
             &mut h.joining
         });
+        if let Some(after) = after {
+            floors.retain(|(id, _)| !done.contains(id));
+            let covered = done
+                .iter()
+                .filter(|id| subs.iter().any(|(sub, _)| sub == *id));
+            floors.extend(covered.map(|id| (id.clone(), after.clone())));
+        }
         let frames = std::mem::take(&mut h.frames);
         // What another subscription wants goes, even one the other hold waits on.
         let wanted = |item: Option<&str>| {
@@ -627,7 +668,7 @@ impl Hub {
         let g = g.get_mut().unwrap();
         let mut sent = 0;
         if let Some(sub) = g.subs.get_mut(&conn) {
-            sub.subs.retain(|(id, _)| id != sub_id);
+            sub.forget(sub_id);
             g.roster.watch(conn, sub_id, false);
             g.mirror.watch(conn, sub_id, false, 0);
             if sub.subs.is_empty() {
@@ -761,7 +802,7 @@ impl Hub {
                 }
                 let mut n = 0;
                 for sub in g.subs.values_mut() {
-                    if sub.wants(item) && sub.deliver(frame.clone(), Some(&at), item) {
+                    if sub.wants_at(item, &at) && sub.deliver(frame.clone(), Some(&at), item) {
                         n += 1;
                     }
                 }
@@ -933,6 +974,53 @@ mod tests {
         let local = hub.position("s", "g");
         assert_eq!(local.offset, 1);
         assert_ne!(&*local.epoch, "bus");
+    }
+
+    /// A recovery from the shared history can run ahead of this node's bus: the events it gave
+    /// come again, live, when the bus catches up. They go no more to the subscription it
+    /// covered, but still to another subscription of the socket that it did not cover.
+    /// (`drain` shows an event by its data, here its offset.)
+    #[test]
+    fn live_events_a_recovery_covered_go_only_where_it_did_not() {
+        let hub = Hub::default();
+        let at = |offset| Position {
+            offset,
+            epoch: "bus".into(),
+        };
+        let publish = |offset: i64| {
+            let event = StreamEvent::new("s", "g", Some("x"), EventKind::Update(offset.into()));
+            hub.publish_at(&event, &at(offset as u64));
+        };
+        let (outbox, mut rx) = Outbox::new(16, CloseCounters::default());
+        let _ = hub.subscribe("s", "g", 1, &outbox, "a", None, None);
+        let recovered = vec![Utf8Bytes::from_static("recovered up to 9")];
+        hub.release_after("s", "g", 1, &outbox, recovered, Some(&at(9)));
+        for offset in [6, 7, 9, 10, 11] {
+            publish(offset);
+        }
+        assert_eq!(drain(&mut rx), ["recovered up to 9", "10", "11"]);
+
+        // A socket with an older subscription, synced at 3, recovers a new one up to 9.
+        let (outbox, mut rx) = Outbox::new(16, CloseCounters::default());
+        let hub = Hub::default();
+        let publish = |offset: i64| {
+            let event = StreamEvent::new("s", "g", Some("x"), EventKind::Update(offset.into()));
+            hub.publish_at(&event, &at(offset as u64));
+        };
+        let _ = hub.subscribe("s", "g", 2, &outbox, "a", None, None);
+        hub.release_after("s", "g", 2, &outbox, vec!["sync".into()], Some(&at(3)));
+        let _ = hub.subscribe("s", "g", 2, &outbox, "b", None, None);
+        hub.release_after("s", "g", 2, &outbox, vec!["b".into()], Some(&at(9)));
+        publish(6);
+        assert_eq!(drain(&mut rx), ["sync", "b", "6"], "the older one wants 6");
+        // Left, and joined again with no floor: it gets everything live.
+        hub.unsubscribe("s", "g", 2, "a");
+        publish(8);
+        assert!(drain(&mut rx).is_empty(), "b's recovery gave 8");
+        let _ = hub.subscribe("s", "g", 2, &outbox, "b", None, None);
+        hub.release_after("s", "g", 2, &outbox, vec!["b again".into()], None);
+        publish(9);
+        assert_eq!(drain(&mut rx), ["b again", "9"]);
     }
 
     /// Held frames of this hub's own epoch that repeat an event of the recovery go no more
