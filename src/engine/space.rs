@@ -366,14 +366,7 @@ impl Space {
     /// are held while it is read, as a join's are: an event published meanwhile goes after
     /// the `sync`, not before it, where the older snapshot would undo it.
     pub async fn resync_subscribers(&self) {
-        let mut targets: Vec<(String, String, Option<String>)> = self
-            .hub
-            .subscriptions()
-            .into_iter()
-            .map(|(stream, group, item, _)| (stream, group, item))
-            .collect();
-        targets.sort();
-        targets.dedup();
+        let targets = self.hub.subscribed_targets();
         tracing::info!(
             tenant = %self.tenant,
             targets = targets.len(),

@@ -36,7 +36,7 @@ use crate::storage::{EventBus, SharedPresence};
 mod hub_presence;
 use axum::extract::ws::Utf8Bytes;
 use hub_presence::tell;
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, Instant};
@@ -813,7 +813,9 @@ impl Hub {
         n
     }
 
-    /// The group's current position, for a `sync` sent outside a join (a resynchronisation).
+    /// The group's current position. (A resynchronisation reads it as it holds the group's
+    /// sockets: `hold`.)
+    #[cfg(test)]
     pub fn position(&self, stream: &str, group: &str) -> Position {
         self.shared.with_group(stream, group, |g| g.position())
     }
@@ -835,15 +837,16 @@ impl Hub {
             })
     }
 
-    /// Every subscription as (stream, group, item, socket), for resynchronising them.
-    pub fn subscriptions(&self) -> Vec<(String, String, Option<String>, ConnId)> {
+    /// Every target some socket subscribes to, once each, as (stream, group, item or None for
+    /// the whole group): what a resynchronisation reads a snapshot of.
+    pub fn subscribed_targets(&self) -> BTreeSet<(String, String, Option<String>)> {
         let groups = self.shared.groups.read().unwrap();
-        let mut out = Vec::new();
+        let mut out = BTreeSet::new();
         for (stream, by_group) in groups.iter() {
             for (group, g) in by_group {
-                for (conn, sub) in &g.lock().unwrap().subs {
+                for sub in g.lock().unwrap().subs.values() {
                     for (_, item) in &sub.subs {
-                        out.push((stream.clone(), group.clone(), item.clone(), *conn));
+                        out.insert((stream.clone(), group.clone(), item.clone()));
                     }
                 }
             }
