@@ -4,8 +4,10 @@
 //! of the changes) and then wait, without the lock, until a flusher thread has written and
 //! synced it. The flusher takes everything appended since its last sync in one write and one
 //! `fdatasync`, so concurrent writers share the cost of a sync, and then wakes exactly the
-//! writers whose records that sync covered. When the log has grown well past the live data it
-//! is rewritten while writes go on (`rewrite`).
+//! writers whose records that sync covered. It syncs when the runtime says a batch is
+//! complete (`gather`: a turn of the runtime appended nothing more), as Redis syncs once per
+//! turn of its event loop. When the log has grown well past the live data it is rewritten
+//! while writes go on (`rewrite`).
 //!
 //! When a write or sync fails, the flusher stops taking writes, fails every writer not yet
 //! answered, cuts the log back to what was synced, and has the store reload its memory from
@@ -16,6 +18,7 @@
 //! through `disk`, so tests run this code on a simulated disk that fails on demand (`sim`).
 
 pub mod disk;
+mod gather;
 pub mod record;
 pub mod recovery;
 mod rewrite;
@@ -29,6 +32,7 @@ pub use record::{Record, RecordRef, encode};
 
 use anyhow::{Context, bail};
 use disk::{Disk, DiskFile, RealDisk};
+use gather::Rounds;
 use recovery::Tail;
 use rewrite::Rewrite;
 use std::path::{Path, PathBuf};
@@ -136,6 +140,9 @@ pub struct Options {
     /// The first wait before probing a failed disk; it doubles up to `probe_max`.
     pub probe_first: Duration,
     pub probe_max: Duration,
+    /// The longest the flusher waits for the runtime to say a batch is complete (see
+    /// `gather`): a runtime whose thread is held up (a long call) holds a sync back no longer.
+    pub max_unready: Duration,
 }
 
 impl Default for Options {
@@ -144,6 +151,7 @@ impl Default for Options {
             rewrite_min_bytes: 64 << 20,
             probe_first: Duration::from_millis(100),
             probe_max: Duration::from_secs(2),
+            max_unready: Duration::from_millis(8),
         }
     }
 }
@@ -156,8 +164,14 @@ pub(crate) struct Pending {
     shutdown: bool,
     /// The flusher sleeps on the condvar: only then is a wake-up (a syscall) worth sending.
     flusher_idle: bool,
+    /// Records appended since the log opened: a round of `gather` ends when this stops moving.
+    appended: u64,
     /// The flusher is waiting for this many writers before it syncs (0: it is not).
     fill_target: usize,
+    /// A round of `gather` is under way for the records in `buf`.
+    gathering: bool,
+    /// The runtime says the batch in `buf` is complete: sync it.
+    ready: bool,
     /// Set while the disk fails; writes are refused with it until a probe succeeds.
     failed: Option<Arc<str>>,
     /// A background snapshot has finished (well or not) and waits for the flusher.
@@ -182,6 +196,8 @@ pub(crate) struct Shared {
 
 pub struct Wal {
     shared: Arc<Shared>,
+    /// Tells the flusher when a batch is complete; None without a runtime (see `gather`).
+    rounds: Option<Rounds>,
     flusher: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
 
@@ -214,8 +230,10 @@ impl Opened {
             wake: Condvar::new(),
             memory_ahead: AtomicBool::new(false),
         });
+        let rounds = Rounds::start(Arc::downgrade(&shared));
         let flusher = Flusher {
             shared: shared.clone(),
+            gathers: rounds.is_some(),
             answers: Answers::start(),
             log_bytes: self.recovery.bytes,
             rewritten_bytes: 0,
@@ -235,12 +253,13 @@ impl Opened {
             .expect("spawn the log flusher");
         Wal {
             shared,
+            rounds,
             flusher: Mutex::new(Some(handle)),
         }
     }
 }
 
-/// The longest a sync waits for more writers when writes are coming in concurrently.
+/// The longest a sync waits for as many writers as the last one had.
 const COMMIT_DELAY: Duration = Duration::from_micros(500);
 /// A batch this large is synced at once.
 const MAX_BATCH_WAITERS: usize = 512;
@@ -327,9 +346,23 @@ impl Wal {
         encode(record, &mut p.buf);
         let (tx, rx) = oneshot::channel();
         p.waiters.push(tx);
+        p.appended += 1;
+        let begin_round = self.rounds.is_some() && !std::mem::replace(&mut p.gathering, true);
+        let full = p.waiters.len() >= MAX_BATCH_WAITERS;
         let filled = p.fill_target > 0 && p.waiters.len() >= p.fill_target;
-        let wake = std::mem::take(&mut p.flusher_idle) || filled;
+        let mut wake = (self.rounds.is_none() || full) && std::mem::take(&mut p.flusher_idle);
+        wake |= filled;
         drop(p);
+        if let Some(rounds) = &self.rounds
+            && begin_round
+            && !rounds.begin()
+        {
+            // The runtime is gone: nobody will say the batch is complete.
+            let mut p = self.shared.pending.lock().unwrap();
+            p.ready = true;
+            p.gathering = false;
+            wake |= std::mem::take(&mut p.flusher_idle);
+        }
         if wake {
             self.shared.wake.notify_one();
         }
@@ -401,6 +434,8 @@ impl Drop for Wal {
 /// The flusher thread's state: the log file and everything only it touches.
 struct Flusher {
     shared: Arc<Shared>,
+    /// Batches are complete when the runtime says so (`gather`), not as soon as they start.
+    gathers: bool,
     answers: Answers,
     disk: Arc<dyn Disk>,
     dir: PathBuf,
@@ -425,18 +460,34 @@ impl Flusher {
         loop {
             let (waiters, rewrite_done) = {
                 let mut p = self.shared.pending.lock().unwrap();
-                while p.buf.is_empty() && !p.shutdown && !p.rewrite_done {
+                let mut unready_since = None;
+                while !p.shutdown && !p.rewrite_done {
+                    if p.buf.is_empty() {
+                        p.flusher_idle = true;
+                        p = self.shared.wake.wait(p).unwrap();
+                        continue;
+                    }
+                    if p.ready || !self.gathers || p.waiters.len() >= MAX_BATCH_WAITERS {
+                        break;
+                    }
+                    let since = *unready_since.get_or_insert_with(Instant::now);
+                    let Some(left) =
+                        (since + self.options.max_unready).checked_duration_since(Instant::now())
+                    else {
+                        break;
+                    };
                     p.flusher_idle = true;
-                    p = self.shared.wake.wait(p).unwrap();
+                    p = self.shared.wake.wait_timeout(p, left).unwrap().0;
                 }
                 p.flusher_idle = false;
+                p.ready = false;
                 let rewrite_done = std::mem::take(&mut p.rewrite_done);
                 if p.buf.is_empty() && p.shutdown {
                     return;
                 }
-                // Under concurrent load, wait (briefly) for as many writers as the last sync
-                // had: they come back with their next writes as soon as they are answered,
-                // and an fsync costs the core far more than the wait costs them.
+                // Writers with one call in flight each come back in separate turns of the
+                // runtime: wait (briefly) for as many writers as the last sync had, as an
+                // fsync costs the disk far more than the wait costs them.
                 let target = last_batch.min(MAX_BATCH_WAITERS);
                 if target > 1 && p.waiters.len() < target && !p.shutdown {
                     let deadline = Instant::now() + COMMIT_DELAY;

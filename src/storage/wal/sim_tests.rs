@@ -62,6 +62,8 @@ fn options(disk: &SimDisk) -> Options {
         rewrite_min_bytes: 512 + disk.random(8 << 10),
         probe_first: Duration::from_millis(1),
         probe_max: Duration::from_millis(4),
+        // From syncing as soon as records come (0) to waiting out a whole turn of the runtime.
+        max_unready: Duration::from_millis(disk.random(8)),
     }
 }
 
