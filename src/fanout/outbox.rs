@@ -44,6 +44,8 @@ const MAX_BATCH: usize = 256;
 /// is): frames taken are no longer counted against the queue's bound, so this is all a
 /// stuck write holds beyond it.
 const MAX_BATCH_BYTES: usize = 128 << 10;
+/// The longest a worker's socket gathers answers before it writes them (see `gather_answers`).
+const MAX_GATHER: Duration = Duration::from_micros(500);
 /// A queue that grew past this many frames in a burst gives the room back when it is found
 /// empty at a ping ([`Outbox::trim`]). Not as soon as it empties: a worker pipelining
 /// thousands of calls empties its queue of answers at every write, and growing it again
@@ -87,7 +89,7 @@ pub struct Outbox {
     /// The tenant's fan-out turns and pace, for a client socket; a worker socket writes at
     /// once.
     turns: OnceLock<(Turns, Arc<Pace>)>,
-    /// Whether a write waits one round of the runtime for more frames (see `gather`).
+    /// Whether a write first lets the tasks that answer add to the queue (see `gather_answers`).
     gathers: AtomicBool,
 }
 
@@ -163,11 +165,12 @@ impl Outbox {
         let _ = self.turns.set((turns.clone(), pace.clone()));
     }
 
-    /// Makes this socket, woken for a short queue, let the tasks already woken run before it
-    /// writes. A worker's answers come from its calls' tasks, woken together (a sync of the
-    /// log answers hundreds): without this the socket ran between them and wrote each answer
-    /// alone, a socket write per call. A client socket does not wait: its frames come from
-    /// one publish at a time, and waiting would only add to their latency.
+    /// Makes this socket, woken for a short queue, let the tasks that answer run while they
+    /// add to it before it writes (see `gather_answers`). A worker's answers come from its
+    /// calls' tasks, woken together (a sync of the log answers hundreds): without this the
+    /// socket ran between them and wrote each answer alone, a socket write per call. A client
+    /// socket does not wait: its frames come from one publish at a time, and waiting would
+    /// only add to their latency.
     pub fn gather(&self) {
         self.gathers.store(true, Ordering::Relaxed);
     }
@@ -424,8 +427,8 @@ pub async fn drive(
                     write_at = Some(at);
                     continue;
                 }
-                if outbox.gathers.load(Ordering::Relaxed) && rx.len() < MAX_BATCH {
-                    tokio::task::yield_now().await;
+                if outbox.gathers.load(Ordering::Relaxed) {
+                    gather_answers(&rx).await;
                 }
                 if !write_queued(&mut ws, &mut rx, &outbox, dead.as_mut(), dead_at, keepalive).await {
                     break;
@@ -457,6 +460,25 @@ pub async fn drive(
         ws.close().await
     })
     .await;
+}
+
+/// Lets the tasks that answer a worker's calls add to its queue before it is written: yields
+/// while each turn of the runtime adds to it, up to a batch or `MAX_GATHER`. A sync of the
+/// log wakes hundreds of calls, which answer over several turns of the runtime (each waits
+/// for its turn, its place in line, the call before it); written after a single turn, their
+/// answers left in about eight a socket write, and socket writes were an eighth of a durable
+/// set's time. A lone call's answer waits one turn of the runtime.
+async fn gather_answers(rx: &Frames) {
+    let started = Instant::now();
+    let mut queued = rx.len();
+    while queued < MAX_BATCH && started.elapsed() < MAX_GATHER {
+        tokio::task::yield_now().await;
+        let now = rx.len();
+        if now == queued {
+            return;
+        }
+        queued = now;
+    }
 }
 
 /// Resolves at `at`. An async fn, so that building it (select! builds every branch's future
