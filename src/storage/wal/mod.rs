@@ -170,7 +170,7 @@ pub(crate) struct Pending {
     fill_target: usize,
     /// A round of `gather` is under way for the records in `buf`.
     gathering: bool,
-    /// The runtime says the batch in `buf` is complete: sync it.
+    /// The batch in `buf` is complete (the runtime says so, or there is none): sync it.
     ready: bool,
     /// Set while the disk fails; writes are refused with it until a probe succeeds.
     failed: Option<Arc<str>>,
@@ -233,7 +233,6 @@ impl Opened {
         let rounds = Rounds::start(Arc::downgrade(&shared));
         let flusher = Flusher {
             shared: shared.clone(),
-            gathers: rounds.is_some(),
             answers: Answers::start(),
             log_bytes: self.recovery.bytes,
             rewritten_bytes: 0,
@@ -347,6 +346,8 @@ impl Wal {
         let (tx, rx) = oneshot::channel();
         p.waiters.push(tx);
         p.appended += 1;
+        // Without a runtime to say when a batch is complete, each is as soon as it starts.
+        p.ready |= self.rounds.is_none();
         let begin_round = self.rounds.is_some() && !std::mem::replace(&mut p.gathering, true);
         let full = p.waiters.len() >= MAX_BATCH_WAITERS;
         let filled = p.fill_target > 0 && p.waiters.len() >= p.fill_target;
@@ -434,8 +435,6 @@ impl Drop for Wal {
 /// The flusher thread's state: the log file and everything only it touches.
 struct Flusher {
     shared: Arc<Shared>,
-    /// Batches are complete when the runtime says so (`gather`), not as soon as they start.
-    gathers: bool,
     answers: Answers,
     disk: Arc<dyn Disk>,
     dir: PathBuf,
@@ -467,7 +466,7 @@ impl Flusher {
                         p = self.shared.wake.wait(p).unwrap();
                         continue;
                     }
-                    if p.ready || !self.gathers || p.waiters.len() >= MAX_BATCH_WAITERS {
+                    if p.ready || p.waiters.len() >= MAX_BATCH_WAITERS {
                         break;
                     }
                     let since = *unready_since.get_or_insert_with(Instant::now);
