@@ -79,13 +79,13 @@ async fn round(shared: &Shared) {
 #[cfg(test)]
 mod tests {
     use super::super::disk::{Disk, DiskFile, RealDisk};
-    use super::super::{Options, RecordRef, Wal};
+    use super::super::{MAX_BATCH_WAITERS, Options, RecordRef, Wal};
     use serde_json::json;
     use std::io;
     use std::path::Path;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU64, Ordering};
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
     /// The real disk, counting the log's syncs.
     #[derive(Clone, Default)]
@@ -189,6 +189,38 @@ mod tests {
         // The next turn's write gets a sync of its own, without waiting for more.
         wal.wait(wal.append(&set(100)).unwrap()).await.unwrap();
         assert_eq!(disk.0.load(Ordering::SeqCst) - before, 2);
+    }
+
+    /// A batch of `MAX_BATCH_WAITERS` writers is synced at once, while the turn that logs
+    /// them goes on: one writer fewer waits for the turn to end.
+    #[tokio::test]
+    async fn a_full_batch_is_synced_before_its_turn_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = Counting::default();
+        let wal = open(dir.path(), &disk);
+        let before = disk.0.load(Ordering::SeqCst);
+        let syncs = || disk.0.load(Ordering::SeqCst) - before;
+        let mut tickets: Vec<_> = (0..MAX_BATCH_WAITERS - 1)
+            .map(|n| wal.append(&set(n)).unwrap())
+            .collect();
+        // The turn goes on without yielding, so no round can end it.
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(
+            syncs(),
+            0,
+            "{} writers are not a full batch",
+            MAX_BATCH_WAITERS - 1
+        );
+        tickets.push(wal.append(&set(MAX_BATCH_WAITERS)).unwrap());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while syncs() == 0 {
+            assert!(Instant::now() < deadline, "a full batch was not synced");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        for ticket in tickets {
+            wal.wait(ticket).await.unwrap();
+        }
+        assert_eq!(syncs(), 1, "one sync for the full batch");
     }
 
     /// Once the runtime that ends rounds is gone, a write is synced at once, not after
