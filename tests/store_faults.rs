@@ -257,3 +257,119 @@ async fn a_full_disk_refuses_writes_serves_reads_and_resumes_once_space_is_freed
     assert_eq!(store.get("s", "g", "more").await.unwrap(), None);
     store.shutdown().await.unwrap();
 }
+
+/// A worker's pipelined durable sets while the disk fills, through the worker socket: there a
+/// set's call goes on without waiting for its sync, and its answer and event wait for it
+/// instead (`storage::synced`). Each set is answered, ok or with the disk's error; every set
+/// answered ok reached the subscriber and is stored, after a restart too, and no set answered
+/// with an error did either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_s_sets_on_a_filling_disk_are_sent_and_stored_exactly_when_acknowledged() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(disk) = SmallDisk::mount(&dir.path().join("small")) else {
+        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
+        return;
+    };
+    let store_dir = disk.0.join("store");
+    let mut config = common::test_config();
+    config.adapter = streamhost::config::AdapterConfig::KvFile {
+        path: store_dir.clone(),
+    };
+    let engine = common::start(config).await;
+    let mut client = common::Client::connect(engine.client_addr, "/").await;
+    let sync = client.join("sub", "s", "g", None).await;
+    assert_eq!(sync["event"]["type"], "sync", "{sync}");
+    let worker = common::RawWorker::connect(engine.worker_addr).await;
+
+    // Fill the disk, then give back 256 KiB: room for about 30 of the sets below.
+    let filler = disk.0.join("filler");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![7u8; 64 << 10];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.sync_all();
+        let len = f.metadata().unwrap().len();
+        f.set_len(len - (256 << 10)).unwrap();
+    }
+    let pad = "x".repeat(8 << 10);
+    let set = |n: usize| {
+        let data = json!({"stream_name": "s", "group_id": "g", "item_id": format!("i{n}"), "data": {"n": n, "pad": pad}});
+        worker.call_raw("stream::set", data)
+    };
+    // A few one at a time, sure to fit; then 200 pipelined, which run out of room.
+    let mut answers = Vec::new();
+    for n in 0..5 {
+        answers.push(set(n).await);
+    }
+    answers.extend(futures_util::future::join_all((5..205).map(set)).await);
+
+    let (mut acked, mut refused, mut by_the_sync) = (Vec::new(), Vec::new(), 0);
+    for (n, answer) in answers.iter().enumerate() {
+        let error = &answer["error"];
+        if error.is_null() {
+            acked.push(n);
+            continue;
+        }
+        assert_eq!(error["code"], "STREAM_SET_ERROR", "{answer}");
+        let message = error["message"].as_str().unwrap_or_default();
+        // Refused at once, or failed by its sync after its call went on.
+        by_the_sync += usize::from(message.contains("No space left on device"));
+        assert!(
+            message.contains("No space left on device")
+                || message.contains("not taking writes while its disk fails"),
+            "{answer}"
+        );
+        refused.push(n);
+    }
+    assert!(acked.len() >= 5, "acknowledged: {acked:?}");
+    assert!(
+        by_the_sync > 0,
+        "no set was failed by its sync: {answers:?}"
+    );
+
+    // The subscriber got the acknowledged sets' events, and nothing else.
+    let mut sent = Vec::new();
+    while let Some(frame) = client.try_next(Duration::from_secs(1)).await {
+        if let Some(n) = frame["event"]["data"]["n"].as_u64() {
+            sent.push(n as usize);
+        }
+    }
+    sent.sort_unstable();
+    assert_eq!(sent, acked, "events sent against sets acknowledged");
+
+    // Stored: exactly the acknowledged sets (reads wait out the store's reload).
+    let stored = |n: usize| {
+        let data = json!({"stream_name": "s", "group_id": "g", "item_id": format!("i{n}")});
+        worker.call("stream::get", data)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for n in 0..205 {
+        let value = loop {
+            match stored(n).await {
+                Ok(value) => break value.filter(|v| !v.is_null()),
+                Err(e) if Instant::now() < deadline => {
+                    eprintln!("read refused, retrying: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("reads did not resume: {e}"),
+            }
+        };
+        assert_eq!(value.is_some(), acked.contains(&n), "item i{n}: {value:?}");
+    }
+    drop(worker);
+    let _ = engine.shutdown().await;
+
+    // After a restart, with room again: the same.
+    std::fs::remove_file(&filler).unwrap();
+    let store = KvStore::open(&store_dir).unwrap();
+    for n in 0..205 {
+        let value = store.get("s", "g", &format!("i{n}")).await.unwrap();
+        assert_eq!(
+            value.is_some(),
+            acked.contains(&n),
+            "item i{n} after a restart"
+        );
+    }
+    store.shutdown().await.unwrap();
+}

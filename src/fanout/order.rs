@@ -210,6 +210,12 @@ impl Order {
             }
         }
     }
+
+    /// Lets the item's next write emit once this write's event is out: now, or when the sync
+    /// the call holds answers, if its event waits for it (see `storage::synced`).
+    pub fn release_after_sync(self) {
+        crate::storage::synced::after_sync(move |_| drop(self));
+    }
 }
 
 #[cfg(test)]

@@ -592,6 +592,27 @@ impl Outbox {
         sent
     }
 
+    /// Queues a frame if there is room now, as `send` would; gives it back if there is not.
+    /// False once the socket is done.
+    pub fn try_send(&self, frame: Utf8Bytes) -> Result<bool, Utf8Bytes> {
+        if self.is_closing() {
+            return Ok(false);
+        }
+        let queue = self.queue.lock().unwrap();
+        if queue.closed {
+            return Ok(false);
+        }
+        // Behind callers already waiting for room, to keep their turn.
+        if self.waiting.load(Ordering::SeqCst) > 0
+            || queue.frames.len() >= self.capacity
+            || !self.fits(&queue, frame.len())
+        {
+            return Err(frame);
+        }
+        self.enqueue(queue, frame);
+        Ok(true)
+    }
+
     async fn send_when_room(&self, frame: Utf8Bytes) -> bool {
         loop {
             if self.is_closing() {

@@ -13,16 +13,21 @@
 //! other, and per-item order (`fanout::order`) holds as before: its waits point to writes
 //! applied earlier, as these do, so the two cannot wait on each other.
 //!
+//! A durable write's emission waits for its sync without its call waiting (`storage::synced`):
+//! it is *queued* behind the sync, and a later call whose own emission is queued behind a later
+//! sync of the same log need not wait for it, as syncs answer in log order.
+//!
 //! The waits hold no tenant turn (`fair`): the wait to start is made before the call asks
 //! for a turn, and the wait to emit is made [`idle`](crate::fair::idle), so calls waiting on
 //! their predecessors never hold every turn while those predecessors wait for one.
 
+use crate::storage::synced;
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::future::Future;
 use std::hash::BuildHasher;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use tokio::sync::Notify;
 
 /// Something that happens once, awaited by the call after.
@@ -62,6 +67,10 @@ impl Flag {
 struct Step {
     applied: Flag,
     emitted: Flag,
+    /// The call's emission is queued behind its write's sync, on this log (0: it is not):
+    /// a later call whose own emission is queued behind a later sync of the same log is
+    /// behind it already (see `storage::synced`).
+    queued_on: AtomicUsize,
 }
 
 /// One connection's lines, by group: the latest call claimed in each. Owned by the socket's
@@ -120,7 +129,10 @@ pub struct Place {
 impl Drop for Place {
     fn drop(&mut self) {
         self.own.applied.set();
-        self.own.emitted.set();
+        // A queued emission is let go by its sync's answer.
+        if self.own.queued_on.load(Ordering::Acquire) == 0 {
+            self.own.emitted.set();
+        }
     }
 }
 
@@ -176,20 +188,35 @@ pub fn apply_late() {
 
 /// Waits, without the call's tenant turn, until the call before has emitted; marks the
 /// current call applied first, so the next call need not wait for this one's emission to
-/// apply.
+/// apply. A call whose emission will be queued behind its sync need not wait for one queued
+/// behind an earlier sync of the same log: the syncs answer in log order.
 pub async fn before_emit() {
     applied();
     if let Some(before) = take_before() {
+        let queued = before.queued_on.load(Ordering::Acquire);
+        if queued != 0 && synced::holding() == Some(queued) {
+            return;
+        }
         crate::fair::idle(before.emitted.wait()).await;
     }
 }
 
 /// The current call has emitted: the next call in its group may. Only after [`before_emit`].
+/// If the call's event waits for its sync, so does this.
 pub fn emitted() {
     let _ = CURRENT.try_with(|place| {
         let place = place.borrow();
-        if place.before.is_none() {
-            place.own.emitted.set();
+        if place.before.is_some() || place.own.queued_on.load(Ordering::Acquire) != 0 {
+            return;
+        }
+        match synced::holding() {
+            Some(log) => {
+                // Queued first: a later call that sees the mark knows this runs before its own.
+                let own = place.own.clone();
+                synced::after_sync(move |_| own.emitted.set());
+                place.own.queued_on.store(log, Ordering::Release);
+            }
+            None => place.own.emitted.set(),
         }
     });
 }

@@ -133,6 +133,18 @@ impl Reserved {
     }
 }
 
+impl Reserved {
+    /// As [`settle`](Self::settle), once the write is on disk; a write whose sync fails
+    /// gives its reservation back (see `storage::synced`).
+    pub fn settle_after_sync(self, new: u64, old: u64) {
+        crate::storage::synced::after_sync(move |synced| {
+            if synced.is_ok() {
+                self.settle(new, old);
+            }
+        });
+    }
+}
+
 impl Drop for Reserved {
     fn drop(&mut self) {
         self.slots.release(self.held);
@@ -142,7 +154,13 @@ impl Drop for Reserved {
 /// Gives back the bytes of a deleted item.
 pub fn freed(functions: &Functions, old: &Option<Value>) {
     if let Some(old) = old {
-        functions.quotas.stored_bytes.release(size(old));
+        let (quotas, bytes) = (functions.quotas.clone(), size(old));
+        // Once the delete is on disk (see `storage::synced`).
+        crate::storage::synced::after_sync(move |synced| {
+            if synced.is_ok() {
+                quotas.stored_bytes.release(bytes);
+            }
+        });
     }
 }
 

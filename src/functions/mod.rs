@@ -24,6 +24,7 @@ use crate::limits::ValueLimits;
 use crate::metrics::Calls;
 use crate::storage::EventBus;
 use crate::storage::router::StorageRouter;
+use crate::storage::synced;
 use crate::tenants::{AdapterCeilings, TenantQuotas};
 use crate::workers::router::Router;
 use crate::workers::shown::shown;
@@ -156,8 +157,16 @@ impl Functions {
         let (this, function_id) = (self.clone(), function_id.to_owned());
         Ok(Box::pin(async move {
             let result = run.await;
-            let code = result.as_ref().err().map(|e| e.code.as_str());
-            this.calls.record(&function_id, started.elapsed(), code);
+            let code = result.as_ref().err().map(|e| e.code.clone());
+            // A call's time runs until its write is on disk (see `storage::synced`).
+            crate::storage::synced::after_sync(move |synced| {
+                let code = match synced {
+                    Ok(()) => code,
+                    Err(e) => Some(streams::sync_failed(&function_id, e).code),
+                };
+                this.calls
+                    .record(&function_id, started.elapsed(), code.as_deref());
+            });
             result
         }))
     }
@@ -201,6 +210,25 @@ impl Functions {
     /// The event comes back unchanged, so that a write can answer with its value without
     /// copying it first.
     pub async fn emit(self: &Arc<Self>, event: StreamEvent) -> StreamEvent {
+        // A call whose write is not yet on disk sends its event when it is, in log order
+        // (see `storage::synced`); an event for a fan-out hook or for other nodes waits here.
+        if synced::holding().is_some() {
+            if self.bus.is_none() && self.storage.wasm().get(&event.stream_name).is_none() {
+                let (this, queued) = (self.clone(), event.clone());
+                synced::after_sync(move |synced| {
+                    // Without a runtime (it is shutting down) triggers cannot run.
+                    if synced.is_ok() && tokio::runtime::Handle::try_current().is_ok() {
+                        this.triggers.fire_stream(&this, &queued);
+                        this.publish(&queued);
+                    }
+                });
+                return event;
+            }
+            if synced::synced().await.is_err() {
+                // Not stored: the call answers the sync's error, and nothing is sent.
+                return event;
+            }
+        }
         self.triggers.fire_stream(self, &event);
         match self.fan_out(&event).await {
             None => self.publish(&event),

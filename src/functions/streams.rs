@@ -57,6 +57,17 @@ fn is_engine_store(storage: &dyn StreamAdapter) -> bool {
     storage.name().starts_with("kv_")
 }
 
+/// The error a write's call answers when its log sync fails after the call went on without
+/// waiting for it (see `storage::synced`): what the call would have answered had it waited.
+pub fn sync_failed(function_id: &str, error: &crate::storage::wal::WriteError) -> FnError {
+    let code = match function_id {
+        "stream::update" => "STREAM_UPDATE_ERROR",
+        "stream::delete" => "STREAM_DELETE_ERROR",
+        _ => "STREAM_SET_ERROR",
+    };
+    FnError::storage(code, anyhow::Error::new(error.clone()))
+}
+
 /// The calls that count against `writes_per_second`.
 pub fn is_write(function_id: &str) -> bool {
     matches!(
@@ -131,12 +142,12 @@ async fn set(functions: &Arc<Functions>, p: SetPayload) -> FnResult {
         .await
         .map_err(|e| FnError::storage("STREAM_SET_ERROR", e))?;
     let new_bytes = if keeps_data { bytes } else { admit::size(&new) };
-    reserved.settle(new_bytes, old.as_ref().map_or(0, admit::size));
+    reserved.settle_after_sync(new_bytes, old.as_ref().map_or(0, admit::size));
     sequence::before_emit().await;
     order.ready().await;
     let (stream, group, item) = (&p.stream_name, &p.group_id, &p.item_id);
     let new = emit_write(functions, stream, group, item, &old, new).await;
-    drop(order);
+    order.release_after_sync();
     functions.published().await;
     Ok(Some(answer([("old_value", old), ("new_value", Some(new))])))
 }
@@ -174,7 +185,7 @@ async fn delete(functions: &Arc<Functions>, p: ItemRef) -> FnResult {
         None => None,
     };
     sequence::emitted();
-    drop(order);
+    order.release_after_sync();
     functions.published().await;
     Ok(Some(answer([("old_value", old)])))
 }
@@ -280,13 +291,13 @@ async fn update(functions: &Arc<Functions>, p: UpdatePayload) -> FnResult {
         .await
         .map_err(|e| over_quota(FnError::storage("STREAM_UPDATE_ERROR", e)))?;
     let old_bytes = outcome.old_value.as_ref().map_or(0, admit::size);
-    reserved.settle(admit::size(&outcome.new_value), old_bytes);
+    reserved.settle_after_sync(admit::size(&outcome.new_value), old_bytes);
     sequence::before_emit().await;
     order.ready().await;
     let (stream, group, item) = (&p.stream_name, &p.group_id, &p.item_id);
     let (old, new) = (outcome.old_value, outcome.new_value);
     let new = emit_write(functions, stream, group, item, &old, new).await;
-    drop(order);
+    order.release_after_sync();
     functions.published().await;
     let mut result = answer([("old_value", old), ("new_value", Some(new))]);
     if !outcome.errors.is_empty() {

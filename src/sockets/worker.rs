@@ -28,6 +28,7 @@ use crate::fanout::outbox::{self, CLOSE_TOO_BIG, Flow, Outbox, Peer};
 use crate::fanout::sequence::Lines;
 use crate::functions::command::Command;
 use crate::functions::{Functions, streams};
+use crate::storage::synced;
 use crate::tenants::{QUOTA_EXCEEDED, TenantId};
 use crate::workers::messages::{
     Data, EngineMessage, FUNCTION_NAMESPACE_CONFLICT, INVOKE_SHAPE, Invoke, Malformed, Problem,
@@ -459,11 +460,31 @@ fn invoke(
             let turns = functions.turns.clone();
             let place = group.map(|key| lines.claim(key));
             run_here_or_spawn(async move {
-                let result = match place {
-                    Some(place) => place.run(turns.run(run)).await,
-                    None => turns.run(run).await,
-                };
-                answer(&worker, &function_id, invocation_id, result).await;
+                let (result, held) = synced::scope(async {
+                    match place {
+                        Some(place) => place.run(turns.run(run)).await,
+                        None => turns.run(run).await,
+                    }
+                })
+                .await;
+                if held.is_empty() {
+                    return answer(&worker, &function_id, invocation_id, result).await;
+                }
+                // A write not yet on disk is answered by its sync (see `storage::synced`),
+                // with the answer encoded now, while its values are in cache.
+                let frame = reply(&worker, &function_id, invocation_id.clone(), result);
+                held.then(move |synced| {
+                    let frame = match synced {
+                        Ok(()) => frame,
+                        Err(e) => {
+                            let failed = Err(streams::sync_failed(&function_id, e));
+                            reply(&worker, &function_id, invocation_id, failed)
+                        }
+                    };
+                    if let Some(frame) = frame {
+                        answer_now(worker, frame);
+                    }
+                });
             });
         }
         Ok(None) => {
@@ -531,11 +552,33 @@ async fn answer(
     invocation_id: Option<String>,
     result: FnResult,
 ) {
+    if let Some(frame) = reply(worker, function_id, invocation_id, result) {
+        worker.send(frame).await;
+    }
+}
+
+/// Queues an answer from code that cannot wait (a sync's answer): now if the worker's queue
+/// has room, else by a task that waits for room.
+fn answer_now(worker: Arc<WorkerHandle>, frame: String) {
+    if let Err(frame) = worker.try_send(frame)
+        && let Ok(runtime) = tokio::runtime::Handle::try_current()
+    {
+        runtime.spawn(async move { worker.send(frame).await });
+    }
+}
+
+/// A call's answer as a frame; None for a call without an id, which is only logged.
+fn reply(
+    worker: &WorkerHandle,
+    function_id: &str,
+    invocation_id: Option<String>,
+    result: FnResult,
+) -> Option<String> {
     let Some(invocation_id) = invocation_id else {
         if let Err(e) = result {
             tracing::debug!(worker = %worker.id, function_id = %shown(function_id), error = %e, "fire-and-forget call failed");
         }
-        return;
+        return None;
     };
     // Moves the id into a Value, without copying it.
     let invocation_id = Value::String(invocation_id);
@@ -549,7 +592,7 @@ async fn answer(
         result,
         error,
     };
-    worker.send(reply.encode()).await;
+    Some(reply.encode())
 }
 
 /// A worker's answer as a function result.

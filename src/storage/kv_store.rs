@@ -203,8 +203,13 @@ impl KvStore {
             change(&mut state, &mut log)?
         };
         if let (Some(wal), Some(ticket)) = (&self.wal, ticket) {
-            // Waiting on the disk uses no thread: the call's turn goes to others meanwhile.
-            crate::fair::idle(wal.wait(ticket)).await?;
+            // A worker's call goes on without waiting: what must wait for the disk waits for
+            // the ticket it holds (see `synced`).
+            let log = std::ptr::from_ref(wal) as usize;
+            if let Err(ticket) = super::synced::hold(log, ticket) {
+                // Waiting on the disk uses no thread: the call's turn goes to others meanwhile.
+                crate::fair::idle(wal.wait(ticket)).await?;
+            }
         }
         Ok(Stored {
             value: result,

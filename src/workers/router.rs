@@ -129,6 +129,13 @@ impl WorkerHandle {
         self.outbox.close(code, reason);
     }
 
+    /// Queues a frame for the worker if its queue has room now; gives it back if not.
+    pub fn try_send(&self, frame: String) -> Result<bool, String> {
+        self.outbox
+            .try_send(Utf8Bytes::from(frame))
+            .map_err(|frame| frame.as_str().to_owned())
+    }
+
     /// Queues a frame for the worker, waiting for room rather than dropping it.
     pub async fn send(&self, frame: String) -> bool {
         self.outbox.send(Utf8Bytes::from(frame)).await

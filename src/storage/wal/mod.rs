@@ -3,11 +3,12 @@
 //! Writers append a record while they hold the store's lock (so the log's order is the order
 //! of the changes) and then wait, without the lock, until a flusher thread has written and
 //! synced it. The flusher takes everything appended since its last sync in one write and one
-//! `fdatasync`, so concurrent writers share the cost of a sync, and then wakes exactly the
-//! writers whose records that sync covered. It syncs when the runtime says a batch is
-//! complete (`gather`: a turn of the runtime appended nothing more), as Redis syncs once per
-//! turn of its event loop. When the log has grown well past the live data it is rewritten
-//! while writes go on (`rewrite`).
+//! `fdatasync`, so concurrent writers share the cost of a sync, and then answers exactly the
+//! writers whose records that sync covered, in log order: waking them, or running what they
+//! left to run (`ticket`). It syncs when the runtime says a batch is complete (`gather`: a
+//! turn of the runtime appended nothing more), as Redis syncs once per turn of its event loop.
+//! When the log has grown well past the live data it is rewritten while writes go on
+//! (`rewrite`).
 //!
 //! When a write or sync fails, the flusher stops taking writes, fails every writer not yet
 //! answered, cuts the log back to what was synced, and has the store reload its memory from
@@ -26,6 +27,7 @@ mod rewrite;
 pub mod sim;
 #[cfg(test)]
 mod sim_tests;
+pub mod ticket;
 pub mod tool;
 
 pub use record::{Record, RecordRef, encode};
@@ -39,7 +41,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
-use tokio::sync::oneshot;
+pub use ticket::Ticket;
+use ticket::Waiter;
 
 pub const LOG_NAME: &str = "streams.wal";
 
@@ -64,8 +67,6 @@ impl std::fmt::Display for WriteError {
 }
 
 impl std::error::Error for WriteError {}
-
-type Waiter = oneshot::Sender<Result<(), WriteError>>;
 
 /// Hands writers the answer of their sync. Sent from the flusher's thread, each answer would
 /// wake the runtime from outside (a syscall each), and the runtime, woken per writer, ran each
@@ -125,12 +126,9 @@ impl Drop for Answering {
 
 fn answer(waiters: Vec<Waiter>, result: Result<(), WriteError>) {
     for w in waiters {
-        let _ = w.send(result.clone());
+        w.send(result.clone());
     }
 }
-
-/// A record's place in the log: wait on it to know the record is on disk.
-pub struct Ticket(oneshot::Receiver<Result<(), WriteError>>);
 
 /// Tunables; the defaults suit a real disk, tests shrink them.
 #[derive(Debug, Clone)]
@@ -343,8 +341,8 @@ impl Wal {
         let mut p = self.shared.pending.lock().unwrap();
         Self::writable(&p)?;
         encode(record, &mut p.buf);
-        let (tx, rx) = oneshot::channel();
-        p.waiters.push(tx);
+        let (waiter, ticket) = ticket::pair();
+        p.waiters.push(waiter);
         p.appended += 1;
         // Without a runtime to say when a batch is complete, each is as soon as it starts.
         p.ready |= self.rounds.is_none();
@@ -367,7 +365,7 @@ impl Wal {
         if wake {
             self.shared.wake.notify_one();
         }
-        Ok(Ticket(rx))
+        Ok(ticket)
     }
 
     fn writable(p: &Pending) -> Result<(), WriteError> {
@@ -408,12 +406,7 @@ impl Wal {
 
     /// Waits until the ticket's record is on disk.
     pub async fn wait(&self, ticket: Ticket) -> Result<(), WriteError> {
-        match ticket.0.await {
-            Ok(result) => result,
-            Err(_) => Err(WriteError::InDoubt(
-                "the store's log flusher stopped before the write was known to be on disk".into(),
-            )),
-        }
+        ticket.await
     }
 
     /// Flushes what is pending and stops the flusher.
@@ -699,18 +692,28 @@ mod tests {
             Answers::start()
         };
         assert!(matches!(answers, Answers::Runtime(_)));
-        let (tx, mut rx) = tokio::sync::oneshot::channel();
+        let answered = |ticket: Ticket| {
+            let seen = Arc::new(Mutex::new(None));
+            let into = seen.clone();
+            ticket.then(Box::new(move |r| *into.lock().unwrap() = Some(r.is_ok())));
+            seen
+        };
+        let (waiter, ticket) = ticket::pair();
+        let seen = answered(ticket);
         // Queued, never run: the runtime is not driven before it is dropped.
-        answers.send(vec![tx], Ok(()));
+        answers.send(vec![waiter], Ok(()));
         drop(runtime);
-        assert!(
-            matches!(rx.try_recv(), Ok(Ok(()))),
+        assert_eq!(
+            *seen.lock().unwrap(),
+            Some(true),
             "the queued answer was lost"
         );
-        let (tx, mut rx) = tokio::sync::oneshot::channel();
-        answers.send(vec![tx], Ok(()));
-        assert!(
-            matches!(rx.try_recv(), Ok(Ok(()))),
+        let (waiter, ticket) = ticket::pair();
+        let seen = answered(ticket);
+        answers.send(vec![waiter], Ok(()));
+        assert_eq!(
+            *seen.lock().unwrap(),
+            Some(true),
             "no runtime: answered in place"
         );
     }
