@@ -124,6 +124,10 @@ impl Ticket {
         let mut state = self.0.lock().unwrap();
         match &mut *state {
             State::Waiting { then: queue, .. } | State::Answering { then: queue, .. } => {
+                // A write's call queues about six steps: one allocation for them all.
+                if queue.capacity() == 0 {
+                    queue.reserve_exact(8);
+                }
                 queue.push(then)
             }
             State::Done(result) => {
