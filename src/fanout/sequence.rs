@@ -15,7 +15,8 @@
 //!
 //! A durable write's emission waits for its sync without its call waiting (`storage::synced`):
 //! it is *queued* behind the sync, and a later call whose own emission is queued behind a later
-//! sync of the same log need not wait for it, as syncs answer in log order.
+//! sync of the same log need not wait for it, as syncs answer in log order; a later call with no
+//! sync of its own (a send) joins the earlier call's, and its steps run after that call's.
 //!
 //! The waits hold no tenant turn (`fair`): the wait to start is made before the call asks
 //! for a turn, and the wait to emit is made [`idle`](crate::fair::idle), so calls waiting on
@@ -27,7 +28,8 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::hash::BuildHasher;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::Notify;
 
 /// Something that happens once, awaited by the call after.
@@ -67,10 +69,10 @@ impl Flag {
 struct Step {
     applied: Flag,
     emitted: Flag,
-    /// The call's emission is queued behind its write's sync, on this log (0: it is not):
-    /// a later call whose own emission is queued behind a later sync of the same log is
-    /// behind it already (see `storage::synced`).
-    queued_on: AtomicUsize,
+    /// The sync the call's emission is queued behind (see `storage::synced`): a later call
+    /// whose own emission is queued behind a later sync of the same log is behind it already,
+    /// and one with no sync of its own joins it.
+    queued: OnceLock<synced::Shared>,
 }
 
 /// One connection's lines, by group: the latest call claimed in each. Owned by the socket's
@@ -130,7 +132,7 @@ impl Drop for Place {
     fn drop(&mut self) {
         self.own.applied.set();
         // A queued emission is let go by its sync's answer.
-        if self.own.queued_on.load(Ordering::Acquire) == 0 {
+        if self.own.queued.get().is_none() {
             self.own.emitted.set();
         }
     }
@@ -154,7 +156,7 @@ impl Place {
                 applied();
                 // A call that emitted nothing still passes the emission turn on in order.
                 if let Some(before) = take_before() {
-                    before.emitted.wait().await;
+                    after(&before).await;
                 }
                 emitted();
                 out
@@ -193,12 +195,22 @@ pub fn apply_late() {
 pub async fn before_emit() {
     applied();
     if let Some(before) = take_before() {
-        let queued = before.queued_on.load(Ordering::Acquire);
-        if queued != 0 && synced::holding() == Some(queued) {
-            return;
-        }
-        crate::fair::idle(before.emitted.wait()).await;
+        after(&before).await;
     }
+}
+
+/// Waits (idle) until the call before has emitted, unless the current call's emission will be
+/// queued behind the same log's syncs after it: its own later sync, or the earlier call's
+/// sync joined.
+async fn after(before: &Step) {
+    if let Some(queued) = before.queued.get() {
+        match synced::holding() {
+            Some(log) if log == queued.log => return,
+            None if synced::join(queued) => return,
+            _ => {}
+        }
+    }
+    crate::fair::idle(before.emitted.wait()).await;
 }
 
 /// The current call has emitted: the next call in its group may. Only after [`before_emit`].
@@ -206,15 +218,15 @@ pub async fn before_emit() {
 pub fn emitted() {
     let _ = CURRENT.try_with(|place| {
         let place = place.borrow();
-        if place.before.is_some() || place.own.queued_on.load(Ordering::Acquire) != 0 {
+        if place.before.is_some() || place.own.queued.get().is_some() {
             return;
         }
-        match synced::holding() {
-            Some(log) => {
+        match synced::share() {
+            Some(shared) => {
                 // Queued first: a later call that sees the mark knows this runs before its own.
                 let own = place.own.clone();
                 synced::after_sync(move |_| own.emitted.set());
-                place.own.queued_on.store(log, Ordering::Release);
+                let _ = place.own.queued.set(shared);
             }
             None => place.own.emitted.set(),
         }

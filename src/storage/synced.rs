@@ -12,11 +12,17 @@
 //! order the writes were applied. A failed sync runs the queue with its error: no event is sent
 //! and the call is answered with the error, as a call that waited would have been.
 //!
-//! Outside a scope, or once a call holds a ticket, a further write waits as before; and a call that
-//! must have its sync before it goes on (an event for a fan-out hook, or for other nodes)
+//! A call with no write of its own (a `stream::send`) in line behind a write whose steps wait
+//! for its sync *joins* that sync ([`join`]): its own steps are queued after the write's, on the
+//! same ticket, and run whatever the sync's result (the send itself stored nothing that could
+//! fail). So a connection's sends and writes to a group keep their order without any of their
+//! calls waiting.
+//!
+//! Outside a scope, or once a call holds a ticket, a further write waits as before; and a call
+//! that must have its sync before it goes on (an event for a fan-out hook, or for other nodes)
 //! waits for it with [`synced`].
 
-use super::wal::{Ticket, WriteError};
+use super::wal::{Ticket, WriteError, ticket::Then};
 use std::cell::RefCell;
 use std::future::Future;
 
@@ -32,8 +38,17 @@ pub struct Held {
     ticket: Option<Ticket>,
     /// Which log the ticket is of (see [`holding`]).
     log: usize,
+    /// The ticket is an earlier call's, joined ([`join`]): the steps run as if it succeeded.
+    joined: bool,
     /// The call has waited for its sync ([`synced`]): what it queues now runs at once.
     waited: bool,
+}
+
+/// A held sync, as a later call may join it (see [`join`]).
+#[derive(Clone)]
+pub struct Shared {
+    pub log: usize,
+    ticket: Ticket,
 }
 
 /// Runs `call` in a scope, and gives back the sync it left holding, if any.
@@ -66,6 +81,37 @@ pub fn hold(log: usize, ticket: Ticket) -> Result<(), Ticket> {
     }
 }
 
+/// The current call's unanswered sync, for a later call to join.
+pub fn share() -> Option<Shared> {
+    HELD.try_with(|held| {
+        let held = held.borrow();
+        let ticket = held.ticket.as_ref().filter(|_| !held.waited)?;
+        Some(Shared {
+            log: held.log,
+            ticket: ticket.clone(),
+        })
+    })
+    .ok()
+    .flatten()
+}
+
+/// Queues the current call's steps behind an earlier call's sync: after the steps that call
+/// queued so far, and run whatever the sync's result. False if there is no scope or the call
+/// holds a sync of its own.
+pub fn join(earlier: &Shared) -> bool {
+    HELD.try_with(|held| {
+        let mut held = held.borrow_mut();
+        if held.ticket.is_some() {
+            return false;
+        }
+        held.ticket = Some(earlier.ticket.clone());
+        held.log = earlier.log;
+        held.joined = true;
+        true
+    })
+    .unwrap_or(false)
+}
+
 /// The log whose sync the current call holds, if it holds one it has not waited for.
 pub fn holding() -> Option<usize> {
     HELD.try_with(|held| {
@@ -81,8 +127,9 @@ pub fn holding() -> Option<usize> {
 pub fn after_sync(then: impl FnOnce(Result<(), &WriteError>) + Send + 'static) {
     let mut then = Some(then);
     let _ = HELD.try_with(|held| {
-        if let Some(ticket) = &held.borrow().ticket {
-            ticket.then(Box::new(then.take().expect("taken once")));
+        let held = held.borrow();
+        if let Some(ticket) = &held.ticket {
+            queue(ticket, held.joined, then.take().expect("taken once"));
         }
     });
     if let Some(then) = then {
@@ -90,21 +137,42 @@ pub fn after_sync(then: impl FnOnce(Result<(), &WriteError>) + Send + 'static) {
     }
 }
 
-/// Waits, without the call's tenant turn, for the sync the current call holds (and so for
-/// what it queued); the sync's result, Ok if it holds none.
-pub async fn synced() -> Result<(), WriteError> {
-    // Out of the task-local while it is awaited: the call's own code may look at it meanwhile.
-    let ticket = HELD.try_with(|held| held.borrow_mut().ticket.take());
-    let Ok(Some(mut ticket)) = ticket else {
-        return Ok(());
+fn queue(
+    ticket: &Ticket,
+    joined: bool,
+    then: impl FnOnce(Result<(), &WriteError>) + Send + 'static,
+) {
+    let then: Then = match joined {
+        // A joined sync's failure is the earlier call's, not this one's.
+        true => Box::new(move |_| then(Ok(()))),
+        false => Box::new(then),
     };
-    let outcome = crate::fair::idle(&mut ticket).await;
-    HELD.with(|held| {
+    ticket.then(then);
+}
+
+/// Waits, without the call's tenant turn, for the sync the current call holds (and so for
+/// what it queued); the sync's result, Ok if it holds none (or joined it).
+pub async fn synced() -> Result<(), WriteError> {
+    let (answered, answer) = tokio::sync::oneshot::channel();
+    let queued = HELD.try_with(|held| {
         let mut held = held.borrow_mut();
-        held.ticket = Some(ticket);
+        let joined = held.joined;
+        let ticket = held.ticket.as_ref().filter(|_| !held.waited)?;
+        queue(ticket, joined, move |r| {
+            let _ = answered.send(r.map_err(WriteError::clone));
+        });
         held.waited = true;
+        Some(())
     });
-    outcome
+    if !matches!(queued, Ok(Some(()))) {
+        return Ok(());
+    }
+    match crate::fair::idle(answer).await {
+        Ok(result) => result,
+        Err(_) => Err(WriteError::InDoubt(
+            "the store's log stopped before the write was known to be on disk".into(),
+        )),
+    }
 }
 
 impl Held {
@@ -115,8 +183,8 @@ impl Held {
 
     /// Runs `last` when the sync answers, after what the call queued (now, if it has).
     pub fn then(self, last: impl FnOnce(Result<(), &WriteError>) + Send + 'static) {
-        match self.ticket {
-            Some(ticket) => ticket.then(Box::new(last)),
+        match &self.ticket {
+            Some(ticket) => queue(ticket, self.joined, last),
             None => last(Ok(())),
         }
     }
@@ -211,6 +279,46 @@ mod tests {
         let p = push.clone();
         held.then(move |_| p("answer"));
         assert_eq!(*seen.lock().unwrap(), ["before", "after", "answer"]);
+    }
+
+    /// A call with no sync of its own that joins an earlier call's runs its steps after that
+    /// call's, as if the sync succeeded: the failure is the earlier call's.
+    #[tokio::test]
+    async fn a_joined_sync_runs_the_later_call_s_steps_after_the_earlier_s() {
+        let (seen, push) = log();
+        let (waiter, ticket) = ticket::pair();
+        let p = push.clone();
+        let (shared, held) = scope(async move {
+            hold(1, ticket).ok().unwrap();
+            after_sync(move |r| p(&format!("write's event {}", r.is_ok())));
+            share().expect("a sync to share")
+        })
+        .await;
+        let p = push.clone();
+        held.then(move |r| p(&format!("write's answer {}", r.is_ok())));
+        let p = push.clone();
+        let (_unanswered, mine) = ticket::pair();
+        let ((), joined) = scope(async move {
+            assert!(join(&shared));
+            assert_eq!(holding(), Some(1));
+            after_sync(move |r| p(&format!("send's event {}", r.is_ok())));
+            // One sync per call: a call holding one joins no other.
+            assert!(hold(1, mine).is_err());
+            assert!(!join(&shared));
+        })
+        .await;
+        joined.then(move |r| push(&format!("send's answer {}", r.is_ok())));
+        assert!(seen.lock().unwrap().is_empty());
+        waiter.send(Err(WriteError::NotStored("disk full".into())));
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [
+                "write's event false",
+                "write's answer false",
+                "send's event true",
+                "send's answer true"
+            ]
+        );
     }
 
     /// A call dropped while it holds a sync still runs its steps when the sync answers.

@@ -37,7 +37,8 @@ type Slot = Arc<Mutex<State>>;
 /// knew), it answers that the write is in doubt.
 pub struct Waiter(Option<Slot>);
 
-/// The writer's end (see the module's comment).
+/// The writer's end (see the module's comment). A clone queues on the same sync.
+#[derive(Clone)]
 pub struct Ticket(Slot);
 
 /// A record's waiter and ticket.
