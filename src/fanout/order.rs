@@ -13,8 +13,12 @@
 //! event is out ([`Order::locked`], for storage that takes no turns, such as a stream served
 //! by a worker's functions). So an adapter that does not order its writes does not compile.
 //! The engine waits on [`Order::ready`] before it emits and drops the `Order` once it has.
+//! A write whose event waits for its log sync (`storage::synced`) drops its `Order` when that
+//! sync answers, and marks its turn queued: a later write to the item whose own event waits for
+//! a later sync of the same log need not wait, as the syncs answer in log order.
 
 use crate::fanout::item_lock::ItemLock;
+use crate::storage::synced;
 use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 use std::hash::{BuildHasher, BuildHasherDefault, Hasher};
@@ -53,6 +57,10 @@ struct Line {
     latest: ByHash<u64>,
     /// For a turn that a later turn waits for (by id): the signal that releases the later one.
     waiting: HashMap<u64, oneshot::Sender<()>>,
+    /// Turns (by id) whose release is queued behind a sync of this log (see
+    /// `storage::synced`): a later write whose own event waits for a later sync of the same log
+    /// is behind them already.
+    queued: HashMap<u64, usize>,
 }
 
 /// One store's turns, by item.
@@ -106,6 +114,7 @@ struct Turn {
 impl Drop for Turn {
     fn drop(&mut self) {
         let mut line = self.line.lock().unwrap();
+        line.queued.remove(&self.id);
         // Dropped while the turn before it is still held (an error or a cancelled call): what
         // queued behind this turn queues behind that one instead, so the order still holds.
         let held_before = self
@@ -204,17 +213,33 @@ impl Order {
     /// waits without the call's tenant turn (`fair::idle`): the write it waits for may need a
     /// turn to finish, and the later writes of one item must not hold them all.
     pub async fn ready(&mut self) {
+        let holding = synced::holding();
         for turn in self.turn.iter_mut().chain(&mut self.more) {
-            if let Some(before) = turn.before.take() {
-                let _ = crate::fair::idle(before).await;
+            let Some(before) = turn.before.take() else {
+                continue;
+            };
+            // An earlier write whose event and release are queued behind an earlier sync of
+            // the log this write's event waits for: the syncs answer in log order.
+            if let (Some(log), Some(earlier)) = (holding, turn.earlier)
+                && turn.line.lock().unwrap().queued.get(&earlier) == Some(&log)
+            {
+                continue;
             }
+            let _ = crate::fair::idle(before).await;
         }
     }
 
     /// Lets the item's next write emit once this write's event is out: now, or when the sync
     /// the call holds answers, if its event waits for it (see `storage::synced`).
     pub fn release_after_sync(self) {
-        crate::storage::synced::after_sync(move |_| drop(self));
+        let Some(log) = synced::holding() else {
+            return drop(self);
+        };
+        // The write's event is queued already; the mark goes when the turn does.
+        for turn in self.turns() {
+            turn.line.lock().unwrap().queued.insert(turn.id, log);
+        }
+        synced::after_sync(move |_| drop(self));
     }
 }
 
@@ -247,6 +272,50 @@ mod tests {
             line.latest.is_empty() && line.waiting.is_empty(),
             "finished items are forgotten"
         );
+    }
+
+    /// A write whose turn's release waits for its sync does not hold up a later write of the
+    /// item whose own event waits for a later sync of the same log; a write with no sync
+    /// waits for the release.
+    #[tokio::test]
+    async fn a_turn_queued_behind_a_sync_holds_back_only_writes_not_queued_behind_a_later_one() {
+        use crate::storage::{synced, wal::ticket};
+        let turns = Arc::new(Turns::default());
+        let (first_sync, first_ticket) = ticket::pair();
+        let t = turns.clone();
+        let ((), held) = synced::scope(async move {
+            synced::hold(1, first_ticket).ok().unwrap();
+            t.claim("s", "g", "x").release_after_sync();
+        })
+        .await;
+        let t = turns.clone();
+        let (_second_sync, second_ticket) = ticket::pair();
+        let (went, _) = synced::scope(async move {
+            let mut second = t.claim("s", "g", "x");
+            synced::hold(1, second_ticket).ok().unwrap();
+            tokio::time::timeout(Duration::from_secs(1), second.ready())
+                .await
+                .is_ok()
+        })
+        .await;
+        assert!(went, "a write queued behind a later sync waited");
+        let mut third = turns.claim("s", "g", "x");
+        let mut fourth = turns.claim("s", "g", "y");
+        fourth.ready().await;
+        drop(held);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), third.ready())
+                .await
+                .is_err(),
+            "a write with no sync went before the queued release"
+        );
+        first_sync.send(Ok(()));
+        tokio::time::timeout(Duration::from_secs(1), third.ready())
+            .await
+            .expect("the sync released the turns");
+        drop((third, fourth));
+        let line = turns.line.lock().unwrap();
+        assert!(line.queued.is_empty(), "released turns are forgotten");
     }
 
     #[tokio::test]
