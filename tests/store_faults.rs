@@ -153,7 +153,24 @@ impl SmallDisk {
             .arg(at)
             .status()
             .is_ok_and(|s| s.success());
+        if !ok {
+            // CI runs as root; a developer without the right to mount sees why a test did not run.
+            eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
+        }
         ok.then(|| SmallDisk(at.to_path_buf()))
+    }
+
+    /// Fills the disk to the last byte with a file, whose path it returns.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let filler = self.0.join("filler");
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![7u8; 64 << 10];
+        while f.write_all(&block).is_ok() {}
+        let small = [7u8; 512];
+        while f.write_all(&small).is_ok() {}
+        let _ = f.sync_all();
+        filler
     }
 }
 
@@ -167,8 +184,6 @@ impl Drop for SmallDisk {
 async fn a_full_disk_refuses_writes_serves_reads_and_resumes_once_space_is_freed() {
     let dir = tempfile::tempdir().unwrap();
     let Some(disk) = SmallDisk::mount(&dir.path().join("small")) else {
-        // CI runs as root; a developer without the right to mount sees why this did not run.
-        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
         return;
     };
     let store_dir = disk.0.join("store");
@@ -178,17 +193,7 @@ async fn a_full_disk_refuses_writes_serves_reads_and_resumes_once_space_is_freed
         .await
         .unwrap();
 
-    // Fill the disk to the last byte.
-    let filler = disk.0.join("filler");
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&filler).unwrap();
-        let block = vec![7u8; 64 << 10];
-        while f.write_all(&block).is_ok() {}
-        let small = [7u8; 512];
-        while f.write_all(&small).is_ok() {}
-        let _ = f.sync_all();
-    }
+    let filler = disk.fill();
 
     // Writes fail with a clear error; reads go on.
     let pad = "x".repeat(8 << 10);
@@ -267,7 +272,6 @@ async fn a_full_disk_refuses_writes_serves_reads_and_resumes_once_space_is_freed
 async fn a_worker_s_sets_on_a_filling_disk_are_sent_and_stored_exactly_when_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let Some(disk) = SmallDisk::mount(&dir.path().join("small")) else {
-        eprintln!("SKIPPED: cannot mount a tmpfs here (needs root)");
         return;
     };
     let store_dir = disk.0.join("store");
@@ -282,16 +286,13 @@ async fn a_worker_s_sets_on_a_filling_disk_are_sent_and_stored_exactly_when_ackn
     let worker = common::RawWorker::connect(engine.worker_addr).await;
 
     // Fill the disk, then give back 256 KiB: room for about 30 of the sets below.
-    let filler = disk.0.join("filler");
-    {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&filler).unwrap();
-        let block = vec![7u8; 64 << 10];
-        while f.write_all(&block).is_ok() {}
-        let _ = f.sync_all();
-        let len = f.metadata().unwrap().len();
-        f.set_len(len - (256 << 10)).unwrap();
-    }
+    let filler = disk.fill();
+    let len = std::fs::metadata(&filler).unwrap().len();
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&filler)
+        .unwrap();
+    f.set_len(len - (256 << 10)).unwrap();
     let pad = "x".repeat(8 << 10);
     let set = |n: usize| {
         let data = json!({"stream_name": "s", "group_id": "g", "item_id": format!("i{n}"), "data": {"n": n, "pad": pad}});

@@ -248,6 +248,13 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    /// Whether the write still waits for its turn 50 ms on.
+    async fn still_waits(order: &mut Order) -> bool {
+        tokio::time::timeout(Duration::from_millis(50), order.ready())
+            .await
+            .is_err()
+    }
+
     #[tokio::test]
     async fn a_later_turn_waits_for_the_earlier_one_and_others_do_not() {
         let turns = Arc::new(Turns::default());
@@ -257,9 +264,7 @@ mod tests {
         first.ready().await;
         other.ready().await;
         assert!(
-            tokio::time::timeout(Duration::from_millis(50), second.ready())
-                .await
-                .is_err(),
+            still_waits(&mut second).await,
             "the second turn went before the first"
         );
         drop(first);
@@ -304,9 +309,7 @@ mod tests {
         fourth.ready().await;
         drop(held);
         assert!(
-            tokio::time::timeout(Duration::from_millis(50), third.ready())
-                .await
-                .is_err(),
+            still_waits(&mut third).await,
             "a write with no sync went before the queued release"
         );
         first_sync.send(Ok(()));
@@ -326,9 +329,7 @@ mod tests {
         let mut third = turns.claim("s", "g", "x");
         drop(second);
         assert!(
-            tokio::time::timeout(Duration::from_millis(50), third.ready())
-                .await
-                .is_err(),
+            still_waits(&mut third).await,
             "the third went before the first"
         );
         let mut fourth = turns.claim("s", "g", "x");
@@ -337,9 +338,7 @@ mod tests {
             .await
             .expect("the first released the third");
         assert!(
-            tokio::time::timeout(Duration::from_millis(50), fourth.ready())
-                .await
-                .is_err(),
+            still_waits(&mut fourth).await,
             "the fourth went before the third"
         );
         drop(third);
@@ -358,9 +357,7 @@ mod tests {
         drop(second);
         let mut third = turns.claim("s", "g", "y");
         assert!(
-            tokio::time::timeout(Duration::from_millis(50), third.ready())
-                .await
-                .is_err(),
+            still_waits(&mut third).await,
             "the third went before the first"
         );
         drop(first);
@@ -382,9 +379,7 @@ mod tests {
             .expect("no wait on its own turn");
         let mut next = turns.claim("s", "g", "x");
         assert!(
-            tokio::time::timeout(Duration::from_millis(50), next.ready())
-                .await
-                .is_err(),
+            still_waits(&mut next).await,
             "a later write went before the joined order"
         );
         drop(order);

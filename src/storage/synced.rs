@@ -205,43 +205,33 @@ mod tests {
         (seen, move |s: &str| into.lock().unwrap().push(s.to_owned()))
     }
 
-    /// Steps queued by a call in a scope run after its sync, in order, then its answer.
+    /// Steps queued by a call in a scope run after its sync, in order, then its answer, with
+    /// the sync's result: a failed sync runs them with its error.
     #[tokio::test]
-    async fn steps_wait_for_the_sync_held() {
-        let (seen, push) = log();
-        let (waiter, ticket) = ticket::pair();
-        let p = push.clone();
-        let ((), held) = scope(async move {
-            assert!(hold(1, ticket).is_ok());
-            assert_eq!(holding(), Some(1));
-            let p2 = p.clone();
-            after_sync(move |r| p2(&format!("event {}", r.is_ok())));
-            p("applied");
-        })
-        .await;
-        held.then(move |r| push(&format!("answer {}", r.is_ok())));
-        assert_eq!(*seen.lock().unwrap(), ["applied"]);
-        waiter.send(Ok(()));
-        assert_eq!(
-            *seen.lock().unwrap(),
-            ["applied", "event true", "answer true"]
-        );
-    }
-
-    /// A failed sync runs the steps with its error.
-    #[tokio::test]
-    async fn a_failed_sync_runs_the_steps_with_its_error() {
-        let (seen, push) = log();
-        let (waiter, ticket) = ticket::pair();
-        let p = push.clone();
-        let ((), held) = scope(async move {
-            hold(1, ticket).ok().unwrap();
-            after_sync(move |r| p(&format!("event {}", r.is_ok())));
-        })
-        .await;
-        held.then(move |r| push(&format!("answer {}", r.is_ok())));
-        waiter.send(Err(WriteError::NotStored("disk full".into())));
-        assert_eq!(*seen.lock().unwrap(), ["event false", "answer false"]);
+    async fn steps_wait_for_the_sync_held_and_get_its_result() {
+        for ok in [true, false] {
+            let (seen, push) = log();
+            let (waiter, ticket) = ticket::pair();
+            let p = push.clone();
+            let ((), held) = scope(async move {
+                assert!(hold(1, ticket).is_ok());
+                assert_eq!(holding(), Some(1));
+                let p2 = p.clone();
+                after_sync(move |r| p2(&format!("event {}", r.is_ok())));
+                p("applied");
+            })
+            .await;
+            held.then(move |r| push(&format!("answer {}", r.is_ok())));
+            assert_eq!(*seen.lock().unwrap(), ["applied"]);
+            waiter.send(match ok {
+                true => Ok(()),
+                false => Err(WriteError::NotStored("disk full".into())),
+            });
+            assert_eq!(
+                *seen.lock().unwrap(),
+                ["applied", &format!("event {ok}"), &format!("answer {ok}")]
+            );
+        }
     }
 
     /// Outside a scope nothing is held: the write waits, and steps run at once.

@@ -726,8 +726,8 @@ mod tests {
 
     /// Syncs answered while the runtime that answers them shuts down still reach their
     /// writers as done, not as in doubt.
-    #[test]
-    fn answers_queued_when_their_runtime_stops_still_arrive() {
+    /// Answers given to a task on a runtime that runs only when the test drives it.
+    fn answers_on_a_runtime() -> (tokio::runtime::Runtime, Answers) {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
@@ -736,6 +736,12 @@ mod tests {
             Answers::start()
         };
         assert!(matches!(answers, Answers::Runtime(_)));
+        (runtime, answers)
+    }
+
+    #[test]
+    fn answers_queued_when_their_runtime_stops_still_arrive() {
+        let (runtime, answers) = answers_on_a_runtime();
         let answered = |ticket: Ticket| {
             let seen = Arc::new(Mutex::new(None));
             let into = seen.clone();
@@ -766,13 +772,7 @@ mod tests {
     /// part way through still answers the rest as done, and in order.
     #[test]
     fn a_pass_cut_short_by_its_runtime_stopping_answers_the_rest_in_order() {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap();
-        let answers = {
-            let _entered = runtime.enter();
-            Answers::start()
-        };
+        let (runtime, answers) = answers_on_a_runtime();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let batch = |from: usize, n: usize| {
             (from..from + n)
