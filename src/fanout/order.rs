@@ -289,7 +289,10 @@ mod tests {
         let (first_sync, first_ticket) = ticket::pair();
         let t = turns.clone();
         let ((), held) = synced::scope(async move {
-            synced::hold(1, first_ticket).ok().unwrap();
+            synced::may_hold(async { synced::hold(1, first_ticket) })
+                .await
+                .ok()
+                .unwrap();
             t.claim("s", "g", "x").release_after_sync();
         })
         .await;
@@ -297,7 +300,10 @@ mod tests {
         let (_second_sync, second_ticket) = ticket::pair();
         let (went, _) = synced::scope(async move {
             let mut second = t.claim("s", "g", "x");
-            synced::hold(1, second_ticket).ok().unwrap();
+            synced::may_hold(async { synced::hold(1, second_ticket) })
+                .await
+                .ok()
+                .unwrap();
             tokio::time::timeout(Duration::from_secs(1), second.ready())
                 .await
                 .is_ok()

@@ -217,10 +217,19 @@ impl Functions {
                 let (this, queued) = (self.clone(), event.clone());
                 synced::after_sync(move |synced| {
                     // Without a runtime (it is shutting down) triggers cannot run.
-                    if synced.is_ok() && tokio::runtime::Handle::try_current().is_ok() {
-                        this.triggers.fire_stream(&this, &queued);
-                        this.publish(&queued);
+                    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                        return;
+                    };
+                    if synced.is_err() {
+                        return;
                     }
+                    if this.storage.wasm().get(&queued.stream_name).is_some() {
+                        // A fan-out hook was bound meanwhile: the event goes through it.
+                        runtime.spawn(async move { this.emit_now(queued).await });
+                        return;
+                    }
+                    this.triggers.fire_stream(&this, &queued);
+                    this.publish(&queued);
                 });
                 return event;
             }
@@ -229,6 +238,11 @@ impl Functions {
                 return event;
             }
         }
+        self.emit_now(event).await
+    }
+
+    /// Sends an event now (see [`emit`](Self::emit)).
+    async fn emit_now(self: &Arc<Self>, event: StreamEvent) -> StreamEvent {
         self.triggers.fire_stream(self, &event);
         match self.fan_out(&event).await {
             None => self.publish(&event),

@@ -68,6 +68,17 @@ pub fn sync_failed(function_id: &str, error: &crate::storage::wal::WriteError) -
     FnError::storage(code, anyhow::Error::new(error.clone()))
 }
 
+/// Runs a write; one to the engine's own store may leave its call holding the write's sync
+/// instead of waiting for it (`storage::synced`). Other storage may write to the engine's
+/// store itself (a WebAssembly adapter's host calls) and act on the result at once: those
+/// writes wait.
+async fn own_write<F: std::future::Future>(engine_store: bool, write: F) -> F::Output {
+    match engine_store {
+        true => crate::storage::synced::may_hold(write).await,
+        false => write.await,
+    }
+}
+
 /// The calls that count against `writes_per_second`.
 pub fn is_write(function_id: &str) -> bool {
     matches!(
@@ -134,11 +145,11 @@ async fn set(functions: &Arc<Functions>, p: SetPayload) -> FnResult {
     // The engine's store keeps the value it is given, already measured; a worker's stream
     // may store something else.
     let keeps_data = is_engine_store(&*storage);
+    let write = storage.write(&p.stream_name, &p.group_id, &p.item_id, p.data);
     let Stored {
         value: (old, new),
         mut order,
-    } = storage
-        .write(&p.stream_name, &p.group_id, &p.item_id, p.data)
+    } = own_write(keeps_data, write)
         .await
         .map_err(|e| FnError::storage("STREAM_SET_ERROR", e))?;
     let new_bytes = if keeps_data { bytes } else { admit::size(&new) };
@@ -163,11 +174,12 @@ async fn get(functions: &Arc<Functions>, p: ItemRef) -> FnResult {
 
 async fn delete(functions: &Arc<Functions>, p: ItemRef) -> FnResult {
     admit::write(functions, &p.stream_name, &p.group_id, Some(&p.item_id))?;
+    let storage = storage_for(functions, &p.stream_name);
+    let delete = storage.delete(&p.stream_name, &p.group_id, &p.item_id);
     let Stored {
         value: old,
         mut order,
-    } = storage_for(functions, &p.stream_name)
-        .delete(&p.stream_name, &p.group_id, &p.item_id)
+    } = own_write(is_engine_store(&*storage), delete)
         .await
         .map_err(|e| FnError::storage("STREAM_DELETE_ERROR", e))?;
     admit::freed(functions, &old);
@@ -283,11 +295,12 @@ async fn update(functions: &Arc<Functions>, p: UpdatePayload) -> FnResult {
     let why = format!("an update needs room for the largest item it may make ({limit} bytes)");
     let reserved = Reserved::take(functions, limit, &why)?;
     admit::write(functions, &p.stream_name, &p.group_id, Some(&p.item_id))?;
+    let storage = storage_for(functions, &p.stream_name);
+    let update = storage.update(&p.stream_name, &p.group_id, &p.item_id, &ops);
     let Stored {
         value: outcome,
         mut order,
-    } = storage_for(functions, &p.stream_name)
-        .update(&p.stream_name, &p.group_id, &p.item_id, &ops)
+    } = own_write(is_engine_store(&*storage), update)
         .await
         .map_err(|e| over_quota(FnError::storage("STREAM_UPDATE_ERROR", e)))?;
     let old_bytes = outcome.old_value.as_ref().map_or(0, admit::size);

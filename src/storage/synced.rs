@@ -42,6 +42,8 @@ pub struct Held {
     joined: bool,
     /// The call has waited for its sync ([`synced`]): what it queues now runs at once.
     waited: bool,
+    /// A write of the engine's store may be held now ([`may_hold`]).
+    may_hold: bool,
 }
 
 /// A held sync, as a later call may join it (see [`join`]).
@@ -49,6 +51,9 @@ pub struct Held {
 pub struct Shared {
     pub log: usize,
     ticket: Ticket,
+    /// A sync shared by a call that joined it may not be joined again: each write's sync takes
+    /// one call's steps besides its own, so no run of sends piles up on one ticket.
+    joinable: bool,
 }
 
 /// Runs `call` in a scope, and gives back the sync it left holding, if any.
@@ -63,14 +68,30 @@ pub async fn scope<F: Future>(call: F) -> (F::Output, Held) {
     .await
 }
 
+/// Runs `write`, a write to the engine's store made by the call itself, letting the store
+/// hold its ticket ([`hold`]). Writes the call makes otherwise (a WebAssembly adapter's, which
+/// it counts against its quotas as soon as they return) wait for their sync.
+pub async fn may_hold<F: Future>(write: F) -> F::Output {
+    struct Allowed;
+    impl Drop for Allowed {
+        fn drop(&mut self) {
+            let _ = HELD.try_with(|held| held.borrow_mut().may_hold = false);
+        }
+    }
+    let _ = HELD.try_with(|held| held.borrow_mut().may_hold = true);
+    let _allowed = Allowed;
+    write.await
+}
+
 /// Takes the current call's ticket from `log` (any id that tells logs apart), so that the
-/// call need not wait for it; gives it back if there is no scope, or the call holds one
-/// already (the caller then waits for it, and so for the first: syncs answer in log order).
+/// call need not wait for it; gives it back if there is no scope, the write is not one the
+/// call may leave unwaited ([`may_hold`]), or the call holds a ticket already (the caller then
+/// waits for it, and so for the first: syncs answer in log order).
 pub fn hold(log: usize, ticket: Ticket) -> Result<(), Ticket> {
     let mut ticket = Some(ticket);
     let _ = HELD.try_with(|held| {
         let mut held = held.borrow_mut();
-        if held.ticket.is_none() {
+        if held.ticket.is_none() && held.may_hold {
             held.ticket = ticket.take();
             held.log = log;
         }
@@ -89,6 +110,7 @@ pub fn share() -> Option<Shared> {
         Some(Shared {
             log: held.log,
             ticket: ticket.clone(),
+            joinable: !held.joined,
         })
     })
     .ok()
@@ -96,12 +118,12 @@ pub fn share() -> Option<Shared> {
 }
 
 /// Queues the current call's steps behind an earlier call's sync: after the steps that call
-/// queued so far, and run whatever the sync's result. False if there is no scope or the call
-/// holds a sync of its own.
+/// queued so far, and run whatever the sync's result. False if there is no scope, the call
+/// holds a sync of its own, or the earlier call had joined the sync itself.
 pub fn join(earlier: &Shared) -> bool {
     HELD.try_with(|held| {
         let mut held = held.borrow_mut();
-        if held.ticket.is_some() {
+        if held.ticket.is_some() || !earlier.joinable {
             return false;
         }
         held.ticket = Some(earlier.ticket.clone());
@@ -196,6 +218,11 @@ mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
 
+    /// Holds `ticket` as the engine's store does for a call's own write.
+    async fn own(log: usize, ticket: Ticket) -> Result<(), Ticket> {
+        may_hold(async { hold(log, ticket) }).await
+    }
+
     fn log() -> (
         Arc<Mutex<Vec<String>>>,
         impl Fn(&str) + Clone + Send + 'static,
@@ -214,7 +241,7 @@ mod tests {
             let (waiter, ticket) = ticket::pair();
             let p = push.clone();
             let ((), held) = scope(async move {
-                assert!(hold(1, ticket).is_ok());
+                assert!(own(1, ticket).await.is_ok());
                 assert_eq!(holding(), Some(1));
                 let p2 = p.clone();
                 after_sync(move |r| p2(&format!("event {}", r.is_ok())));
@@ -234,11 +261,19 @@ mod tests {
         }
     }
 
+    /// In a scope, a write the call did not make itself (`may_hold`) is not held.
+    #[tokio::test]
+    async fn only_the_call_s_own_write_is_held() {
+        let (_waiter, ticket) = ticket::pair();
+        let (held_it, _) = scope(async move { hold(1, ticket).is_ok() }).await;
+        assert!(!held_it);
+    }
+
     /// Outside a scope nothing is held: the write waits, and steps run at once.
     #[tokio::test]
     async fn outside_a_scope_nothing_is_held() {
         let (_waiter, ticket) = ticket::pair();
-        assert!(hold(1, ticket).is_err());
+        assert!(own(1, ticket).await.is_err());
         assert_eq!(holding(), None);
         let (seen, push) = log();
         after_sync(move |_| push("now"));
@@ -254,8 +289,8 @@ mod tests {
         let (_second, other) = ticket::pair();
         let p = push.clone();
         let waiting = tokio::spawn(scope(async move {
-            hold(1, ticket).ok().unwrap();
-            assert!(hold(1, other).is_err());
+            own(1, ticket).await.ok().unwrap();
+            assert!(own(1, other).await.is_err());
             let p2 = p.clone();
             after_sync(move |_| p2("before"));
             assert!(synced().await.is_ok());
@@ -279,7 +314,7 @@ mod tests {
         let (waiter, ticket) = ticket::pair();
         let p = push.clone();
         let (shared, held) = scope(async move {
-            hold(1, ticket).ok().unwrap();
+            own(1, ticket).await.ok().unwrap();
             after_sync(move |r| p(&format!("write's event {}", r.is_ok())));
             share().expect("a sync to share")
         })
@@ -288,16 +323,23 @@ mod tests {
         held.then(move |r| p(&format!("write's answer {}", r.is_ok())));
         let p = push.clone();
         let (_unanswered, mine) = ticket::pair();
-        let ((), joined) = scope(async move {
+        let (again, joined) = scope(async move {
             assert!(join(&shared));
             assert_eq!(holding(), Some(1));
+            let again = share().expect("the joined sync, shared");
             after_sync(move |r| p(&format!("send's event {}", r.is_ok())));
             // One sync per call: a call holding one joins no other.
-            assert!(hold(1, mine).is_err());
+            assert!(own(1, mine).await.is_err());
             assert!(!join(&shared));
+            again
         })
         .await;
         joined.then(move |r| push(&format!("send's answer {}", r.is_ok())));
+        // The send's own share cannot be joined again: one joined call per write's sync.
+        let ((), _) = scope(async move {
+            assert!(!join(&again));
+        })
+        .await;
         assert!(seen.lock().unwrap().is_empty());
         waiter.send(Err(WriteError::NotStored("disk full".into())));
         assert_eq!(
@@ -317,7 +359,7 @@ mod tests {
         let (seen, push) = log();
         let (waiter, ticket) = ticket::pair();
         let ((), held) = scope(async move {
-            hold(1, ticket).ok().unwrap();
+            own(1, ticket).await.ok().unwrap();
             after_sync(move |_| push("let the next go"));
         })
         .await;
