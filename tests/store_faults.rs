@@ -294,16 +294,32 @@ async fn a_worker_s_sets_on_a_filling_disk_are_sent_and_stored_exactly_when_ackn
         .unwrap();
     f.set_len(len - (256 << 10)).unwrap();
     let pad = "x".repeat(8 << 10);
-    let set = |n: usize| {
-        let data = json!({"stream_name": "s", "group_id": "g", "item_id": format!("i{n}"), "data": {"n": n, "pad": pad}});
-        worker.call_raw("stream::set", data)
+    // A set of item `n`, or a send right behind it, which joins its sync.
+    let call = |n: usize, send: bool| {
+        let (function, data) = match send {
+            false => (
+                "stream::set",
+                json!({"stream_name": "s", "group_id": "g", "item_id": format!("i{n}"), "data": {"n": n, "pad": pad}}),
+            ),
+            true => (
+                "stream::send",
+                json!({"stream_name": "s", "group_id": "g", "type": "after", "data": {"s": n}}),
+            ),
+        };
+        worker.call_raw(function, data)
     };
-    // A few one at a time, sure to fit; then 200 pipelined, which run out of room.
+    // A few one at a time, sure to fit; then 200 pipelined, each with a send behind it, which
+    // run out of room.
     let mut answers = Vec::new();
     for n in 0..5 {
-        answers.push(set(n).await);
+        answers.push(call(n, false).await);
     }
-    answers.extend(futures_util::future::join_all((5..205).map(set)).await);
+    let pipelined = (5..205).flat_map(|n| [call(n, false), call(n, true)]);
+    let mut pipelined = futures_util::future::join_all(pipelined).await.into_iter();
+    while let (Some(set), Some(send)) = (pipelined.next(), pipelined.next()) {
+        answers.push(set);
+        assert!(send["error"].is_null(), "a send failed: {send}");
+    }
 
     let (mut acked, mut refused, mut by_the_sync) = (Vec::new(), Vec::new(), 0);
     for (n, answer) in answers.iter().enumerate() {
@@ -329,13 +345,26 @@ async fn a_worker_s_sets_on_a_filling_disk_are_sent_and_stored_exactly_when_ackn
         "no set was failed by its sync: {answers:?}"
     );
 
-    // The subscriber got the acknowledged sets' events, and nothing else.
-    let mut sent = Vec::new();
+    // The subscriber got the acknowledged sets' events and nothing else of the sets, and
+    // every send, each after its set's event if there was one.
+    let (mut sent, mut arrived) = (Vec::new(), Vec::new());
     while let Some(frame) = client.try_next(Duration::from_secs(1)).await {
-        if let Some(n) = frame["event"]["data"]["n"].as_u64() {
+        let event = &frame["event"];
+        if let Some(n) = event["data"]["n"].as_u64() {
             sent.push(n as usize);
+            arrived.push(format!("set {n}"));
+        } else if let Some(n) = event["event"]["data"]["s"].as_u64() {
+            arrived.push(format!("send {n}"));
         }
     }
+    let expected: Vec<String> = (0..205)
+        .flat_map(|n| {
+            let set = acked.contains(&n).then(|| format!("set {n}"));
+            let send = (n >= 5).then(|| format!("send {n}"));
+            set.into_iter().chain(send)
+        })
+        .collect();
+    assert_eq!(arrived, expected, "events in the order of the calls");
     sent.sort_unstable();
     assert_eq!(sent, acked, "events sent against sets acknowledged");
 
