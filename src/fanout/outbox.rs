@@ -592,9 +592,26 @@ impl Outbox {
         sent
     }
 
-    /// Queues a frame if there is room now, as `send` would; gives it back if there is not.
-    /// False once the socket is done.
-    pub fn try_send(&self, frame: Utf8Bytes) -> Result<bool, Utf8Bytes> {
+    /// Queues a frame now, as `send` would, behind any caller already waiting for room; or
+    /// a task waits for room with it. False once the socket is done (or it was left to a task).
+    pub fn send_now(self: &Arc<Self>, frame: Utf8Bytes) -> bool {
+        let frame = match self.waiting.load(Ordering::SeqCst) {
+            0 => match self.enqueue_if_room(frame) {
+                Ok(sent) => return sent,
+                Err(frame) => frame,
+            },
+            _ => frame,
+        };
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let outbox = self.clone();
+            runtime.spawn(async move { outbox.send(frame).await });
+        }
+        false
+    }
+
+    /// Queues a frame if there is room now; gives it back if not. False once the socket is
+    /// done.
+    fn enqueue_if_room(&self, frame: Utf8Bytes) -> Result<bool, Utf8Bytes> {
         if self.is_closing() {
             return Ok(false);
         }
@@ -602,35 +619,22 @@ impl Outbox {
         if queue.closed {
             return Ok(false);
         }
-        // Behind callers already waiting for room, to keep their turn.
-        if self.waiting.load(Ordering::SeqCst) > 0
-            || queue.frames.len() >= self.capacity
-            || !self.fits(&queue, frame.len())
-        {
-            return Err(frame);
+        if queue.frames.len() < self.capacity && self.fits(&queue, frame.len()) {
+            self.enqueue(queue, frame);
+            return Ok(true);
         }
-        self.enqueue(queue, frame);
-        Ok(true)
+        Err(frame)
     }
 
-    async fn send_when_room(&self, frame: Utf8Bytes) -> bool {
+    async fn send_when_room(&self, mut frame: Utf8Bytes) -> bool {
         loop {
-            if self.is_closing() {
-                return false;
-            }
             let room = self.room.notified();
             tokio::pin!(room);
             // Registered before the look, so frames taken in between are not missed.
             room.as_mut().enable();
-            {
-                let queue = self.queue.lock().unwrap();
-                if queue.closed {
-                    return false;
-                }
-                if queue.frames.len() < self.capacity && self.fits(&queue, frame.len()) {
-                    self.enqueue(queue, frame);
-                    return true;
-                }
+            match self.enqueue_if_room(frame) {
+                Ok(sent) => return sent,
+                Err(back) => frame = back,
             }
             room.await;
         }

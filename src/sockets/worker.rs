@@ -482,7 +482,7 @@ fn invoke(
                         }
                     };
                     if let Some(frame) = frame {
-                        answer_now(worker, frame);
+                        worker.send_now(frame);
                     }
                 });
             });
@@ -554,16 +554,6 @@ async fn answer(
 ) {
     if let Some(frame) = reply(worker, function_id, invocation_id, result) {
         worker.send(frame).await;
-    }
-}
-
-/// Queues an answer from code that cannot wait (a sync's answer): now if the worker's queue
-/// has room, else by a task that waits for room.
-fn answer_now(worker: Arc<WorkerHandle>, frame: String) {
-    if let Err(frame) = worker.try_send(frame)
-        && let Ok(runtime) = tokio::runtime::Handle::try_current()
-    {
-        runtime.spawn(async move { worker.send(frame).await });
     }
 }
 

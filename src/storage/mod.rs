@@ -4,9 +4,9 @@
 //! once the write is as durable as the backend promises (in a worker's call, the engine's own
 //! store returns at once and leaves the call holding its sync: see `synced`), and return the
 //! write's place in its item's event order with the result ([`Stored`]); the engine emits the
-//! write's event after that, in that order. The place comes only from `fanout::order`: a turn claimed from the
-//! adapter's `Turns` under the lock that orders its writes, or an engine item lock held from
-//! before the write. So an adapter cannot forget to order its writes.
+//! write's event after that, in that order. The place comes only from `fanout::order`: a turn
+//! claimed from the adapter's `Turns` under the lock that orders its writes, or an engine item
+//! lock held from before the write. So an adapter cannot forget to order its writes.
 
 pub mod kv_store;
 pub mod redis;

@@ -129,11 +129,10 @@ impl WorkerHandle {
         self.outbox.close(code, reason);
     }
 
-    /// Queues a frame for the worker if its queue has room now; gives it back if not.
-    pub fn try_send(&self, frame: String) -> Result<bool, String> {
-        self.outbox
-            .try_send(Utf8Bytes::from(frame))
-            .map_err(|frame| frame.as_str().to_owned())
+    /// Queues a frame for the worker from code that cannot wait: now if its queue has room,
+    /// else by a task that waits for room.
+    pub fn send_now(&self, frame: String) {
+        self.outbox.send_now(Utf8Bytes::from(frame));
     }
 
     /// Queues a frame for the worker, waiting for room rather than dropping it.

@@ -155,6 +155,14 @@ mod tests {
             )
     }
 
+    /// A log as `open` makes it, in a directory of its own (kept while the handle lives).
+    fn opened() -> (tempfile::TempDir, Counting, Wal) {
+        let dir = tempfile::tempdir().unwrap();
+        let disk = Counting::default();
+        let wal = open(dir.path(), &disk);
+        (dir, disk, wal)
+    }
+
     fn set(n: usize) -> RecordRef<'static> {
         let i: &'static str = Box::leak(format!("i{n}").into_boxed_str());
         let d: &'static serde_json::Value = Box::leak(Box::new(json!(n)));
@@ -170,9 +178,7 @@ mod tests {
     /// is long: the flusher, woken by the first record, would otherwise sync it alone.
     #[tokio::test]
     async fn writes_of_one_turn_of_the_runtime_share_one_sync() {
-        let dir = tempfile::tempdir().unwrap();
-        let disk = Counting::default();
-        let wal = open(dir.path(), &disk);
+        let (_dir, disk, wal) = opened();
         let before = disk.0.load(Ordering::SeqCst);
         let mut tickets = vec![wal.append(&set(0)).unwrap()];
         // The turn goes on without yielding: the flusher has time to take the first record.
@@ -195,9 +201,7 @@ mod tests {
     /// them goes on: one writer fewer waits for the turn to end.
     #[tokio::test]
     async fn a_full_batch_is_synced_before_its_turn_ends() {
-        let dir = tempfile::tempdir().unwrap();
-        let disk = Counting::default();
-        let wal = open(dir.path(), &disk);
+        let (_dir, disk, wal) = opened();
         let before = disk.0.load(Ordering::SeqCst);
         let syncs = || disk.0.load(Ordering::SeqCst) - before;
         let mut tickets: Vec<_> = (0..MAX_BATCH_WAITERS - 1)

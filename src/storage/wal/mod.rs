@@ -90,15 +90,12 @@ impl Answers {
             // then this the syncs after it, in log order.
             let mut answering = answering;
             while let Some((waiters, result)) = answering.0.recv().await {
-                let mut pass = Pass {
-                    waiters: waiters.into_iter(),
-                    result,
-                };
-                let mut turn = std::time::Instant::now();
+                let mut pass = Pass::new(waiters, result);
+                let mut turn = Instant::now();
                 while pass.answer(ANSWERS_CHECKED) {
                     if turn.elapsed() >= MAX_ANSWERING {
                         tokio::task::yield_now().await;
-                        turn = std::time::Instant::now();
+                        turn = Instant::now();
                     }
                 }
             }
@@ -153,6 +150,13 @@ struct Pass {
 }
 
 impl Pass {
+    fn new(waiters: Vec<Waiter>, result: Result<(), WriteError>) -> Pass {
+        Pass {
+            waiters: waiters.into_iter(),
+            result,
+        }
+    }
+
     /// Answers up to `n` writers; true while some are left.
     fn answer(&mut self, n: usize) -> bool {
         for w in self.waiters.by_ref().take(n) {
@@ -169,9 +173,7 @@ impl Drop for Pass {
 }
 
 fn answer(waiters: Vec<Waiter>, result: Result<(), WriteError>) {
-    for w in waiters {
-        w.send(result.clone());
-    }
+    Pass::new(waiters, result).answer(usize::MAX);
 }
 
 /// Tunables; the defaults suit a real disk, tests shrink them.
@@ -724,8 +726,6 @@ mod tests {
     use std::io::Write;
     use std::sync::mpsc;
 
-    /// Syncs answered while the runtime that answers them shuts down still reach their
-    /// writers as done, not as in doubt.
     /// Answers given to a task on a runtime that runs only when the test drives it.
     fn answers_on_a_runtime() -> (tokio::runtime::Runtime, Answers) {
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -739,6 +739,8 @@ mod tests {
         (runtime, answers)
     }
 
+    /// Syncs answered while the runtime that answers them shuts down still reach their
+    /// writers as done, not as in doubt.
     #[test]
     fn answers_queued_when_their_runtime_stops_still_arrive() {
         let (runtime, answers) = answers_on_a_runtime();
