@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Runs the benchmark scenarios against streamhost and, with --floor, against the raw fan-out
-# floor (../shared/tools/raw-floor), each pinned to core 0 with the load generator on core 1.
+# floor (../shared/tools/raw-floor; for the writes and reads scenarios, the worker-call floor
+# load/src/bin/streamhost-write-floor.rs), each pinned to core 0 with the load generator on core 1.
 #
 #   scripts/bench.sh                       every scenario, streamhost only
 #   scripts/bench.sh --floor fanout-1000   one scenario, streamhost then the floor
@@ -11,6 +12,9 @@
 #                                          (AOF with appendfsync always, or no persistence) under
 #                                          redis-benchmark at the same pipelining (SETs to distinct keys,
 #                                          as streamhost's sets go to distinct items); prints the ratio
+#   scripts/bench.sh --redis --floor --repeat 3 writes-durable writes-memory reads-memory
+#                                          the same with the worker-call floor as a third: what the wire
+#                                          alone costs, and how far streamhost is from it
 #
 # Scenarios: fanout-1000 fanout-8000 groups-8000 idle-8000 burst paced-1000 paced-8000 storm-8000
 #            writes-memory writes-durable reads-memory
@@ -45,7 +49,7 @@ fi
 ulimit -n "$(ulimit -Hn)"
 mkdir -p bench-results
 work=$(mktemp -d)
-trap 'pkill -f "$work" 2>/dev/null || true; pkill -x raw-floor 2>/dev/null || true; rm -rf "$work"' EXIT
+trap 'pkill -f "$work" 2>/dev/null || true; pkill -x raw-floor 2>/dev/null || true; pkill -f streamhost-write-floor 2>/dev/null || true; rm -rf "$work"' EXIT
 
 config() {  # $1: in_memory | file_based | redis | redis-presence
   local adapter="{ name: kv, config: { store_method: $1, file_path: $work/store } }" presence=""
@@ -97,7 +101,11 @@ run() {  # $1: streamhost | floor, $2: scenario, $3: round
   local target=$1 scenario=$2 round=$3 pid
   rm -rf "$work/store"
   if [ "$target" = floor ]; then
-    taskset -c 0 /tmp/raw-floor/release/raw-floor > "$work/floor.log" 2>&1 &
+    case "$scenario" in
+      writes-durable) taskset -c 0 "$target_dir/release/streamhost-write-floor" --durable "$work/store" > "$work/floor.log" 2>&1 & ;;
+      writes-*|reads-*) taskset -c 0 "$target_dir/release/streamhost-write-floor" > "$work/floor.log" 2>&1 & ;;
+      *) taskset -c 0 /tmp/raw-floor/release/raw-floor > "$work/floor.log" 2>&1 & ;;
+    esac
   else
     case "$scenario" in
       writes-durable) config file_based ;;
@@ -162,8 +170,8 @@ for round in $(seq "$repeat"); do
     run streamhost "$s" "$round"
     case "$s" in
       writes-*|reads-*) if [ "$redis" = 1 ]; then redis_run "$s" "$round"; fi ;;
-      *) if [ "$floor" = 1 ]; then run floor "$s" "$round"; fi ;;
     esac
+    if [ "$floor" = 1 ]; then run floor "$s" "$round"; fi
   done
 done
 
@@ -182,9 +190,9 @@ for s in sys.argv[1:]:
               f"{med(runs, lambda j: j['latency_us']['p50'])/1000:>9.1f}{med(runs, lambda j: j['latency_us']['p99'])/1000:>9.1f}"
               f"{med(runs, lambda j: (j.get('engine_bytes_per_connection') or 0))/1000:>9.1f}"
               f"{sum(j['lost'] for j in runs):>7}{sum(j['duplicated'] for j in runs):>6}{sum(j['closed_as_slow_and_told'] for j in runs):>8}")
-    ours = [json.load(open(p)) for p in glob.glob(f"bench-results/streamhost-{s}-[0-9]*.json")]
-    theirs = [json.load(open(p)) for p in glob.glob(f"bench-results/redis-{s}-[0-9]*.json")]
-    if ours and theirs:
-        ratio = med(ours, lambda j: j['calls_per_second']) / med(theirs, lambda j: j['calls_per_second'])
-        print(f"{s:<22}streamhost / redis (median calls/s): {ratio:.2f}x")
+    runs = {t: [json.load(open(p)) for p in glob.glob(f"bench-results/{t}-{s}-[0-9]*.json")] for t in ("streamhost", "floor", "redis")}
+    calls = {t: med(r, lambda j: j['calls_per_second']) for t, r in runs.items() if r}
+    for a, b in (("streamhost", "redis"), ("floor", "redis"), ("streamhost", "floor")):
+        if calls.get(a) and calls.get(b) and s.startswith(("writes-", "reads-")):
+            print(f"{s:<22}{a} / {b} (median calls/s): {calls[a] / calls[b]:.2f}x")
 PY

@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use serde_json::Value;
+use serde_json::{Value, json};
 use std::process::Command;
 
 /// The load generator is a package of its own (load/), built beside the engine by
@@ -319,6 +319,105 @@ fn a_reconnect_storm_recovers_every_event_once() {
     assert_eq!(
         (r["lost"].as_u64(), r["duplicated"].as_u64()),
         (Some(0), Some(0)),
+        "{r}"
+    );
+}
+
+/// The worker-call floor (`load/src/bin/streamhost-write-floor.rs`), started as `bench.sh
+/// --floor` starts it, on free ports.
+fn write_floor(args: &[&str]) -> EngineProcess {
+    let load = load_generator();
+    let floor = load.with_file_name(format!(
+        "streamhost-write-floor{}",
+        std::env::consts::EXE_SUFFIX
+    ));
+    let mut child = Command::new(floor)
+        .args(["--port", "0", "--worker-port", "0"])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn streamhost-write-floor (built with `cargo build -p streamhost-load`)");
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .expect("read the floor's listening line");
+    let addr = |key: &str| -> std::net::SocketAddr {
+        let rest = line.split(key).nth(1).unwrap_or_else(|| panic!("{line:?}"));
+        rest.split_whitespace().next().unwrap().parse().unwrap()
+    };
+    EngineProcess {
+        client_addr: addr("clients ws://"),
+        worker_addr: addr("workers ws://"),
+        child,
+    }
+}
+
+/// `bench.sh --floor` sets the floor beside the engine as the least work the wire asks of a
+/// set or a get: so it must answer them as the engine does (the same bytes go back to the
+/// load), have a durable set in its log before it answers, and carry the load generator's runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_write_floor_answers_sets_and_gets_as_the_engine_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let log_dir = dir.path().join("log");
+    let floor = write_floor(&["--durable", log_dir.to_str().unwrap()]);
+    let (_engine_dir, engine) = memory_engine();
+    let item = |item: &str| json!({"stream_name": "s", "group_id": "g", "item_id": item});
+    let set = |i: &str, data: Value| {
+        let mut call = item(i);
+        call["data"] = data;
+        ("stream::set", call)
+    };
+    let calls = [
+        set(
+            "i1",
+            json!({"a": 1, "b": [1.5, "two", null], "c": {"d": true}}),
+        ),
+        set("i1", json!({"e": "é \" \\ x"})),
+        ("stream::get", item("i1")),
+        ("stream::get", item("missing")),
+        set("i2", json!(7)),
+        ("stream::get", item("i2")),
+    ];
+    let on_floor = RawWorker::connect(floor.worker_addr).await;
+    let on_engine = RawWorker::connect(engine.worker_addr).await;
+    for (function, data) in calls {
+        let theirs = on_engine.call_raw(function, data.clone()).await;
+        let ours = on_floor.call_raw(function, data.clone()).await;
+        assert!(theirs["error"].is_null(), "{theirs}");
+        assert_eq!(
+            (&ours["result"], &ours["function_id"]),
+            (&theirs["result"], &theirs["function_id"]),
+            "{function} {data}: the floor answered {ours}, the engine {theirs}"
+        );
+        if function == "stream::set" {
+            let log = std::fs::read_to_string(log_dir.join("floor.log")).unwrap();
+            let value = data["data"].to_string();
+            assert!(
+                log.contains(&value),
+                "{value} answered before it was logged: {log:?}"
+            );
+        }
+    }
+    let r = run_load(
+        &floor,
+        &[
+            "--subscribers",
+            "0",
+            "--function",
+            "set",
+            "--events",
+            "3000",
+            "--window",
+            "256",
+            "--workers",
+            "2",
+        ],
+    );
+    assert_eq!(
+        (r["acked"].as_u64(), r["failed"].as_u64()),
+        (Some(3000), Some(0)),
         "{r}"
     );
 }
