@@ -141,7 +141,10 @@ fn main() {
         let through_store = (0..5)
             .map(|_| {
                 rt.block_on(async {
-                    store.set("b", "g", "i", (*item).clone()).await.unwrap();
+                    store
+                        .set("b", "g", "i", (*item).clone().into())
+                        .await
+                        .unwrap();
                     let started = Instant::now();
                     store.update("b", "g", "i", &ops).await.unwrap();
                     started.elapsed()

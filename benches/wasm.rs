@@ -39,7 +39,7 @@ fn main() {
         .unwrap();
     rt.block_on(async {
         let n = 20_000;
-        let value = json!({"text": "x".repeat(80), "n": 1});
+        let value = streamhost::json::Json::from_value(&json!({"text": "x".repeat(80), "n": 1}));
         let native: Arc<dyn StreamAdapter> = Arc::new(KvStore::in_memory());
         let wasm_bytes = std::fs::read(dir.join("template.wasm")).unwrap();
         let host = WasmHost::new(None).unwrap();

@@ -48,4 +48,6 @@ impl fmt::Display for FnError {
 impl std::error::Error for FnError {}
 
 /// What a function answers: a value, no value (`undefined` to the SDK), or an error.
-pub type FnResult = Result<Option<serde_json::Value>, FnError>;
+/// A result is JSON text: most are a stored value, or built from stored values, and go out
+/// as they are (see `json`).
+pub type FnResult = Result<Option<crate::json::Json>, FnError>;

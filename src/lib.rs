@@ -20,6 +20,7 @@ pub mod error;
 pub mod fair;
 pub mod fanout;
 pub mod functions;
+pub mod json;
 pub mod limits;
 pub mod metrics;
 pub mod server;

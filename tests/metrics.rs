@@ -214,7 +214,7 @@ async fn bytes_cut_off_the_log_at_recovery_are_exported() {
     let store_dir = dir.path().join("store");
     {
         let store = KvStore::open(&store_dir).unwrap();
-        store.set("s", "g", "i", json!(1)).await.unwrap();
+        store.set("s", "g", "i", json!(1).into()).await.unwrap();
         store.shutdown().await.unwrap();
     }
     // A record cut short by a crash: a length, a CRC and part of a payload.

@@ -203,7 +203,7 @@ async fn inside(engine: &ServerHandle, tenant: &str, function_id: &str, data: Va
         .call(function_id, data)
         .await
         .unwrap_or_else(|e| panic!("{function_id} in {tenant}: {e}"))
-        .unwrap_or(Value::Null)
+        .map_or(Value::Null, |r| r.to_value())
 }
 
 /// Sockets open in any tenant.

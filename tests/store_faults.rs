@@ -32,7 +32,7 @@ async fn fill(dir: &Path, items: usize) {
                 "s",
                 "g",
                 &format!("item{k:03}"),
-                json!({"k": k, "text": "some words"}),
+                json!({"k": k, "text": "some words"}).into(),
             )
             .await
             .unwrap();
@@ -106,7 +106,7 @@ async fn a_flipped_byte_stops_the_engine_and_repair_salvages_every_intact_record
         } else {
             assert_eq!(
                 got,
-                Some(json!({"k": k, "text": "some words"})),
+                Some(json!({"k": k, "text": "some words"}).into()),
                 "item{k:03}"
             );
         }
@@ -189,7 +189,7 @@ async fn a_full_disk_refuses_writes_serves_reads_and_resumes_once_space_is_freed
     let store_dir = disk.0.join("store");
     let store = KvStore::open(&store_dir).unwrap();
     store
-        .set("s", "g", "kept", json!("before the disk filled"))
+        .set("s", "g", "kept", json!("before the disk filled").into())
         .await
         .unwrap();
 
@@ -200,7 +200,7 @@ async fn a_full_disk_refuses_writes_serves_reads_and_resumes_once_space_is_freed
     let mut refused = None;
     for k in 0..50 {
         if let Err(e) = store
-            .set("s", "g", &format!("w{k}"), json!({"pad": pad}))
+            .set("s", "g", &format!("w{k}"), json!({"pad": pad}).into())
             .await
         {
             refused = Some(format!("{e:#}"));
@@ -215,7 +215,10 @@ async fn a_full_disk_refuses_writes_serves_reads_and_resumes_once_space_is_freed
     );
     let err = format!(
         "{:#}",
-        store.set("s", "g", "more", json!(1)).await.unwrap_err()
+        store
+            .set("s", "g", "more", json!(1).into())
+            .await
+            .unwrap_err()
     );
     assert!(
         err.contains("not taking writes while its disk fails"),
@@ -223,7 +226,7 @@ async fn a_full_disk_refuses_writes_serves_reads_and_resumes_once_space_is_freed
     );
     assert_eq!(
         store.get("s", "g", "kept").await.unwrap(),
-        Some(json!("before the disk filled"))
+        Some(json!("before the disk filled").into())
     );
     assert_eq!(
         store.get("s", "g", "more").await.unwrap(),
@@ -236,7 +239,7 @@ async fn a_full_disk_refuses_writes_serves_reads_and_resumes_once_space_is_freed
     std::fs::remove_file(&filler).unwrap();
     let freed = Instant::now();
     loop {
-        match store.set("s", "g", "after", json!("resumed")).await {
+        match store.set("s", "g", "after", json!("resumed").into()).await {
             Ok(_) => break,
             Err(e) => assert!(
                 freed.elapsed() < Duration::from_secs(10),
@@ -253,11 +256,11 @@ async fn a_full_disk_refuses_writes_serves_reads_and_resumes_once_space_is_freed
     let store = KvStore::open(&store_dir).unwrap();
     assert_eq!(
         store.get("s", "g", "kept").await.unwrap(),
-        Some(json!("before the disk filled"))
+        Some(json!("before the disk filled").into())
     );
     assert_eq!(
         store.get("s", "g", "after").await.unwrap(),
-        Some(json!("resumed"))
+        Some(json!("resumed").into())
     );
     assert_eq!(store.get("s", "g", "more").await.unwrap(), None);
     store.shutdown().await.unwrap();

@@ -38,7 +38,7 @@ pub async fn timed_sets(
                             "bench",
                             &format!("g{}", t % 16),
                             &item,
-                            json!({"n": n, "p": pad}),
+                            json!({"n": n, "p": pad}).into(),
                         )
                         .await
                         .unwrap();

@@ -14,6 +14,7 @@ use crate::fanout::outbox::Outbox;
 use crate::fanout::pace::Pace;
 use crate::fanout::presence::PresenceRules;
 use crate::functions::{Functions, Parts};
+use crate::json::Json;
 use crate::limits::ValueLimits;
 use crate::metrics::{FanoutCounters, Metrics, TenantCounters};
 use crate::storage::router::StorageRouter;
@@ -23,7 +24,7 @@ use crate::tenants::{Quotas, TenantId, TenantQuotas};
 use crate::workers::router::Router;
 use axum::extract::ws::Utf8Bytes;
 use serde::Serialize;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -398,10 +399,9 @@ impl Space {
             };
             let sync = match snapshot {
                 Ok(data) => {
-                    let data = data.unwrap_or(if item.is_some() {
-                        Value::Null
-                    } else {
-                        json!([])
+                    let data = data.unwrap_or_else(|| match item {
+                        Some(_) => Json::null(),
+                        None => Json::array(&[]),
                     });
                     let event =
                         StreamEvent::new(&stream, &group, item.as_deref(), EventKind::Sync(data));

@@ -4,6 +4,7 @@
 //! (`offset` and `epoch`, see `history`), which the hub assigns as it sends them; clients of
 //! the iii protocol ignore the extra fields.
 
+use crate::json::Json;
 use serde::Serialize;
 use serde_json::{Value, json};
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -13,7 +14,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// What happened to an item (or a group, for `sync`).
 #[derive(Debug, Clone)]
 pub enum EventKind {
-    Sync(Value),
+    /// The item, or the group's items as an array: read as text and sent as it is.
+    Sync(Json),
     Create(Value),
     Update(Value),
     Delete(Value),
@@ -146,7 +148,7 @@ impl StreamEvent {
         let event = frame.get("event")?;
         let data = || event.get("data").cloned().unwrap_or(Value::Null);
         let kind = match event.get("type")?.as_str()? {
-            "sync" => EventKind::Sync(data()),
+            "sync" => EventKind::Sync(Json::from_value(&data())),
             "create" => EventKind::Create(data()),
             "update" => EventKind::Update(data()),
             "delete" => EventKind::Delete(data()),
@@ -216,7 +218,7 @@ struct Frame<'a> {
 #[derive(Serialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 enum Body<'a> {
-    Sync { data: &'a Value },
+    Sync { data: &'a Json },
     Create { data: &'a Value },
     Update { data: &'a Value },
     Delete { data: &'a Value },
@@ -251,7 +253,7 @@ mod tests {
     #[test]
     fn frames_read_back_as_they_were_written() {
         let kinds = [
-            EventKind::Sync(json!([1])),
+            EventKind::Sync(json!([1]).into()),
             EventKind::Create(json!({"a": 1})),
             EventKind::Update(json!("x")),
             EventKind::Delete(json!(null)),

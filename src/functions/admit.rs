@@ -26,9 +26,9 @@
 use super::Functions;
 use crate::error::FnError;
 use crate::fanout::hub::ConnId;
+use crate::json::Json;
 use crate::storage::StreamAdapter;
 use crate::tenants::{QuotaExceeded, Slots, TenantQuotas};
-use serde_json::Value;
 use std::sync::Arc;
 
 /// The largest item the tenant may store: the engine's limit, or its tighter quota.
@@ -37,9 +37,9 @@ pub fn item_limit(functions: &Functions) -> u64 {
     engine.min(functions.quotas.item_bytes())
 }
 
-/// The size of a value as compact JSON.
-pub fn size(value: &Value) -> u64 {
-    crate::limits::measure(value).1 as u64
+/// The size of a stored value: its text's (compact JSON, unless another store wrote it).
+pub fn size(value: &Json) -> u64 {
+    value.len() as u64
 }
 
 /// Refuses a value past the tenant's `item_bytes` (the engine's own limit is checked first,
@@ -152,7 +152,7 @@ impl Drop for Reserved {
 }
 
 /// Gives back the bytes of a deleted item.
-pub fn freed(functions: &Functions, old: &Option<Value>) {
+pub fn freed(functions: &Functions, old: &Option<Json>) {
     if let Some(old) = old {
         let (quotas, bytes) = (functions.quotas.clone(), size(old));
         // Once the delete is on disk (see `storage::synced`).

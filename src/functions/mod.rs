@@ -209,12 +209,12 @@ impl Functions {
     /// the change itself; clients see what the stream's fan-out hook, if any, makes of it.
     /// The event comes back unchanged, so that a write can answer with its value without
     /// copying it first.
-    pub async fn emit(self: &Arc<Self>, event: StreamEvent) -> StreamEvent {
+    pub async fn emit(self: &Arc<Self>, event: StreamEvent) {
         // A call whose write is not yet on disk sends its event when it is, in log order
         // (see `storage::synced`); an event for a fan-out hook or for other nodes waits here.
         if synced::holding().is_some() {
             if self.bus.is_none() && self.storage.wasm().get(&event.stream_name).is_none() {
-                let (this, queued) = (self.clone(), event.clone());
+                let (this, queued) = (self.clone(), event);
                 synced::after_sync(move |synced| {
                     // Without a runtime (it is shutting down) triggers cannot run.
                     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -231,24 +231,23 @@ impl Functions {
                     this.triggers.fire_stream(&this, &queued);
                     this.publish(&queued);
                 });
-                return event;
+                return;
             }
             if synced::synced().await.is_err() {
                 // Not stored: the call answers the sync's error, and nothing is sent.
-                return event;
+                return;
             }
         }
         self.emit_now(event).await
     }
 
     /// Sends an event now (see [`emit`](Self::emit)).
-    async fn emit_now(self: &Arc<Self>, event: StreamEvent) -> StreamEvent {
+    async fn emit_now(self: &Arc<Self>, event: StreamEvent) {
         self.triggers.fire_stream(self, &event);
         match self.fan_out(&event).await {
             None => self.publish(&event),
             Some(events) => events.iter().for_each(|e| self.publish(e)),
         }
-        event
     }
 
     fn publish(&self, event: &StreamEvent) {

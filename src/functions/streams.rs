@@ -19,6 +19,7 @@ use super::payloads::{GroupRef, ItemRef, SendPayload, SetPayload, StreamRef, Upd
 use crate::error::{FnError, FnResult};
 use crate::fanout::frame::{EventKind, StreamEvent};
 use crate::fanout::sequence;
+use crate::json::Json;
 use crate::storage::update_ops::UpdateOps;
 use crate::storage::{Stored, StreamAdapter};
 use serde_json::{Value, json};
@@ -102,35 +103,23 @@ pub async fn run(functions: &Arc<Functions>, command: Command) -> FnResult {
     }
 }
 
-/// Emits a stored write's change, and gives back its new value for the answer.
+/// Emits a stored write's change: `new` is the value stored, as a tree for the event.
 async fn emit_write(
     functions: &Arc<Functions>,
     stream: &str,
     group: &str,
     item: &str,
-    old: &Option<Value>,
+    replaced: bool,
     new: Value,
-) -> Value {
-    let kind = if old.is_some() {
-        EventKind::Update(new)
-    } else {
-        EventKind::Create(new)
+) {
+    let kind = match replaced {
+        true => EventKind::Update(new),
+        false => EventKind::Create(new),
     };
-    let event = functions
+    functions
         .emit(StreamEvent::new(stream, group, Some(item), kind))
         .await;
     sequence::emitted();
-    match event.kind {
-        EventKind::Update(new) | EventKind::Create(new) => new,
-        _ => unreachable!("emit gives the event back as it was"),
-    }
-}
-
-/// A write's answer, its values moved in: `json!` would serialize each into a copy (a
-/// twentieth of an in-memory set's time).
-fn answer<const N: usize>(fields: [(&str, Option<Value>); N]) -> Value {
-    let fields = fields.map(|(k, v)| (k.to_owned(), v.unwrap_or(Value::Null)));
-    Value::Object(fields.into_iter().collect())
 }
 
 async fn set(functions: &Arc<Functions>, p: SetPayload) -> FnResult {
@@ -143,24 +132,30 @@ async fn set(functions: &Arc<Functions>, p: SetPayload) -> FnResult {
     admit::write(functions, &p.stream_name, &p.group_id, Some(&p.item_id))?;
     let storage = storage_for(functions, &p.stream_name);
     // The engine's store keeps the value it is given, already measured; a worker's stream
-    // may store something else.
+    // may store something else. The value is made into its text once, for the store, its
+    // log and the answer; the tree goes on to the event.
     let keeps_data = is_engine_store(&*storage);
-    let write = storage.write(&p.stream_name, &p.group_id, &p.item_id, p.data);
+    let text = Json::from_value(&p.data);
+    let write = storage.write(&p.stream_name, &p.group_id, &p.item_id, text);
     let Stored {
         value: (old, new),
         mut order,
     } = own_write(keeps_data, write)
         .await
         .map_err(|e| FnError::storage("STREAM_SET_ERROR", e))?;
-    let new_bytes = if keeps_data { bytes } else { admit::size(&new) };
+    let (new_bytes, tree) = match keeps_data {
+        true => (bytes, p.data),
+        false => (admit::size(&new), new.to_value()),
+    };
     reserved.settle_after_sync(new_bytes, old.as_ref().map_or(0, admit::size));
     sequence::before_emit().await;
     order.ready().await;
     let (stream, group, item) = (&p.stream_name, &p.group_id, &p.item_id);
-    let new = emit_write(functions, stream, group, item, &old, new).await;
+    emit_write(functions, stream, group, item, old.is_some(), tree).await;
     order.release_after_sync();
     functions.published().await;
-    Ok(Some(answer([("old_value", old), ("new_value", Some(new))])))
+    let fields = [("old_value", old.as_ref()), ("new_value", Some(&new))];
+    Ok(Some(Json::object(&fields)))
 }
 
 async fn get(functions: &Arc<Functions>, p: ItemRef) -> FnResult {
@@ -185,21 +180,15 @@ async fn delete(functions: &Arc<Functions>, p: ItemRef) -> FnResult {
     admit::freed(functions, &old);
     sequence::before_emit().await;
     order.ready().await;
-    let old = match old {
-        Some(old) => {
-            let (stream, group, item) = (&p.stream_name, &p.group_id, Some(p.item_id.as_str()));
-            let event = StreamEvent::new(stream, group, item, EventKind::Delete(old));
-            match functions.emit(event).await.kind {
-                EventKind::Delete(old) => Some(old),
-                _ => unreachable!("emit gives the event back as it was"),
-            }
-        }
-        None => None,
-    };
+    if let Some(old) = &old {
+        let (stream, group, item) = (&p.stream_name, &p.group_id, Some(p.item_id.as_str()));
+        let event = StreamEvent::new(stream, group, item, EventKind::Delete(old.to_value()));
+        functions.emit(event).await;
+    }
     sequence::emitted();
     order.release_after_sync();
     functions.published().await;
-    Ok(Some(answer([("old_value", old)])))
+    Ok(Some(Json::object(&[("old_value", old.as_ref())])))
 }
 
 async fn list(functions: &Arc<Functions>, p: GroupRef) -> FnResult {
@@ -208,7 +197,7 @@ async fn list(functions: &Arc<Functions>, p: GroupRef) -> FnResult {
         .for_stream(&p.stream_name)
         .list(&p.stream_name, &p.group_id)
         .await
-        .map(|v| Some(Value::Array(v)))
+        .map(|items| Some(Json::array(&items)))
         .map_err(|e| FnError::storage("STREAM_GET_GROUP_ERROR", e))
 }
 
@@ -218,7 +207,7 @@ async fn list_groups(functions: &Arc<Functions>, p: StreamRef) -> FnResult {
         .for_stream(&p.stream_name)
         .list_groups(&p.stream_name)
         .await
-        .map(|g| Some(json!(g)))
+        .map(|g| Some(Json::from_value(&json!(g))))
         .map_err(|e| FnError::storage("STREAM_LIST_GROUPS_ERROR", e))
 }
 
@@ -236,7 +225,8 @@ async fn list_all(functions: &Arc<Functions>) -> FnResult {
         .into_iter()
         .map(|(id, groups)| json!({"id": id, "groups": groups}))
         .collect();
-    Ok(Some(json!({"count": streams.len(), "stream": streams})))
+    let all = json!({"count": streams.len(), "stream": streams});
+    Ok(Some(Json::from_value(&all)))
 }
 
 /// Who is subscribed to a group of a stream that keeps presence: `{members, count}`, the
@@ -244,7 +234,7 @@ async fn list_all(functions: &Arc<Functions>) -> FnResult {
 /// Over Redis, the roster is every node's, read from Redis.
 async fn presence(functions: &Arc<Functions>, p: GroupRef) -> FnResult {
     match functions.hub.members(&p.stream_name, &p.group_id).await {
-        Some(Ok(members)) => Ok(Some(members)),
+        Some(Ok(members)) => Ok(Some(Json::from_value(&members))),
         Some(Err(e)) => Err(FnError::storage("STREAM_PRESENCE_ERROR", e)),
         None => Err(FnError::new(
             crate::fanout::presence::NOT_ENABLED,
@@ -274,7 +264,7 @@ async fn send(functions: &Arc<Functions>, p: SendPayload) -> FnResult {
         .await;
     sequence::emitted();
     functions.published().await;
-    Ok(Some(Value::Null))
+    Ok(Some(Json::null()))
 }
 
 async fn update(functions: &Arc<Functions>, p: UpdatePayload) -> FnResult {
@@ -309,12 +299,24 @@ async fn update(functions: &Arc<Functions>, p: UpdatePayload) -> FnResult {
     order.ready().await;
     let (stream, group, item) = (&p.stream_name, &p.group_id, &p.item_id);
     let (old, new) = (outcome.old_value, outcome.new_value);
-    let new = emit_write(functions, stream, group, item, &old, new).await;
+    emit_write(
+        functions,
+        stream,
+        group,
+        item,
+        old.is_some(),
+        new.to_value(),
+    )
+    .await;
     order.release_after_sync();
     functions.published().await;
-    let mut result = answer([("old_value", old), ("new_value", Some(new))]);
-    if !outcome.errors.is_empty() {
-        result["errors"] = json!(outcome.errors);
-    }
-    Ok(Some(result))
+    let errors = (!outcome.errors.is_empty()).then(|| Json::from_value(&json!(outcome.errors)));
+    let fields = [
+        ("old_value", old.as_ref()),
+        ("new_value", Some(&new)),
+        ("errors", errors.as_ref()),
+    ];
+    // No `errors` field when there were none.
+    let fields = &fields[..if errors.is_some() { 3 } else { 2 }];
+    Ok(Some(Json::object(fields)))
 }

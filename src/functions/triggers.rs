@@ -209,7 +209,8 @@ impl Triggers {
             let payload = payload.clone();
             tokio::spawn(async move {
                 if let Some(condition) = &trigger.filter.condition_function_id {
-                    match functions.call(condition, payload.clone()).await {
+                    let answer = functions.call(condition, payload.clone()).await;
+                    match answer.map(|result| result.map(|r| r.to_value())) {
                         Ok(Some(Value::Bool(false))) => return,
                         Ok(_) => {}
                         Err(e) => {
@@ -237,6 +238,7 @@ impl Triggers {
             match functions
                 .call_with_metadata(&trigger.function_id, payload.clone(), metadata)
                 .await
+                .map(|result| result.map(|r| r.to_value()))
             {
                 Ok(Some(result)) if result.get("unauthorized") == Some(&Value::Bool(true)) => {
                     return true;

@@ -91,12 +91,12 @@ pub async fn call(functions: &Arc<Functions>, function_id: &str, data: Value) ->
                     }
                     _ => FnError::new("invalid_component", format!("{e:#}")),
                 })?;
-            Ok(Some(describe(&p.stream_name, &adapter)))
+            Ok(Some(describe(&p.stream_name, &adapter).into()))
         }
         "streamhost::delete_stream" => {
             let p: StreamPayload = serde_json::from_value(data).map_err(parse_err)?;
             Ok(Some(
-                json!({"removed": functions.storage.wasm().unbind(&p.stream_name)}),
+                json!({"removed": functions.storage.wasm().unbind(&p.stream_name)}).into(),
             ))
         }
         "streamhost::list_streams" => {
@@ -107,7 +107,7 @@ pub async fn call(functions: &Arc<Functions>, function_id: &str, data: Value) ->
                 .iter()
                 .map(|(s, a)| describe(s, a))
                 .collect();
-            Ok(Some(Value::Array(list)))
+            Ok(Some(Value::Array(list).into()))
         }
         _ => Err(FnError::new(
             "function_not_found",

@@ -28,6 +28,7 @@ use crate::fanout::hub::{ConnId, Joined};
 use crate::fanout::outbox::{self, CLOSE_TOO_BIG, Flow, Keepalive, Outbox, Peer};
 use crate::fanout::presence;
 use crate::functions::admit;
+use crate::json::Json;
 use crate::storage::{Resumed, SharedHistory};
 use crate::tenants::quotas::SlotPermit;
 use crate::tenants::{ClientIdentity, QUOTA_EXCEEDED};
@@ -231,7 +232,8 @@ async fn authenticate(
             .push(v.into_owned());
     }
     let payload = json!({"headers": headers, "path": req.uri.path(), "query_params": query_params, "addr": req.addr.to_string()});
-    match space.functions.call(auth, payload).await {
+    let answer = space.functions.call(auth, payload).await;
+    match answer.map(|result| result.map(|r| r.to_value())) {
         Ok(Some(result)) if result.get("allowed") == Some(&Value::Bool(false)) => {
             let reason = result
                 .get("reason")
@@ -667,10 +669,9 @@ impl Client {
         };
         let first = match snapshot {
             Ok(data) => {
-                let data = data.unwrap_or(if sub.id.is_some() {
-                    Value::Null
-                } else {
-                    json!([])
+                let data = data.unwrap_or_else(|| match sub.id {
+                    Some(_) => Json::null(),
+                    None => Json::array(&[]),
                 });
                 let event = StreamEvent::new(
                     &sub.stream_name,

@@ -28,6 +28,7 @@ use crate::fanout::outbox::{self, CLOSE_TOO_BIG, Flow, Outbox, Peer};
 use crate::fanout::sequence::Lines;
 use crate::functions::command::Command;
 use crate::functions::{Functions, streams};
+use crate::json::Json;
 use crate::storage::synced;
 use crate::tenants::{QUOTA_EXCEEDED, TenantId};
 use crate::workers::messages::{
@@ -588,7 +589,7 @@ fn reply(
 /// A worker's answer as a function result.
 fn to_result(result: Option<Value>, error: Option<Value>) -> FnResult {
     match error.filter(|e| !e.is_null()) {
-        None => Ok(result.filter(|r| !r.is_null())),
+        None => Ok(result.filter(|r| !r.is_null()).map(Json::from)),
         Some(e) => {
             let code = e
                 .get("code")

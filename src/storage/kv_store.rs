@@ -8,16 +8,16 @@ use super::wal::disk::{Disk, RealDisk};
 use super::wal::{self, Record, RecordRef, Ticket, Wal};
 use super::{Stored, StreamAdapter, Telemetry, UpdateOutcome};
 use crate::fanout::order::{Order, Turns};
+use crate::json::Json;
 use crate::storage::update_ops::{self, UpdateOps};
 use async_trait::async_trait;
 use indexmap::IndexMap;
-use serde_json::Value;
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 
-/// A group's items, in insertion order.
-type Group = IndexMap<String, Value>;
+/// A group's items, in insertion order, each as its JSON text.
+type Group = IndexMap<String, Json>;
 
 #[derive(Default)]
 struct State {
@@ -29,7 +29,7 @@ impl State {
         self.streams.get(stream)?.get(group)
     }
 
-    fn put(&mut self, stream: &str, group: &str, item: &str, data: Value) -> Option<Value> {
+    fn put(&mut self, stream: &str, group: &str, item: &str, data: Json) -> Option<Json> {
         let groups = match self.streams.get_mut(stream) {
             Some(g) => g,
             None => self.streams.entry(stream.to_owned()).or_default(),
@@ -48,7 +48,7 @@ impl State {
     }
 
     /// Removes an item, dropping emptied groups and streams so they leave the listings.
-    fn remove(&mut self, stream: &str, group: &str, item: &str) -> Option<Value> {
+    fn remove(&mut self, stream: &str, group: &str, item: &str) -> Option<Json> {
         let groups = self.streams.get_mut(stream)?;
         let items = groups.get_mut(group)?;
         let old = items.shift_remove(item)?;
@@ -228,7 +228,7 @@ impl StreamAdapter for KvStore {
         }
     }
 
-    async fn get(&self, stream: &str, group: &str, item: &str) -> anyhow::Result<Option<Value>> {
+    async fn get(&self, stream: &str, group: &str, item: &str) -> anyhow::Result<Option<Json>> {
         Ok(self
             .read()?
             .group(stream, group)
@@ -241,8 +241,8 @@ impl StreamAdapter for KvStore {
         s: &str,
         g: &str,
         i: &str,
-        data: Value,
-    ) -> anyhow::Result<Stored<Option<Value>>> {
+        data: Json,
+    ) -> anyhow::Result<Stored<Option<Json>>> {
         self.write(|state, log| {
             let ticket = log(&RecordRef::Set { s, g, i, d: &data })?;
             Ok((state.put(s, g, i, data), ticket))
@@ -250,7 +250,7 @@ impl StreamAdapter for KvStore {
         .await
     }
 
-    async fn delete(&self, s: &str, g: &str, i: &str) -> anyhow::Result<Stored<Option<Value>>> {
+    async fn delete(&self, s: &str, g: &str, i: &str) -> anyhow::Result<Stored<Option<Json>>> {
         self.write(|state, log| {
             if state.group(s, g).is_none_or(|items| !items.contains_key(i)) {
                 if let Some(wal) = &self.wal {
@@ -264,7 +264,7 @@ impl StreamAdapter for KvStore {
         .await
     }
 
-    async fn list(&self, stream: &str, group: &str) -> anyhow::Result<Vec<Value>> {
+    async fn list(&self, stream: &str, group: &str) -> anyhow::Result<Vec<Json>> {
         let state = self.read()?;
         Ok(state
             .group(stream, group)
@@ -315,15 +315,16 @@ impl StreamAdapter for KvStore {
     ) -> anyhow::Result<Stored<UpdateOutcome>> {
         self.write(|state, log| {
             let current = state.group(s, g).and_then(|items| items.get(i));
+            let current = current.map(Json::to_value);
             // A result past the limits is refused here, before it is logged or stored.
-            let (new_value, errors) = update_ops::apply(current, ops)?;
+            let (new_value, errors) = update_ops::apply(current.as_ref(), ops)?;
+            let new_value = Json::from_value(&new_value);
             let ticket = log(&RecordRef::Set {
                 s,
                 g,
                 i,
                 d: &new_value,
             })?;
-            // The stored value moves out as the old one: one copy of the item fewer.
             let old_value = state.put(s, g, i, new_value.clone());
             Ok((
                 UpdateOutcome {

@@ -22,17 +22,17 @@ use crate::fanout::frame::{Position, StreamEvent};
 use crate::fanout::history::Bounds;
 use crate::fanout::order::Order;
 use crate::fanout::presence::{JoinedRoster, PresenceChange, SharedRoster};
+use crate::json::Json;
 use crate::metrics::Telemetry;
 use crate::storage::update_ops::{OpError, UpdateOps};
 use async_trait::async_trait;
-use serde_json::Value;
 use std::sync::Arc;
 
 /// The result of an atomic read-modify-write.
 #[derive(Debug, Clone)]
 pub struct UpdateOutcome {
-    pub old_value: Option<Value>,
-    pub new_value: Value,
+    pub old_value: Option<Json>,
+    pub new_value: Json,
     pub errors: Vec<OpError>,
 }
 
@@ -58,15 +58,15 @@ impl<T> Stored<T> {
 pub trait StreamAdapter: Send + Sync {
     /// A short name for logs and metrics.
     fn name(&self) -> &'static str;
-    async fn get(&self, stream: &str, group: &str, item: &str) -> anyhow::Result<Option<Value>>;
+    async fn get(&self, stream: &str, group: &str, item: &str) -> anyhow::Result<Option<Json>>;
     /// Stores `data` and returns the value it replaced.
     async fn set(
         &self,
         stream: &str,
         group: &str,
         item: &str,
-        data: Value,
-    ) -> anyhow::Result<Stored<Option<Value>>>;
+        data: Json,
+    ) -> anyhow::Result<Stored<Option<Json>>>;
     /// Stores `data`; returns the value it replaced and the value now stored. Only storage
     /// that may store something other than `data` (a worker's `stream::set(name)`) overrides it.
     async fn write(
@@ -74,8 +74,8 @@ pub trait StreamAdapter: Send + Sync {
         stream: &str,
         group: &str,
         item: &str,
-        data: Value,
-    ) -> anyhow::Result<Stored<(Option<Value>, Value)>> {
+        data: Json,
+    ) -> anyhow::Result<Stored<(Option<Json>, Json)>> {
         let stored = self.set(stream, group, item, data.clone()).await?;
         Ok(stored.map(|old| (old, data)))
     }
@@ -85,9 +85,9 @@ pub trait StreamAdapter: Send + Sync {
         stream: &str,
         group: &str,
         item: &str,
-    ) -> anyhow::Result<Stored<Option<Value>>>;
+    ) -> anyhow::Result<Stored<Option<Json>>>;
     /// The group's values in insertion order.
-    async fn list(&self, stream: &str, group: &str) -> anyhow::Result<Vec<Value>>;
+    async fn list(&self, stream: &str, group: &str) -> anyhow::Result<Vec<Json>>;
     async fn list_groups(&self, stream: &str) -> anyhow::Result<Vec<String>>;
     /// The group's item ids in insertion order.
     async fn list_ids(&self, stream: &str, group: &str) -> anyhow::Result<Vec<String>> {

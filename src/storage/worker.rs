@@ -14,6 +14,7 @@
 use super::{Stored, StreamAdapter, UpdateOutcome};
 use crate::fanout::item_lock::ItemLocks;
 use crate::fanout::order::Order;
+use crate::json::Json;
 use crate::storage::update_ops::{self, OpError, UpdateOps};
 use crate::workers::router::Router;
 use async_trait::async_trait;
@@ -69,13 +70,14 @@ impl WorkerAdapter {
         let Some(worker) = self.workers.lookup(id) else {
             anyhow::bail!("{id} was unregistered during the call");
         };
-        worker.invoke(id, data, self.timeout).await.map_err(|e| {
+        let result = worker.invoke(id, data, self.timeout).await.map_err(|e| {
             if e.code == "timeout" || e.code == "worker_disconnected" {
                 anyhow::Error::new(e)
             } else {
                 anyhow::anyhow!("{id}: {}", e.message)
             }
-        })
+        })?;
+        Ok(result.map(|r| r.to_value()))
     }
 
     /// Takes the engine's lock on the item, to hold until the write's event is out.
@@ -99,8 +101,8 @@ impl WorkerAdapter {
         payload["data"] = new.clone();
         self.call(set, payload).await?;
         Ok(UpdateOutcome {
-            old_value: current,
-            new_value: new,
+            old_value: current.map(Json::from),
+            new_value: new.into(),
             errors,
         })
     }
@@ -111,7 +113,7 @@ fn function_id(op: &str, stream: &str) -> String {
 }
 
 /// A worker's `{old_value, new_value}`: a null old value is no old value, a missing new one null.
-fn old_and_new(result: Option<Value>) -> (Option<Value>, Value) {
+fn old_and_new(result: Option<Value>) -> (Option<Json>, Json) {
     let mut r = result.unwrap_or(Value::Null);
     let old = r
         .get_mut("old_value")
@@ -121,7 +123,7 @@ fn old_and_new(result: Option<Value>) -> (Option<Value>, Value) {
         .get_mut("new_value")
         .map(Value::take)
         .unwrap_or(Value::Null);
-    (old, new)
+    (old.map(Json::from), new.into())
 }
 
 #[async_trait]
@@ -130,14 +132,11 @@ impl StreamAdapter for WorkerAdapter {
         "worker"
     }
 
-    async fn get(&self, stream: &str, group: &str, item: &str) -> anyhow::Result<Option<Value>> {
+    async fn get(&self, stream: &str, group: &str, item: &str) -> anyhow::Result<Option<Json>> {
         match self.function("get") {
             Some(id) => {
-                self.call(
-                    &id,
-                    json!({"stream_name": stream, "group_id": group, "item_id": item}),
-                )
-                .await
+                let at = json!({"stream_name": stream, "group_id": group, "item_id": item});
+                Ok(self.call(&id, at).await?.map(Json::from))
             }
             None => self.fallback.get(stream, group, item).await,
         }
@@ -148,8 +147,8 @@ impl StreamAdapter for WorkerAdapter {
         stream: &str,
         group: &str,
         item: &str,
-        data: Value,
-    ) -> anyhow::Result<Stored<Option<Value>>> {
+        data: Json,
+    ) -> anyhow::Result<Stored<Option<Json>>> {
         Ok(self
             .write(stream, group, item, data)
             .await?
@@ -161,8 +160,8 @@ impl StreamAdapter for WorkerAdapter {
         stream: &str,
         group: &str,
         item: &str,
-        data: Value,
-    ) -> anyhow::Result<Stored<(Option<Value>, Value)>> {
+        data: Json,
+    ) -> anyhow::Result<Stored<(Option<Json>, Json)>> {
         let Some(id) = self.function("set") else {
             return self.fallback.write(stream, group, item, data).await;
         };
@@ -178,7 +177,7 @@ impl StreamAdapter for WorkerAdapter {
         stream: &str,
         group: &str,
         item: &str,
-    ) -> anyhow::Result<Stored<Option<Value>>> {
+    ) -> anyhow::Result<Stored<Option<Json>>> {
         let Some(id) = self.function("delete") else {
             return self.fallback.delete(stream, group, item).await;
         };
@@ -190,7 +189,7 @@ impl StreamAdapter for WorkerAdapter {
 
     /// A worker answering nothing (or null) has an empty group; anything else but an array is
     /// the worker's error.
-    async fn list(&self, stream: &str, group: &str) -> anyhow::Result<Vec<Value>> {
+    async fn list(&self, stream: &str, group: &str) -> anyhow::Result<Vec<Json>> {
         let Some(id) = self.function("list") else {
             return self.fallback.list(stream, group).await;
         };
@@ -199,7 +198,7 @@ impl StreamAdapter for WorkerAdapter {
             .await?
         {
             None | Some(Value::Null) => Ok(Vec::new()),
-            Some(Value::Array(items)) => Ok(items),
+            Some(Value::Array(items)) => Ok(items.iter().map(Json::from).collect()),
             Some(other) => anyhow::bail!("{id} must answer an array of items, not {other}"),
         }
     }

@@ -323,7 +323,7 @@ pub enum EngineMessage<'a> {
         invocation_id: &'a Value,
         function_id: &'a str,
         #[serde(skip_serializing_if = "Option::is_none")]
-        result: Option<&'a Value>,
+        result: Option<&'a crate::json::Json>,
         #[serde(skip_serializing_if = "Option::is_none")]
         error: Option<&'a FnError>,
     },
@@ -571,7 +571,7 @@ mod tests {
                 EngineMessage::InvocationResult {
                     invocation_id: &json!("i-2"),
                     function_id: "f",
-                    result: Some(&json!([1])),
+                    result: Some(&json!([1]).into()),
                     error: None,
                 },
                 r#"{"type":"invocationresult","invocation_id":"i-2","function_id":"f","result":[1]}"#,

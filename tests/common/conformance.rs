@@ -185,7 +185,8 @@ pub async fn one_item_event_order(engine: &ServerHandle, stream: &str) {
             .call("stream::get", at(stream, "g", "x"))
             .await
             .unwrap()
-            .unwrap();
+            .unwrap()
+            .to_value();
         let mut last = Value::Null;
         for _ in 0..WRITERS {
             let event = client.next().await;

@@ -66,10 +66,16 @@ async fn stream_a_b_group_c_and_stream_a_group_b_c_are_apart_in_a_tenant() {
     assert_eq!(acme.tenant(), "acme");
     assert_eq!(default.tenant(), "default");
 
-    acme.set("a:b", "c", "i", json!(1)).await.unwrap();
-    acme.set("a", "b:c", "i", json!(2)).await.unwrap();
-    assert_eq!(acme.get("a:b", "c", "i").await.unwrap(), Some(json!(1)));
-    assert_eq!(acme.get("a", "b:c", "i").await.unwrap(), Some(json!(2)));
+    acme.set("a:b", "c", "i", json!(1).into()).await.unwrap();
+    acme.set("a", "b:c", "i", json!(2).into()).await.unwrap();
+    assert_eq!(
+        acme.get("a:b", "c", "i").await.unwrap(),
+        Some(json!(1).into())
+    );
+    assert_eq!(
+        acme.get("a", "b:c", "i").await.unwrap(),
+        Some(json!(2).into())
+    );
     assert_eq!(acme.list("a:b", "c").await.unwrap(), [json!(1)]);
     assert_eq!(acme.list("a", "b:c").await.unwrap(), [json!(2)]);
     assert_eq!(acme.list_groups("a").await.unwrap(), ["b:c"]);
@@ -95,7 +101,7 @@ async fn stream_a_b_group_c_and_stream_a_group_b_c_are_apart_in_a_tenant() {
     assert_eq!(default.get("a:b", "c", "i").await.unwrap(), None);
 
     // The default tenant's keys are iii's, byte for byte.
-    default.set("a:b", "c", "j", json!(3)).await.unwrap();
+    default.set("a:b", "c", "j", json!(3).into()).await.unwrap();
     let keys = all_keys(&redis).await;
     let added: Vec<&String> = keys.difference(&want).collect();
     assert_eq!(added, ["stream:a:b:c", "streamhost:order:a:b:c"]);
@@ -176,11 +182,22 @@ impl Case {
         let values: Vec<Value> = items.iter().map(|(_, v)| v.clone()).collect();
         let ids: Vec<String> = items.iter().map(|(i, _)| i.clone()).collect();
         let what = format!("seed {seed}: tenant {} {stream:?}/{group:?}", TENANTS[t]);
-        assert_eq!(a.list(stream, group).await.unwrap(), values, "{what}");
+        let listed: Vec<Value> = a
+            .list(stream, group)
+            .await
+            .unwrap()
+            .iter()
+            .map(|j| j.to_value())
+            .collect();
+        assert_eq!(listed, values, "{what}");
         assert_eq!(a.list_ids(stream, group).await.unwrap(), ids, "{what}");
         for (id, value) in &items {
             assert_eq!(
-                a.get(stream, group, id).await.unwrap().as_ref(),
+                a.get(stream, group, id)
+                    .await
+                    .unwrap()
+                    .map(|j| j.to_value())
+                    .as_ref(),
                 Some(value),
                 "{what}/{id:?}"
             );
@@ -373,10 +390,11 @@ async fn tenants_see_only_their_own_items_lists_and_events() {
             0..=5 => {
                 let value = json!({"tenant": TENANTS[t], "step": step});
                 assert_eq!(
-                    a.set(&stream, &group, &item, value.clone())
+                    a.set(&stream, &group, &item, value.clone().into())
                         .await
                         .unwrap()
-                        .value,
+                        .value
+                        .map(|j| j.to_value()),
                     old,
                     "{what}"
                 );
@@ -387,7 +405,11 @@ async fn tenants_see_only_their_own_items_lists_and_events() {
             }
             6..=7 => {
                 assert_eq!(
-                    a.delete(&stream, &group, &item).await.unwrap().value,
+                    a.delete(&stream, &group, &item)
+                        .await
+                        .unwrap()
+                        .value
+                        .map(|j| j.to_value()),
                     old,
                     "{what}"
                 );
@@ -401,10 +423,10 @@ async fn tenants_see_only_their_own_items_lists_and_events() {
                     .await
                     .unwrap()
                     .value;
-                assert_eq!(outcome.old_value, old, "{what}");
+                assert_eq!(outcome.old_value.map(|j| j.to_value()), old, "{what}");
                 match at {
-                    Some(i) => items[i].1 = outcome.new_value,
-                    None => items.push((item.clone(), outcome.new_value)),
+                    Some(i) => items[i].1 = outcome.new_value.to_value(),
+                    None => items.push((item.clone(), outcome.new_value.to_value())),
                 }
             }
         }

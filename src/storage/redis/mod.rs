@@ -41,11 +41,11 @@ pub use target::{COMMAND_TIMEOUT, CONNECT_TIMEOUT, RedisTarget, redact};
 use super::{EventBus, Stored, StreamAdapter, Telemetry, UpdateOutcome};
 use crate::fanout::item_lock::{ItemLock, ItemLocks};
 use crate::fanout::order::{Order, Turns};
+use crate::json::Json;
 use crate::storage::update_ops::{self, UpdateOps};
 use anyhow::Context;
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use serde_json::Value;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -278,8 +278,9 @@ impl RedisAdapter {
         }
     }
 
-    fn parse(&self, stream: &str, group: &str, item: &str, text: &str) -> anyhow::Result<Value> {
-        serde_json::from_str(text).with_context(|| {
+    /// An item's text as Redis holds it, checked to be JSON (another node may have written it).
+    fn parse(&self, stream: &str, group: &str, item: &str, text: &str) -> anyhow::Result<Json> {
+        Json::parse(text).with_context(|| {
             format!(
                 "the value of {stream}/{group}/{item} in Redis (hash {}) is not JSON",
                 self.keys.group_key(stream, group)
@@ -293,7 +294,7 @@ impl RedisAdapter {
         group: &str,
         item: &str,
         text: Option<String>,
-    ) -> anyhow::Result<Option<Value>> {
+    ) -> anyhow::Result<Option<Json>> {
         text.map(|t| self.parse(stream, group, item, &t))
             .transpose()
     }
@@ -317,7 +318,7 @@ impl StreamAdapter for RedisAdapter {
         "redis"
     }
 
-    async fn get(&self, stream: &str, group: &str, item: &str) -> anyhow::Result<Option<Value>> {
+    async fn get(&self, stream: &str, group: &str, item: &str) -> anyhow::Result<Option<Json>> {
         let text = self.item_text(stream, group, item).await?;
         self.parse_opt(stream, group, item, text)
     }
@@ -327,14 +328,14 @@ impl StreamAdapter for RedisAdapter {
         stream: &str,
         group: &str,
         item: &str,
-        data: Value,
-    ) -> anyhow::Result<Stored<Option<Value>>> {
+        data: Json,
+    ) -> anyhow::Result<Stored<Option<Json>>> {
         let (_writing, order) = self.writing(stream, group, item).await;
         let mut conn = self.node.conn.clone();
         let mut call = scripts::SET.key(self.keys.group_key(stream, group));
         call.key(self.keys.order_key(stream, group))
             .arg(item)
-            .arg(data.to_string());
+            .arg(data.get());
         let old: Option<String> = self
             .run("the set script", call.invoke_async(&mut conn))
             .await?;
@@ -347,7 +348,7 @@ impl StreamAdapter for RedisAdapter {
         stream: &str,
         group: &str,
         item: &str,
-    ) -> anyhow::Result<Stored<Option<Value>>> {
+    ) -> anyhow::Result<Stored<Option<Json>>> {
         let (_writing, order) = self.writing(stream, group, item).await;
         let mut conn = self.node.conn.clone();
         let mut call = scripts::DELETE.key(self.keys.group_key(stream, group));
@@ -359,7 +360,7 @@ impl StreamAdapter for RedisAdapter {
         Ok(Stored { value, order })
     }
 
-    async fn list(&self, stream: &str, group: &str) -> anyhow::Result<Vec<Value>> {
+    async fn list(&self, stream: &str, group: &str) -> anyhow::Result<Vec<Json>> {
         let entries = self.entries(stream, group).await?;
         entries
             .iter()
@@ -418,14 +419,16 @@ impl StreamAdapter for RedisAdapter {
         let mut current = self.item_text(stream, group, item).await?;
         for _ in 0..UPDATE_ATTEMPTS {
             let old_value = self.parse_opt(stream, group, item, current.clone())?;
+            let old_tree = old_value.as_ref().map(Json::to_value);
             // A result past the limits is refused before it reaches Redis.
-            let (new_value, errors) = update_ops::apply(old_value.as_ref(), ops)?;
+            let (new_value, errors) = update_ops::apply(old_tree.as_ref(), ops)?;
+            let new_value = Json::from_value(&new_value);
             let mut call = scripts::COMPARE_AND_SET.key(self.keys.group_key(stream, group));
             call.key(self.keys.order_key(stream, group))
                 .arg(item)
                 .arg(if current.is_some() { "1" } else { "0" })
                 .arg(current.as_deref().unwrap_or(""))
-                .arg(new_value.to_string());
+                .arg(new_value.get());
             let (written, exists, now): (i64, i64, String) = self
                 .run("the update script", call.invoke_async(&mut conn))
                 .await?;

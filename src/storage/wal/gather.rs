@@ -165,7 +165,7 @@ mod tests {
 
     fn set(n: usize) -> RecordRef<'static> {
         let i: &'static str = Box::leak(format!("i{n}").into_boxed_str());
-        let d: &'static serde_json::Value = Box::leak(Box::new(json!(n)));
+        let d: &'static crate::json::Json = Box::leak(Box::new(json!(n).into()));
         RecordRef::Set {
             s: "s",
             g: "g",

@@ -721,7 +721,8 @@ impl Flusher {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::{Value, json};
+    use crate::json::Json;
+    use serde_json::json;
     use std::collections::BTreeMap;
     use std::io::Write;
     use std::sync::mpsc;
@@ -806,7 +807,7 @@ mod tests {
         assert_eq!(*seen, expected);
     }
 
-    type Items = BTreeMap<String, Value>;
+    type Items = BTreeMap<String, Json>;
 
     fn replay(dir: &Path) -> Items {
         let mut items = Items::new();
@@ -869,7 +870,7 @@ mod tests {
             };
             wal.append(&record).unwrap()
         };
-        let pad = json!("x".repeat(1000));
+        let pad = Json::from_value(&json!("x".repeat(1000)));
         // Overwrites of a few items, until the log is big enough to be rewritten.
         for n in 0..200 {
             let i = format!("old{}", n % 5);
@@ -891,7 +892,7 @@ mod tests {
                 s: "s",
                 g: "g",
                 i: &format!("new{n}"),
-                d: &json!(n),
+                d: &json!(n).into(),
             }))
             .await
             .unwrap();
@@ -900,7 +901,7 @@ mod tests {
             s: "s",
             g: "g",
             i: "old1",
-            d: &json!("changed"),
+            d: &json!("changed").into(),
         }))
         .await
         .unwrap();
@@ -928,7 +929,7 @@ mod tests {
             s: "s",
             g: "g",
             i: "after",
-            d: &json!(1),
+            d: &json!(1).into(),
         }))
         .await
         .unwrap();
@@ -944,7 +945,7 @@ mod tests {
             recovered == expected,
             "the recovered values differ from those written"
         );
-        assert_eq!(recovered.get("old1"), Some(&json!("changed")));
+        assert_eq!(recovered["old1"], json!("changed"));
         assert!(!recovered.contains_key("old2") && recovered.contains_key("new19"));
     }
 }

@@ -3,8 +3,8 @@
 //! The writer bounds values (depth and size, see `limits`), but the reader does not rely on
 //! it: it reads any depth, so a log written before those bounds existed still replays.
 
+use crate::json::Json;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 /// The framing before each payload.
 pub const HEADER: usize = 8;
@@ -18,7 +18,7 @@ pub enum RecordRef<'a> {
         s: &'a str,
         g: &'a str,
         i: &'a str,
-        d: &'a Value,
+        d: &'a Json,
     },
     #[serde(rename = "del")]
     Del { s: &'a str, g: &'a str, i: &'a str },
@@ -28,20 +28,64 @@ pub enum RecordRef<'a> {
 }
 
 /// A change as read back from the log.
-#[derive(Deserialize, Debug, PartialEq)]
-#[serde(tag = "op")]
+#[derive(Debug, PartialEq)]
 pub enum Record {
-    #[serde(rename = "set")]
     Set {
         s: String,
         g: String,
         i: String,
-        d: Value,
+        d: Json,
     },
-    #[serde(rename = "del")]
-    Del { s: String, g: String, i: String },
-    #[serde(rename = "nop")]
+    Del {
+        s: String,
+        g: String,
+        i: String,
+    },
     Nop {},
+}
+
+/// A record's fields as read, before `op` says which it needs. (An internally tagged enum would
+/// buffer the value, and a value kept as text cannot be read from a buffer.)
+#[derive(Deserialize)]
+struct Fields {
+    op: String,
+    s: Option<String>,
+    g: Option<String>,
+    i: Option<String>,
+    #[serde(default)]
+    d: Given,
+}
+
+/// A field that is there, `null` included (an `Option` would read `null` as absent).
+#[derive(Default)]
+struct Given(Option<Json>);
+
+impl<'de> Deserialize<'de> for Given {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Given, D::Error> {
+        Json::deserialize(d).map(|json| Given(Some(json)))
+    }
+}
+
+impl Fields {
+    fn record(self) -> serde_json::Result<Record> {
+        use serde::de::Error;
+        let need = |field: Option<String>, name| field.ok_or_else(|| Error::missing_field(name));
+        Ok(match self.op.as_str() {
+            "set" => Record::Set {
+                s: need(self.s, "s")?,
+                g: need(self.g, "g")?,
+                i: need(self.i, "i")?,
+                d: self.d.0.ok_or_else(|| Error::missing_field("d"))?,
+            },
+            "del" => Record::Del {
+                s: need(self.s, "s")?,
+                g: need(self.g, "g")?,
+                i: need(self.i, "i")?,
+            },
+            "nop" => Record::Nop {},
+            other => return Err(Error::unknown_variant(other, &["set", "del", "nop"])),
+        })
+    }
 }
 
 /// Appends one framed record to `buf`.
@@ -86,7 +130,7 @@ pub fn frame_at(data: &[u8], off: usize) -> Result<(&[u8], usize), Bad> {
 pub fn decode(payload: &[u8]) -> serde_json::Result<Record> {
     let mut de = serde_json::Deserializer::from_slice(payload);
     de.disable_recursion_limit();
-    let record = Record::deserialize(&mut de)?;
+    let fields = Fields::deserialize(&mut de)?;
     de.end()?;
-    Ok(record)
+    fields.record()
 }

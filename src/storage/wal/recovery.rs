@@ -153,7 +153,7 @@ mod tests {
                     s: "s",
                     g: "g",
                     i: &i,
-                    d: &json!({"k": k}),
+                    d: &json!({"k": k}).into(),
                 },
                 &mut buf,
             );
@@ -253,7 +253,7 @@ mod tests {
                 s: "s",
                 g: "g",
                 i: "i",
-                d: &deep,
+                d: &deep.clone().into(),
             },
             &mut data,
         );

@@ -13,11 +13,17 @@
 
 use super::LOG_NAME;
 use super::sim::{Errno, Op, SimDisk};
+use crate::json::Json;
 use crate::storage::StreamAdapter;
 use crate::storage::kv_store::KvStore;
 use crate::storage::update_ops;
 use crate::storage::wal::{Options, WriteError};
 use serde_json::{Value, json};
+
+/// A stored value as a tree, to compare with the model's.
+fn tree(value: Option<Json>) -> Option<Value> {
+    value.map(|v| v.to_value())
+}
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::Path;
@@ -172,7 +178,7 @@ async fn writer(
         // A read sees an allowed value, never a refused one.
         if disk.random(4) == 0 {
             // A read may be refused for a moment after a failure; what it serves is checked.
-            if let Ok(got) = store.get("s", "g", &id).await
+            if let Ok(got) = store.get("s", "g", &id).await.map(tree)
                 && model.borrow().cut.is_none()
             {
                 assert!(
@@ -185,9 +191,9 @@ async fn writer(
         let (result, candidates): (Answer, Vec<Option<Value>>) = if kind < 5 {
             let value = json!({"n": n, "pad": "x".repeat(disk.random(300) as usize)});
             let r = store
-                .set("s", "g", &id, value.clone())
+                .set("s", "g", &id, value.clone().into())
                 .await
-                .map(|s| s.value);
+                .map(|s| tree(s.value));
             (r.map(|old| (old, Some(value.clone()))), vec![Some(value)])
         } else if kind < 8 {
             let r = store
@@ -195,9 +201,12 @@ async fn writer(
                 .await
                 .map(|s| s.value);
             let candidates = allowed.iter().map(|base| Some(updated(base, n))).collect();
-            (r.map(|o| (o.old_value, Some(o.new_value))), candidates)
+            (
+                r.map(|o| (tree(o.old_value), Some(o.new_value.to_value()))),
+                candidates,
+            )
         } else {
-            let r = store.delete("s", "g", &id).await.map(|s| s.value);
+            let r = store.delete("s", "g", &id).await.map(|s| tree(s.value));
             (r.map(|old| (old, None)), vec![None])
         };
         if std::env::var_os("WAL_FAULT_SEED").is_some() {
@@ -289,7 +298,7 @@ fn run_case(seed: u64) -> String {
         // Once the disk works again, the store takes writes again by itself.
         disk.heal();
         let healed = std::time::Instant::now();
-        while let Err(e) = store.set("s", "g", "after-heal", json!(1)).await {
+        while let Err(e) = store.set("s", "g", "after-heal", json!(1).into()).await {
             assert!(healed.elapsed() < Duration::from_secs(5), "seed {seed}: no write resumed after the disk healed: {e:#}");
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
@@ -334,7 +343,7 @@ fn run_case(seed: u64) -> String {
         };
         assert!(!recovered_disk.exists_now(&dir.join(super::rewrite::TMP_NAME)), "{line}: a rewrite's file was left");
         for (id, item) in &model.items {
-            let got = store.get("s", "g", id).await.unwrap();
+            let got = tree(store.get("s", "g", id).await.unwrap());
             let allowed = item.allowed();
             assert!(allowed.contains(&got), "{line}: {id} recovered as {got:?}, allowed {allowed:?}");
             if let Some(v) = &got {
@@ -342,8 +351,8 @@ fn run_case(seed: u64) -> String {
             }
         }
         // The recovered store takes writes.
-        store.set("s", "g", "after", json!(1)).await.unwrap();
-        assert_eq!(store.get("s", "g", "after").await.unwrap(), Some(json!(1)));
+        store.set("s", "g", "after", json!(1).into()).await.unwrap();
+        assert_eq!(tree(store.get("s", "g", "after").await.unwrap()), Some(json!(1)));
         store.shutdown().await.unwrap();
         line
     })

@@ -14,6 +14,7 @@
 
 use super::bindings::streamhost::adapter::{log, store, types};
 use crate::fanout::order::Order;
+use crate::json::Json;
 use crate::storage::{Stored, StreamAdapter};
 use serde_json::Value;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -253,12 +254,12 @@ impl HostState {
     }
 
     /// Counts the net change a write made to the stream.
-    fn account(&self, added: Option<usize>, removed: Option<&Value>) {
+    fn account(&self, added: Option<usize>, removed: Option<&Json>) {
         let mut items = added.is_some() as i64;
         let mut bytes = added.unwrap_or(0) as i64;
         if let Some(old) = removed {
             items -= 1;
-            bytes -= old.to_string().len() as i64;
+            bytes -= old.len() as i64;
         }
         self.scope.stored_items.fetch_add(items, Ordering::Relaxed);
         self.scope.stored_bytes.fetch_add(bytes, Ordering::Relaxed);
@@ -301,8 +302,8 @@ pub fn cut(mut s: String, max: usize) -> String {
     s
 }
 
-fn text(v: Value) -> String {
-    v.to_string()
+fn text(v: Json) -> String {
+    v.get().to_owned()
 }
 
 type Res<T> = wasmtime::Result<Result<T, AdapterError>>;
@@ -361,6 +362,7 @@ impl store::Host for HostState {
             Ok(v) => v,
             Err(e) => return Ok(Err(e)),
         };
+        let value = Json::from_value(&value);
         let stored = self.scope.storage.set(&stream, &group, &item, value).await;
         let old = self.keep(stored).map_err(internal);
         if let Ok(old) = &old {

@@ -7,10 +7,17 @@ use super::bindings::streamhost::adapter::types::{
     AdapterError, EventKind as WitKind, StreamEvent as WitEvent, UpdateOutcome as WitOutcome,
 };
 use crate::fanout::frame::{EventKind, StreamEvent};
+use crate::json::Json;
 use crate::storage::update_ops::{self, UpdateOps};
 use crate::storage::{Stored, StreamAdapter, UpdateOutcome};
 use async_trait::async_trait;
-use serde_json::Value;
+
+impl WasmAdapter {
+    /// A value the guest handed back, held to the limits, as the engine's compact text.
+    fn stored(&self, json: &str, what: &str) -> anyhow::Result<Json> {
+        Ok(Json::from_value(&self.parse(json, what)?))
+    }
+}
 
 pub(super) fn to_wit(event: &StreamEvent) -> Option<WitEvent> {
     let (kind, name, data) = match &event.kind {
@@ -36,14 +43,14 @@ impl StreamAdapter for WasmAdapter {
         "wasm"
     }
 
-    async fn get(&self, s: &str, g: &str, i: &str) -> anyhow::Result<Option<Value>> {
+    async fn get(&self, s: &str, g: &str, i: &str) -> anyhow::Result<Option<Json>> {
         let r = self
             .call("get", async |l| {
                 l.guest.call_get(&mut l.store, s, g, i).await
             })
             .await?;
         match r.map_err(|e| self.guest_error(e, "get"))? {
-            Some(json) => Ok(Some(self.parse(&json, "a value")?)),
+            Some(json) => Ok(Some(self.stored(&json, "a value")?)),
             None => Ok(None),
         }
     }
@@ -53,9 +60,9 @@ impl StreamAdapter for WasmAdapter {
         s: &str,
         g: &str,
         i: &str,
-        data: Value,
-    ) -> anyhow::Result<Stored<Option<Value>>> {
-        let json = data.to_string();
+        data: Json,
+    ) -> anyhow::Result<Stored<Option<Json>>> {
+        let json = data.get().to_owned();
         self.check_size(json.len(), "the item")?;
         let (r, order) = self
             .call_write("set", async |l| {
@@ -63,26 +70,26 @@ impl StreamAdapter for WasmAdapter {
             })
             .await?;
         let value = match r.map_err(|e| self.guest_error(e, "set"))? {
-            Some(old) => Some(self.parse(&old, "the old value")?),
+            Some(old) => Some(self.stored(&old, "the old value")?),
             None => None,
         };
         Ok(Stored { value, order })
     }
 
-    async fn delete(&self, s: &str, g: &str, i: &str) -> anyhow::Result<Stored<Option<Value>>> {
+    async fn delete(&self, s: &str, g: &str, i: &str) -> anyhow::Result<Stored<Option<Json>>> {
         let (r, order) = self
             .call_write("delete", async |l| {
                 l.guest.call_delete(&mut l.store, s, g, i).await
             })
             .await?;
         let value = match r.map_err(|e| self.guest_error(e, "delete"))? {
-            Some(old) => Some(self.parse(&old, "the old value")?),
+            Some(old) => Some(self.stored(&old, "the old value")?),
             None => None,
         };
         Ok(Stored { value, order })
     }
 
-    async fn list(&self, s: &str, g: &str) -> anyhow::Result<Vec<Value>> {
+    async fn list(&self, s: &str, g: &str) -> anyhow::Result<Vec<Json>> {
         let r = self
             .call("list-items", async |l| {
                 l.guest.call_list_items(&mut l.store, s, g).await
@@ -90,7 +97,7 @@ impl StreamAdapter for WasmAdapter {
             .await?;
         let items = r.map_err(|e| self.guest_error(e, "list-items"))?;
         self.check_size(items.iter().map(String::len).sum(), "the list")?;
-        items.iter().map(|j| self.parse(j, "an item")).collect()
+        items.iter().map(|j| self.stored(j, "an item")).collect()
     }
 
     async fn list_groups(&self, s: &str) -> anyhow::Result<Vec<String>> {
@@ -136,9 +143,9 @@ impl StreamAdapter for WasmAdapter {
             }) => {
                 let value = UpdateOutcome {
                     old_value: old_value
-                        .map(|o| self.parse(&o, "the old value"))
+                        .map(|o| self.stored(&o, "the old value"))
                         .transpose()?,
-                    new_value: self.parse(&new_value, "the new value")?,
+                    new_value: self.stored(&new_value, "the new value")?,
                     errors: serde_json::from_str(&errors).unwrap_or_default(),
                 };
                 Ok(Stored { value, order })
@@ -147,7 +154,9 @@ impl StreamAdapter for WasmAdapter {
                 // The host's read-modify-write, one at a time per item (the engine's lock).
                 let _held = self.locks.acquire(s, g, i).await;
                 let current = self.get(s, g, i).await?;
-                let (new_value, errors) = update_ops::apply(current.as_ref(), ops)?;
+                let tree = current.as_ref().map(Json::to_value);
+                let (new_value, errors) = update_ops::apply(tree.as_ref(), ops)?;
+                let new_value = Json::from_value(&new_value);
                 order.join(self.set(s, g, i, new_value.clone()).await?.order);
                 let value = UpdateOutcome {
                     old_value: current,
