@@ -181,7 +181,7 @@ impl KvStore {
     /// Runs a change under the write lock, logs it (taking the item's turn to emit), and
     /// waits for the log outside the lock. A change that logs nothing stored nothing, and
     /// takes no turn.
-    async fn write<R>(
+    async fn change<R>(
         &self,
         change: impl FnOnce(
             &mut State,
@@ -243,15 +243,27 @@ impl StreamAdapter for KvStore {
         i: &str,
         data: Json,
     ) -> anyhow::Result<Stored<Option<Json>>> {
-        self.write(|state, log| {
+        Ok(self.write(s, g, i, data).await?.map(|(old, _)| old))
+    }
+
+    /// The store keeps the value it is given: the value now stored is `data`, shared.
+    async fn write(
+        &self,
+        s: &str,
+        g: &str,
+        i: &str,
+        data: Json,
+    ) -> anyhow::Result<Stored<(Option<Json>, Json)>> {
+        self.change(|state, log| {
             let ticket = log(&RecordRef::Set { s, g, i, d: &data })?;
-            Ok((state.put(s, g, i, data), ticket))
+            let old = state.put(s, g, i, data.clone());
+            Ok(((old, data), ticket))
         })
         .await
     }
 
     async fn delete(&self, s: &str, g: &str, i: &str) -> anyhow::Result<Stored<Option<Json>>> {
-        self.write(|state, log| {
+        self.change(|state, log| {
             if state.group(s, g).is_none_or(|items| !items.contains_key(i)) {
                 if let Some(wal) = &self.wal {
                     wal.check_writable()?;
@@ -313,7 +325,7 @@ impl StreamAdapter for KvStore {
         i: &str,
         ops: &UpdateOps,
     ) -> anyhow::Result<Stored<UpdateOutcome>> {
-        self.write(|state, log| {
+        self.change(|state, log| {
             let current = state.group(s, g).and_then(|items| items.get(i));
             let current = current.map(Json::to_value);
             // A result past the limits is refused here, before it is logged or stored.
