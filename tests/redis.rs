@@ -347,6 +347,53 @@ async fn the_key_layout_is_the_one_iii_uses() {
         json!(["from-iii"])
     );
 
+    // Text another writer left that is JSON only at a glance (a lone surrogate, a number no
+    // f64 holds) is the store's error, read or updated, and the engine serves on; spaced text
+    // is read as the engine's compact text.
+    let items = [
+        ("surrogate", r#"{"s":"\ud800"}"#),
+        ("huge", "1e400"),
+        ("spaced", r#"{ "v" : [1, 2] }"#),
+    ];
+    for (item, text) in items {
+        let _: i64 = redis::cmd("HSET")
+            .arg("stream:s:odd")
+            .arg(item)
+            .arg(text)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+    }
+    for item in ["surrogate", "huge"] {
+        let e = w
+            .call("stream::get", at("s", "odd", item))
+            .await
+            .unwrap_err();
+        assert_eq!(e["code"], "STREAM_GET_ERROR", "{e}");
+        assert!(
+            e["message"].as_str().unwrap().contains("is not JSON"),
+            "{e}"
+        );
+        let ops = json!([{"type": "set", "path": "x", "value": 1}]);
+        let update = json!({"stream_name": "s", "group_id": "odd", "item_id": item, "ops": ops});
+        let e = w.call("stream::update", update).await.unwrap_err();
+        assert_eq!(e["code"], "STREAM_UPDATE_ERROR", "{e}");
+    }
+    let spaced = w.call_raw("stream::get", at("s", "odd", "spaced")).await;
+    assert_eq!(spaced["result"], json!({"v": [1, 2]}));
+    assert_eq!(
+        w.ok("stream::get", at("s", "from-iii", "x")).await,
+        json!(5)
+    );
+    for item in ["surrogate", "huge", "spaced"] {
+        let _: i64 = redis::cmd("HDEL")
+            .arg("stream:s:odd")
+            .arg(item)
+            .query_async(&mut raw)
+            .await
+            .unwrap();
+    }
+
     // Frames: the engine's own arrive once; an iii node's (no "node" field) arrive too.
     let mut c = Client::connect(engine.client_addr, "/stream/s/g").await;
     assert_eq!(c.next().await["event"]["type"], "sync");

@@ -353,16 +353,17 @@ impl store::Host for HostState {
         item: String,
         data: String,
     ) -> Res<Option<String>> {
-        let bytes = data.len();
+        // Counted as stored, compact: what a delete or an overwrite gives back (`account`).
         let value = match self
             .check_stream(&stream)
             .and_then(|_| self.parse(&data))
-            .and_then(|v| self.quota_write(bytes, true).map(|_| v))
+            .map(|v| Json::from_value(&v))
+            .and_then(|v| self.quota_write(v.len(), true).map(|_| v))
         {
             Ok(v) => v,
             Err(e) => return Ok(Err(e)),
         };
-        let value = Json::from_value(&value);
+        let bytes = value.len();
         let stored = self.scope.storage.set(&stream, &group, &item, value).await;
         let old = self.keep(stored).map_err(internal);
         if let Ok(old) = &old {
