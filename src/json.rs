@@ -41,6 +41,11 @@ impl Json {
         self.0.get()
     }
 
+    /// Whether `other` is this very text (a clone of it), not only an equal one.
+    pub fn is(&self, other: &Json) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
     /// The text's length in bytes: what the value limits and quotas count.
     pub fn len(&self) -> usize {
         self.0.get().len()
@@ -177,6 +182,11 @@ mod tests {
         assert_eq!(made.get(), serde_json::to_string(&value).unwrap());
         assert_eq!(made.len(), made.get().len());
         assert_eq!(made.to_value(), value);
+        assert!(made.is(&made.clone()), "a clone is the same text");
+        assert!(
+            !made.is(&Json::from_value(&value)),
+            "an equal text is another"
+        );
     }
 
     #[test]

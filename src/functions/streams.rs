@@ -136,16 +136,20 @@ async fn set(functions: &Arc<Functions>, p: SetPayload) -> FnResult {
     // log and the answer; the tree goes on to the event.
     let keeps_data = is_engine_store(&*storage);
     let text = Json::from_value(&p.data);
-    let write = storage.write(&p.stream_name, &p.group_id, &p.item_id, text);
+    let write = storage.write(&p.stream_name, &p.group_id, &p.item_id, text.clone());
     let Stored {
         value: (old, new),
         mut order,
     } = own_write(keeps_data, write)
         .await
         .map_err(|e| FnError::storage("STREAM_SET_ERROR", e))?;
-    let (new_bytes, tree) = match keeps_data {
-        true => (bytes, p.data),
-        false => (admit::size(&new), new.to_value()),
+    let new_bytes = if keeps_data { bytes } else { admit::size(&new) };
+    // Storage that stored the text it was given (Redis, an adapter) hands it back: its tree
+    // is the one already read.
+    let tree = if new.is(&text) {
+        p.data
+    } else {
+        new.to_value()
     };
     reserved.settle_after_sync(new_bytes, old.as_ref().map_or(0, admit::size));
     sequence::before_emit().await;
