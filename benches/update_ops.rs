@@ -1,7 +1,8 @@
 //! Update op cost: one update of `max_update_ops` ops on an item of 1 MiB, for each op kind,
 //! applied by `update_ops::apply` (parse, copy of the item, ops, result check) and through the
 //! in-memory KvStore. No op may cost time in the item's size, so each update stays far below
-//! 100 ms. Prints figures; asserts nothing.
+//! 100 ms. Then the slowest of the small sets made beside back-to-back updates of the item:
+//! what an update costs the store's other writers. Prints figures; asserts nothing.
 //!
 //!     cargo bench --bench update_ops
 
@@ -160,4 +161,53 @@ fn main() {
         );
     }
     println!("slowest: {:.2} ms", worst.as_secs_f64() * 1000.0);
+    beside_updates(&keys, &cases[2].2, &limits);
+}
+
+/// What updates of a large item cost the store's other writers: small sets of other items
+/// made, on a thread of their own, while updates of the 1 MiB item run without a pause. Each
+/// set waits for the store's lock as long as an update holds it.
+fn beside_updates(item: &Value, raw_ops: &[Value], limits: &ValueLimits) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let store = Arc::new(KvStore::in_memory());
+        store
+            .set("b", "g", "big", item.clone().into())
+            .await
+            .unwrap();
+        let ops = Arc::new(UpdateOps::parse(raw_ops, limits).unwrap());
+        let (stop, updates) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
+        let updater = tokio::spawn({
+            let (store, stop, updates) = (store.clone(), stop.clone(), updates.clone());
+            async move {
+                while !stop.load(Ordering::Relaxed) {
+                    store.update("b", "g", "big", &ops).await.unwrap();
+                    updates.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        let (mut sets, mut slowest) = (0, Duration::ZERO);
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_secs(3) {
+            let one = Instant::now();
+            let small = json!({"n": sets}).into();
+            store.set("b", "g", &format!("s{sets}"), small).await.unwrap();
+            slowest = slowest.max(one.elapsed());
+            sets += 1;
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        stop.store(true, Ordering::Relaxed);
+        updater.await.unwrap();
+        println!(
+            "beside {} updates (increment) of the {ITEM_BYTES}-byte item: slowest of {sets} small sets {:.2} ms",
+            updates.load(Ordering::Relaxed),
+            slowest.as_secs_f64() * 1000.0
+        );
+    });
 }
