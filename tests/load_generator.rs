@@ -331,27 +331,13 @@ fn write_floor(args: &[&str]) -> EngineProcess {
         "streamhost-write-floor{}",
         std::env::consts::EXE_SUFFIX
     ));
-    let mut child = Command::new(floor)
+    let child = Command::new(floor)
         .args(["--port", "0", "--worker-port", "0"])
         .args(args)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("spawn streamhost-write-floor (built with `cargo build -p streamhost-load`)");
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .expect("read the floor's listening line");
-    let addr = |key: &str| -> std::net::SocketAddr {
-        let rest = line.split(key).nth(1).unwrap_or_else(|| panic!("{line:?}"));
-        rest.split_whitespace().next().unwrap().parse().unwrap()
-    };
-    EngineProcess {
-        client_addr: addr("clients ws://"),
-        worker_addr: addr("workers ws://"),
-        child,
-    }
+    EngineProcess::listening(child)
 }
 
 /// `bench.sh --floor` sets the floor beside the engine as the least work the wire asks of a

@@ -207,8 +207,7 @@ impl Functions {
     /// Sends a stored change or an ephemeral event to subscribers, `stream` triggers and the
     /// other engine nodes. Triggers fire only on the node where the change was made, and see
     /// the change itself; clients see what the stream's fan-out hook, if any, makes of it.
-    /// The event comes back unchanged, so that a write can answer with its value without
-    /// copying it first.
+    /// A call holding a sync of the engine's store has the event queued on it, not copied.
     pub async fn emit(self: &Arc<Self>, event: StreamEvent) {
         // A call whose write is not yet on disk sends its event when it is, in log order
         // (see `storage::synced`); an event for a fan-out hook or for other nodes waits here.

@@ -128,12 +128,8 @@ impl Update {
     /// Applies `ops` to `current`; a result past the limits is refused here, before it is
     /// logged or stored.
     fn apply(current: Option<&Json>, ops: &UpdateOps) -> anyhow::Result<Update> {
-        let current = current.map(Json::to_value);
-        let (new_value, errors) = update_ops::apply(current.as_ref(), ops)?;
-        Ok(Update {
-            new_value: Json::from_value(&new_value),
-            errors,
-        })
+        let (new_value, errors) = update_ops::apply_to_text(current, ops)?;
+        Ok(Update { new_value, errors })
     }
 
     /// Logs and stores the result, under the store's lock.

@@ -70,7 +70,7 @@ impl EngineProcess {
 
     /// As `spawn`, with extra environment variables.
     pub fn spawn_with_env(config_file: &Path, env: &[(&str, &str)]) -> EngineProcess {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_streamhost"))
+        let child = Command::new(env!("CARGO_BIN_EXE_streamhost"))
             .args(["serve", "--config"])
             .arg(config_file)
             .env("RUST_LOG", "warn")
@@ -79,6 +79,12 @@ impl EngineProcess {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn streamhost");
+        EngineProcess::listening(child)
+    }
+
+    /// A started server (the engine, or a yardstick that prints the same line) once it has
+    /// printed `clients ws://ADDR workers ws://ADDR` on its stdout.
+    pub fn listening(mut child: Child) -> EngineProcess {
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)

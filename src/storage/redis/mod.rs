@@ -419,10 +419,8 @@ impl StreamAdapter for RedisAdapter {
         let mut current = self.item_text(stream, group, item).await?;
         for _ in 0..UPDATE_ATTEMPTS {
             let old_value = self.parse_opt(stream, group, item, current.clone())?;
-            let old_tree = old_value.as_ref().map(Json::to_value);
             // A result past the limits is refused before it reaches Redis.
-            let (new_value, errors) = update_ops::apply(old_tree.as_ref(), ops)?;
-            let new_value = Json::from_value(&new_value);
+            let (new_value, errors) = update_ops::apply_to_text(old_value.as_ref(), ops)?;
             let mut call = scripts::COMPARE_AND_SET.key(self.keys.group_key(stream, group));
             call.key(self.keys.order_key(stream, group))
                 .arg(item)

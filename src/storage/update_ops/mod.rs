@@ -18,6 +18,7 @@ mod apply;
 mod tests;
 
 use crate::error::FnError;
+use crate::json::Json;
 use crate::limits::ValueLimits;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -161,6 +162,16 @@ fn parse_one(raw: &Value) -> Result<UpdateOp, Failure> {
         };
         (format!("{kind}.invalid"), message)
     })
+}
+
+/// [`apply`] to a stored value's text: read into a tree, changed, and written out as text.
+pub fn apply_to_text(
+    current: Option<&Json>,
+    ops: &UpdateOps,
+) -> Result<(Json, Vec<OpError>), FnError> {
+    let current = current.map(Json::to_value);
+    let (new_value, errors) = apply(current.as_ref(), ops)?;
+    Ok((Json::from_value(&new_value), errors))
 }
 
 /// Applies the ops to the current value (a missing item starts as `{}`), then checks the

@@ -154,9 +154,7 @@ impl StreamAdapter for WasmAdapter {
                 // The host's read-modify-write, one at a time per item (the engine's lock).
                 let _held = self.locks.acquire(s, g, i).await;
                 let current = self.get(s, g, i).await?;
-                let tree = current.as_ref().map(Json::to_value);
-                let (new_value, errors) = update_ops::apply(tree.as_ref(), ops)?;
-                let new_value = Json::from_value(&new_value);
+                let (new_value, errors) = update_ops::apply_to_text(current.as_ref(), ops)?;
                 order.join(self.set(s, g, i, new_value.clone()).await?.order);
                 let value = UpdateOutcome {
                     old_value: current,
